@@ -1,0 +1,9 @@
+//! The idp REST API: validates requests, decides, and appends domain events to the log.
+//!
+//! `main.rs` only reads the configuration and calls [`startup::Application`]; tests build the
+//! same application on a random port.
+
+pub mod config;
+pub mod error;
+pub mod routes;
+pub mod startup;

@@ -1,0 +1,172 @@
+//! Configuration both binaries share, read from the environment (or flags) and validated at
+//! start. A bad value stops the process with a message naming the variable.
+
+use std::fmt;
+use std::str::FromStr;
+
+use sqlx::postgres::PgConnectOptions;
+
+/// Default `DATABASE_URL`.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://127.0.0.1:5432/idp";
+/// Default `AMQP_URL` (a development default: RabbitMQ's guest account on localhost).
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// Settings of both binaries.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonConfig {
+    /// PostgreSQL holding the event log and read models.
+    #[arg(long, env = "DATABASE_URL", value_name = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    pub database_url: DatabaseUrl,
+
+    /// RabbitMQ for jobs.
+    #[arg(long, env = "AMQP_URL", value_name = "AMQP_URL", default_value = DEFAULT_AMQP_URL)]
+    pub amqp_url: AmqpUrl,
+
+    /// Maximum connections in the database pool.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", value_name = "DATABASE_MAX_CONNECTIONS", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub database_max_connections: u32,
+
+    /// Log line format: `text` for people, `json` for machines.
+    #[arg(long, env = "LOG_FORMAT", value_name = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A PostgreSQL URL. Parsed at start; its `Debug` and `Display` hide the password.
+#[derive(Clone)]
+pub struct DatabaseUrl {
+    raw: String,
+    options: PgConnectOptions,
+}
+
+impl DatabaseUrl {
+    /// Connection options for sqlx.
+    pub fn options(&self) -> PgConnectOptions {
+        self.options.clone()
+    }
+
+    /// The URL as given, password included. Never log it.
+    pub fn expose(&self) -> &str {
+        &self.raw
+    }
+}
+
+impl FromStr for DatabaseUrl {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        if !(raw.starts_with("postgres://") || raw.starts_with("postgresql://")) {
+            return Err("expected a postgres:// URL".into());
+        }
+        let options = PgConnectOptions::from_str(raw).map_err(|e| e.to_string())?;
+        Ok(Self {
+            raw: raw.to_owned(),
+            options,
+        })
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact_url(&self.raw))
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact_url(&self.raw))
+    }
+}
+
+/// An AMQP URL. Parsed at start; its `Debug` and `Display` hide the password.
+#[derive(Clone)]
+pub struct AmqpUrl {
+    raw: String,
+}
+
+impl AmqpUrl {
+    /// The URL as given, password included. Never log it.
+    pub fn expose(&self) -> &str {
+        &self.raw
+    }
+}
+
+impl FromStr for AmqpUrl {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        lapin::uri::AMQPUri::from_str(raw)?;
+        Ok(Self {
+            raw: raw.to_owned(),
+        })
+    }
+}
+
+impl fmt::Debug for AmqpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact_url(&self.raw))
+    }
+}
+
+impl fmt::Display for AmqpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact_url(&self.raw))
+    }
+}
+
+/// `scheme://user:secret@host/...` becomes `scheme://user:***@host/...`.
+pub fn redact_url(raw: &str) -> String {
+    let Some(scheme_end) = raw.find("://") else {
+        return raw.to_owned();
+    };
+    let rest = &raw[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let Some(at) = authority.rfind('@') else {
+        return raw.to_owned();
+    };
+    let userinfo = &authority[..at];
+    let Some(colon) = userinfo.find(':') else {
+        return raw.to_owned();
+    };
+    format!(
+        "{}{}:***{}",
+        &raw[..scheme_end + 3],
+        &userinfo[..colon],
+        &rest[at..]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_hidden_from_debug_output() {
+        let url: DatabaseUrl = "postgres://idp:s3cret@db:5432/idp".parse().unwrap();
+        assert_eq!(format!("{url:?}"), "postgres://idp:***@db:5432/idp");
+        let amqp: AmqpUrl = "amqp://guest:guest@127.0.0.1:5672/%2f".parse().unwrap();
+        assert_eq!(amqp.to_string(), "amqp://guest:***@127.0.0.1:5672/%2f");
+    }
+
+    #[test]
+    fn urls_without_passwords_are_unchanged() {
+        assert_eq!(redact_url("postgres://127.0.0.1/idp"), "postgres://127.0.0.1/idp");
+        assert_eq!(redact_url("postgres://me@host/idp"), "postgres://me@host/idp");
+    }
+
+    #[test]
+    fn a_non_postgres_url_is_refused() {
+        assert!("mysql://localhost/idp".parse::<DatabaseUrl>().is_err());
+        assert!("not a url".parse::<AmqpUrl>().is_err());
+    }
+}

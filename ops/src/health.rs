@@ -1,0 +1,181 @@
+//! Liveness, readiness and metrics endpoints, served by both binaries.
+//!
+//! - `GET /health/live`: 200 while the process runs.
+//! - `GET /health/ready`: 200 when the database and the broker answer, else 503 naming the part
+//!   that does not; other parts (circuit breakers, ...) can add their own checks.
+//! - `GET /metrics`: Prometheus text.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use sqlx::PgPool;
+use tokio::sync::Mutex;
+
+use crate::config::AmqpUrl;
+
+/// How long one readiness check may take before it counts as down.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Knows how to reach the broker, keeping one connection open between checks.
+pub struct BrokerProbe {
+    url: AmqpUrl,
+    connection: Mutex<Option<lapin::Connection>>,
+}
+
+impl std::fmt::Debug for BrokerProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerProbe").field("url", &self.url).finish_non_exhaustive()
+    }
+}
+
+impl BrokerProbe {
+    /// A probe of the broker at `url`; connects lazily.
+    pub fn new(url: AmqpUrl) -> Self {
+        Self {
+            url,
+            connection: Mutex::new(None),
+        }
+    }
+
+    /// Ok when a connection to the broker is open (opening one if needed).
+    pub async fn check(&self) -> Result<(), String> {
+        let mut connection = self.connection.lock().await;
+        if let Some(conn) = connection.as_ref()
+            && conn.status().connected()
+        {
+            return Ok(());
+        }
+        *connection = None;
+        let connect = lapin::Connection::connect(self.url.expose(), lapin::ConnectionProperties::default());
+        match tokio::time::timeout(CHECK_TIMEOUT, connect).await {
+            Ok(Ok(conn)) => {
+                *connection = Some(conn);
+                Ok(())
+            }
+            Ok(Err(err)) => Err(format!("cannot connect: {err}")),
+            Err(_) => Err("no answer within 2s".into()),
+        }
+    }
+}
+
+/// Checks the database with a trivial query.
+pub async fn check_database(pool: &PgPool) -> Result<(), String> {
+    let query = sqlx::query("select 1").execute(pool);
+    match tokio::time::timeout(CHECK_TIMEOUT, query).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(err)) => Err(format!("query failed: {err}")),
+        Err(_) => Err("no answer within 2s".into()),
+    }
+}
+
+/// What the health endpoints check.
+#[derive(Debug, Clone)]
+pub struct Health {
+    pool: PgPool,
+    broker: Arc<BrokerProbe>,
+}
+
+impl Health {
+    /// Health over the given database pool and broker.
+    pub fn new(pool: PgPool, broker: Arc<BrokerProbe>) -> Self {
+        Self { pool, broker }
+    }
+
+    /// Runs every readiness check concurrently.
+    pub async fn readiness(&self) -> Readiness {
+        let (database, broker) = tokio::join!(check_database(&self.pool), self.broker.check());
+        Readiness::from_checks(vec![("database", database), ("broker", broker)])
+    }
+}
+
+/// The state of one dependency.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Check {
+    /// What was checked.
+    pub name: &'static str,
+    /// `up` or `down`.
+    pub status: &'static str,
+    /// Why it is down.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// The readiness report.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Readiness {
+    /// `ready` or `not_ready`.
+    pub status: &'static str,
+    /// Every check, in a stable order.
+    pub checks: Vec<Check>,
+}
+
+impl Readiness {
+    /// Builds a report from named results.
+    pub fn from_checks(results: Vec<(&'static str, Result<(), String>)>) -> Self {
+        let checks: Vec<Check> = results
+            .into_iter()
+            .map(|(name, result)| match result {
+                Ok(()) => Check {
+                    name,
+                    status: "up",
+                    detail: None,
+                },
+                Err(detail) => Check {
+                    name,
+                    status: "down",
+                    detail: Some(detail),
+                },
+            })
+            .collect();
+        let ready = checks.iter().all(|c| c.status == "up");
+        Self {
+            status: if ready { "ready" } else { "not_ready" },
+            checks,
+        }
+    }
+
+    /// True when every check is up.
+    pub fn is_ready(&self) -> bool {
+        self.status == "ready"
+    }
+}
+
+/// `/health/live`, `/health/ready` and `/metrics`.
+pub fn router(health: Health) -> Router {
+    Router::new()
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .with_state(health)
+}
+
+async fn live() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "live" }))
+}
+
+async fn ready(State(health): State<Health>) -> Response {
+    let report = health.readiness().await;
+    let status = if report.is_ready() {
+        StatusCode::OK
+    } else {
+        for check in report.checks.iter().filter(|c| c.status == "down") {
+            tracing::warn!(check = check.name, detail = ?check.detail, "readiness check failed");
+        }
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(report)).into_response()
+}
+
+async fn metrics() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::metrics::handle().render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,10 @@
+//! The idp worker: turns the facts in the event log into read models and effects.
+//!
+//! It hosts the async projections (one subscription each, single-active across worker
+//! processes), serves health and metrics on `WORKER_ADDR`, and offers operator commands
+//! (`rebuild`, `verify`). `main.rs` only parses the command line and calls into here.
+
+pub mod cli;
+pub mod config;
+pub mod projections;
+pub mod startup;

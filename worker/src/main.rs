@@ -1,0 +1,26 @@
+//! `idp-worker`: runs projections (default), or an operator command.
+
+use clap::Parser;
+use idp_worker::config::{Command, Config};
+use idp_worker::startup::{Worker, connect};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    idp_ops::telemetry::init(config.common.log_format)?;
+    match &config.command {
+        None | Some(Command::Run) => {
+            let shutdown = idp_ops::shutdown::on_signal();
+            Worker::build(&config).await?.run_until_stopped(shutdown).await
+        }
+        Some(Command::Rebuild { name }) => {
+            let pool = connect(&config).await?;
+            idp_events::migrations::run(&pool).await?;
+            idp_worker::cli::rebuild(&pool, name).await
+        }
+        Some(Command::Verify { stream_prefix }) => {
+            let pool = connect(&config).await?;
+            idp_worker::cli::verify(&pool, stream_prefix.as_deref()).await
+        }
+    }
+}
