@@ -14,7 +14,12 @@ pub struct Config {
     pub common: CommonConfig,
 
     /// Address the HTTP API listens on.
-    #[arg(long, env = "API_ADDR", value_name = "API_ADDR", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "API_ADDR",
+        value_name = "API_ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
     pub api_addr: SocketAddr,
 
     /// Seconds a request may take before it is answered 503.

@@ -15,7 +15,9 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
@@ -54,14 +56,25 @@ impl Application {
         let state = AppState {
             store: EventStore::new(pool.clone()),
         };
-        let router = app(state, Health::new(pool.clone(), broker), Duration::from_secs(config.request_timeout_secs));
+        let router = app(
+            state,
+            Health::new(pool.clone(), broker),
+            Duration::from_secs(config.request_timeout_secs),
+        );
         idp_ops::metrics::record_build_info("idp-api");
-        Ok(Self { listener, router, pool })
+        Ok(Self {
+            listener,
+            router,
+            pool,
+        })
     }
 
     /// The port bound (useful when `API_ADDR` asked for port 0).
     pub fn port(&self) -> u16 {
-        self.listener.local_addr().map(|a| a.port()).unwrap_or_default()
+        self.listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or_default()
     }
 
     /// The database pool.
@@ -110,11 +123,17 @@ async fn scope_request_id(request: Request, next: Next) -> Response {
         .unwrap_or_default()
         .to_owned();
     let response = REQUEST_ID.scope(id.clone(), next.run(request)).await;
-    if response.status() == StatusCode::SERVICE_UNAVAILABLE && response.headers().get("content-type").is_none() {
+    if response.status() == StatusCode::SERVICE_UNAVAILABLE
+        && response.headers().get("content-type").is_none()
+    {
         // The timeout layer's bare 503 becomes a problem document too.
         return REQUEST_ID
             .scope(id, async {
-                problem(StatusCode::SERVICE_UNAVAILABLE, "timeout", Some("the request took too long".into()))
+                problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "timeout",
+                    Some("the request took too long".into()),
+                )
             })
             .await;
     }
@@ -127,7 +146,11 @@ async fn connect(config: &Config) -> anyhow::Result<PgPool> {
         .acquire_timeout(Duration::from_secs(3));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        match options.clone().connect_with(config.common.database_url.options()).await {
+        match options
+            .clone()
+            .connect_with(config.common.database_url.options())
+            .await
+        {
             Ok(pool) => return Ok(pool),
             Err(err) if tokio::time::Instant::now() < deadline => {
                 tracing::warn!(database = %config.common.database_url, error = %err, "database not reachable yet; retrying");
@@ -135,7 +158,10 @@ async fn connect(config: &Config) -> anyhow::Result<PgPool> {
             }
             Err(err) => {
                 return Err(err).with_context(|| {
-                    format!("while connecting to DATABASE_URL {}", config.common.database_url)
+                    format!(
+                        "while connecting to DATABASE_URL {}",
+                        config.common.database_url
+                    )
                 });
             }
         }

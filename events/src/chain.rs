@@ -90,7 +90,12 @@ fn write_json(out: &mut Vec<u8>, value: &Value) {
 }
 
 /// The hash of one link of a stream's chain.
-pub fn link_hash(previous: Option<&[u8]>, stream_id: &str, stream_version: i64, body: &[u8]) -> [u8; 32] {
+pub fn link_hash(
+    previous: Option<&[u8]>,
+    stream_id: &str,
+    stream_version: i64,
+    body: &[u8],
+) -> [u8; 32] {
     let mut hasher = Sha256::new();
     if let Some(previous) = previous {
         hasher.update(previous);
@@ -169,7 +174,10 @@ impl VerifyReport {
 /// and reports the first link that does not hold. Reads raw stored rows, without upcasting.
 ///
 /// The whole log is streamed in one ordered scan, so memory stays flat.
-pub async fn verify_streams(pool: &PgPool, prefix: Option<&str>) -> Result<VerifyReport, sqlx::Error> {
+pub async fn verify_streams(
+    pool: &PgPool,
+    prefix: Option<&str>,
+) -> Result<VerifyReport, sqlx::Error> {
     let prefix = prefix.unwrap_or("");
     let mut rows = sqlx::query(
         "select position, event_id, stream_id, stream_version, event_type, schema_version,
@@ -271,7 +279,10 @@ mod tests {
     #[test]
     fn each_link_depends_on_its_predecessor_and_place() {
         let first = link_hash(None, "s", 1, b"x");
-        assert_ne!(link_hash(Some(&first), "s", 2, b"x"), link_hash(None, "s", 2, b"x"));
+        assert_ne!(
+            link_hash(Some(&first), "s", 2, b"x"),
+            link_hash(None, "s", 2, b"x")
+        );
         assert_ne!(link_hash(None, "s", 1, b"x"), link_hash(None, "t", 1, b"x"));
         assert_ne!(link_hash(None, "s", 1, b"x"), link_hash(None, "s", 2, b"x"));
     }

@@ -61,9 +61,7 @@ impl AppendError {
                     actual: -1,
                 }
             }
-            Some("23505") if db.constraint() == Some("events_event_id_key") => {
-                Self::DuplicateEvent
-            }
+            Some("23505") if db.constraint() == Some("events_event_id_key") => Self::DuplicateEvent,
             // 22P05: untranslatable character (NUL in JSON text), 22023/22P02: invalid JSON value.
             Some("22P05") | Some("22023") | Some("22P02") => {
                 Self::InvalidEvent(db.message().to_owned())

@@ -102,7 +102,9 @@ impl Metadata {
 
 /// A position in commit-safe log order: events are read ordered by the transaction that wrote
 /// them, then by their position. `Cursor::START` is before every event.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Cursor {
     /// The writing transaction's id (`xid8`).
     pub transaction_id: i64,

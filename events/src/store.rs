@@ -166,8 +166,8 @@ impl EventStore {
         if append.events.is_empty() {
             return Err(AppendError::Empty);
         }
-        let metadata =
-            serde_json::to_value(&append.metadata).map_err(|e| AppendError::InvalidEvent(e.to_string()))?;
+        let metadata = serde_json::to_value(&append.metadata)
+            .map_err(|e| AppendError::InvalidEvent(e.to_string()))?;
         let recorded_at = now_micros();
 
         let n = append.events.len();
@@ -264,7 +264,11 @@ impl EventStore {
     /// Only events of transactions older than every transaction still running are returned, so
     /// a reader that follows the returned cursors never skips an event whose transaction commits
     /// late. The price: a long-running writing transaction holds readers back until it ends.
-    pub async fn read_all(&self, after: Cursor, limit: i64) -> Result<Vec<RecordedEvent>, ReadError> {
+    pub async fn read_all(
+        &self,
+        after: Cursor,
+        limit: i64,
+    ) -> Result<Vec<RecordedEvent>, ReadError> {
         let mut conn = self.pool.acquire().await?;
         read_all_in(&mut conn, &self.upcasters, after, limit).await
     }

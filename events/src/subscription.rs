@@ -31,6 +31,9 @@ use crate::event::{Cursor, RecordedEvent};
 use crate::store::{EventStore, NOTIFY_CHANNEL, read_all_in};
 use crate::upcast::Upcasters;
 
+/// First delay before looking again for an announced but not yet visible event.
+const RECHECK_MIN: Duration = Duration::from_millis(2);
+
 /// Advisory lock class of subscriptions (the second key is `hashtext(name)`).
 const LOCK_CLASS: i32 = 1_768_974_882;
 
@@ -69,7 +72,10 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
 
     /// Empties the read model, before a replay from the start. Runs in the reset transaction.
-    fn reset(&self, conn: &mut PgConnection) -> impl Future<Output = Result<(), HandlerError>> + Send;
+    fn reset(
+        &self,
+        conn: &mut PgConnection,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
 }
 
 /// Tuning of a subscription runner.
@@ -255,23 +261,45 @@ impl<H: Handler> Subscription<H> {
         self.set_active(true);
         self.state.send_replace(RunnerState::Active);
 
+        // A notification names the last position appended. If that event is not visible yet
+        // (an older transaction, possibly in another database of the cluster, is still open),
+        // look again soon instead of waiting for the next notification or poll.
+        let mut announced_position = 0_i64;
+        let mut seen_position = cursor.position;
+        let mut recheck = RECHECK_MIN;
         while !shutdown.is_cancelled() {
             let batch =
                 read_all_in(&mut conn, &self.upcasters, cursor, self.options.batch_size).await?;
-            if batch.is_empty() {
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    received = listener.recv() => {
-                        if let Err(err) = received {
-                            tracing::debug!(subscription = %self.name, error = %err, "listener failed; polling");
-                            tokio::time::sleep(self.options.poll_interval).await;
-                        }
-                    }
-                    () = tokio::time::sleep(self.options.poll_interval) => {}
-                }
+            if let Some(max) = batch.iter().map(|e| e.position).max() {
+                seen_position = seen_position.max(max);
+                recheck = RECHECK_MIN;
+                cursor = self
+                    .process_batch(&mut conn, cursor, batch, shutdown)
+                    .await?;
                 continue;
             }
-            cursor = self.process_batch(&mut conn, cursor, batch, shutdown).await?;
+            let wait = if announced_position > seen_position {
+                let wait = recheck;
+                recheck = (recheck * 2).min(self.options.poll_interval);
+                wait
+            } else {
+                self.options.poll_interval
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                received = listener.recv() => match received {
+                    Ok(note) => {
+                        if let Ok(position) = note.payload().parse::<i64>() {
+                            announced_position = announced_position.max(position);
+                        }
+                    }
+                    Err(err) => {
+                        tracing::debug!(subscription = %self.name, error = %err, "listener failed; polling");
+                        tokio::time::sleep(self.options.poll_interval).await;
+                    }
+                },
+                () = tokio::time::sleep(wait) => {}
+            }
         }
         self.set_active(false);
         let _ = conn.close().await;
@@ -313,10 +341,13 @@ impl<H: Handler> Subscription<H> {
                 Some((0, err)) => {
                     tx.rollback().await?;
                     let failing = &pending[0];
-                    match self.retry_or_park(conn, from, failing, err, shutdown).await? {
+                    match self
+                        .retry_or_park(conn, from, failing, err, shutdown)
+                        .await?
+                    {
                         Some(next) if next == failing.cursor() => from = next,
                         Some(next) => return Ok(next), // reset underneath us
-                        None => return Ok(from),        // shutting down
+                        None => return Ok(from),       // shutting down
                     }
                     start += 1;
                     end = batch.len();
@@ -434,10 +465,17 @@ impl<H: Handler> Subscription<H> {
 /// Empties `handler`'s read model, rewinds subscription `name` to the start and forgets its
 /// parked events, in one transaction. The active runner (in this or another process) then
 /// replays the log from the start.
-pub async fn reset<H: Handler>(pool: &PgPool, name: &str, handler: &H) -> Result<(), SubscriptionError> {
+pub async fn reset<H: Handler>(
+    pool: &PgPool,
+    name: &str,
+    handler: &H,
+) -> Result<(), SubscriptionError> {
     let mut tx = pool.begin().await?;
     ensure_checkpoint(&mut tx, name).await?;
-    handler.reset(&mut tx).await.map_err(SubscriptionError::Reset)?;
+    handler
+        .reset(&mut tx)
+        .await
+        .map_err(SubscriptionError::Reset)?;
     sqlx::query(
         "update subscription_checkpoints set transaction_id = '0'::xid8, position = 0, updated_at = now()
           where name = $1",
@@ -460,10 +498,12 @@ pub async fn checkpoint(pool: &PgPool, name: &str) -> Result<Cursor, sqlx::Error
 }
 
 async fn ensure_checkpoint(conn: &mut PgConnection, name: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("insert into subscription_checkpoints (name) values ($1) on conflict (name) do nothing")
-        .bind(name)
-        .execute(conn)
-        .await?;
+    sqlx::query(
+        "insert into subscription_checkpoints (name) values ($1) on conflict (name) do nothing",
+    )
+    .bind(name)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -488,4 +528,3 @@ async fn try_lock(conn: &mut PgConnection, name: &str) -> Result<bool, sqlx::Err
         .fetch_one(conn)
         .await
 }
-

@@ -67,7 +67,14 @@ impl FromStr for DatabaseUrl {
         if !(raw.starts_with("postgres://") || raw.starts_with("postgresql://")) {
             return Err("expected a postgres:// URL".into());
         }
-        let options = PgConnectOptions::from_str(raw).map_err(|e| e.to_string())?;
+        let mut options = PgConnectOptions::from_str(raw).map_err(|e| e.to_string())?;
+        if !has_userinfo(raw)
+            && std::env::var_os("PGUSER").is_none()
+            && let Some(user) = os_user_name()
+        {
+            // Like libpq: no user in the URL means the operating-system user.
+            options = options.username(&user);
+        }
         Ok(Self {
             raw: raw.to_owned(),
             options,
@@ -123,6 +130,37 @@ impl fmt::Display for AmqpUrl {
     }
 }
 
+fn has_userinfo(raw: &str) -> bool {
+    let rest = raw.split_once("://").map_or(raw, |(_, rest)| rest);
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    rest[..authority_end].contains('@')
+}
+
+/// The name of the user running this process: `$USER`, `$LOGNAME`, or the passwd entry of the
+/// process's uid (containers and CI runners often set neither variable).
+pub fn os_user_name() -> Option<String> {
+    for var in ["USER", "LOGNAME"] {
+        if let Ok(name) = std::env::var(var)
+            && !name.is_empty()
+        {
+            return Some(name);
+        }
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let uid = std::fs::metadata("/proc/self").ok()?.uid().to_string();
+        let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+        passwd.lines().find_map(|line| {
+            let mut fields = line.split(':');
+            let name = fields.next()?;
+            (fields.nth(1)? == uid).then(|| name.to_owned())
+        })
+    }
+    #[cfg(not(unix))]
+    None
+}
+
 /// `scheme://user:secret@host/...` becomes `scheme://user:***@host/...`.
 pub fn redact_url(raw: &str) -> String {
     let Some(scheme_end) = raw.find("://") else {
@@ -160,8 +198,14 @@ mod tests {
 
     #[test]
     fn urls_without_passwords_are_unchanged() {
-        assert_eq!(redact_url("postgres://127.0.0.1/idp"), "postgres://127.0.0.1/idp");
-        assert_eq!(redact_url("postgres://me@host/idp"), "postgres://me@host/idp");
+        assert_eq!(
+            redact_url("postgres://127.0.0.1/idp"),
+            "postgres://127.0.0.1/idp"
+        );
+        assert_eq!(
+            redact_url("postgres://me@host/idp"),
+            "postgres://me@host/idp"
+        );
     }
 
     #[test]

@@ -30,7 +30,9 @@ pub struct BrokerProbe {
 
 impl std::fmt::Debug for BrokerProbe {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BrokerProbe").field("url", &self.url).finish_non_exhaustive()
+        f.debug_struct("BrokerProbe")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
     }
 }
 
@@ -52,7 +54,8 @@ impl BrokerProbe {
             return Ok(());
         }
         *connection = None;
-        let connect = lapin::Connection::connect(self.url.expose(), lapin::ConnectionProperties::default());
+        let connect =
+            lapin::Connection::connect(self.url.expose(), lapin::ConnectionProperties::default());
         match tokio::time::timeout(CHECK_TIMEOUT, connect).await {
             Ok(Ok(conn)) => {
                 *connection = Some(conn);

@@ -31,15 +31,19 @@ async fn rebuild_with<H: Handler>(store: &EventStore, sub: Subscription<H>) -> a
     let pool = store.pool();
     let started = Instant::now();
     let head = store.head().await?.map(|c| c.position).unwrap_or_default();
-    let total: i64 = sqlx::query_scalar("select count(*) from events").fetch_one(pool).await?;
+    let total: i64 = sqlx::query_scalar("select count(*) from events")
+        .fetch_one(pool)
+        .await?;
     subscription::reset(pool, sub.name(), sub.handler())
         .await
         .with_context(|| format!("while resetting {}", sub.name()))?;
 
     let bar = ProgressBar::new(u64::try_from(head).unwrap_or_default());
     bar.set_style(
-        ProgressStyle::with_template("{spinner} {msg} [{bar:40}] position {pos}/{len} ({per_sec}, eta {eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{spinner} {msg} [{bar:40}] position {pos}/{len} ({per_sec}, eta {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_message(sub.name().to_owned());
 
@@ -68,10 +72,11 @@ async fn rebuild_with<H: Handler>(store: &EventStore, sub: Subscription<H>) -> a
     };
     follower.abort();
     bar.finish_and_clear();
-    let parked: i64 = sqlx::query_scalar("select count(*) from failed_events where subscription = $1")
-        .bind(sub.name())
-        .fetch_one(pool)
-        .await?;
+    let parked: i64 =
+        sqlx::query_scalar("select count(*) from failed_events where subscription = $1")
+            .bind(sub.name())
+            .fetch_one(pool)
+            .await?;
     let mut out = std::io::stdout().lock();
     writeln!(
         out,

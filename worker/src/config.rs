@@ -14,7 +14,12 @@ pub struct Config {
     pub common: CommonConfig,
 
     /// Address of the worker's health and metrics listener.
-    #[arg(long, env = "WORKER_ADDR", value_name = "WORKER_ADDR", default_value = "127.0.0.1:8081")]
+    #[arg(
+        long,
+        env = "WORKER_ADDR",
+        value_name = "WORKER_ADDR",
+        default_value = "127.0.0.1:8081"
+    )]
     pub worker_addr: SocketAddr,
 
     /// What to do; without a command the worker runs.

@@ -11,7 +11,10 @@ async fn main() -> anyhow::Result<()> {
     match &config.command {
         None | Some(Command::Run) => {
             let shutdown = idp_ops::shutdown::on_signal();
-            Worker::build(&config).await?.run_until_stopped(shutdown).await
+            Worker::build(&config)
+                .await?
+                .run_until_stopped(shutdown)
+                .await
         }
         Some(Command::Rebuild { name }) => {
             let pool = connect(&config).await?;

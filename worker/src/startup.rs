@@ -45,7 +45,10 @@ impl Worker {
 
     /// The port of the health listener.
     pub fn port(&self) -> u16 {
-        self.listener.local_addr().map(|a| a.port()).unwrap_or_default()
+        self.listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or_default()
     }
 
     /// Runs the projections and the health listener until `shutdown` is cancelled; batches in
@@ -90,7 +93,11 @@ pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
         .acquire_timeout(Duration::from_secs(3));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        match options.clone().connect_with(config.common.database_url.options()).await {
+        match options
+            .clone()
+            .connect_with(config.common.database_url.options())
+            .await
+        {
             Ok(pool) => return Ok(pool),
             Err(err) if tokio::time::Instant::now() < deadline => {
                 tracing::warn!(database = %config.common.database_url, error = %err, "database not reachable yet; retrying");
@@ -98,7 +105,10 @@ pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
             }
             Err(err) => {
                 return Err(err).with_context(|| {
-                    format!("while connecting to DATABASE_URL {}", config.common.database_url)
+                    format!(
+                        "while connecting to DATABASE_URL {}",
+                        config.common.database_url
+                    )
                 });
             }
         }

@@ -15,5 +15,9 @@ pub fn router(health: Health) -> Router {
 }
 
 async fn not_found() -> Response {
-    problem(StatusCode::NOT_FOUND, "not-found", Some("no such route".into()))
+    problem(
+        StatusCode::NOT_FOUND,
+        "not-found",
+        Some("no such route".into()),
+    )
 }

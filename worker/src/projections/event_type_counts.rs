@@ -15,7 +15,11 @@ impl EventTypeCounts {
 }
 
 impl Handler for EventTypeCounts {
-    async fn handle(&self, conn: &mut PgConnection, event: &RecordedEvent) -> Result<(), HandlerError> {
+    async fn handle(
+        &self,
+        conn: &mut PgConnection,
+        event: &RecordedEvent,
+    ) -> Result<(), HandlerError> {
         sqlx::query(
             "insert into event_type_counts (event_type, events, last_position, last_recorded_at)
              values ($1, 1, $2, $3)
@@ -33,7 +37,9 @@ impl Handler for EventTypeCounts {
     }
 
     async fn reset(&self, conn: &mut PgConnection) -> Result<(), HandlerError> {
-        sqlx::query("delete from event_type_counts").execute(conn).await?;
+        sqlx::query("delete from event_type_counts")
+            .execute(conn)
+            .await?;
         Ok(())
     }
 }

@@ -1,0 +1,121 @@
+# Helpers shared by the scripts in this directory. Sourced, not executed.
+# shellcheck shell=bash
+
+IDP_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+IDP_DEFAULT_DATABASE_URL='postgres://127.0.0.1:5432/idp'
+# Development default (RabbitMQ's built-in guest account).
+IDP_DEFAULT_AMQP_URL='amqp://guest:guest@127.0.0.1:5672/%2f'
+
+idp_say() { printf '%s\n' "$*"; }
+idp_die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# Loads KEY=VALUE lines from the repository's .env, if there is one, without overriding
+# variables that are already set. Values are taken literally (no expansion); one pair of
+# surrounding quotes is removed.
+idp_load_dotenv() {
+    local file="$IDP_ROOT/.env" line key value
+    [[ -f $file ]] || return 0
+    while IFS= read -r line || [[ -n $line ]]; do
+        line="${line#"${line%%[![:space:]]*}"}"
+        [[ -z $line || $line == \#* ]] && continue
+        line="${line#export }"
+        [[ $line =~ ^([A-Za-z_][A-Za-z0-9_]*)=(.*)$ ]] || continue
+        key="${BASH_REMATCH[1]}"
+        value="${BASH_REMATCH[2]}"
+        value="${value%"${value##*[![:space:]]}"}"
+        if [[ $value =~ ^\"(.*)\"$ || $value =~ ^\'(.*)\'$ ]]; then
+            value="${BASH_REMATCH[1]}"
+        fi
+        [[ -n ${!key+set} ]] || export "$key=$value"
+    done <"$file"
+}
+
+# Exports the connection defaults for whatever is not set.
+idp_export_connection_defaults() {
+    export DATABASE_URL="${DATABASE_URL:-$IDP_DEFAULT_DATABASE_URL}"
+    export AMQP_URL="${AMQP_URL:-$IDP_DEFAULT_AMQP_URL}"
+}
+
+# Splits a URL (scheme://[user[:password]@]host[:port][/path][?query]) into the globals
+# URL_SCHEME, URL_USERINFO, URL_USER, URL_HOST, URL_PORT, URL_PATH and URL_QUERY.
+# URL_HOST has no brackets for IPv6 literals; URL_PORT is empty when the URL has none.
+# shellcheck disable=SC2034 # the globals are the result
+idp_parse_url() {
+    local url="$1" rest authority hostport
+    URL_SCHEME="${url%%://*}"
+    rest="${url#*://}"
+    URL_QUERY=""
+    if [[ $rest == *\?* ]]; then
+        URL_QUERY="${rest#*\?}"
+        rest="${rest%%\?*}"
+    fi
+    authority="${rest%%/*}"
+    URL_PATH=""
+    [[ $rest == */* ]] && URL_PATH="${rest#*/}"
+    URL_USERINFO=""
+    hostport="$authority"
+    if [[ $authority == *@* ]]; then
+        URL_USERINFO="${authority%@*}"
+        hostport="${authority##*@}"
+    fi
+    URL_USER="$(idp_urldecode "${URL_USERINFO%%:*}")"
+    if [[ $hostport == \[* ]]; then
+        URL_HOST="${hostport#\[}"
+        URL_HOST="${URL_HOST%%]*}"
+        URL_PORT="${hostport##*]}"
+        URL_PORT="${URL_PORT#:}"
+    else
+        URL_HOST="${hostport%%:*}"
+        URL_PORT=""
+        [[ $hostport == *:* ]] && URL_PORT="${hostport##*:}"
+    fi
+    return 0
+}
+
+idp_urldecode() {
+    local s="${1//+/ }"
+    printf '%b' "${s//%/\\x}"
+}
+
+# The host part of a URL again, with brackets around IPv6 literals.
+idp_url_hostport() {
+    local host="$1" port="$2"
+    [[ $host == *:* ]] && host="[$host]"
+    printf '%s%s' "$host" "${port:+:$port}"
+}
+
+# Prints DATABASE_URL-style URL "$1" with its database replaced by "$2". Keeps only the query
+# parameters libpq understands, so that psql accepts the result, unless "$3" is "all".
+idp_database_url_with() {
+    local url="$1" database="$2" param kept=""
+    idp_parse_url "$url"
+    if [[ ${3:-} == all ]]; then
+        kept="$URL_QUERY"
+    elif [[ -n $URL_QUERY ]]; then
+        local -a params
+        IFS='&' read -r -a params <<<"$URL_QUERY"
+        for param in "${params[@]}"; do
+            case "${param%%=*}" in
+                host | hostaddr | port | user | password | sslmode | sslrootcert | sslcert | sslkey | \
+                    options | application_name | connect_timeout)
+                    kept="${kept:+$kept&}$param"
+                    ;;
+            esac
+        done
+    fi
+    printf '%s://%s%s/%s%s' "$URL_SCHEME" "${URL_USERINFO:+$URL_USERINFO@}" \
+        "$(idp_url_hostport "$URL_HOST" "$URL_PORT")" "$database" "${kept:+?$kept}"
+}
+
+# The database named in a DATABASE_URL-style URL (empty if none).
+idp_database_name() {
+    idp_parse_url "$1"
+    idp_urldecode "$URL_PATH"
+}
+
+# "12.3s" since the $EPOCHREALTIME value "$1".
+idp_elapsed() {
+    local start="${1//[!0-9]/}" now="${EPOCHREALTIME//[!0-9]/}"
+    local ms=$(((now - start) / 1000))
+    printf '%d.%ds' $((ms / 1000)) $(((ms % 1000) / 100))
+}
