@@ -58,12 +58,18 @@ create table reservations (
     constraint reservations_pkey primary key (scope, value)
 );
 
--- Append events to one stream in one statement: version check, reservations, hash chain and
--- wake-up notification. `p_expected` is the stream's current version the caller decided on
--- (0 = the stream must not exist) or null for "any".
+-- Append events to one stream in one statement: version check, reservations and hash chain.
+-- `p_expected` is the stream's current version the caller decided on (0 = the stream must not
+-- exist) or null for "any". `p_canonical` holds each event's canonical body (computed by the
+-- application, see events/src/chain.rs); the chain link adds the previous hash and the event's
+-- place in the stream.
+--
+-- The wake-up notification is sent by the application after the append, not here: NOTIFY
+-- serialises the commits of all notifying transactions (a cluster-wide lock held through the
+-- WAL flush), which would make concurrent appends as slow as one writer.
 --
 -- Errors use their own SQLSTATEs so the application can map them to typed errors:
---   IE001 version conflict, IE002 reservation already taken.
+--   IE001 version conflict (detail: the actual version), IE002 reservation taken (detail: scope).
 create function idp_append(
     p_stream_id       text,
     p_expected        bigint,
@@ -71,7 +77,7 @@ create function idp_append(
     p_event_types     text[],
     p_schema_versions integer[],
     p_data            jsonb[],
-    p_metadata        jsonb[],
+    p_metadata        jsonb,
     p_recorded_at     timestamptz,
     p_canonical       bytea[],
     p_claim_scopes    text[],
@@ -81,10 +87,15 @@ create function idp_append(
 ) returns table (out_position bigint, out_stream_version bigint, out_transaction_id bigint)
 language plpgsql as $$
 declare
-    v_version bigint;
-    v_hash    bytea;
-    v_claimed integer;
-    i         integer;
+    v_version   bigint;
+    v_base      bigint;
+    v_hash      bytea;
+    v_hashes    bytea[] := '{}';
+    v_body      bytea;
+    v_stream    bytea := int4send(octet_length(p_stream_id)) || convert_to(p_stream_id, 'UTF8');
+    v_claimed   integer;
+    v_txid      bigint := pg_current_xact_id()::text::bigint;
+    i           integer;
 begin
     -- Serialise writers of one stream; other streams are not affected.
     perform pg_advisory_xact_lock(1768974881, hashtext(p_stream_id));
@@ -122,25 +133,27 @@ begin
            and r.stream_id = p_stream_id;
     end loop;
 
-    for i in 1 .. array_length(p_event_ids, 1) loop
+    -- Chain link: sha256(previous hash in this stream (empty for the first event)
+    --   || version as 8 bytes big-endian || stream id length as 4 bytes || stream id (UTF-8)
+    --   || canonical body of the event). events/src/chain.rs recomputes it.
+    v_base := v_version;
+    foreach v_body in array p_canonical loop
         v_version := v_version + 1;
-        -- Chain link: sha256(previous hash in this stream (empty for the first event)
-        --   || version as 8 bytes big-endian || stream id length as 4 bytes || stream id (UTF-8)
-        --   || canonical body of the event). events/src/chain.rs recomputes it.
-        v_hash := sha256(coalesce(v_hash, ''::bytea) || int8send(v_version)
-                         || int4send(octet_length(p_stream_id)) || convert_to(p_stream_id, 'UTF8')
-                         || p_canonical[i]);
-        insert into events (event_id, stream_id, stream_version, event_type, schema_version,
-                            data, metadata, recorded_at, hash)
-        values (p_event_ids[i], p_stream_id, v_version, p_event_types[i], p_schema_versions[i],
-                p_data[i], p_metadata[i], p_recorded_at, v_hash)
-        returning position into out_position;
-        out_stream_version := v_version;
-        out_transaction_id := pg_current_xact_id()::text::bigint;
-        return next;
+        v_hash := sha256(coalesce(v_hash, ''::bytea) || int8send(v_version) || v_stream || v_body);
+        v_hashes := v_hashes || v_hash;
     end loop;
 
-    perform pg_notify('idp_events', out_position::text);
+    return query
+    with inserted as (
+        insert into events (event_id, stream_id, stream_version, event_type, schema_version,
+                            data, metadata, recorded_at, hash)
+        select t.id, p_stream_id, v_base + t.ord, t.typ, t.sv, t.d, p_metadata, p_recorded_at, t.h
+          from unnest(p_event_ids, p_event_types, p_schema_versions, p_data, v_hashes)
+               with ordinality as t(id, typ, sv, d, h, ord)
+         order by t.ord
+        returning events.position, events.stream_version
+    )
+    select inserted.position, inserted.stream_version, v_txid from inserted order by inserted.position;
 end;
 $$;
 

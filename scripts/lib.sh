@@ -34,6 +34,10 @@ idp_load_dotenv() {
 idp_export_connection_defaults() {
     export DATABASE_URL="${DATABASE_URL:-$IDP_DEFAULT_DATABASE_URL}"
     export AMQP_URL="${AMQP_URL:-$IDP_DEFAULT_AMQP_URL}"
+    # Like libpq, a URL without a user means the operating-system user. Say so explicitly:
+    # some environments (containers, CI) set neither USER nor LOGNAME, and tools that guess
+    # the user then fall back to a made-up name.
+    export PGUSER="${PGUSER:-$(id -un)}"
 }
 
 # Splits a URL (scheme://[user[:password]@]host[:port][/path][?query]) into the globals

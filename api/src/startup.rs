@@ -45,6 +45,7 @@ pub struct Application {
 impl Application {
     /// Connects to the database (waiting for it up to 30 s), applies migrations and binds.
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        idp_ops::metrics::install("idp-api");
         let pool = connect(config).await?;
         idp_events::migrations::run(&pool)
             .await
@@ -61,7 +62,6 @@ impl Application {
             Health::new(pool.clone(), broker),
             Duration::from_secs(config.request_timeout_secs),
         );
-        idp_ops::metrics::record_build_info("idp-api");
         Ok(Self {
             listener,
             router,

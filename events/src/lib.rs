@@ -13,6 +13,7 @@ pub mod chain;
 mod error;
 mod event;
 pub mod migrations;
+mod notifier;
 mod store;
 pub mod subscription;
 mod upcast;

@@ -9,9 +9,10 @@ use sqlx::{PgConnection, PgPool, Row};
 use crate::chain::canonical_body;
 use crate::error::{AppendError, ReadError};
 use crate::event::{Cursor, ExpectedVersion, Metadata, NewEvent, RecordedEvent};
+use crate::notifier::Notifier;
 use crate::upcast::Upcasters;
 
-/// The channel `idp_append` notifies (payload: the last position appended) at commit.
+/// The channel subscribers LISTEN on; the payload is the highest position appended so far.
 pub const NOTIFY_CHANNEL: &str = "idp_events";
 
 /// An append to one stream: events, the version the writer decided on, metadata shared by the
@@ -115,11 +116,44 @@ impl AppendOutcome {
 pub struct EventStore {
     pool: PgPool,
     upcasters: Arc<Upcasters>,
+    notifier: Notifier,
 }
 
-const SELECT_COLUMNS: &str = "select position, transaction_id::text::bigint as transaction_id,
-        event_id, stream_id, stream_version, event_type, schema_version, data, metadata,
-        recorded_at, hash from events";
+/// How often an [`ExpectedVersion::Any`] append is retried after losing a race for a version.
+const ANY_RETRIES: u32 = 20;
+
+/// One event, one statement: read the stream's head, insert the next version with its chain link
+/// (same formula as `idp_append` in the migrations) if the head is the expected one. Returns the
+/// head version seen and, if inserted, the new row; a concurrent writer that took the version
+/// first makes the insert fail on `events_stream_version_key`.
+const APPEND_ONE: &str = "
+with head as (
+    select coalesce(h.stream_version, 0) as version, h.hash
+      from (values (1)) as one
+      left join lateral (
+            select e.stream_version, e.hash from events e
+             where e.stream_id = $1
+             order by e.stream_version desc
+             limit 1) as h on true
+), inserted as (
+    insert into events (event_id, stream_id, stream_version, event_type, schema_version,
+                        data, metadata, recorded_at, hash)
+    select $2, $1, head.version + 1, $3, $4, $5, $6, $7,
+           sha256(coalesce(head.hash, ''::bytea) || int8send(head.version + 1)
+                  || int4send(octet_length($1)) || convert_to($1, 'UTF8') || $8)
+      from head
+     where $9::bigint is null or head.version = $9::bigint
+    returning position, stream_version
+)
+select head.version, inserted.position, inserted.stream_version,
+       coalesce(pg_current_xact_id_if_assigned()::text::bigint, 0)
+  from head left join inserted on true";
+
+// The table is aliased `e` so that `order by e.transaction_id` sorts by the column (and can
+// walk its index), not by the bigint cast that the select list names `transaction_id`.
+const SELECT_COLUMNS: &str = "select e.position, e.transaction_id::text::bigint as transaction_id,
+        e.event_id, e.stream_id, e.stream_version, e.event_type, e.schema_version, e.data,
+        e.metadata, e.recorded_at, e.hash from events e";
 
 impl EventStore {
     /// A store over `pool` with no upcasters.
@@ -130,6 +164,7 @@ impl EventStore {
     /// A store that upcasts events to their current schema version when reading.
     pub fn with_upcasters(pool: PgPool, upcasters: Upcasters) -> Self {
         Self {
+            notifier: Notifier::new(pool.clone()),
             pool,
             upcasters: Arc::new(upcasters),
         }
@@ -149,10 +184,100 @@ impl EventStore {
         Arc::clone(&self.upcasters)
     }
 
-    /// Appends in a transaction of its own (one statement, one round trip).
+    /// Appends in a transaction of its own: one statement, one round trip.
+    ///
+    /// A single event without reservations takes a lock-free path: it reads the stream's head
+    /// and inserts the next version in one statement, relying on the unique
+    /// `(stream_id, stream_version)` constraint to refuse a concurrent writer. With
+    /// [`ExpectedVersion::Any`] such a clash is retried here, so it never reaches the caller.
     pub async fn append(&self, append: Append) -> Result<AppendOutcome, AppendError> {
         let mut conn = self.pool.acquire().await.map_err(AppendError::Database)?;
-        self.append_in(&mut conn, append).await
+        if append.events.len() != 1 || !append.claims.is_empty() || !append.releases.is_empty() {
+            return self.append_in(&mut conn, append).await;
+        }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.append_one(&mut conn, &append).await {
+                Err(AppendError::Conflict { .. })
+                    if append.expected == ExpectedVersion::Any && attempt < ANY_RETRIES => {}
+                Err(AppendError::Conflict {
+                    stream_id,
+                    expected,
+                    actual: -1,
+                }) => {
+                    // Lost a race on the unique constraint: report the version that won.
+                    let actual = self.stream_version(&stream_id).await.unwrap_or(-1);
+                    return Err(AppendError::Conflict {
+                        stream_id,
+                        expected,
+                        actual,
+                    });
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The stream's current version (0 if it has no events).
+    pub async fn stream_version(&self, stream_id: &str) -> Result<i64, ReadError> {
+        let version: Option<i64> =
+            sqlx::query_scalar("select max(stream_version) from events where stream_id = $1")
+                .bind(stream_id)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(version.unwrap_or(0))
+    }
+
+    /// The single-statement path of [`EventStore::append`] for one event.
+    async fn append_one(
+        &self,
+        conn: &mut PgConnection,
+        append: &Append,
+    ) -> Result<AppendOutcome, AppendError> {
+        let event = &append.events[0];
+        check_schema_version(event)?;
+        let metadata = serde_json::to_value(&append.metadata)
+            .map_err(|e| AppendError::InvalidEvent(e.to_string()))?;
+        let recorded_at = now_micros();
+        let canonical = canonical_body(
+            event.event_id,
+            &event.event_type,
+            event.schema_version,
+            &event.data,
+            &metadata,
+            recorded_at,
+        );
+        let expected = append.expected.as_db();
+        let row = sqlx::query(APPEND_ONE)
+            .bind(&append.stream_id)
+            .bind(event.event_id)
+            .bind(&event.event_type)
+            .bind(event.schema_version)
+            .bind(&event.data)
+            .bind(&metadata)
+            .bind(recorded_at)
+            .bind(canonical)
+            .bind(expected)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| AppendError::from_db(&append.stream_id, expected, e))?;
+        let current: i64 = row.try_get(0).map_err(AppendError::Database)?;
+        let position: Option<i64> = row.try_get(1).map_err(AppendError::Database)?;
+        let Some(position) = position else {
+            return Err(AppendError::Conflict {
+                stream_id: append.stream_id.clone(),
+                expected: expected.unwrap_or_default(),
+                actual: current,
+            });
+        };
+        let outcome = AppendOutcome {
+            positions: vec![position],
+            stream_version: row.try_get(2).map_err(AppendError::Database)?,
+            transaction_id: row.try_get(3).map_err(AppendError::Database)?,
+        };
+        self.appended(&append.events, &outcome);
+        Ok(outcome)
     }
 
     /// Appends inside the caller's transaction, so inline projections and reservations commit or
@@ -175,15 +300,9 @@ impl EventStore {
         let mut types = Vec::with_capacity(n);
         let mut versions = Vec::with_capacity(n);
         let mut data = Vec::with_capacity(n);
-        let mut metas = Vec::with_capacity(n);
         let mut canonical = Vec::with_capacity(n);
         for event in &append.events {
-            if event.schema_version < 1 {
-                return Err(AppendError::InvalidEvent(format!(
-                    "schema version of {} must be at least 1",
-                    event.event_type
-                )));
-            }
+            check_schema_version(event)?;
             canonical.push(canonical_body(
                 event.event_id,
                 &event.event_type,
@@ -196,7 +315,6 @@ impl EventStore {
             types.push(event.event_type.clone());
             versions.push(event.schema_version);
             data.push(event.data.clone());
-            metas.push(metadata.clone());
         }
         let (claim_scopes, claim_values): (Vec<_>, Vec<_>) = append.claims.iter().cloned().unzip();
         let (release_scopes, release_values): (Vec<_>, Vec<_>) =
@@ -213,7 +331,7 @@ impl EventStore {
         .bind(types)
         .bind(versions)
         .bind(data)
-        .bind(metas)
+        .bind(&metadata)
         .bind(recorded_at)
         .bind(canonical)
         .bind(claim_scopes)
@@ -236,11 +354,18 @@ impl EventStore {
             outcome.stream_version = row.try_get(1).map_err(AppendError::Database)?;
             outcome.transaction_id = row.try_get(2).map_err(AppendError::Database)?;
         }
-        for event in &append.events {
+        self.appended(&append.events, &outcome);
+        Ok(outcome)
+    }
+
+    fn appended(&self, events: &[NewEvent], outcome: &AppendOutcome) {
+        if let Some(&last) = outcome.positions.last() {
+            self.notifier.announce(last);
+        }
+        for event in events {
             metrics::counter!("idp_events_appended_total", "event_type" => event.event_type.clone())
                 .increment(1);
         }
-        Ok(outcome)
     }
 
     /// Events of one stream from `from_version` (inclusive, versions start at 1), upcast.
@@ -249,9 +374,9 @@ impl EventStore {
         stream_id: &str,
         from_version: i64,
     ) -> Result<Vec<RecordedEvent>, ReadError> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{SELECT_COLUMNS} where stream_id = $1 and stream_version >= $2 order by stream_version"
-        )))
+        let rows = sqlx::query(&format!(
+            "{SELECT_COLUMNS} where e.stream_id = $1 and e.stream_version >= $2 order by e.stream_version"
+        ))
         .bind(stream_id)
         .bind(from_version)
         .fetch_all(&self.pool)
@@ -304,13 +429,13 @@ pub(crate) async fn read_all_in(
     after: Cursor,
     limit: i64,
 ) -> Result<Vec<RecordedEvent>, ReadError> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+    let rows = sqlx::query(&format!(
         "{SELECT_COLUMNS}
-          where (transaction_id, position) > (($1::bigint)::text::xid8, $2)
-            and transaction_id < pg_snapshot_xmin(pg_current_snapshot())
-          order by transaction_id, position
+          where (e.transaction_id, e.position) > (($1::bigint)::text::xid8, $2)
+            and e.transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+          order by e.transaction_id, e.position
           limit $3"
-    )))
+    ))
     .bind(after.transaction_id)
     .bind(after.position)
     .bind(limit)
@@ -335,6 +460,16 @@ fn decode_row(row: &PgRow, upcasters: &Upcasters) -> Result<RecordedEvent, ReadE
     };
     upcasters.apply(&mut event);
     Ok(event)
+}
+
+fn check_schema_version(event: &NewEvent) -> Result<(), AppendError> {
+    if event.schema_version < 1 {
+        return Err(AppendError::InvalidEvent(format!(
+            "schema version of {} must be at least 1",
+            event.event_type
+        )));
+    }
+    Ok(())
 }
 
 /// Now, at the microsecond precision PostgreSQL stores, so the hashed time is the stored time.

@@ -44,10 +44,10 @@ impl Ledger {
     }
 
     async fn create(&self, pool: &PgPool) {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
+        sqlx::query(&format!(
             "create table {} (stream_id text primary key, total bigint not null, applied bigint not null, runner text not null)",
             self.table
-        )))
+        ))
         .execute(pool)
         .await
         .unwrap();
@@ -67,12 +67,12 @@ impl Handler for Ledger {
             *left = left.saturating_sub(if *left == u32::MAX { 0 } else { 1 });
             return Err(HandlerError::msg(format!("cannot apply n={n}")));
         }
-        sqlx::query(sqlx::AssertSqlSafe(format!(
+        sqlx::query(&format!(
             "insert into {t} (stream_id, total, applied, runner) values ($1, $2, 1, $3)
              on conflict (stream_id) do update
                 set total = {t}.total + excluded.total, applied = {t}.applied + 1, runner = excluded.runner",
             t = self.table
-        )))
+        ))
         .bind(&event.stream_id)
         .bind(n)
         .bind(self.runner)
@@ -86,7 +86,7 @@ impl Handler for Ledger {
     }
 
     async fn reset(&self, conn: &mut PgConnection) -> Result<(), HandlerError> {
-        sqlx::query(sqlx::AssertSqlSafe(format!("delete from {}", self.table)))
+        sqlx::query(&format!("delete from {}", self.table))
             .execute(conn)
             .await?;
         Ok(())
@@ -115,9 +115,9 @@ async fn append_numbers(store: &EventStore, streams: i64, per_stream: i64) {
 }
 
 async fn model(pool: &PgPool, table: &str) -> Vec<(String, i64, i64)> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    sqlx::query_as(&format!(
         "select stream_id, total, applied from {table} order by stream_id"
-    )))
+    ))
     .fetch_all(pool)
     .await
     .unwrap()

@@ -29,8 +29,10 @@ pub fn handle() -> PrometheusHandle {
         .clone()
 }
 
-/// Records the build's version once, as `idp_build_info{version, binary} 1`.
-pub fn record_build_info(binary: &'static str) {
+/// Installs the recorder (if not yet) and records the build's version as
+/// `idp_build_info{version, binary} 1`. Call at start, before anything records metrics.
+pub fn install(binary: &'static str) {
+    handle();
     metrics::gauge!("idp_build_info", "version" => env!("CARGO_PKG_VERSION"), "binary" => binary)
         .set(1.0);
 }

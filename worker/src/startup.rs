@@ -27,6 +27,7 @@ impl Worker {
     /// Connects to the database (waiting for it up to 30 s), applies migrations and binds
     /// `WORKER_ADDR`.
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        idp_ops::metrics::install("idp-worker");
         let pool = connect(config).await?;
         idp_events::migrations::run(&pool)
             .await
@@ -35,7 +36,6 @@ impl Worker {
         let listener = TcpListener::bind(config.worker_addr)
             .await
             .with_context(|| format!("while binding WORKER_ADDR {}", config.worker_addr))?;
-        idp_ops::metrics::record_build_info("idp-worker");
         Ok(Self {
             listener,
             health: Health::new(pool.clone(), broker),

@@ -1,0 +1,230 @@
+//! The API process against real PostgreSQL and RabbitMQ: health, readiness, metrics, problem
+//! documents, configuration errors and graceful shutdown.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use idp_api::config::Config;
+use idp_api::startup::Application;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use tokio_util::sync::CancellationToken;
+
+const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+fn database_url(conn: &PgConnectOptions) -> String {
+    format!(
+        "postgres://{}@{}:{}/{}",
+        conn.get_username(),
+        conn.get_host(),
+        conn.get_port(),
+        conn.get_database().unwrap_or("postgres")
+    )
+}
+
+fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| AMQP_URL.into())
+}
+
+struct TestApp {
+    base: String,
+    stop: CancellationToken,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+async fn spawn_app(conn: &PgConnectOptions, amqp: &str) -> TestApp {
+    let config = Config::try_parse_from([
+        "idp-api",
+        "--database-url",
+        &database_url(conn),
+        "--amqp-url",
+        amqp,
+        "--api-addr",
+        "127.0.0.1:0",
+    ])
+    .unwrap();
+    let app = Application::build(&config).await.unwrap();
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let stop = CancellationToken::new();
+    let handle = tokio::spawn(app.run_until_stopped(stop.clone()));
+    TestApp { base, stop, handle }
+}
+
+impl TestApp {
+    async fn stop(self) {
+        self.stop.cancel();
+        self.handle.await.unwrap().unwrap();
+    }
+}
+
+#[sqlx::test(migrations = false)]
+async fn the_api_applies_migrations_and_reports_live_ready_and_metrics(
+    _opts: PgPoolOptions,
+    conn: PgConnectOptions,
+) {
+    let app = spawn_app(&conn, &amqp_url()).await;
+    let client = reqwest::Client::new();
+
+    let live = client
+        .get(format!("{}/health/live", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), 200);
+
+    let ready = client
+        .get(format!("{}/health/ready", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(body["status"], "ready");
+    let names: Vec<&str> = body["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["database", "broker"]);
+
+    let metrics = client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), 200);
+    assert!(metrics.text().await.unwrap().contains("idp_build_info"));
+
+    // The migrations ran: the event log exists and refuses to be emptied.
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(conn.clone())
+        .await
+        .unwrap();
+    let err = sqlx::query("truncate events")
+        .execute(&pool)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("append-only"), "{err}");
+    pool.close().await;
+    app.stop().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn readiness_names_the_broker_when_it_is_unreachable(
+    _opts: PgPoolOptions,
+    conn: PgConnectOptions,
+) {
+    // Nothing listens on port 1.
+    let app = spawn_app(&conn, "amqp://guest:guest@127.0.0.1:1/%2f").await;
+    let ready = reqwest::get(format!("{}/health/ready", app.base))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(body["status"], "not_ready");
+    let checks = body["checks"].as_array().unwrap();
+    assert_eq!(checks[0]["name"], "database");
+    assert_eq!(checks[0]["status"], "up");
+    assert_eq!(checks[1]["name"], "broker");
+    assert_eq!(checks[1]["status"], "down");
+    assert!(
+        checks[1]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("cannot connect")
+    );
+    assert!(
+        !body.to_string().contains("guest:guest"),
+        "no credentials in the report"
+    );
+    app.stop().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn unknown_routes_get_a_problem_document_carrying_the_request_id(
+    _opts: PgPoolOptions,
+    conn: PgConnectOptions,
+) {
+    let app = spawn_app(&conn, &amqp_url()).await;
+    let response = reqwest::get(format!("{}/v1/nothing-here", app.base))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(!request_id.is_empty());
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["status"], 404);
+    assert_eq!(body["type"], "https://idp.dev/problems/not-found");
+    assert_eq!(body["request_id"], request_id.as_str());
+    app.stop().await;
+}
+
+#[test]
+fn a_bad_setting_stops_the_binary_with_a_message_naming_the_variable() {
+    for (var, value) in [
+        ("API_ADDR", "not-an-address"),
+        ("DATABASE_URL", "mysql://localhost/idp"),
+        ("AMQP_URL", "http://localhost"),
+        ("LOG_FORMAT", "xml"),
+        ("RUST_LOG", "[[["),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_idp-api"))
+            .env(var, value)
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{var}={value} was accepted");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(var), "{var}={value}: {stderr}");
+    }
+}
+
+#[sqlx::test(migrations = false)]
+async fn sigterm_stops_the_api_gracefully(_opts: PgPoolOptions, conn: PgConnectOptions) {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_idp-api"))
+        .env("DATABASE_URL", database_url(&conn))
+        .env("AMQP_URL", amqp_url())
+        .env("API_ADDR", format!("127.0.0.1:{port}"))
+        .env("LOG_FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/health/live");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while reqwest::get(&url).await.is_err() {
+        assert!(Instant::now() < deadline, "the API never came up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "exit status {status}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the API did not stop within 10 s of SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
