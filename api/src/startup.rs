@@ -12,7 +12,6 @@ use axum::response::Response;
 use idp_events::EventStore;
 use idp_ops::health::{BrokerProbe, Health};
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::request_id::{
@@ -141,29 +140,12 @@ async fn scope_request_id(request: Request, next: Next) -> Response {
 }
 
 async fn connect(config: &Config) -> anyhow::Result<PgPool> {
-    let options = PgPoolOptions::new()
-        .max_connections(config.common.database_max_connections)
-        .acquire_timeout(Duration::from_secs(3));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        match options
-            .clone()
-            .connect_with(config.common.database_url.options())
-            .await
-        {
-            Ok(pool) => return Ok(pool),
-            Err(err) if tokio::time::Instant::now() < deadline => {
-                tracing::warn!(database = %config.common.database_url, error = %err, "database not reachable yet; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Err(err) => {
-                return Err(err).with_context(|| {
-                    format!(
-                        "while connecting to DATABASE_URL {}",
-                        config.common.database_url
-                    )
-                });
-            }
-        }
-    }
+    idp_ops::database::connect(&config.common)
+        .await
+        .with_context(|| {
+            format!(
+                "while connecting to DATABASE_URL {}",
+                config.common.database_url
+            )
+        })
 }

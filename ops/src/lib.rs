@@ -5,6 +5,7 @@
 //! the other.
 
 pub mod config;
+pub mod database;
 pub mod health;
 pub mod metrics;
 pub mod shutdown;
