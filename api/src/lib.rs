@@ -3,6 +3,7 @@
 //! `main.rs` only reads the configuration and calls [`startup::Application`]; tests build the
 //! same application on a random port.
 
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod routes;
