@@ -1,13 +1,16 @@
 //! Configuration of `idp-api`, from the environment (or flags), validated at start.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use clap::Parser;
 use idp_ops::config::CommonConfig;
 
+use crate::auth::rate_limit::Limit;
+
 /// `idp-api`: the idp REST API.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "idp-api", version, about)]
+#[command(name = "idp-api", version, about, args_override_self = true)]
 pub struct Config {
     /// Settings shared with the worker.
     #[command(flatten)]
@@ -26,4 +29,162 @@ pub struct Config {
     #[arg(long, env = "API_REQUEST_TIMEOUT_SECS", value_name = "API_REQUEST_TIMEOUT_SECS", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..=300))]
     pub request_timeout_secs: u64,
+
+    /// Largest request body accepted, in bytes.
+    #[arg(
+        long,
+        env = "API_BODY_LIMIT_BYTES",
+        value_name = "API_BODY_LIMIT_BYTES",
+        default_value_t = 65_536
+    )]
+    pub body_limit_bytes: usize,
+
+    /// Origins allowed to call the API from browsers (comma-separated); empty: no CORS.
+    #[arg(
+        long,
+        env = "CORS_ALLOWED_ORIGINS",
+        value_name = "CORS_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    pub cors_allowed_origins: Vec<String>,
+
+    /// Send `Strict-Transport-Security` (set when idp is served over HTTPS).
+    #[arg(long, env = "HSTS", value_name = "HSTS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub hsts: bool,
+
+    /// Settings of sign-in and tokens.
+    #[command(flatten)]
+    pub identity: IdentityConfig,
+}
+
+/// Sign-in, tokens and their limits.
+#[derive(Debug, Clone, clap::Args)]
+pub struct IdentityConfig {
+    /// Directory of Ed25519 signing keys (`*.pem`, PKCS#8; the name sorting last signs).
+    #[arg(
+        long,
+        env = "JWT_KEYS_DIR",
+        value_name = "JWT_KEYS_DIR",
+        default_value = "./var/keys"
+    )]
+    pub jwt_keys_dir: PathBuf,
+
+    /// Generate and keep a key in `JWT_KEYS_DIR` when it holds none (development).
+    #[arg(long, env = "JWT_GENERATE_KEYS", value_name = "JWT_GENERATE_KEYS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub jwt_generate_keys: bool,
+
+    /// `iss` of access tokens.
+    #[arg(
+        long,
+        env = "JWT_ISSUER",
+        value_name = "JWT_ISSUER",
+        default_value = "idp"
+    )]
+    pub jwt_issuer: String,
+
+    /// `aud` of access tokens.
+    #[arg(
+        long,
+        env = "JWT_AUDIENCE",
+        value_name = "JWT_AUDIENCE",
+        default_value = "idp"
+    )]
+    pub jwt_audience: String,
+
+    /// Lifetime of access tokens, in seconds.
+    #[arg(long, env = "ACCESS_TOKEN_TTL_SECS", value_name = "ACCESS_TOKEN_TTL_SECS", default_value_t = 900,
+          value_parser = clap::value_parser!(u64).range(30..=86_400))]
+    pub access_token_ttl_secs: u64,
+
+    /// Lifetime of a session (its refresh tokens), in days.
+    #[arg(long, env = "SESSION_TTL_DAYS", value_name = "SESSION_TTL_DAYS", default_value_t = 30,
+          value_parser = clap::value_parser!(u32).range(1..=365))]
+    pub session_ttl_days: u32,
+
+    /// Key of the one-time tokens in emails (at least 32 bytes); shared with the worker. When
+    /// unset, a development key is generated and kept in `JWT_KEYS_DIR/token-secret`.
+    #[arg(
+        long,
+        env = "TOKEN_SECRET",
+        value_name = "TOKEN_SECRET",
+        hide_env_values = true
+    )]
+    pub token_secret: Option<String>,
+
+    /// The first administrator's email, created at start if missing.
+    #[arg(long, env = "ADMIN_EMAIL", value_name = "ADMIN_EMAIL")]
+    pub admin_email: Option<String>,
+
+    /// The first administrator's password (only used when the account is created).
+    #[arg(
+        long,
+        env = "ADMIN_PASSWORD",
+        value_name = "ADMIN_PASSWORD",
+        hide_env_values = true
+    )]
+    pub admin_password: Option<String>,
+
+    /// argon2id memory in KiB (at least 19456).
+    #[arg(
+        long,
+        env = "ARGON2_MEMORY_KIB",
+        value_name = "ARGON2_MEMORY_KIB",
+        default_value_t = 19_456
+    )]
+    pub argon2_memory_kib: u32,
+
+    /// argon2id iterations (at least 2).
+    #[arg(
+        long,
+        env = "ARGON2_ITERATIONS",
+        value_name = "ARGON2_ITERATIONS",
+        default_value_t = 2
+    )]
+    pub argon2_iterations: u32,
+
+    /// argon2id lanes (at least 1).
+    #[arg(
+        long,
+        env = "ARGON2_PARALLELISM",
+        value_name = "ARGON2_PARALLELISM",
+        default_value_t = 1
+    )]
+    pub argon2_parallelism: u32,
+
+    /// Login attempts per client IP.
+    #[arg(
+        long,
+        env = "RATE_LIMIT_LOGIN_PER_IP",
+        value_name = "RATE_LIMIT_LOGIN_PER_IP",
+        default_value = "30/60s"
+    )]
+    pub login_per_ip: Limit,
+
+    /// Login attempts per account (email).
+    #[arg(
+        long,
+        env = "RATE_LIMIT_LOGIN_PER_ACCOUNT",
+        value_name = "RATE_LIMIT_LOGIN_PER_ACCOUNT",
+        default_value = "10/60s"
+    )]
+    pub login_per_account: Limit,
+
+    /// Registrations, resends and forgotten passwords per client IP.
+    #[arg(
+        long,
+        env = "RATE_LIMIT_EMAIL_PER_IP",
+        value_name = "RATE_LIMIT_EMAIL_PER_IP",
+        default_value = "10/600s"
+    )]
+    pub email_per_ip: Limit,
+
+    /// Resends and forgotten passwords per account (email).
+    #[arg(
+        long,
+        env = "RATE_LIMIT_EMAIL_PER_ACCOUNT",
+        value_name = "RATE_LIMIT_EMAIL_PER_ACCOUNT",
+        default_value = "3/600s"
+    )]
+    pub email_per_account: Limit,
 }

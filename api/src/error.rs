@@ -11,9 +11,34 @@ use serde::Serialize;
 /// An error answered to the caller.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
+    /// 400: the request cannot be read (malformed JSON, bad header).
+    #[error("{0}")]
+    BadRequest(String),
+    /// 401: missing or invalid credentials. One uniform body whatever the reason.
+    #[error("authentication required")]
+    Unauthorized,
+    /// 401 for sign-in: the same answer for an unknown email, a wrong password, an unverified
+    /// or a locked account.
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    /// 403: authenticated, but not allowed.
+    #[error("forbidden")]
+    Forbidden,
     /// 404: no such route or resource.
     #[error("not found")]
     NotFound,
+    /// 415: the body is not JSON.
+    #[error("expected a JSON body (content-type: application/json)")]
+    UnsupportedMediaType,
+    /// 422: the request is well-formed but its content is refused.
+    #[error("{0}")]
+    Unprocessable(String),
+    /// 429: too many requests; try again after the given seconds.
+    #[error("too many requests")]
+    TooManyRequests {
+        /// Seconds until the limit resets.
+        retry_after_secs: u64,
+    },
     /// 409: the resource changed since the caller read it, or a unique value is taken.
     #[error("{0}")]
     Conflict(String),
@@ -25,8 +50,8 @@ pub enum ApiError {
     Internal(#[from] anyhow::Error),
 }
 
-/// The problem document.
-#[derive(Debug, Serialize)]
+/// The problem document (RFC 9457).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Problem {
     /// A URI naming the kind of problem.
     #[serde(rename = "type")]
@@ -51,6 +76,12 @@ tokio::task_local! {
 impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized | Self::InvalidCredentials => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -60,10 +91,35 @@ impl ApiError {
 
     fn slug(&self) -> &'static str {
         match self {
+            Self::BadRequest(_) => "bad-request",
+            Self::Unauthorized => "unauthorized",
+            Self::InvalidCredentials => "invalid-credentials",
+            Self::Forbidden => "forbidden",
+            Self::UnsupportedMediaType => "unsupported-media-type",
+            Self::Unprocessable(_) => "unprocessable",
+            Self::TooManyRequests { .. } => "too-many-requests",
             Self::NotFound => "not-found",
             Self::Conflict(_) => "conflict",
             Self::Unavailable => "unavailable",
             Self::Internal(_) => "internal",
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(err: sqlx::Error) -> Self {
+        if is_unavailable(&err) {
+            Self::Unavailable
+        } else {
+            Self::Internal(err.into())
+        }
+    }
+}
+
+impl From<idp_events::ReadError> for ApiError {
+    fn from(err: idp_events::ReadError) -> Self {
+        match err {
+            idp_events::ReadError::Database(e) => e.into(),
         }
     }
 }
@@ -75,6 +131,7 @@ impl From<idp_events::AppendError> for ApiError {
             E::Conflict { .. } | E::ReservationTaken { .. } | E::DuplicateEvent => {
                 Self::Conflict(err.to_string())
             }
+            E::InvalidEvent(detail) => Self::Unprocessable(detail),
             E::Database(ref db) if is_unavailable(db) => Self::Unavailable,
             other => Self::Internal(other.into()),
         }
@@ -104,10 +161,34 @@ impl IntoResponse for ApiError {
                 tracing::warn!("request failed: a dependency is unavailable");
                 Some("a dependency is unavailable; try again shortly".to_owned())
             }
-            Self::NotFound => None,
-            Self::Conflict(detail) => Some(detail.clone()),
+            Self::NotFound | Self::Forbidden => None,
+            Self::Unauthorized => Some("a valid access token is required".to_owned()),
+            Self::InvalidCredentials => Some(
+                "the email or password is incorrect, or the account cannot sign in now".to_owned(),
+            ),
+            Self::TooManyRequests { retry_after_secs } => Some(format!(
+                "too many requests; try again in {retry_after_secs} s"
+            )),
+            Self::Conflict(detail) | Self::BadRequest(detail) | Self::Unprocessable(detail) => {
+                Some(detail.clone())
+            }
+            Self::UnsupportedMediaType => Some(self.to_string()),
         };
-        problem(status, self.slug(), detail)
+        let mut response = problem(status, self.slug(), detail);
+        match self {
+            Self::TooManyRequests { retry_after_secs } => {
+                if let Ok(value) = HeaderValue::from_str(&retry_after_secs.to_string()) {
+                    response.headers_mut().insert(header::RETRY_AFTER, value);
+                }
+            }
+            Self::Unauthorized | Self::InvalidCredentials => {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
+        }
+        response
     }
 }
 

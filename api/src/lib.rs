@@ -6,5 +6,7 @@
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod extract;
+pub mod identity;
 pub mod routes;
 pub mod startup;

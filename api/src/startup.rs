@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::Request;
-use axum::http::{HeaderName, StatusCode};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use idp_events::EventStore;
@@ -14,14 +15,25 @@ use idp_ops::health::{BrokerProbe, Health};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tower_http::LatencyUnit;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{
     MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+use crate::auth::keys::KeyRing;
+use crate::auth::password::{HashParams, Hasher};
+use crate::auth::tokens::{TokenConfig, Tokens};
+use crate::identity::Email;
 
 use crate::config::Config;
 use crate::error::{REQUEST_ID, problem};
+use crate::identity::Identity;
 use crate::routes;
 
 const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
@@ -31,6 +43,8 @@ const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 pub struct AppState {
     /// The event log.
     pub store: EventStore,
+    /// Sign-in, sessions and tokens.
+    pub identity: Identity,
 }
 
 /// A built API, bound to its address, not yet serving.
@@ -53,14 +67,10 @@ impl Application {
         let listener = TcpListener::bind(config.api_addr)
             .await
             .with_context(|| format!("while binding API_ADDR {}", config.api_addr))?;
-        let state = AppState {
-            store: EventStore::new(pool.clone()),
-        };
-        let router = app(
-            state,
-            Health::new(pool.clone(), broker),
-            Duration::from_secs(config.request_timeout_secs),
-        );
+        let store = EventStore::new(pool.clone());
+        let identity = build_identity(config, store.clone()).await?;
+        let state = AppState { store, identity };
+        let router = app(state, Health::new(pool.clone(), broker), config)?;
         Ok(Self {
             listener,
             router,
@@ -84,10 +94,14 @@ impl Application {
     /// Serves until `shutdown` is cancelled, then lets in-flight requests finish.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = %self.listener.local_addr()?, "idp-api listening");
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await
-            .context("while serving HTTP")?;
+        axum::serve(
+            self.listener,
+            self.router
+                .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+        .context("while serving HTTP")?;
         self.pool.close().await;
         tracing::info!("idp-api stopped");
         Ok(())
@@ -95,22 +109,159 @@ impl Application {
 }
 
 /// The router with its middleware.
-pub fn app(_state: AppState, health: Health, request_timeout: Duration) -> Router {
-    routes::router(health)
+pub fn app(state: AppState, health: Health, config: &Config) -> anyhow::Result<Router> {
+    let timeout = Duration::from_secs(config.request_timeout_secs);
+    let mut router = routes::router(state, health)
         .layer(middleware::from_fn(scope_request_id))
-        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, request_timeout))
+        .layer(DefaultBodyLimit::max(config.body_limit_bytes))
+        .layer(RequestBodyLimitLayer::new(config.body_limit_bytes))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            timeout,
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ));
+    if config.hsts {
+        router = router.layer(SetResponseHeaderLayer::if_not_present(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=63072000; includeSubDomains"),
+        ));
+    }
+    let origins: Vec<HeaderValue> = config
+        .cors_allowed_origins
+        .iter()
+        .map(|o| o.trim())
+        .filter(|o| !o.is_empty())
+        .map(|o| {
+            HeaderValue::from_str(o)
+                .with_context(|| format!("CORS_ALLOWED_ORIGINS: bad origin {o:?}"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    if !origins.is_empty() {
+        router = router.layer(
+            CorsLayer::new()
+                .allow_origin(AllowOrigin::list(origins))
+                .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
+                .allow_headers([
+                    header::AUTHORIZATION,
+                    header::CONTENT_TYPE,
+                    HeaderName::from_static("idempotency-key"),
+                ])
+                .expose_headers([REQUEST_ID_HEADER, header::RETRY_AFTER]),
+        );
+    }
+    Ok(router
         .layer(
-            TraceLayer::new_for_http().make_span_with(|request: &Request| {
-                let request_id = request
-                    .headers()
-                    .get(&REQUEST_ID_HEADER)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("");
-                tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), request_id)
-            }),
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request| {
+                    let request_id = request
+                        .headers()
+                        .get(&REQUEST_ID_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), request_id)
+                })
+                .on_response(DefaultOnResponse::new().level(Level::INFO).latency_unit(LatencyUnit::Millis)),
         )
         .layer(PropagateRequestIdLayer::new(REQUEST_ID_HEADER))
-        .layer(SetRequestIdLayer::new(REQUEST_ID_HEADER, MakeRequestUuid))
+        .layer(SetRequestIdLayer::new(REQUEST_ID_HEADER, MakeRequestUuid)))
+}
+
+/// Builds the identity service: signing keys, the one-time token key, the hasher, and the first
+/// administrator.
+async fn build_identity(config: &Config, store: EventStore) -> anyhow::Result<Identity> {
+    let id = &config.identity;
+    let keys = KeyRing::load_dir(&id.jwt_keys_dir, id.jwt_generate_keys).with_context(|| {
+        format!(
+            "while loading signing keys from JWT_KEYS_DIR {}",
+            id.jwt_keys_dir.display()
+        )
+    })?;
+    let tokens = Tokens::new(
+        Arc::new(keys),
+        TokenConfig {
+            issuer: id.jwt_issuer.clone(),
+            audience: id.jwt_audience.clone(),
+            access_ttl: Duration::from_secs(id.access_token_ttl_secs),
+        },
+    );
+    let params = HashParams {
+        memory_kib: id.argon2_memory_kib,
+        iterations: id.argon2_iterations,
+        parallelism: id.argon2_parallelism,
+    }
+    .validated()
+    .map_err(|e| anyhow::anyhow!("invalid ARGON2_* setting: {e}"))?;
+    let secret = token_secret(id)?;
+    let identity = Identity::new(store, Hasher::new(params), tokens, secret, id);
+    match (&id.admin_email, &id.admin_password) {
+        (Some(email), Some(password)) => {
+            let email = Email::parse(email).map_err(|e| anyhow::anyhow!("ADMIN_EMAIL: {e}"))?;
+            identity
+                .ensure_admin(&email, password)
+                .await
+                .map_err(|e| anyhow::anyhow!("while creating the first admin: {e}"))?;
+            tracing::info!("administrator account ensured");
+        }
+        (Some(_), None) | (None, Some(_)) => {
+            anyhow::bail!("ADMIN_EMAIL and ADMIN_PASSWORD must be set together")
+        }
+        (None, None) => {}
+    }
+    Ok(identity)
+}
+
+/// `TOKEN_SECRET`, or a development key kept next to the signing keys.
+fn token_secret(id: &crate::config::IdentityConfig) -> anyhow::Result<Vec<u8>> {
+    if let Some(secret) = &id.token_secret {
+        anyhow::ensure!(secret.len() >= 32, "TOKEN_SECRET must be at least 32 bytes");
+        return Ok(secret.as_bytes().to_vec());
+    }
+    anyhow::ensure!(
+        id.jwt_generate_keys,
+        "TOKEN_SECRET is required when JWT_GENERATE_KEYS is false"
+    );
+    let path = id.jwt_keys_dir.join("token-secret");
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        let existing = existing.trim().to_owned();
+        anyhow::ensure!(existing.len() >= 32, "{} is too short", path.display());
+        return Ok(existing.into_bytes());
+    }
+    std::fs::create_dir_all(&id.jwt_keys_dir)
+        .with_context(|| format!("while creating {}", id.jwt_keys_dir.display()))?;
+    let secret = hex::encode(rand::random::<[u8; 32]>());
+    write_private(&path, &secret).with_context(|| format!("while writing {}", path.display()))?;
+    tracing::info!(path = %path.display(), "generated a development TOKEN_SECRET");
+    Ok(secret.into_bytes())
+}
+
+fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()
 }
 
 /// Makes the request id available to error responses built anywhere in the handler.

@@ -6,65 +6,18 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use clap::Parser;
-use idp_api::config::Config;
-use idp_api::startup::Application;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use tokio_util::sync::CancellationToken;
 
-const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+mod common;
 
-fn database_url(conn: &PgConnectOptions) -> String {
-    format!(
-        "postgres://{}@{}:{}/{}",
-        conn.get_username(),
-        conn.get_host(),
-        conn.get_port(),
-        conn.get_database().unwrap_or("postgres")
-    )
-}
-
-fn amqp_url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| AMQP_URL.into())
-}
-
-struct TestApp {
-    base: String,
-    stop: CancellationToken,
-    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-async fn spawn_app(conn: &PgConnectOptions, amqp: &str) -> TestApp {
-    let config = Config::try_parse_from([
-        "idp-api",
-        "--database-url",
-        &database_url(conn),
-        "--amqp-url",
-        amqp,
-        "--api-addr",
-        "127.0.0.1:0",
-    ])
-    .unwrap();
-    let app = Application::build(&config).await.unwrap();
-    let base = format!("http://127.0.0.1:{}", app.port());
-    let stop = CancellationToken::new();
-    let handle = tokio::spawn(app.run_until_stopped(stop.clone()));
-    TestApp { base, stop, handle }
-}
-
-impl TestApp {
-    async fn stop(self) {
-        self.stop.cancel();
-        self.handle.await.unwrap().unwrap();
-    }
-}
+use common::{amqp_url, database_url, spawn_app};
 
 #[sqlx::test(migrations = false)]
 async fn the_api_applies_migrations_and_reports_live_ready_and_metrics(
     _opts: PgPoolOptions,
     conn: PgConnectOptions,
 ) {
-    let app = spawn_app(&conn, &amqp_url()).await;
+    let app = spawn_app(&conn, &[]).await;
     let client = reqwest::Client::new();
 
     let live = client
@@ -119,7 +72,7 @@ async fn readiness_names_the_broker_when_it_is_unreachable(
     conn: PgConnectOptions,
 ) {
     // Nothing listens on port 1.
-    let app = spawn_app(&conn, "amqp://guest:guest@127.0.0.1:1/%2f").await;
+    let app = spawn_app(&conn, &["--amqp-url", "amqp://guest:guest@127.0.0.1:1/%2f"]).await;
     let ready = reqwest::get(format!("{}/health/ready", app.base))
         .await
         .unwrap();
@@ -149,7 +102,7 @@ async fn unknown_routes_get_a_problem_document_carrying_the_request_id(
     _opts: PgPoolOptions,
     conn: PgConnectOptions,
 ) {
-    let app = spawn_app(&conn, &amqp_url()).await;
+    let app = spawn_app(&conn, &[]).await;
     let response = reqwest::get(format!("{}/v1/nothing-here", app.base))
         .await
         .unwrap();
@@ -200,6 +153,11 @@ async fn sigterm_stops_the_api_gracefully(_opts: PgPoolOptions, conn: PgConnectO
         .env("AMQP_URL", amqp_url())
         .env("API_ADDR", format!("127.0.0.1:{port}"))
         .env("LOG_FORMAT", "json")
+        .env(
+            "JWT_KEYS_DIR",
+            std::env::temp_dir().join(format!("idp-test-keys-{port}")),
+        )
+        .env("TOKEN_SECRET", common::TOKEN_SECRET)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

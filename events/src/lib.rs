@@ -12,6 +12,7 @@ pub mod backoff;
 pub mod chain;
 mod error;
 mod event;
+pub mod identity;
 pub mod migrations;
 mod notifier;
 mod store;

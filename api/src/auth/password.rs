@@ -1,1 +1,647 @@
-//! (in progress)
+//! Passwords: the policy new passwords must meet, and argon2id hashing off the async runtime.
+//!
+//! # Policy
+//!
+//! [`validate`] follows NIST SP 800-63B: a length window ([`MIN_CHARS`]..=[`MAX_CHARS`] Unicode
+//! scalar values), any Unicode allowed, no composition rules, and a refusal of passwords found
+//! in a list of commonly used ones.
+//!
+//! The bundled list, `common_passwords.txt`, is taken from the "passwords" frequency list that
+//! ships with zxcvbn (the PyPI package `zxcvbn` 4.5.0, a port of Dropbox's zxcvbn; MIT License,
+//! Copyright (c) 2016 Daniel Wolf; Copyright (c) 2012-2016 Dan Wheeler and Dropbox, Inc.). It
+//! holds the 10,000 most common entries of that list plus every entry of 12 or more characters
+//! from the whole 30,000-entry list (10,173 lines, lowercase, most common first).
+//!
+//! # Hashing
+//!
+//! [`Hasher`] hashes with argon2id (version 0x13) and produces PHC strings. The work runs on
+//! tokio's blocking thread pool behind a semaphore, so that a flood of logins queues instead of
+//! starving the runtime or allocating unbounded memory (each hash takes `memory_kib` KiB).
+//! Neither passwords nor hashes are ever logged.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::{Arc, LazyLock};
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use tokio::sync::{OnceCell, Semaphore};
+
+/// Why a new password is refused (the caller's fault: HTTP 422).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PasswordError {
+    #[error("the password must be at least {min} characters long")]
+    TooShort { min: usize },
+    #[error("the password must be at most {max} characters long")]
+    TooLong { max: usize },
+    #[error("this password is too common; choose another")]
+    Common,
+}
+
+/// The fewest characters (Unicode scalar values) a new password may have.
+pub const MIN_CHARS: usize = 12;
+/// The most characters (Unicode scalar values) a new password may have.
+pub const MAX_CHARS: usize = 128;
+
+/// The bundled common-password list, one lowercase entry per line.
+static COMMON_PASSWORDS: LazyLock<HashSet<&'static str>> = LazyLock::new(|| {
+    include_str!("common_passwords.txt")
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect()
+});
+
+/// Checks a new password.
+///
+/// Its length is counted in Unicode scalar values (`char`s) as given: no normalization (NFC or
+/// other) is applied or required. It must have [`MIN_CHARS`]..=[`MAX_CHARS`] of them. Any
+/// Unicode is allowed and there are no composition rules (no "one digit, one symbol"). It is
+/// refused if, trimmed and lowercased, it is in the bundled common-password list.
+pub fn validate(password: &str) -> Result<(), PasswordError> {
+    // Count no further than needed, whatever the input's size.
+    let chars = password.chars().take(MAX_CHARS + 1).count();
+    if chars < MIN_CHARS {
+        return Err(PasswordError::TooShort { min: MIN_CHARS });
+    }
+    if chars > MAX_CHARS {
+        return Err(PasswordError::TooLong { max: MAX_CHARS });
+    }
+    let normalized = password.trim().to_lowercase();
+    if COMMON_PASSWORDS.contains(normalized.as_str()) {
+        return Err(PasswordError::Common);
+    }
+    Ok(())
+}
+
+/// The floor for [`HashParams::memory_kib`]: 19 MiB.
+const MIN_MEMORY_KIB: u32 = 19_456;
+/// The floor for [`HashParams::iterations`].
+const MIN_ITERATIONS: u32 = 2;
+/// The floor for [`HashParams::parallelism`].
+const MIN_PARALLELISM: u32 = 1;
+/// The argon2 output length this module produces, in bytes.
+const OUTPUT_LEN: usize = argon2::Params::DEFAULT_OUTPUT_LEN;
+
+/// argon2id cost parameters. `Default` is OWASP's floor: 19 MiB (19_456 KiB), t=2, p=1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HashParams {
+    /// Memory cost in KiB (argon2's `m`).
+    pub memory_kib: u32,
+    /// Number of passes (argon2's `t`).
+    pub iterations: u32,
+    /// Degree of parallelism (argon2's `p`).
+    pub parallelism: u32,
+}
+
+impl Default for HashParams {
+    fn default() -> Self {
+        Self {
+            memory_kib: MIN_MEMORY_KIB,
+            iterations: MIN_ITERATIONS,
+            parallelism: MIN_PARALLELISM,
+        }
+    }
+}
+
+impl HashParams {
+    /// Refuses parameters below the floor (19_456 KiB, t=2, p=1) with an error message naming the
+    /// parameter, and parameters argon2 itself cannot use.
+    pub fn validated(self) -> Result<Self, String> {
+        if self.memory_kib < MIN_MEMORY_KIB {
+            return Err(format!(
+                "argon2 memory_kib must be at least {MIN_MEMORY_KIB}, got {}",
+                self.memory_kib
+            ));
+        }
+        if self.iterations < MIN_ITERATIONS {
+            return Err(format!(
+                "argon2 iterations must be at least {MIN_ITERATIONS}, got {}",
+                self.iterations
+            ));
+        }
+        if self.parallelism < MIN_PARALLELISM {
+            return Err(format!(
+                "argon2 parallelism must be at least {MIN_PARALLELISM}, got {}",
+                self.parallelism
+            ));
+        }
+        self.argon2_params().map_err(|e| {
+            format!("invalid argon2 parameters (memory_kib, iterations, parallelism): {e}")
+        })?;
+        Ok(self)
+    }
+
+    fn argon2_params(self) -> Result<Params, argon2::Error> {
+        Params::new(
+            self.memory_kib,
+            self.iterations,
+            self.parallelism,
+            Some(OUTPUT_LEN),
+        )
+    }
+
+    fn argon2(self) -> Result<Argon2<'static>, HashError> {
+        let params = self
+            .argon2_params()
+            .map_err(|e| HashError::Hash(e.to_string()))?;
+        Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HashError {
+    #[error("password hashing failed: {0}")]
+    Hash(String),
+    #[error("the hashing task failed")]
+    Join,
+}
+
+/// Outcome of a verification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verified {
+    /// The password matches the stored hash.
+    pub matches: bool,
+    /// the stored hash uses weaker parameters (or another algorithm/version) than the current
+    /// ones; rehash at this login
+    pub needs_rehash: bool,
+}
+
+impl Verified {
+    const MISMATCH: Self = Self {
+        matches: false,
+        needs_rehash: false,
+    };
+}
+
+/// A password copied for a blocking task, overwritten (best effort) when dropped.
+struct Secret(String);
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        let mut bytes = std::mem::take(&mut self.0).into_bytes();
+        bytes.fill(0);
+        std::hint::black_box(&bytes);
+    }
+}
+
+/// The password behind [`Hasher::verify_dummy`]'s hash; it guards nothing.
+const DUMMY_PASSWORD: &str = "idp dummy password: timing equalization only";
+
+/// Hashes and verifies passwords with argon2id on the blocking thread pool, at most `permits` at
+/// once (a tokio Semaphore sized to the available cores by default) so that a login flood cannot
+/// starve the runtime or exhaust memory.
+///
+/// Clones share the semaphore and the cached dummy hash.
+#[derive(Clone)]
+pub struct Hasher {
+    params: HashParams,
+    permits: usize,
+    semaphore: Arc<Semaphore>,
+    dummy: Arc<OnceCell<String>>,
+}
+
+impl fmt::Debug for Hasher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hasher")
+            .field("params", &self.params)
+            .field("permits", &self.permits)
+            .field("available_permits", &self.semaphore.available_permits())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Hasher {
+    /// permits = std::thread::available_parallelism (fallback 2).
+    ///
+    /// The parameters are taken as given; check configured ones with [`HashParams::validated`].
+    pub fn new(params: HashParams) -> Self {
+        let permits = std::thread::available_parallelism().map_or(2, usize::from);
+        Self::with_permits(params, permits)
+    }
+
+    /// Like [`Hasher::new`] with an explicit bound on concurrent hash computations (at least 1).
+    pub fn with_permits(params: HashParams, permits: usize) -> Self {
+        if params.validated().is_err() {
+            tracing::warn!(
+                memory_kib = params.memory_kib,
+                iterations = params.iterations,
+                parallelism = params.parallelism,
+                "argon2 parameters are below the recommended floor or invalid"
+            );
+        }
+        let permits = permits.clamp(1, Semaphore::MAX_PERMITS);
+        Self {
+            params,
+            permits,
+            semaphore: Arc::new(Semaphore::new(permits)),
+            dummy: Arc::new(OnceCell::new()),
+        }
+    }
+
+    /// The parameters new hashes are made with.
+    pub fn params(&self) -> HashParams {
+        self.params
+    }
+
+    /// PHC string ($argon2id$v=19$m=...,t=...,p=...$salt$hash) with a random 16-byte salt.
+    pub async fn hash(&self, password: &str) -> Result<String, HashError> {
+        let params = self.params;
+        let password = Secret(password.to_owned());
+        self.run_blocking(move || {
+            let argon = params.argon2()?;
+            let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>())
+                .map_err(|e| HashError::Hash(e.to_string()))?;
+            let hash = argon
+                .hash_password(password.0.as_bytes(), &salt)
+                .map_err(|e| HashError::Hash(e.to_string()))?;
+            Ok(hash.to_string())
+        })
+        .await?
+    }
+
+    /// Verifies against a PHC string. A malformed stored hash counts as not matching (log a
+    /// warning without the hash), never a panic; it still costs a dummy verification.
+    ///
+    /// `needs_rehash` is meaningful only when the password matches.
+    pub async fn verify(&self, password: &str, phc: &str) -> Result<Verified, HashError> {
+        if let Err(reason) = check_phc(phc) {
+            tracing::warn!(
+                reason,
+                "stored password hash is malformed; treating it as a mismatch"
+            );
+            self.verify_dummy(password).await;
+            return Ok(Verified::MISMATCH);
+        }
+        self.verify_phc(password, phc).await
+    }
+
+    /// Spends the same work as a real verification against a fixed dummy hash made with the
+    /// current parameters (computed lazily once, cached), so that unknown accounts take as long
+    /// as wrong passwords. Always returns ().
+    pub async fn verify_dummy(&self, password: &str) {
+        let dummy = self
+            .dummy
+            .get_or_try_init(|| self.hash(DUMMY_PASSWORD))
+            .await;
+        match dummy {
+            Ok(dummy) => {
+                if let Err(e) = self.verify_phc(password, dummy).await {
+                    tracing::warn!(error = %e, "dummy password verification failed");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not compute the dummy password hash"),
+        }
+    }
+
+    /// Verifies against a PHC string that [`check_phc`] accepted.
+    async fn verify_phc(&self, password: &str, phc: &str) -> Result<Verified, HashError> {
+        let current = self.params;
+        let password = Secret(password.to_owned());
+        let phc = phc.to_owned();
+        self.run_blocking(move || {
+            let Ok(hash) = PasswordHash::new(&phc) else {
+                tracing::warn!("stored password hash is malformed; treating it as a mismatch");
+                return Verified::MISMATCH;
+            };
+            // The verifier hashes with the stored hash's own algorithm, version and parameters.
+            let verifier = Argon2::default();
+            let matches = match verifier.verify_password(password.0.as_bytes(), &hash) {
+                Ok(()) => true,
+                Err(argon2::password_hash::Error::Password) => false,
+                Err(e) => {
+                    tracing::warn!(
+                        error = %e,
+                        "stored password hash cannot be verified; treating it as a mismatch"
+                    );
+                    return Verified::MISMATCH;
+                }
+            };
+            Verified {
+                matches,
+                needs_rehash: needs_rehash(&hash, current),
+            }
+        })
+        .await
+    }
+
+    /// Runs `work` on the blocking pool while holding a permit; the permit moves into the task,
+    /// so it stays held until the computation ends even if the caller stops waiting.
+    async fn run_blocking<T, F>(&self, work: F) -> Result<T, HashError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let permit = Arc::clone(&self.semaphore)
+            .acquire_owned()
+            .await
+            .map_err(|_| HashError::Join)?;
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            work()
+        })
+        .await
+        .map_err(|_| HashError::Join)
+    }
+}
+
+/// Checks that a stored PHC string is one this module can verify, without logging it.
+fn check_phc(phc: &str) -> Result<(), &'static str> {
+    let hash = PasswordHash::new(phc).map_err(|_| "not a PHC string")?;
+    Algorithm::try_from(hash.algorithm).map_err(|_| "not an argon2 algorithm")?;
+    if let Some(version) = hash.version {
+        Version::try_from(version).map_err(|_| "unknown argon2 version")?;
+    }
+    Params::try_from(&hash).map_err(|_| "invalid argon2 parameters")?;
+    if hash.salt.is_none() {
+        return Err("no salt");
+    }
+    if hash.hash.is_none() {
+        return Err("no hash output");
+    }
+    Ok(())
+}
+
+/// Whether a stored hash is weaker than, or otherwise differs in kind from, what `current`
+/// produces: not argon2id, not version 0x13 (or no version), any of m/t/p lower, or a shorter
+/// output.
+fn needs_rehash(hash: &PasswordHash<'_>, current: HashParams) -> bool {
+    if hash.algorithm != argon2::ARGON2ID_IDENT {
+        return true;
+    }
+    if hash.version != Some(u32::from(Version::V0x13)) {
+        return true;
+    }
+    let Ok(stored) = Params::try_from(hash) else {
+        return true;
+    };
+    stored.m_cost() < current.memory_kib
+        || stored.t_cost() < current.iterations
+        || stored.p_cost() < current.parallelism
+        || hash.hash.is_none_or(|output| output.len() < OUTPUT_LEN)
+}
+
+/// Reads m, t, p back from a PHC string (for tests and upgrades).
+pub fn params_of(phc: &str) -> Option<HashParams> {
+    let hash = PasswordHash::new(phc).ok()?;
+    Algorithm::try_from(hash.algorithm).ok()?;
+    let params = Params::try_from(&hash).ok()?;
+    Some(HashParams {
+        memory_kib: params.m_cost(),
+        iterations: params.t_cost(),
+        parallelism: params.p_cost(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Cheap parameters below the floor, for hashes that should ask for a rehash.
+    const WEAK: HashParams = HashParams {
+        memory_kib: 8_192,
+        iterations: 1,
+        parallelism: 1,
+    };
+
+    #[test]
+    fn length_window_in_chars() {
+        assert_eq!(
+            validate("abcdefghijk"),
+            Err(PasswordError::TooShort { min: MIN_CHARS })
+        );
+        assert_eq!(validate("abcdefghijkl"), Ok(()));
+        assert_eq!(validate(&"x7".repeat(64)), Ok(()));
+        assert_eq!(
+            validate(&format!("{}y", "x7".repeat(64))),
+            Err(PasswordError::TooLong { max: MAX_CHARS })
+        );
+        assert_eq!(
+            validate(""),
+            Err(PasswordError::TooShort { min: MIN_CHARS })
+        );
+    }
+
+    #[test]
+    fn unicode_counts_chars_not_bytes() {
+        assert_eq!(validate("pässwörd-ünïcødé"), Ok(()));
+        let twelve = "密码安全很重要请记住它们";
+        assert_eq!(twelve.chars().count(), 12);
+        assert!(twelve.len() > 12);
+        assert_eq!(validate(twelve), Ok(()));
+        let eleven: String = twelve.chars().take(11).collect();
+        assert_eq!(
+            validate(&eleven),
+            Err(PasswordError::TooShort { min: MIN_CHARS })
+        );
+        // 128 four-byte chars are 512 bytes and still allowed.
+        assert_eq!(validate(&"🔑".repeat(MAX_CHARS)), Ok(()));
+        assert_eq!(
+            validate(&"🔑".repeat(MAX_CHARS + 1)),
+            Err(PasswordError::TooLong { max: MAX_CHARS })
+        );
+    }
+
+    #[test]
+    fn common_passwords_refused_case_insensitively() {
+        assert!(COMMON_PASSWORDS.len() >= 10_000);
+        assert!(COMMON_PASSWORDS.contains("password"));
+        for common in [
+            "1qaz2wsx3edc",
+            "QWERTY123456",
+            "LeaveMeAlone",
+            "  qazwsxedcrfv  ",
+        ] {
+            assert_eq!(validate(common), Err(PasswordError::Common), "{common}");
+        }
+        assert_eq!(validate("correct horse battery staple"), Ok(()));
+    }
+
+    #[test]
+    fn params_floor() {
+        assert_eq!(HashParams::default().validated(), Ok(HashParams::default()));
+        let err = HashParams {
+            memory_kib: 19_455,
+            ..HashParams::default()
+        }
+        .validated()
+        .unwrap_err();
+        assert!(err.contains("memory_kib"), "{err}");
+        let err = HashParams {
+            iterations: 1,
+            ..HashParams::default()
+        }
+        .validated()
+        .unwrap_err();
+        assert!(err.contains("iterations"), "{err}");
+        let err = HashParams {
+            parallelism: 0,
+            ..HashParams::default()
+        }
+        .validated()
+        .unwrap_err();
+        assert!(err.contains("parallelism"), "{err}");
+        let stronger = HashParams {
+            memory_kib: 65_536,
+            iterations: 3,
+            parallelism: 2,
+        };
+        assert_eq!(stronger.validated(), Ok(stronger));
+    }
+
+    #[tokio::test]
+    async fn hash_then_verify() {
+        let hasher = Hasher::new(HashParams::default());
+        let phc = hasher.hash("correct horse battery staple").await.unwrap();
+        assert!(phc.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{phc}");
+        assert_eq!(
+            params_of(&phc),
+            Some(HashParams {
+                memory_kib: 19_456,
+                iterations: 2,
+                parallelism: 1
+            })
+        );
+        let salt = PasswordHash::new(&phc).unwrap().salt.unwrap();
+        let mut raw = [0u8; 64];
+        assert_eq!(salt.decode_b64(&mut raw).unwrap().len(), 16);
+
+        let ok = hasher
+            .verify("correct horse battery staple", &phc)
+            .await
+            .unwrap();
+        assert_eq!(
+            ok,
+            Verified {
+                matches: true,
+                needs_rehash: false
+            }
+        );
+        let wrong = hasher
+            .verify("correct horse battery stapler", &phc)
+            .await
+            .unwrap();
+        assert!(!wrong.matches);
+
+        // Salts are random: the same password hashes differently.
+        let again = hasher.hash("correct horse battery staple").await.unwrap();
+        assert_ne!(phc, again);
+    }
+
+    #[tokio::test]
+    async fn weaker_hashes_need_rehash() {
+        let current = Hasher::new(HashParams::default());
+
+        let weak = Hasher::with_permits(WEAK, 1);
+        let phc = weak.hash("correct horse battery staple").await.unwrap();
+        assert_eq!(params_of(&phc), Some(WEAK));
+        let v = current
+            .verify("correct horse battery staple", &phc)
+            .await
+            .unwrap();
+        assert_eq!(
+            v,
+            Verified {
+                matches: true,
+                needs_rehash: true
+            }
+        );
+
+        // Another argon2 variant, same costs: verifies, but asks for argon2id.
+        let argon2i = Argon2::new(
+            Algorithm::Argon2i,
+            Version::V0x13,
+            HashParams::default().argon2_params().unwrap(),
+        );
+        let salt = SaltString::encode_b64(&[7u8; 16]).unwrap();
+        let phc = argon2i
+            .hash_password(b"correct horse battery staple", &salt)
+            .unwrap()
+            .to_string();
+        let v = current
+            .verify("correct horse battery staple", &phc)
+            .await
+            .unwrap();
+        assert_eq!(
+            v,
+            Verified {
+                matches: true,
+                needs_rehash: true
+            }
+        );
+
+        // Stronger than current: no rehash.
+        let strong = HashParams {
+            memory_kib: 19_456,
+            iterations: 3,
+            parallelism: 1,
+        };
+        let phc = Hasher::new(strong).hash("abc").await.unwrap();
+        let v = current.verify("abc", &phc).await.unwrap();
+        assert_eq!(
+            v,
+            Verified {
+                matches: true,
+                needs_rehash: false
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn malformed_hashes_do_not_match() {
+        let hasher = Hasher::with_permits(WEAK, 1);
+        for phc in [
+            "",
+            "not a hash",
+            "$argon2id$",
+            "$argon2id$v=19$m=abc,t=2,p=1$c2FsdHNhbHRzYWx0$aGFzaA",
+            "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0",
+            "$argon2id$v=7$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0c2FsdA$aGFzaGhhc2hoYXNoaGFzaA",
+            "$scrypt$ln=16,r=8,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaA",
+            "$2b$12$R9h/cIPz0gi.URNNX3kh2OPST9/PgBkqquzi.Ss7KIUgO2t0jWMUW",
+        ] {
+            let v = hasher.verify("whatever password", phc).await.unwrap();
+            assert_eq!(v, Verified::MISMATCH, "{phc}");
+        }
+        for phc in [
+            "",
+            "not a hash",
+            "$argon2id$v=19$m=abc,t=2,p=1$c2FsdHNhbHRzYWx0$aGFzaA",
+        ] {
+            assert_eq!(params_of(phc), None, "{phc}");
+        }
+    }
+
+    #[tokio::test]
+    async fn dummy_verification_is_cached() {
+        let hasher = Hasher::with_permits(WEAK, 1);
+        assert!(hasher.dummy.get().is_none());
+        hasher.verify_dummy("some password").await;
+        let first = hasher.dummy.get().cloned().unwrap();
+        assert_eq!(params_of(&first), Some(WEAK));
+        hasher.clone().verify_dummy("another password").await;
+        assert_eq!(hasher.dummy.get(), Some(&first));
+    }
+
+    #[tokio::test]
+    async fn permits_bound_concurrent_work() {
+        let hasher = Hasher::with_permits(WEAK, 0);
+        assert_eq!(hasher.permits, 1);
+        let held = Arc::clone(&hasher.semaphore).acquire_owned().await.unwrap();
+        let blocked = tokio::time::timeout(Duration::from_millis(50), hasher.hash("abc")).await;
+        assert!(blocked.is_err(), "hashing must wait for a permit");
+        drop(held);
+        let phc = hasher.hash("abc").await.unwrap();
+        assert!(hasher.verify("abc", &phc).await.unwrap().matches);
+        assert_eq!(hasher.semaphore.available_permits(), 1);
+    }
+
+    #[test]
+    fn debug_shows_no_secrets() {
+        let hasher = Hasher::with_permits(HashParams::default(), 3);
+        let shown = format!("{hasher:?}");
+        assert!(shown.contains("permits: 3"), "{shown}");
+        assert!(!shown.contains('$'), "{shown}");
+    }
+}

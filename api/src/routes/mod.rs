@@ -1,15 +1,22 @@
 //! HTTP routes. Each resource module exposes `router()`; [`router`] assembles them.
 
+pub mod auth;
+pub mod openapi;
+
 use axum::Router;
 use axum::http::StatusCode;
 use axum::response::Response;
 use idp_ops::health::Health;
 
 use crate::error::problem;
+use crate::startup::AppState;
 
 /// Every route of the API.
-pub fn router(health: Health) -> Router {
+pub fn router(state: AppState, health: Health) -> Router {
     Router::new()
+        .merge(auth::router())
+        .merge(openapi::router())
+        .with_state(state)
         .merge(idp_ops::health::router(health))
         .fallback(not_found)
 }

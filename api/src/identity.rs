@@ -1,0 +1,1046 @@
+//! Identity use cases: each loads what its decision needs, decides with the pure functions of
+//! `idp_events::identity`, and appends the resulting events together with the inline state they
+//! imply (credentials, login counters, sessions) in one transaction.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use idp_events::identity::login::{self, FailureReason};
+use idp_events::identity::one_time_token::{self, Purpose};
+use idp_events::identity::session::{self, RevokeReason, SessionEvent};
+use idp_events::identity::user::{self, User, UserError, UserEvent};
+use idp_events::{Append, AppendError, EventStore, ExpectedVersion, Metadata};
+use sqlx::{Connection, PgConnection, PgPool, Row};
+use uuid::Uuid;
+
+use crate::auth::password::{self, Hasher};
+use crate::auth::rate_limit::{Decision, Limit, RateLimiter};
+use crate::auth::tokens::{self, Tokens};
+use crate::config::IdentityConfig;
+use crate::error::ApiError;
+use crate::extract::ClientContext;
+
+/// A normalised email address: trimmed, lower-cased, plausibly shaped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Email(String);
+
+impl Email {
+    /// Parses an address; the reason is safe to show.
+    pub fn parse(raw: &str) -> Result<Self, ApiError> {
+        let email = raw.trim().to_lowercase();
+        let invalid = || ApiError::Unprocessable("email: not a valid email address".into());
+        if email.len() < 3
+            || email.len() > 254
+            || email.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(invalid());
+        }
+        let (local, domain) = email.split_once('@').ok_or_else(invalid)?;
+        if local.is_empty()
+            || local.len() > 64
+            || domain.is_empty()
+            || domain.contains('@')
+            || domain.starts_with('.')
+            || domain.ends_with('.')
+        {
+            return Err(invalid());
+        }
+        Ok(Self(email))
+    }
+
+    /// The address.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Tokens answered by a sign-in or a refresh.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct TokenPair {
+    /// Signed JWT for `Authorization: Bearer`.
+    pub access_token: String,
+    /// Opaque token to get the next pair; it works once.
+    pub refresh_token: String,
+    /// Always `Bearer`.
+    pub token_type: &'static str,
+    /// Seconds until the access token expires.
+    pub expires_in: u64,
+}
+
+/// The caller's own account.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct Profile {
+    /// Account id.
+    pub id: Uuid,
+    /// Email address.
+    pub email: String,
+    /// Name to show.
+    pub display_name: Option<String>,
+    /// Roles.
+    pub roles: Vec<String>,
+    /// Whether the address is confirmed.
+    pub email_verified: bool,
+    /// When the account was created.
+    pub created_at: Option<DateTime<Utc>>,
+}
+
+/// Rate limits of the identity endpoints.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Logins per IP.
+    pub login_per_ip: Limit,
+    /// Logins per account.
+    pub login_per_account: Limit,
+    /// Registrations, resends, forgotten passwords per IP.
+    pub email_per_ip: Limit,
+    /// Resends and forgotten passwords per account.
+    pub email_per_account: Limit,
+}
+
+/// The identity service.
+#[derive(Clone)]
+pub struct Identity {
+    store: EventStore,
+    pool: PgPool,
+    hasher: Hasher,
+    tokens: Tokens,
+    limiter: RateLimiter,
+    token_secret: Arc<[u8]>,
+    limits: Limits,
+    session_ttl: chrono::Duration,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+fn metadata_for(ctx: &ClientContext, actor: &str) -> Metadata {
+    ctx.metadata(actor)
+}
+
+impl Identity {
+    /// The service.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        store: EventStore,
+        hasher: Hasher,
+        tokens: Tokens,
+        token_secret: Vec<u8>,
+        config: &IdentityConfig,
+    ) -> Self {
+        let pool = store.pool().clone();
+        Self {
+            limiter: RateLimiter::new(pool.clone()),
+            pool,
+            store,
+            hasher,
+            tokens,
+            token_secret: token_secret.into(),
+            limits: Limits {
+                login_per_ip: config.login_per_ip,
+                login_per_account: config.login_per_account,
+                email_per_ip: config.email_per_ip,
+                email_per_account: config.email_per_account,
+            },
+            session_ttl: chrono::Duration::days(i64::from(config.session_ttl_days)),
+        }
+    }
+
+    /// Access token issuing and checking.
+    pub fn tokens(&self) -> &Tokens {
+        &self.tokens
+    }
+
+    /// The password hasher.
+    pub fn hasher(&self) -> &Hasher {
+        &self.hasher
+    }
+
+    /// The key of one-time tokens.
+    pub fn token_secret(&self) -> &[u8] {
+        &self.token_secret
+    }
+
+    async fn limit(&self, bucket: String, limit: Limit) -> Result<(), ApiError> {
+        match self.limiter.hit(&bucket, limit, Utc::now()).await? {
+            Decision::Allowed => Ok(()),
+            Decision::Limited { retry_after } => {
+                metrics::counter!("idp_rate_limited_total", "bucket" => bucket.split(':').next().unwrap_or("").to_owned())
+                    .increment(1);
+                Err(ApiError::TooManyRequests {
+                    retry_after_secs: retry_after.as_secs().max(1),
+                })
+            }
+        }
+    }
+
+    /// Whether session `sid` is neither revoked nor expired.
+    pub async fn session_is_active(&self, sid: Uuid) -> Result<bool, ApiError> {
+        let active: Option<bool> = sqlx::query_scalar(
+            "select revoked_at is null and expires_at > now() from sessions where session_id = $1",
+        )
+        .bind(sid)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(active.unwrap_or(false))
+    }
+
+    /// The account `id`, folded from its stream (NotFound if it has none).
+    pub async fn load_user(&self, id: Uuid) -> Result<User, ApiError> {
+        let events = self.store.read_stream(&user::stream_id(id), 1).await?;
+        let user = User::fold(id, &events);
+        if !user.exists() {
+            return Err(ApiError::NotFound);
+        }
+        Ok(user)
+    }
+
+    /// The account holding `email`, if any.
+    pub async fn user_id_by_email(&self, email: &Email) -> Result<Option<Uuid>, ApiError> {
+        let stream: Option<String> = sqlx::query_scalar(
+            "select stream_id from reservations where scope = 'email' and value = $1",
+        )
+        .bind(email.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(stream.and_then(|s| {
+            s.strip_prefix("user-")
+                .and_then(|id| Uuid::parse_str(id).ok())
+        }))
+    }
+
+    /// Registers an account; a taken address notifies its owner instead. Both look the same.
+    pub async fn register(
+        &self,
+        ctx: &ClientContext,
+        email: &Email,
+        password: &str,
+        display_name: Option<String>,
+    ) -> Result<(), ApiError> {
+        password::validate(password)
+            .map_err(|e| ApiError::Unprocessable(format!("password: {e}")))?;
+        self.limit(
+            format!("register:ip:{}", ctx.ip_key()),
+            self.limits.email_per_ip,
+        )
+        .await?;
+        let hash = self
+            .hasher
+            .hash(password)
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))?;
+        let id = Uuid::now_v7();
+        match self
+            .create_account(
+                id,
+                email,
+                display_name,
+                vec![user::ROLE_USER.into()],
+                false,
+                &hash,
+                &metadata_for(ctx, &format!("user-{id}")),
+            )
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(ApiError::Conflict(_)) => {
+                if let Some(owner) = self.user_id_by_email(email).await? {
+                    let event = UserEvent::DuplicateRegistrationAttempted {
+                        email: email.as_str().to_owned(),
+                    };
+                    self.store
+                        .append(
+                            Append::to(user::stream_id(owner))
+                                .expecting(ExpectedVersion::Any)
+                                .event(event.to_new_event())
+                                .metadata(metadata_for(ctx, "anonymous")),
+                        )
+                        .await?;
+                }
+                Ok(())
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn create_account(
+        &self,
+        id: Uuid,
+        email: &Email,
+        display_name: Option<String>,
+        roles: Vec<String>,
+        verified: bool,
+        password_hash: &str,
+        metadata: &Metadata,
+    ) -> Result<(), ApiError> {
+        let events = user::register(email.as_str(), display_name, roles, verified);
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        let appended = self
+            .store
+            .append_in(
+                &mut tx,
+                Append::to(user::stream_id(id))
+                    .events(events.iter().map(UserEvent::to_new_event))
+                    .claim("email", email.as_str())
+                    .metadata(metadata.clone()),
+            )
+            .await;
+        match appended {
+            Ok(_) => {}
+            Err(AppendError::ReservationTaken { .. }) => {
+                return Err(ApiError::Conflict("email taken".into()));
+            }
+            Err(other) => return Err(other.into()),
+        }
+        sqlx::query("insert into credentials (user_id, password_hash) values ($1, $2)")
+            .bind(id)
+            .bind(password_hash)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Confirms an address with the token from the verification email.
+    pub async fn verify_email(&self, ctx: &ClientContext, token: &str) -> Result<(), ApiError> {
+        let invalid = || ApiError::Unprocessable("token: invalid or expired".into());
+        let event_id = one_time_token::open(&self.token_secret, Purpose::VerifyEmail, token)
+            .map_err(|_| invalid())?;
+        let user_id = self
+            .user_of_event(event_id, "VerificationRequested")
+            .await?
+            .ok_or_else(invalid)?;
+        let account = self.load_user(user_id).await?;
+        let events = user::verify_email(&account, event_id, Utc::now()).map_err(|_| invalid())?;
+        self.append_user(
+            &account,
+            &events,
+            metadata_for(ctx, &format!("user-{user_id}")),
+        )
+        .await
+        .map_err(|e| {
+            if matches!(e, ApiError::Conflict(_)) {
+                invalid()
+            } else {
+                e
+            }
+        })
+    }
+
+    async fn user_of_event(
+        &self,
+        event_id: Uuid,
+        event_type: &str,
+    ) -> Result<Option<Uuid>, ApiError> {
+        let stream: Option<String> = sqlx::query_scalar(
+            "select stream_id from events where event_id = $1 and event_type = $2",
+        )
+        .bind(event_id)
+        .bind(event_type)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(stream.and_then(|s| {
+            s.strip_prefix("user-")
+                .and_then(|id| Uuid::parse_str(id).ok())
+        }))
+    }
+
+    async fn append_user(
+        &self,
+        account: &User,
+        events: &[UserEvent],
+        metadata: Metadata,
+    ) -> Result<(), ApiError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.store
+            .append(
+                Append::to(user::stream_id(account.id))
+                    .expecting(exact(account.version))
+                    .events(events.iter().map(UserEvent::to_new_event))
+                    .metadata(metadata),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Sends another verification email if the account exists and is unverified.
+    pub async fn resend_verification(
+        &self,
+        ctx: &ClientContext,
+        email: &Email,
+    ) -> Result<(), ApiError> {
+        self.limit(
+            format!("email:ip:{}", ctx.ip_key()),
+            self.limits.email_per_ip,
+        )
+        .await?;
+        self.limit(
+            format!("email:account:{}", email.as_str()),
+            self.limits.email_per_account,
+        )
+        .await?;
+        if let Some(id) = self.user_id_by_email(email).await? {
+            let account = self.load_user(id).await?;
+            let events = user::request_verification(&account);
+            self.append_user(&account, &events, metadata_for(ctx, "anonymous"))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Sends a reset email if the account exists.
+    pub async fn forgot_password(
+        &self,
+        ctx: &ClientContext,
+        email: &Email,
+    ) -> Result<(), ApiError> {
+        self.limit(
+            format!("email:ip:{}", ctx.ip_key()),
+            self.limits.email_per_ip,
+        )
+        .await?;
+        self.limit(
+            format!("email:account:{}", email.as_str()),
+            self.limits.email_per_account,
+        )
+        .await?;
+        if let Some(id) = self.user_id_by_email(email).await? {
+            let account = self.load_user(id).await?;
+            let events = user::request_reset(&account);
+            self.append_user(&account, &events, metadata_for(ctx, "anonymous"))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Signs in. Every refusal is the same [`ApiError::InvalidCredentials`], after the same work.
+    pub async fn login(
+        &self,
+        ctx: &ClientContext,
+        email: &Email,
+        password: &str,
+    ) -> Result<TokenPair, ApiError> {
+        self.limit(
+            format!("login:ip:{}", ctx.ip_key()),
+            self.limits.login_per_ip,
+        )
+        .await?;
+        self.limit(
+            format!("login:account:{}", email.as_str()),
+            self.limits.login_per_account,
+        )
+        .await?;
+        let Some(user_id) = self.user_id_by_email(email).await? else {
+            self.hasher.verify_dummy(password).await;
+            metrics::counter!("idp_auth_logins_total", "outcome" => "unknown_account").increment(1);
+            return Err(ApiError::InvalidCredentials);
+        };
+        let account = self.load_user(user_id).await?;
+        let stored: Option<String> =
+            sqlx::query_scalar("select password_hash from credentials where user_id = $1")
+                .bind(user_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        let verified = match stored {
+            Some(hash) => self
+                .hasher
+                .verify(password, &hash)
+                .await
+                .map_err(|e| ApiError::Internal(e.into()))?,
+            None => {
+                self.hasher.verify_dummy(password).await;
+                password::Verified {
+                    matches: false,
+                    needs_rehash: false,
+                }
+            }
+        };
+        let now = Utc::now();
+        let meta = metadata_for(ctx, &format!("user-{user_id}"));
+        if account.is_locked(now) {
+            self.record_failure(&account, FailureReason::Locked, meta)
+                .await?;
+            metrics::counter!("idp_auth_logins_total", "outcome" => "locked").increment(1);
+            return Err(ApiError::InvalidCredentials);
+        }
+        if !verified.matches {
+            self.record_failure(&account, FailureReason::WrongPassword, meta)
+                .await?;
+            metrics::counter!("idp_auth_logins_total", "outcome" => "failure").increment(1);
+            return Err(ApiError::InvalidCredentials);
+        }
+        if !account.email_verified {
+            self.record_failure(&account, FailureReason::Unverified, meta)
+                .await?;
+            metrics::counter!("idp_auth_logins_total", "outcome" => "unverified").increment(1);
+            return Err(ApiError::InvalidCredentials);
+        }
+        if verified.needs_rehash {
+            self.rehash(&account, password, meta.clone()).await?;
+        }
+        let pair = self.start_session(&account, meta).await?;
+        metrics::counter!("idp_auth_logins_total", "outcome" => "success").increment(1);
+        Ok(pair)
+    }
+
+    async fn record_failure(
+        &self,
+        account: &User,
+        reason: FailureReason,
+        meta: Metadata,
+    ) -> Result<(), ApiError> {
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        self.store
+            .append_in(
+                &mut tx,
+                Append::to(login::stream_id(account.id))
+                    .expecting(ExpectedVersion::Any)
+                    .event(login::failed(reason))
+                    .metadata(meta.clone()),
+            )
+            .await?;
+        let failures: i32 = if reason == FailureReason::WrongPassword {
+            sqlx::query_scalar(
+                "insert into login_state (user_id, consecutive_failures, last_failure_at) values ($1, 1, now())
+                 on conflict (user_id) do update
+                    set consecutive_failures = login_state.consecutive_failures + 1, last_failure_at = now()
+                 returning consecutive_failures",
+            )
+            .bind(account.id)
+            .fetch_one(&mut *tx)
+            .await?
+        } else {
+            0
+        };
+        let lock = user::failed_login(account, u32::try_from(failures).unwrap_or(0), Utc::now());
+        if !lock.is_empty() {
+            let locked = self
+                .store
+                .append_in(
+                    &mut tx,
+                    Append::to(user::stream_id(account.id))
+                        .expecting(exact(account.version))
+                        .events(lock.iter().map(UserEvent::to_new_event))
+                        .metadata(meta),
+                )
+                .await;
+            match locked {
+                Ok(_) => {
+                    sqlx::query(
+                        "update login_state set consecutive_failures = 0 where user_id = $1",
+                    )
+                    .bind(account.id)
+                    .execute(&mut *tx)
+                    .await?;
+                    metrics::counter!("idp_auth_lockouts_total").increment(1);
+                }
+                // Someone changed the account meanwhile (maybe locked it): keep the failure.
+                Err(AppendError::Conflict { .. }) => {
+                    tx.rollback().await?;
+                    return Box::pin(self.record_failure_after_conflict(account.id, reason)).await;
+                }
+                Err(other) => return Err(other.into()),
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn record_failure_after_conflict(
+        &self,
+        user_id: Uuid,
+        reason: FailureReason,
+    ) -> Result<(), ApiError> {
+        let account = self.load_user(user_id).await?;
+        self.record_failure(&account, reason, Metadata::actor(format!("user-{user_id}")))
+            .await
+    }
+
+    async fn rehash(&self, account: &User, password: &str, meta: Metadata) -> Result<(), ApiError> {
+        let hash = self
+            .hasher
+            .hash(password)
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))?;
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        sqlx::query(
+            "update credentials set password_hash = $2, updated_at = now() where user_id = $1",
+        )
+        .bind(account.id)
+        .bind(hash)
+        .execute(&mut *tx)
+        .await?;
+        self.store
+            .append_in(
+                &mut tx,
+                Append::to(user::stream_id(account.id))
+                    .expecting(ExpectedVersion::Any)
+                    .event(UserEvent::PasswordRehashed.to_new_event())
+                    .metadata(meta),
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn start_session(&self, account: &User, meta: Metadata) -> Result<TokenPair, ApiError> {
+        let session_id = Uuid::now_v7();
+        let (refresh_token, refresh_hash) = tokens::new_refresh_token();
+        let expires_at = Utc::now() + self.session_ttl;
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        sqlx::query("update login_state set consecutive_failures = 0 where user_id = $1")
+            .bind(account.id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("insert into sessions (session_id, user_id, generation, expires_at) values ($1, $2, 1, $3)")
+            .bind(session_id)
+            .bind(account.id)
+            .bind(expires_at)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "insert into refresh_tokens (token_hash, session_id, generation) values ($1, $2, 1)",
+        )
+        .bind(&refresh_hash)
+        .bind(session_id)
+        .execute(&mut *tx)
+        .await?;
+        self.store
+            .append_in(
+                &mut tx,
+                Append::to(session::stream_id(session_id))
+                    .event(
+                        SessionEvent::SessionStarted {
+                            user_id: account.id,
+                            expires_at,
+                        }
+                        .to_new_event(),
+                    )
+                    .metadata(meta.clone()),
+            )
+            .await?;
+        self.store
+            .append_in(
+                &mut tx,
+                Append::to(login::stream_id(account.id))
+                    .expecting(ExpectedVersion::Any)
+                    .event(login::succeeded(session_id))
+                    .metadata(meta),
+            )
+            .await?;
+        tx.commit().await?;
+        let (access_token, expires_in) = self
+            .tokens
+            .issue_access(account.id, session_id, &account.roles)
+            .map_err(|e| {
+                ApiError::Internal(anyhow::anyhow!("while signing an access token: {e}"))
+            })?;
+        Ok(TokenPair {
+            access_token,
+            refresh_token,
+            token_type: "Bearer",
+            expires_in,
+        })
+    }
+
+    /// Rotates a refresh token. A token already rotated ends its whole session (family).
+    pub async fn refresh(
+        &self,
+        ctx: &ClientContext,
+        refresh_token: &str,
+    ) -> Result<TokenPair, ApiError> {
+        let hash = tokens::hash_refresh_token(refresh_token);
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        let Some(row) = sqlx::query(
+            "select s.session_id, s.user_id, s.generation, t.generation as presented,
+                    s.revoked_at is null and s.expires_at > now() as active
+               from refresh_tokens t join sessions s using (session_id)
+              where t.token_hash = $1
+              for update of s",
+        )
+        .bind(&hash)
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Err(ApiError::Unauthorized);
+        };
+        let session_id: Uuid = row.try_get("session_id")?;
+        let user_id: Uuid = row.try_get("user_id")?;
+        let generation: i32 = row.try_get("generation")?;
+        let presented: i32 = row.try_get("presented")?;
+        let active: bool = row.try_get("active")?;
+        let meta = metadata_for(ctx, &format!("user-{user_id}"));
+        if !active {
+            return Err(ApiError::Unauthorized);
+        }
+        if presented != generation {
+            let events = [
+                SessionEvent::RefreshTokenReuseDetected {
+                    generation: u32::try_from(presented).unwrap_or(0),
+                },
+                SessionEvent::SessionRevoked {
+                    reason: RevokeReason::RefreshTokenReuse,
+                },
+            ];
+            self.revoke_in(
+                &mut tx,
+                session_id,
+                &events,
+                RevokeReason::RefreshTokenReuse,
+                meta,
+            )
+            .await?;
+            tx.commit().await?;
+            tracing::warn!(session.id = %session_id, "refresh token reuse detected; session revoked");
+            metrics::counter!("idp_auth_refresh_reuse_total").increment(1);
+            return Err(ApiError::Unauthorized);
+        }
+        let account = self.load_user(user_id).await?;
+        let (new_token, new_hash) = tokens::new_refresh_token();
+        let next = generation + 1;
+        sqlx::query(
+            "insert into refresh_tokens (token_hash, session_id, generation) values ($1, $2, $3)",
+        )
+        .bind(&new_hash)
+        .bind(session_id)
+        .bind(next)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("update sessions set generation = $2 where session_id = $1")
+            .bind(session_id)
+            .bind(next)
+            .execute(&mut *tx)
+            .await?;
+        self.store
+            .append_in(
+                &mut tx,
+                Append::to(session::stream_id(session_id))
+                    .expecting(ExpectedVersion::Any)
+                    .event(
+                        SessionEvent::SessionRefreshed {
+                            generation: u32::try_from(next).unwrap_or(0),
+                        }
+                        .to_new_event(),
+                    )
+                    .metadata(meta),
+            )
+            .await?;
+        tx.commit().await?;
+        let (access_token, expires_in) = self
+            .tokens
+            .issue_access(user_id, session_id, &account.roles)
+            .map_err(|e| {
+                ApiError::Internal(anyhow::anyhow!("while signing an access token: {e}"))
+            })?;
+        Ok(TokenPair {
+            access_token,
+            refresh_token: new_token,
+            token_type: "Bearer",
+            expires_in,
+        })
+    }
+
+    async fn revoke_in(
+        &self,
+        conn: &mut PgConnection,
+        session_id: Uuid,
+        events: &[SessionEvent],
+        reason: RevokeReason,
+        meta: Metadata,
+    ) -> Result<(), ApiError> {
+        let revoked = sqlx::query(
+            "update sessions set revoked_at = now(), revoke_reason = $2 where session_id = $1 and revoked_at is null",
+        )
+        .bind(session_id)
+        .bind(serde_json::to_value(reason).ok().and_then(|v| v.as_str().map(str::to_owned)))
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        if revoked == 0 {
+            return Ok(());
+        }
+        self.store
+            .append_in(
+                conn,
+                Append::to(session::stream_id(session_id))
+                    .expecting(ExpectedVersion::Any)
+                    .events(events.iter().map(SessionEvent::to_new_event))
+                    .metadata(meta),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Ends the session of a refresh token. Unknown or already ended: nothing to do.
+    pub async fn logout(&self, ctx: &ClientContext, refresh_token: &str) -> Result<(), ApiError> {
+        let hash = tokens::hash_refresh_token(refresh_token);
+        let row: Option<(Uuid, Uuid)> = sqlx::query_as(
+            "select s.session_id, s.user_id from refresh_tokens t join sessions s using (session_id) where t.token_hash = $1",
+        )
+        .bind(&hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some((session_id, user_id)) = row {
+            let mut conn = self.pool.acquire().await?;
+            let mut tx = conn.begin().await?;
+            let reason = RevokeReason::Logout;
+            self.revoke_in(
+                &mut tx,
+                session_id,
+                &[SessionEvent::SessionRevoked { reason }],
+                reason,
+                metadata_for(ctx, &format!("user-{user_id}")),
+            )
+            .await?;
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
+    /// Ends the sessions of `user_id` except `keep`, inside `conn`'s transaction.
+    async fn revoke_all(
+        &self,
+        conn: &mut PgConnection,
+        user_id: Uuid,
+        keep: Option<Uuid>,
+        reason: RevokeReason,
+        meta: &Metadata,
+    ) -> Result<(), ApiError> {
+        let sessions: Vec<Uuid> = sqlx::query_scalar(
+            "select session_id from sessions where user_id = $1 and revoked_at is null",
+        )
+        .bind(user_id)
+        .fetch_all(&mut *conn)
+        .await?;
+        for sid in sessions.into_iter().filter(|s| Some(*s) != keep) {
+            self.revoke_in(
+                conn,
+                sid,
+                &[SessionEvent::SessionRevoked { reason }],
+                reason,
+                meta.clone(),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Sets a new password with the token from the reset email; every session ends.
+    pub async fn reset_password(
+        &self,
+        ctx: &ClientContext,
+        token: &str,
+        new_password: &str,
+    ) -> Result<(), ApiError> {
+        let invalid = || ApiError::Unprocessable("token: invalid or expired".into());
+        let reset_id = one_time_token::open(&self.token_secret, Purpose::ResetPassword, token)
+            .map_err(|_| invalid())?;
+        password::validate(new_password)
+            .map_err(|e| ApiError::Unprocessable(format!("new_password: {e}")))?;
+        let user_id = self
+            .user_of_event(reset_id, "PasswordResetRequested")
+            .await?
+            .ok_or_else(invalid)?;
+        let account = self.load_user(user_id).await?;
+        let events = user::reset_password(&account, reset_id, Utc::now()).map_err(|_| invalid())?;
+        let hash = self
+            .hasher
+            .hash(new_password)
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))?;
+        let meta = metadata_for(ctx, &format!("user-{user_id}"));
+        self.replace_password(
+            &account,
+            &events,
+            &hash,
+            None,
+            RevokeReason::PasswordReset,
+            meta,
+        )
+        .await
+        .map_err(|e| {
+            if matches!(e, ApiError::Conflict(_)) {
+                invalid()
+            } else {
+                e
+            }
+        })
+    }
+
+    /// Changes the caller's password; the caller's other sessions end.
+    pub async fn change_password(
+        &self,
+        ctx: &ClientContext,
+        user_id: Uuid,
+        session_id: Uuid,
+        current: &str,
+        new_password: &str,
+    ) -> Result<(), ApiError> {
+        self.limit(
+            format!("login:account-id:{user_id}"),
+            self.limits.login_per_account,
+        )
+        .await?;
+        let account = self.load_user(user_id).await?;
+        let stored: Option<String> =
+            sqlx::query_scalar("select password_hash from credentials where user_id = $1")
+                .bind(user_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        let matches = match stored {
+            Some(hash) => {
+                self.hasher
+                    .verify(current, &hash)
+                    .await
+                    .map_err(|e| ApiError::Internal(e.into()))?
+                    .matches
+            }
+            None => false,
+        };
+        if !matches {
+            return Err(ApiError::Unprocessable(
+                "current_password: incorrect".into(),
+            ));
+        }
+        password::validate(new_password)
+            .map_err(|e| ApiError::Unprocessable(format!("new_password: {e}")))?;
+        let hash = self
+            .hasher
+            .hash(new_password)
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))?;
+        let meta = metadata_for(ctx, &format!("user-{user_id}"));
+        self.replace_password(
+            &account,
+            &[UserEvent::PasswordChanged],
+            &hash,
+            Some(session_id),
+            RevokeReason::PasswordChanged,
+            meta,
+        )
+        .await
+    }
+
+    async fn replace_password(
+        &self,
+        account: &User,
+        events: &[UserEvent],
+        hash: &str,
+        keep: Option<Uuid>,
+        reason: RevokeReason,
+        meta: Metadata,
+    ) -> Result<(), ApiError> {
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        self.store
+            .append_in(
+                &mut tx,
+                Append::to(user::stream_id(account.id))
+                    .expecting(exact(account.version))
+                    .events(events.iter().map(UserEvent::to_new_event))
+                    .metadata(meta.clone()),
+            )
+            .await?;
+        sqlx::query(
+            "insert into credentials (user_id, password_hash) values ($1, $2)
+             on conflict (user_id) do update set password_hash = excluded.password_hash, updated_at = now()",
+        )
+        .bind(account.id)
+        .bind(hash)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("update login_state set consecutive_failures = 0 where user_id = $1")
+            .bind(account.id)
+            .execute(&mut *tx)
+            .await?;
+        self.revoke_all(&mut tx, account.id, keep, reason, &meta)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The caller's profile.
+    pub async fn profile(&self, user_id: Uuid) -> Result<Profile, ApiError> {
+        let account = self.load_user(user_id).await?;
+        Ok(Profile {
+            id: account.id,
+            email: account.email,
+            display_name: account.display_name,
+            roles: account.roles,
+            email_verified: account.email_verified,
+            created_at: account.registered_at,
+        })
+    }
+
+    /// Makes sure `email` is a verified administrator who can sign in with `password` (the
+    /// password is only set when the account is created). Safe to run from several instances.
+    pub async fn ensure_admin(&self, email: &Email, password: &str) -> Result<(), ApiError> {
+        let meta = Metadata::actor("system");
+        for _ in 0..3 {
+            if let Some(id) = self.user_id_by_email(email).await? {
+                let account = self.load_user(id).await?;
+                let mut events = Vec::new();
+                if !account.has_role(user::ROLE_ADMIN) {
+                    let mut roles = account.roles.clone();
+                    roles.push(user::ROLE_ADMIN.to_owned());
+                    events.extend(user::change_roles(&account, &roles, 0).map_err(domain)?);
+                }
+                if !account.email_verified {
+                    events.push(UserEvent::EmailVerified {
+                        verification_id: None,
+                    });
+                }
+                return match self.append_user(&account, &events, meta.clone()).await {
+                    Err(ApiError::Conflict(_)) => continue,
+                    other => other,
+                };
+            }
+            password::validate(password)
+                .map_err(|e| ApiError::Unprocessable(format!("ADMIN_PASSWORD: {e}")))?;
+            let hash = self
+                .hasher
+                .hash(password)
+                .await
+                .map_err(|e| ApiError::Internal(e.into()))?;
+            let roles = vec![user::ROLE_USER.to_owned(), user::ROLE_ADMIN.to_owned()];
+            match self
+                .create_account(Uuid::now_v7(), email, None, roles, true, &hash, &meta)
+                .await
+            {
+                Err(ApiError::Conflict(_)) => continue,
+                other => return other,
+            }
+        }
+        Err(ApiError::Conflict(
+            "the admin account kept changing; try again".into(),
+        ))
+    }
+}
+
+fn exact(version: i64) -> ExpectedVersion {
+    if version == 0 {
+        ExpectedVersion::NoStream
+    } else {
+        ExpectedVersion::Exact(u64::try_from(version).unwrap_or(0))
+    }
+}
+
+fn domain(err: UserError) -> ApiError {
+    match err {
+        UserError::NotFound => ApiError::NotFound,
+        UserError::LastAdmin => ApiError::Conflict(err.to_string()),
+        other => ApiError::Unprocessable(other.to_string()),
+    }
+}

@@ -1,0 +1,46 @@
+//! `GET /openapi.json`: the OpenAPI document, generated from the handlers and types.
+
+use axum::routing::get;
+use axum::{Json, Router};
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::startup::AppState;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "idp", description = "Event-sourced backend for internal developer platforms."),
+    paths(
+        super::auth::register, super::auth::verify_email, super::auth::resend_verification,
+        super::auth::login, super::auth::refresh, super::auth::logout, super::auth::me,
+        super::auth::forgot_password, super::auth::reset_password, super::auth::change_password,
+        super::auth::jwks,
+    ),
+    components(schemas(crate::error::Problem)),
+    modifiers(&BearerAuth),
+    tags((name = "auth", description = "Registration, sign-in, tokens and passwords"))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        if let Some(components) = openapi.components.as_mut() {
+            let mut http = Http::new(HttpAuthScheme::Bearer);
+            http.bearer_format = Some("JWT".into());
+            components.add_security_scheme("bearer", SecurityScheme::Http(http));
+        }
+    }
+}
+
+/// The document.
+pub fn document() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+/// The route serving it.
+pub fn router() -> Router<AppState> {
+    let doc = document();
+    Router::new().route("/openapi.json", get(move || async move { Json(doc) }))
+}

@@ -1,0 +1,8 @@
+//! Identity domain: users and sessions as event-sourced aggregates, and one-time tokens.
+//!
+//! Pure types and decisions only; the API performs them against the store.
+
+pub mod login;
+pub mod one_time_token;
+pub mod session;
+pub mod user;

@@ -1,0 +1,95 @@
+//! The session aggregate: one sign-in and its chain of rotated refresh tokens (a token family).
+//!
+//! The stream is `session-<uuid>`. Refresh tokens are stored only as SHA-256 hashes, and only in
+//! the API's session table; the events carry no token material.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{NewEvent, RecordedEvent};
+
+/// The stream of session `id`.
+pub fn stream_id(id: Uuid) -> String {
+    format!("session-{id}")
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevokeReason {
+    /// The user signed out.
+    Logout,
+    /// The password was reset: every session ends.
+    PasswordReset,
+    /// The password was changed: the other sessions end.
+    PasswordChanged,
+    /// A rotated refresh token was presented again: the family is compromised.
+    RefreshTokenReuse,
+    /// An administrator ended it.
+    Admin,
+}
+
+/// Events of a session's stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum SessionEvent {
+    /// A user signed in.
+    SessionStarted {
+        /// Who.
+        user_id: Uuid,
+        /// When the refresh token chain ends at the latest.
+        expires_at: DateTime<Utc>,
+    },
+    /// The refresh token was rotated.
+    SessionRefreshed {
+        /// How many rotations so far.
+        generation: u32,
+    },
+    /// An already rotated refresh token was presented.
+    RefreshTokenReuseDetected {
+        /// The generation of the presented token.
+        generation: u32,
+    },
+    /// The session ended.
+    SessionRevoked {
+        /// Why.
+        reason: RevokeReason,
+    },
+}
+
+impl SessionEvent {
+    /// The event as it goes into the log.
+    pub fn to_new_event(&self) -> NewEvent {
+        match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(mut map)) => NewEvent::new(
+                map.remove("type")
+                    .and_then(|t| t.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                map.remove("data").unwrap_or(serde_json::Value::Null),
+            ),
+            _ => NewEvent::new("", serde_json::Value::Null),
+        }
+    }
+
+    /// The event read back from the log, if it is a session event.
+    pub fn from_recorded(event: &RecordedEvent) -> Option<Self> {
+        serde_json::from_value(serde_json::json!({ "type": event.event_type, "data": event.data }))
+            .ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_events_carry_their_type_name() {
+        let e = SessionEvent::SessionRevoked {
+            reason: RevokeReason::RefreshTokenReuse,
+        }
+        .to_new_event();
+        assert_eq!(e.event_type, "SessionRevoked");
+        assert_eq!(e.data, serde_json::json!({"reason": "refresh_token_reuse"}));
+    }
+}

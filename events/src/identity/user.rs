@@ -1,0 +1,542 @@
+//! The user aggregate: its events, its state folded from them, and the decisions on it.
+//!
+//! The stream is `user-<uuid>`. Password hashes are deliberately not in the log (it is immutable
+//! and exported to auditors): the API keeps them in a credentials table written in the same
+//! transaction as the event that changes them, and the events only say that they changed.
+
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::{NewEvent, RecordedEvent};
+
+/// Consecutive failed logins that lock an account.
+pub const LOCK_AFTER_FAILURES: u32 = 5;
+/// The first lock lasts this long; each further lock doubles it.
+pub const FIRST_LOCK: Duration = Duration::minutes(5);
+/// Locks never last longer than this.
+pub const LONGEST_LOCK: Duration = Duration::hours(24);
+/// How long a verification link stays valid.
+pub const VERIFICATION_TTL: Duration = Duration::hours(24);
+/// How long a password reset link stays valid.
+pub const RESET_TTL: Duration = Duration::hours(1);
+
+/// The role every account has.
+pub const ROLE_USER: &str = "user";
+/// The role of administrators.
+pub const ROLE_ADMIN: &str = "admin";
+/// Every role idp knows.
+pub const ROLES: &[&str] = &[ROLE_USER, ROLE_ADMIN];
+
+/// The stream of user `id`.
+pub fn stream_id(id: Uuid) -> String {
+    format!("user-{id}")
+}
+
+/// Events of a user's stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum UserEvent {
+    /// An account was created.
+    UserRegistered {
+        /// The normalised email address.
+        email: String,
+        /// Optional name to show.
+        display_name: Option<String>,
+        /// Initial roles.
+        roles: Vec<String>,
+    },
+    /// A verification email should be sent; its token derives from this event's id.
+    VerificationRequested {
+        /// Where to send it.
+        email: String,
+    },
+    /// The address was confirmed (by the link of `verification_id`, or by the system).
+    EmailVerified {
+        /// The `VerificationRequested` event whose token was used, if any.
+        verification_id: Option<Uuid>,
+    },
+    /// Someone tried to register this address again; the owner gets a notice instead.
+    DuplicateRegistrationAttempted {
+        /// Where to send the notice.
+        email: String,
+    },
+    /// A password reset email should be sent; its token derives from this event's id.
+    PasswordResetRequested {
+        /// Where to send it.
+        email: String,
+    },
+    /// The password was set through the reset link of `reset_id`.
+    PasswordReset {
+        /// The `PasswordResetRequested` event whose token was used.
+        reset_id: Uuid,
+    },
+    /// The owner changed the password.
+    PasswordChanged,
+    /// The stored hash was upgraded to the current parameters at a login.
+    PasswordRehashed,
+    /// The account's roles were replaced.
+    RolesChanged {
+        /// The new roles.
+        roles: Vec<String>,
+    },
+    /// Too many failed logins: no login until `until`.
+    AccountLocked {
+        /// End of the lock.
+        until: DateTime<Utc>,
+        /// How many times the account was locked so far, this one included.
+        lock_count: u32,
+    },
+    /// The lock was lifted before its end (by an admin).
+    AccountUnlocked,
+}
+
+impl UserEvent {
+    /// The event as it goes into the log.
+    pub fn to_new_event(&self) -> NewEvent {
+        let (event_type, data) = match serde_json::to_value(self) {
+            Ok(Value::Object(mut map)) => (
+                map.remove("type")
+                    .and_then(|t| t.as_str().map(str::to_owned)),
+                map.remove("data")
+                    .unwrap_or(Value::Object(serde_json::Map::new())),
+            ),
+            _ => (None, Value::Null),
+        };
+        NewEvent::new(event_type.unwrap_or_default(), data)
+    }
+
+    /// The event read back from the log, if it is a user event.
+    pub fn from_recorded(event: &RecordedEvent) -> Option<Self> {
+        let tagged = if event
+            .data
+            .as_object()
+            .is_some_and(serde_json::Map::is_empty)
+        {
+            serde_json::json!({ "type": event.event_type })
+        } else {
+            serde_json::json!({ "type": event.event_type, "data": event.data })
+        };
+        serde_json::from_value(tagged).ok()
+    }
+}
+
+/// A user as folded from its stream.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct User {
+    /// The user's id.
+    pub id: Uuid,
+    /// The normalised email address.
+    pub email: String,
+    /// Optional name to show.
+    pub display_name: Option<String>,
+    /// Current roles.
+    pub roles: Vec<String>,
+    /// Whether the address is confirmed.
+    pub email_verified: bool,
+    /// When the account was created.
+    pub registered_at: Option<DateTime<Utc>>,
+    /// The latest verification request still waiting, and when it was made.
+    pub pending_verification: Option<(Uuid, DateTime<Utc>)>,
+    /// The latest reset request still waiting, and when it was made.
+    pub pending_reset: Option<(Uuid, DateTime<Utc>)>,
+    /// End of the current lock, if any.
+    pub locked_until: Option<DateTime<Utc>>,
+    /// How many times the account was locked.
+    pub lock_count: u32,
+    /// When the password last changed (registration, change or reset).
+    pub password_changed_at: Option<DateTime<Utc>>,
+    /// Stream version (0 = no such user).
+    pub version: i64,
+}
+
+impl User {
+    /// Folds a stream's events.
+    pub fn fold(id: Uuid, events: &[RecordedEvent]) -> Self {
+        let mut user = Self {
+            id,
+            ..Self::default()
+        };
+        for event in events {
+            if let Some(e) = UserEvent::from_recorded(event) {
+                user.apply(&e, event.event_id, event.recorded_at);
+            }
+            user.version = event.stream_version;
+        }
+        user
+    }
+
+    /// Applies one event.
+    pub fn apply(&mut self, event: &UserEvent, event_id: Uuid, at: DateTime<Utc>) {
+        match event {
+            UserEvent::UserRegistered {
+                email,
+                display_name,
+                roles,
+            } => {
+                self.email.clone_from(email);
+                self.display_name.clone_from(display_name);
+                self.roles.clone_from(roles);
+                self.registered_at = Some(at);
+                self.password_changed_at = Some(at);
+            }
+            UserEvent::VerificationRequested { .. } => {
+                self.pending_verification = Some((event_id, at));
+            }
+            UserEvent::EmailVerified { .. } => {
+                self.email_verified = true;
+                self.pending_verification = None;
+            }
+            UserEvent::PasswordResetRequested { .. } => self.pending_reset = Some((event_id, at)),
+            UserEvent::PasswordReset { .. } => {
+                self.pending_reset = None;
+                self.password_changed_at = Some(at);
+                // A reset proves control of the mailbox and ends a lock.
+                self.locked_until = None;
+            }
+            UserEvent::PasswordChanged => {
+                self.pending_reset = None;
+                self.password_changed_at = Some(at);
+            }
+            UserEvent::RolesChanged { roles } => self.roles.clone_from(roles),
+            UserEvent::AccountLocked { until, lock_count } => {
+                self.locked_until = Some(*until);
+                self.lock_count = *lock_count;
+            }
+            UserEvent::AccountUnlocked => self.locked_until = None,
+            UserEvent::DuplicateRegistrationAttempted { .. } | UserEvent::PasswordRehashed => {}
+        }
+    }
+
+    /// True once the stream has its first event.
+    pub fn exists(&self) -> bool {
+        self.version > 0
+    }
+
+    /// True while a lock is in force at `now`.
+    pub fn is_locked(&self, now: DateTime<Utc>) -> bool {
+        self.locked_until.is_some_and(|until| until > now)
+    }
+
+    /// True if the user has `role`.
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+}
+
+/// Why a decision refused a command (the caller's fault).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UserError {
+    /// The link is not the latest one, was used already, or expired.
+    #[error("invalid or expired token")]
+    InvalidToken,
+    /// No such user.
+    #[error("no such user")]
+    NotFound,
+    /// A role idp does not know.
+    #[error("unknown role {0:?}")]
+    UnknownRole(String),
+    /// The change would leave no administrator.
+    #[error("the last administrator cannot lose the admin role")]
+    LastAdmin,
+    /// Nothing to do.
+    #[error("the account is not locked")]
+    NotLocked,
+}
+
+/// A new account: registered, with a verification request (or verified at once).
+pub fn register(
+    email: &str,
+    display_name: Option<String>,
+    roles: Vec<String>,
+    verified: bool,
+) -> Vec<UserEvent> {
+    let mut events = vec![UserEvent::UserRegistered {
+        email: email.to_owned(),
+        display_name,
+        roles,
+    }];
+    if verified {
+        events.push(UserEvent::EmailVerified {
+            verification_id: None,
+        });
+    } else {
+        events.push(UserEvent::VerificationRequested {
+            email: email.to_owned(),
+        });
+    }
+    events
+}
+
+/// Confirms the address with the token of `verification_id`.
+pub fn verify_email(
+    user: &User,
+    verification_id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<Vec<UserEvent>, UserError> {
+    match user.pending_verification {
+        Some((id, at))
+            if id == verification_id && !user.email_verified && now - at <= VERIFICATION_TTL =>
+        {
+            Ok(vec![UserEvent::EmailVerified {
+                verification_id: Some(verification_id),
+            }])
+        }
+        _ => Err(UserError::InvalidToken),
+    }
+}
+
+/// Another verification email, if the address is not confirmed yet.
+pub fn request_verification(user: &User) -> Vec<UserEvent> {
+    if user.exists() && !user.email_verified {
+        vec![UserEvent::VerificationRequested {
+            email: user.email.clone(),
+        }]
+    } else {
+        Vec::new()
+    }
+}
+
+/// A reset email for an existing account.
+pub fn request_reset(user: &User) -> Vec<UserEvent> {
+    if user.exists() {
+        vec![UserEvent::PasswordResetRequested {
+            email: user.email.clone(),
+        }]
+    } else {
+        Vec::new()
+    }
+}
+
+/// Sets a new password with the token of `reset_id`.
+pub fn reset_password(
+    user: &User,
+    reset_id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<Vec<UserEvent>, UserError> {
+    match user.pending_reset {
+        Some((id, at)) if id == reset_id && now - at <= RESET_TTL => {
+            Ok(vec![UserEvent::PasswordReset { reset_id }])
+        }
+        _ => Err(UserError::InvalidToken),
+    }
+}
+
+/// The consequence of a failed login that brought the consecutive failures to `failures`.
+pub fn failed_login(user: &User, failures: u32, now: DateTime<Utc>) -> Vec<UserEvent> {
+    if failures < LOCK_AFTER_FAILURES || user.is_locked(now) {
+        return Vec::new();
+    }
+    let lock_count = user.lock_count.saturating_add(1);
+    let factor = 2_i32.saturating_pow(lock_count.saturating_sub(1).min(16));
+    let length = (FIRST_LOCK * factor).min(LONGEST_LOCK);
+    vec![UserEvent::AccountLocked {
+        until: now + length,
+        lock_count,
+    }]
+}
+
+/// Lifts a lock early.
+pub fn unlock(user: &User, now: DateTime<Utc>) -> Result<Vec<UserEvent>, UserError> {
+    if !user.exists() {
+        return Err(UserError::NotFound);
+    }
+    if !user.is_locked(now) {
+        return Err(UserError::NotLocked);
+    }
+    Ok(vec![UserEvent::AccountUnlocked])
+}
+
+/// Replaces the roles; `admins` is how many administrators exist now.
+pub fn change_roles(
+    user: &User,
+    roles: &[String],
+    admins: usize,
+) -> Result<Vec<UserEvent>, UserError> {
+    if !user.exists() {
+        return Err(UserError::NotFound);
+    }
+    if let Some(unknown) = roles.iter().find(|r| !ROLES.contains(&r.as_str())) {
+        return Err(UserError::UnknownRole(unknown.clone()));
+    }
+    let mut roles: Vec<String> = roles.to_vec();
+    if !roles.iter().any(|r| r == ROLE_USER) {
+        roles.insert(0, ROLE_USER.to_owned());
+    }
+    roles.sort();
+    roles.dedup();
+    if user.has_role(ROLE_ADMIN) && !roles.iter().any(|r| r == ROLE_ADMIN) && admins <= 1 {
+        return Err(UserError::LastAdmin);
+    }
+    let mut current = user.roles.clone();
+    current.sort();
+    if current == roles {
+        return Ok(Vec::new());
+    }
+    Ok(vec![UserEvent::RolesChanged { roles }])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn given(events: &[UserEvent]) -> User {
+        let mut user = User {
+            id: Uuid::nil(),
+            ..User::default()
+        };
+        let at = Utc::now();
+        for (i, e) in events.iter().enumerate() {
+            user.apply(e, Uuid::from_u128(i as u128 + 1), at);
+            user.version += 1;
+        }
+        user
+    }
+
+    fn registered() -> Vec<UserEvent> {
+        register("ada@example.com", None, vec![ROLE_USER.into()], false)
+    }
+
+    #[test]
+    fn events_round_trip_through_the_log_shape() {
+        for event in [
+            UserEvent::PasswordChanged,
+            UserEvent::AccountLocked {
+                until: Utc::now(),
+                lock_count: 2,
+            },
+            UserEvent::RolesChanged {
+                roles: vec!["user".into()],
+            },
+        ] {
+            let new = event.to_new_event();
+            let recorded = RecordedEvent {
+                position: 1,
+                transaction_id: 1,
+                event_id: new.event_id,
+                stream_id: "user-x".into(),
+                stream_version: 1,
+                event_type: new.event_type.clone(),
+                schema_version: 1,
+                data: new.data.clone(),
+                metadata: serde_json::json!({}),
+                recorded_at: Utc::now(),
+                hash: vec![],
+            };
+            assert_eq!(UserEvent::from_recorded(&recorded), Some(event));
+        }
+        assert_eq!(
+            UserEvent::PasswordChanged.to_new_event().event_type,
+            "PasswordChanged"
+        );
+    }
+
+    #[test]
+    fn the_latest_verification_link_verifies_once() {
+        let user = given(&registered());
+        // The VerificationRequested event got id 2 in `given`.
+        assert_eq!(
+            verify_email(&user, Uuid::from_u128(2), Utc::now()),
+            Ok(vec![UserEvent::EmailVerified {
+                verification_id: Some(Uuid::from_u128(2))
+            }])
+        );
+        assert_eq!(
+            verify_email(&user, Uuid::from_u128(9), Utc::now()),
+            Err(UserError::InvalidToken)
+        );
+        let mut events = registered();
+        events.push(UserEvent::EmailVerified {
+            verification_id: Some(Uuid::from_u128(2)),
+        });
+        let verified = given(&events);
+        assert!(verified.email_verified);
+        assert_eq!(
+            verify_email(&verified, Uuid::from_u128(2), Utc::now()),
+            Err(UserError::InvalidToken)
+        );
+        assert!(request_verification(&verified).is_empty());
+    }
+
+    #[test]
+    fn an_expired_verification_link_is_refused() {
+        let user = given(&registered());
+        let later = Utc::now() + VERIFICATION_TTL + Duration::minutes(1);
+        assert_eq!(
+            verify_email(&user, Uuid::from_u128(2), later),
+            Err(UserError::InvalidToken)
+        );
+    }
+
+    #[test]
+    fn five_failures_lock_for_five_minutes_and_each_further_lock_doubles() {
+        let now = Utc::now();
+        let user = given(&registered());
+        assert!(failed_login(&user, 4, now).is_empty());
+        let first = failed_login(&user, 5, now);
+        assert_eq!(
+            first,
+            vec![UserEvent::AccountLocked {
+                until: now + Duration::minutes(5),
+                lock_count: 1
+            }]
+        );
+        let mut events = registered();
+        events.extend(first);
+        events.push(UserEvent::AccountUnlocked);
+        let user = given(&events);
+        assert_eq!(
+            failed_login(&user, 5, now),
+            vec![UserEvent::AccountLocked {
+                until: now + Duration::minutes(10),
+                lock_count: 2
+            }]
+        );
+    }
+
+    #[test]
+    fn the_last_admin_keeps_the_admin_role() {
+        let user = given(&register(
+            "root@example.com",
+            None,
+            vec!["user".into(), "admin".into()],
+            true,
+        ));
+        assert_eq!(
+            change_roles(&user, &["user".into()], 1),
+            Err(UserError::LastAdmin)
+        );
+        assert_eq!(
+            change_roles(&user, &["user".into()], 2),
+            Ok(vec![UserEvent::RolesChanged {
+                roles: vec!["user".into()]
+            }])
+        );
+        assert_eq!(
+            change_roles(&user, &["wizard".into()], 2),
+            Err(UserError::UnknownRole("wizard".into()))
+        );
+        assert_eq!(change_roles(&user, &["admin".into()], 1), Ok(Vec::new()));
+    }
+
+    #[test]
+    fn a_reset_link_works_once_within_the_hour() {
+        let mut events = registered();
+        events.push(UserEvent::PasswordResetRequested {
+            email: "ada@example.com".into(),
+        });
+        let user = given(&events);
+        let id = Uuid::from_u128(3);
+        assert!(reset_password(&user, id, Utc::now()).is_ok());
+        assert_eq!(
+            reset_password(&user, id, Utc::now() + Duration::minutes(61)),
+            Err(UserError::InvalidToken)
+        );
+        events.push(UserEvent::PasswordReset { reset_id: id });
+        assert_eq!(
+            reset_password(&given(&events), id, Utc::now()),
+            Err(UserError::InvalidToken)
+        );
+    }
+}
