@@ -154,7 +154,7 @@ pub struct IdentityConfig {
 
     /// Login attempts per client IP.
     #[arg(
-        long,
+        long = "rate-limit-login-per-ip",
         env = "RATE_LIMIT_LOGIN_PER_IP",
         value_name = "RATE_LIMIT_LOGIN_PER_IP",
         default_value = "30/60s"
@@ -163,7 +163,7 @@ pub struct IdentityConfig {
 
     /// Login attempts per account (email).
     #[arg(
-        long,
+        long = "rate-limit-login-per-account",
         env = "RATE_LIMIT_LOGIN_PER_ACCOUNT",
         value_name = "RATE_LIMIT_LOGIN_PER_ACCOUNT",
         default_value = "10/60s"
@@ -172,7 +172,7 @@ pub struct IdentityConfig {
 
     /// Registrations, resends and forgotten passwords per client IP.
     #[arg(
-        long,
+        long = "rate-limit-email-per-ip",
         env = "RATE_LIMIT_EMAIL_PER_IP",
         value_name = "RATE_LIMIT_EMAIL_PER_IP",
         default_value = "10/600s"
@@ -181,7 +181,7 @@ pub struct IdentityConfig {
 
     /// Resends and forgotten passwords per account (email).
     #[arg(
-        long,
+        long = "rate-limit-email-per-account",
         env = "RATE_LIMIT_EMAIL_PER_ACCOUNT",
         value_name = "RATE_LIMIT_EMAIL_PER_ACCOUNT",
         default_value = "3/600s"
