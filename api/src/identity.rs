@@ -971,6 +971,34 @@ impl Identity {
         Ok(())
     }
 
+    /// Lifts the lock of `user_id` (an administrator's action, recorded with them as actor).
+    pub async fn unlock(
+        &self,
+        ctx: &ClientContext,
+        admin: &str,
+        user_id: Uuid,
+    ) -> Result<(), ApiError> {
+        let account = self.load_user(user_id).await?;
+        let events = user::unlock(&account, Utc::now()).map_err(domain)?;
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        self.store
+            .append_in(
+                &mut tx,
+                Append::to(user::stream_id(user_id))
+                    .expecting(exact(account.version))
+                    .events(events.iter().map(UserEvent::to_new_event))
+                    .metadata(metadata_for(ctx, admin)),
+            )
+            .await?;
+        sqlx::query("update login_state set consecutive_failures = 0 where user_id = $1")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// The caller's profile.
     pub async fn profile(&self, user_id: Uuid) -> Result<Profile, ApiError> {
         let account = self.load_user(user_id).await?;

@@ -14,11 +14,12 @@ use crate::startup::AppState;
         super::auth::register, super::auth::verify_email, super::auth::resend_verification,
         super::auth::login, super::auth::refresh, super::auth::logout, super::auth::me,
         super::auth::forgot_password, super::auth::reset_password, super::auth::change_password,
-        super::auth::jwks,
+        super::auth::jwks, super::admin_users::unlock,
     ),
     components(schemas(crate::error::Problem)),
     modifiers(&BearerAuth),
-    tags((name = "auth", description = "Registration, sign-in, tokens and passwords"))
+    tags((name = "auth", description = "Registration, sign-in, tokens and passwords"),
+         (name = "admin", description = "Administration (admin role)"))
 )]
 struct ApiDoc;
 
