@@ -42,8 +42,10 @@ create table refresh_tokens (
 );
 create index refresh_tokens_session_idx on refresh_tokens (session_id);
 
--- Fixed-window rate-limit counters shared by every API instance.
-create table rate_limit_hits (
+-- Fixed-window rate-limit counters shared by every API instance. Unlogged: counters need no
+-- crash safety (after a crash they start again from zero), and skipping the WAL keeps a
+-- counted request from costing a disk flush.
+create unlogged table rate_limit_hits (
     bucket        text        not null,
     window_start  timestamptz not null,
     hits          integer     not null,

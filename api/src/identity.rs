@@ -165,12 +165,17 @@ impl Identity {
         &self.token_secret
     }
 
-    async fn limit(&self, bucket: String, limit: Limit) -> Result<(), ApiError> {
-        match self.limiter.hit(&bucket, limit, Utc::now()).await? {
+    /// Counts one hit on each bucket (one statement) and refuses if any is over its limit.
+    async fn limit(&self, buckets: &[(String, Limit)]) -> Result<(), ApiError> {
+        match self.limiter.hit_all(buckets, Utc::now()).await? {
             Decision::Allowed => Ok(()),
             Decision::Limited { retry_after } => {
-                metrics::counter!("idp_rate_limited_total", "bucket" => bucket.split(':').next().unwrap_or("").to_owned())
-                    .increment(1);
+                let kind = buckets
+                    .first()
+                    .and_then(|(b, _)| b.split(':').next())
+                    .unwrap_or("")
+                    .to_owned();
+                metrics::counter!("idp_rate_limited_total", "kind" => kind).increment(1);
                 Err(ApiError::TooManyRequests {
                     retry_after_secs: retry_after.as_secs().max(1),
                 })
@@ -223,10 +228,10 @@ impl Identity {
     ) -> Result<(), ApiError> {
         password::validate(password)
             .map_err(|e| ApiError::Unprocessable(format!("password: {e}")))?;
-        self.limit(
+        self.limit(&[(
             format!("register:ip:{}", ctx.ip_key()),
             self.limits.email_per_ip,
-        )
+        )])
         .await?;
         let hash = self
             .hasher
@@ -377,15 +382,16 @@ impl Identity {
         ctx: &ClientContext,
         email: &Email,
     ) -> Result<(), ApiError> {
-        self.limit(
-            format!("email:ip:{}", ctx.ip_key()),
-            self.limits.email_per_ip,
-        )
-        .await?;
-        self.limit(
-            format!("email:account:{}", email.as_str()),
-            self.limits.email_per_account,
-        )
+        self.limit(&[
+            (
+                format!("email:ip:{}", ctx.ip_key()),
+                self.limits.email_per_ip,
+            ),
+            (
+                format!("email:account:{}", email.as_str()),
+                self.limits.email_per_account,
+            ),
+        ])
         .await?;
         if let Some(id) = self.user_id_by_email(email).await? {
             let account = self.load_user(id).await?;
@@ -402,15 +408,16 @@ impl Identity {
         ctx: &ClientContext,
         email: &Email,
     ) -> Result<(), ApiError> {
-        self.limit(
-            format!("email:ip:{}", ctx.ip_key()),
-            self.limits.email_per_ip,
-        )
-        .await?;
-        self.limit(
-            format!("email:account:{}", email.as_str()),
-            self.limits.email_per_account,
-        )
+        self.limit(&[
+            (
+                format!("email:ip:{}", ctx.ip_key()),
+                self.limits.email_per_ip,
+            ),
+            (
+                format!("email:account:{}", email.as_str()),
+                self.limits.email_per_account,
+            ),
+        ])
         .await?;
         if let Some(id) = self.user_id_by_email(email).await? {
             let account = self.load_user(id).await?;
@@ -428,15 +435,16 @@ impl Identity {
         email: &Email,
         password: &str,
     ) -> Result<TokenPair, ApiError> {
-        self.limit(
-            format!("login:ip:{}", ctx.ip_key()),
-            self.limits.login_per_ip,
-        )
-        .await?;
-        self.limit(
-            format!("login:account:{}", email.as_str()),
-            self.limits.login_per_account,
-        )
+        self.limit(&[
+            (
+                format!("login:ip:{}", ctx.ip_key()),
+                self.limits.login_per_ip,
+            ),
+            (
+                format!("login:account:{}", email.as_str()),
+                self.limits.login_per_account,
+            ),
+        ])
         .await?;
         let Some(user_id) = self.user_id_by_email(email).await? else {
             self.hasher.verify_dummy(password).await;
@@ -888,10 +896,10 @@ impl Identity {
         current: &str,
         new_password: &str,
     ) -> Result<(), ApiError> {
-        self.limit(
+        self.limit(&[(
             format!("login:account-id:{user_id}"),
             self.limits.login_per_account,
-        )
+        )])
         .await?;
         let account = self.load_user(user_id).await?;
         let stored: Option<String> =

@@ -63,6 +63,8 @@ async fn main() -> anyhow::Result<()> {
 
     let pool = PgPoolOptions::new()
         .max_connections(48)
+        // As the binaries configure their pools (idp_ops::database).
+        .test_before_acquire(false)
         .connect_with(options)
         .await
         .context("while connecting to DATABASE_URL")?;

@@ -81,32 +81,60 @@ impl RateLimiter {
         limit: Limit,
         now: DateTime<Utc>,
     ) -> Result<Decision, sqlx::Error> {
-        let window_secs = i64::try_from(limit.window.as_secs())
-            .unwrap_or(i64::MAX)
-            .max(1);
-        let start_secs = now.timestamp().div_euclid(window_secs) * window_secs;
-        let window_start = Utc.timestamp_opt(start_secs, 0).single().unwrap_or(now);
-        let hits: i32 = sqlx::query_scalar(
-            "insert into rate_limit_hits (bucket, window_start, hits) values ($1, $2, 1)
+        self.hit_all(&[(bucket.to_owned(), limit)], now).await
+    }
+
+    /// Counts a hit on every bucket in one statement; limited if any bucket is over its limit
+    /// (then `retry_after` is the longest wait).
+    pub async fn hit_all(
+        &self,
+        buckets: &[(String, Limit)],
+        now: DateTime<Utc>,
+    ) -> Result<Decision, sqlx::Error> {
+        let mut names = Vec::with_capacity(buckets.len());
+        let mut starts = Vec::with_capacity(buckets.len());
+        let mut ends = Vec::with_capacity(buckets.len());
+        for (bucket, limit) in buckets {
+            let window_secs = i64::try_from(limit.window.as_secs())
+                .unwrap_or(i64::MAX)
+                .max(1);
+            let start_secs = now.timestamp().div_euclid(window_secs) * window_secs;
+            let start = Utc.timestamp_opt(start_secs, 0).single().unwrap_or(now);
+            names.push(bucket.clone());
+            starts.push(start);
+            ends.push(start + chrono::Duration::seconds(window_secs));
+        }
+        let rows: Vec<(String, i32)> = sqlx::query_as(
+            "insert into rate_limit_hits (bucket, window_start, hits)
+             select bucket, window_start, 1 from unnest($1::text[], $2::timestamptz[]) as t(bucket, window_start)
              on conflict (bucket, window_start) do update set hits = rate_limit_hits.hits + 1
-             returning hits",
+             returning bucket, hits",
         )
-        .bind(bucket)
-        .bind(window_start)
-        .fetch_one(&self.pool)
+        .bind(&names)
+        .bind(&starts)
+        .fetch_all(&self.pool)
         .await?;
         if self.checks.fetch_add(1, Ordering::Relaxed) % 1000 == 999 {
             self.sweep().await;
         }
-        if u32::try_from(hits).unwrap_or(u32::MAX) <= limit.max {
-            return Ok(Decision::Allowed);
+        let mut longest: Option<Duration> = None;
+        for (i, (_, limit)) in buckets.iter().enumerate() {
+            let hits = rows
+                .iter()
+                .find(|(b, _)| *b == names[i])
+                .map_or(0, |(_, h)| u32::try_from(*h).unwrap_or(u32::MAX));
+            if hits > limit.max {
+                let wait = (ends[i] - now)
+                    .to_std()
+                    .unwrap_or(Duration::from_secs(1))
+                    .max(Duration::from_secs(1));
+                longest = Some(longest.map_or(wait, |l| l.max(wait)));
+            }
         }
-        let ends = window_start + chrono::Duration::seconds(window_secs);
-        let retry_after = (ends - now)
-            .to_std()
-            .unwrap_or(Duration::from_secs(1))
-            .max(Duration::from_secs(1));
-        Ok(Decision::Limited { retry_after })
+        Ok(match longest {
+            Some(retry_after) => Decision::Limited { retry_after },
+            None => Decision::Allowed,
+        })
     }
 
     /// Deletes windows that ended more than a day ago.
