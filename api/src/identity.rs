@@ -10,6 +10,7 @@ use idp_events::identity::one_time_token::{self, Purpose};
 use idp_events::identity::session::{self, RevokeReason, SessionEvent};
 use idp_events::identity::user::{self, User, UserError, UserEvent};
 use idp_events::{Append, AppendError, EventStore, ExpectedVersion, Metadata};
+use sha2::Digest;
 use sqlx::{Connection, PgConnection, PgPool, Row};
 use uuid::Uuid;
 
@@ -447,7 +448,7 @@ impl Identity {
         ])
         .await?;
         let Some(user_id) = self.user_id_by_email(email).await? else {
-            self.hasher.verify_dummy(password).await;
+            self.refuse_unknown(ctx, email, password).await?;
             metrics::counter!("idp_auth_logins_total", "outcome" => "unknown_account").increment(1);
             return Err(ApiError::InvalidCredentials);
         };
@@ -497,6 +498,50 @@ impl Identity {
         let pair = self.start_session(&account, meta).await?;
         metrics::counter!("idp_auth_logins_total", "outcome" => "success").increment(1);
         Ok(pair)
+    }
+
+    /// An attempt on an address no account has goes through the same steps as a wrong
+    /// password on a real account (a stream read, a credentials read, a full verification, one
+    /// transaction with an event and a counter), so neither the answer nor its timing tells
+    /// the two apart. The attempt is recorded under a digest of the address.
+    async fn refuse_unknown(
+        &self,
+        ctx: &ClientContext,
+        email: &Email,
+        password: &str,
+    ) -> Result<(), ApiError> {
+        let digest = sha2::Sha256::digest(email.as_str().as_bytes());
+        let digest_hex = hex::encode(digest);
+        let stream = login::unknown_stream_id(&digest_hex[..32]);
+        let pseudo_id = Uuid::from_slice(&digest[..16]).unwrap_or_default();
+        self.store.stream_version(&stream).await?;
+        let _: Option<String> =
+            sqlx::query_scalar("select password_hash from credentials where user_id = $1")
+                .bind(pseudo_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        self.hasher.verify_dummy(password).await;
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        self.store
+            .append_in(
+                &mut tx,
+                Append::to(stream)
+                    .expecting(ExpectedVersion::Any)
+                    .event(login::failed_unknown(&digest_hex))
+                    .metadata(metadata_for(ctx, "anonymous")),
+            )
+            .await?;
+        sqlx::query(
+            "insert into login_state (user_id, consecutive_failures, last_failure_at) values ($1, 1, now())
+             on conflict (user_id) do update
+                set consecutive_failures = login_state.consecutive_failures + 1, last_failure_at = now()",
+        )
+        .bind(pseudo_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn record_failure(

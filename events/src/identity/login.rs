@@ -21,6 +21,14 @@ pub enum FailureReason {
     Unverified,
     /// The account is locked.
     Locked,
+    /// No account has this address.
+    UnknownAccount,
+}
+
+/// The stream of sign-in attempts for an address no account has, named by a digest of the
+/// address (the log does not keep addresses people may have mistyped).
+pub fn unknown_stream_id(email_digest: &str) -> String {
+    format!("login-unknown-{email_digest}")
 }
 
 /// A successful sign-in that started `session_id`.
@@ -34,4 +42,12 @@ pub fn succeeded(session_id: Uuid) -> NewEvent {
 /// A failed sign-in.
 pub fn failed(reason: FailureReason) -> NewEvent {
     NewEvent::new("LoginFailed", serde_json::json!({ "reason": reason }))
+}
+
+/// A failed sign-in for an address no account has.
+pub fn failed_unknown(email_digest: &str) -> NewEvent {
+    NewEvent::new(
+        "LoginFailed",
+        serde_json::json!({ "reason": FailureReason::UnknownAccount, "email_sha256": email_digest }),
+    )
 }
