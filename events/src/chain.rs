@@ -7,7 +7,7 @@
 //! (`idp_append` in the migrations); [`verify_streams`] recomputes every link here, independently,
 //! and names the first one that does not hold.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -26,10 +26,11 @@ pub fn canonical_body(
     recorded_at: DateTime<Utc>,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
-    out.push(b'[');
-    write_json(&mut out, &Value::String(event_id.to_string()));
-    out.push(b',');
-    write_json(&mut out, &Value::String(event_type.to_owned()));
+    out.extend_from_slice(b"[\"");
+    let mut id = [0_u8; 36];
+    out.extend_from_slice(event_id.hyphenated().encode_lower(&mut id).as_bytes());
+    out.extend_from_slice(b"\",");
+    write_str(&mut out, event_type);
     out.push(b',');
     out.extend_from_slice(schema_version.to_string().as_bytes());
     out.push(b',');
@@ -37,24 +38,28 @@ pub fn canonical_body(
     out.push(b',');
     write_json(&mut out, metadata);
     out.push(b',');
-    write_json(
-        &mut out,
-        &Value::String(recorded_at.to_rfc3339_opts(SecondsFormat::Micros, true)),
-    );
+    let at = recorded_at.format("%Y-%m-%dT%H:%M:%S%.6fZ");
+    out.push(b'"');
+    // Writing into a Vec cannot fail.
+    let _ = std::io::Write::write_fmt(&mut out, format_args!("{at}"));
+    out.push(b'"');
     out.push(b']');
     out
 }
 
 /// Canonical JSON: object keys in byte order whatever the map type, numbers as serde_json
 /// prints them (zero without a sign, since PostgreSQL's `numeric` has no negative zero).
+fn write_str(out: &mut Vec<u8>, s: &str) {
+    // Serialising a string into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
 fn write_json(out: &mut Vec<u8>, value: &Value) {
     match value {
-        Value::Null | Value::Bool(_) | Value::String(_) => {
-            // Serialising these cannot fail: no maps with non-string keys, no I/O.
-            if let Ok(bytes) = serde_json::to_vec(value) {
-                out.extend_from_slice(&bytes);
-            }
-        }
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(true) => out.extend_from_slice(b"true"),
+        Value::Bool(false) => out.extend_from_slice(b"false"),
+        Value::String(s) => write_str(out, s),
         Value::Number(n) => {
             if n.as_f64() == Some(0.0) && n.is_f64() {
                 out.extend_from_slice(b"0.0");
@@ -80,7 +85,7 @@ fn write_json(out: &mut Vec<u8>, value: &Value) {
                 if i > 0 {
                     out.push(b',');
                 }
-                write_json(out, &Value::String(key.clone()));
+                write_str(out, key);
                 out.push(b':');
                 write_json(out, item);
             }

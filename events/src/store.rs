@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool, Row};
 
-use crate::chain::canonical_body;
+use crate::chain::{canonical_body, link_hash};
 use crate::error::{AppendError, ReadError};
 use crate::event::{Cursor, ExpectedVersion, Metadata, NewEvent, RecordedEvent};
 use crate::notifier::Notifier;
@@ -117,6 +117,48 @@ pub struct EventStore {
     pool: PgPool,
     upcasters: Arc<Upcasters>,
     notifier: Notifier,
+    heads: Arc<HeadCache>,
+}
+
+/// The last known `(version, hash)` of streams this store wrote or read. An entry is a fact
+/// that never goes stale (version `n` of a stream has the same hash forever), so an append that
+/// expects version `n` can compute its chain link without reading the head; if the stream moved
+/// on meanwhile, the unique `(stream_id, stream_version)` constraint refuses the insert.
+#[derive(Debug, Default)]
+struct HeadCache {
+    entries: std::sync::Mutex<std::collections::HashMap<String, (i64, [u8; 32])>>,
+}
+
+impl HeadCache {
+    /// Most streams a store remembers; the cache starts over when full.
+    const CAPACITY: usize = 100_000;
+
+    fn get(&self, stream_id: &str) -> Option<(i64, [u8; 32])> {
+        self.entries.lock().ok()?.get(stream_id).copied()
+    }
+
+    fn remember(&self, stream_id: &str, version: i64, hash: &[u8]) {
+        let Ok(hash) = <[u8; 32]>::try_from(hash) else {
+            return;
+        };
+        if let Ok(mut entries) = self.entries.lock() {
+            if entries.len() >= Self::CAPACITY && !entries.contains_key(stream_id) {
+                entries.clear();
+            }
+            let entry = entries
+                .entry(stream_id.to_owned())
+                .or_insert((version, hash));
+            if entry.0 <= version {
+                *entry = (version, hash);
+            }
+        }
+    }
+
+    fn forget(&self, stream_id: &str) {
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.remove(stream_id);
+        }
+    }
 }
 
 /// How often an [`ExpectedVersion::Any`] append is retried after losing a race for a version.
@@ -143,11 +185,20 @@ with head as (
                   || int4send(octet_length($1)) || convert_to($1, 'UTF8') || $8)
       from head
      where $9::bigint is null or head.version = $9::bigint
-    returning position, stream_version
+    returning position, stream_version, hash
 )
 select head.version, inserted.position, inserted.stream_version,
-       coalesce(pg_current_xact_id_if_assigned()::text::bigint, 0)
+       coalesce(pg_current_xact_id_if_assigned()::text::bigint, 0), inserted.hash
   from head left join inserted on true";
+
+/// One event on a head known to the writer: the link is computed by the writer (same formula
+/// as above), and a writer whose head was not the head anymore fails on
+/// `events_stream_version_key`.
+const INSERT_KNOWN_HEAD: &str = "
+insert into events (event_id, stream_id, stream_version, event_type, schema_version,
+                    data, metadata, recorded_at, hash)
+values ($2, $1, $8, $3, $4, $5, $6, $7, $9)
+returning position, pg_current_xact_id()::text::bigint";
 
 // The table is aliased `e` so that `order by e.transaction_id` sorts by the column (and can
 // walk its index), not by the bigint cast that the select list names `transaction_id`.
@@ -167,6 +218,7 @@ impl EventStore {
             notifier: Notifier::new(pool.clone()),
             pool,
             upcasters: Arc::new(upcasters),
+            heads: Arc::default(),
         }
     }
 
@@ -249,6 +301,59 @@ impl EventStore {
             recorded_at,
         );
         let expected = append.expected.as_db();
+        // The head this append builds on, if known without asking the database.
+        let known = match append.expected {
+            ExpectedVersion::NoStream => Some((0, None)),
+            ExpectedVersion::Exact(n) => self
+                .heads
+                .get(&append.stream_id)
+                .filter(|(version, _)| u64::try_from(*version).ok() == Some(n))
+                .map(|(version, hash)| (version, Some(hash))),
+            ExpectedVersion::Any => self
+                .heads
+                .get(&append.stream_id)
+                .map(|(version, hash)| (version, Some(hash))),
+        };
+        if let Some((version, previous)) = known {
+            let next = version + 1;
+            let hash = link_hash(
+                previous.as_ref().map(|h| h.as_slice()),
+                &append.stream_id,
+                next,
+                &canonical,
+            );
+            let inserted = sqlx::query(INSERT_KNOWN_HEAD)
+                .bind(&append.stream_id)
+                .bind(event.event_id)
+                .bind(&event.event_type)
+                .bind(event.schema_version)
+                .bind(&event.data)
+                .bind(&metadata)
+                .bind(recorded_at)
+                .bind(next)
+                .bind(hash.as_slice())
+                .fetch_one(&mut *conn)
+                .await;
+            match inserted {
+                Ok(row) => {
+                    let outcome = AppendOutcome {
+                        positions: vec![row.try_get(0).map_err(AppendError::Database)?],
+                        stream_version: next,
+                        transaction_id: row.try_get(1).map_err(AppendError::Database)?,
+                    };
+                    self.heads.remember(&append.stream_id, next, &hash);
+                    self.appended(&append.events, &outcome);
+                    return Ok(outcome);
+                }
+                Err(err) => match AppendError::from_db(&append.stream_id, expected, err) {
+                    // The stream moved on: `Any` looks the head up below; others conflict.
+                    AppendError::Conflict { .. } if append.expected == ExpectedVersion::Any => {
+                        self.heads.forget(&append.stream_id);
+                    }
+                    other => return Err(other),
+                },
+            }
+        }
         let row = sqlx::query(APPEND_ONE)
             .bind(&append.stream_id)
             .bind(event.event_id)
@@ -276,6 +381,9 @@ impl EventStore {
             stream_version: row.try_get(2).map_err(AppendError::Database)?,
             transaction_id: row.try_get(3).map_err(AppendError::Database)?,
         };
+        let hash: Vec<u8> = row.try_get(4).map_err(AppendError::Database)?;
+        self.heads
+            .remember(&append.stream_id, outcome.stream_version, &hash);
         self.appended(&append.events, &outcome);
         Ok(outcome)
     }
@@ -381,7 +489,15 @@ impl EventStore {
         .bind(from_version)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(|row| self.decode(row)).collect()
+        let events: Vec<RecordedEvent> = rows
+            .iter()
+            .map(|row| self.decode(row))
+            .collect::<Result<_, _>>()?;
+        if let Some(last) = events.last() {
+            self.heads
+                .remember(stream_id, last.stream_version, &last.hash);
+        }
+        Ok(events)
     }
 
     /// Up to `limit` events after `after`, in commit-safe order, upcast.

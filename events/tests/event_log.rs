@@ -579,3 +579,87 @@ async fn read_all_pages_through_the_whole_log_without_gaps_or_repeats(pool: PgPo
     assert_eq!(sorted.len(), 70);
     assert_eq!(store.head().await.unwrap(), Some(cursor));
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn writers_with_a_stale_idea_of_the_head_conflict_and_the_chain_stays_intact(pool: PgPool) {
+    // Two stores stand for two processes; each remembers the heads it wrote or read.
+    let a = EventStore::new(pool.clone());
+    let b = EventStore::new(pool.clone());
+    a.append(Append::to("s").events([event(1)])).await.unwrap();
+    a.append(
+        Append::to("s")
+            .expecting(ExpectedVersion::Exact(1))
+            .event(event(2)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(b.read_stream("s", 1).await.unwrap().len(), 2);
+    b.append(
+        Append::to("s")
+            .expecting(ExpectedVersion::Exact(2))
+            .event(event(3)),
+    )
+    .await
+    .unwrap();
+
+    // `a` still believes the head is version 2.
+    let stale = a
+        .append(
+            Append::to("s")
+                .expecting(ExpectedVersion::Exact(2))
+                .event(event(4)),
+        )
+        .await;
+    assert!(
+        matches!(
+            stale,
+            Err(AppendError::Conflict {
+                expected: 2,
+                actual: 3,
+                ..
+            })
+        ),
+        "{stale:?}"
+    );
+    let exists = a.append(Append::to("s").event(event(4))).await;
+    assert!(
+        matches!(
+            exists,
+            Err(AppendError::Conflict {
+                expected: 0,
+                actual: 3,
+                ..
+            })
+        ),
+        "{exists:?}"
+    );
+    let any = a
+        .append(
+            Append::to("s")
+                .expecting(ExpectedVersion::Any)
+                .event(event(4)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(any.stream_version, 4);
+    let next = a
+        .append(
+            Append::to("s")
+                .expecting(ExpectedVersion::Exact(4))
+                .event(event(5)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(next.stream_version, 5);
+
+    let versions: Vec<i64> = b
+        .read_stream("s", 1)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.stream_version)
+        .collect();
+    assert_eq!(versions, [1, 2, 3, 4, 5]);
+    let report = verify_streams(&pool, None).await.unwrap();
+    assert!(report.is_intact(), "{:?}", report.first_break);
+}
