@@ -309,6 +309,13 @@ async fn main() -> anyhow::Result<()> {
         ">= 0.85x ceiling",
         logins.requests_per_sec >= 0.85 * ceiling,
     );
+    row(
+        "login throughput vs argon2 in parallel",
+        logins.requests_per_sec,
+        parallel_hashes,
+        "(reference)",
+        true,
+    );
     row("login p95 (ms)", logins.p95_ms, f64::NAN, "-", true);
     row(
         "login errors (non-2xx)",

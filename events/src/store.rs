@@ -191,13 +191,16 @@ select head.version, inserted.position, inserted.stream_version,
        coalesce(pg_current_xact_id_if_assigned()::text::bigint, 0), inserted.hash
   from head left join inserted on true";
 
-/// One event on a head known to the writer: the link is computed by the writer (same formula
-/// as above), and a writer whose head was not the head anymore fails on
+/// Events on a head known to the writer: the links are computed by the writer (same formula as
+/// above), and a writer whose head was not the head anymore fails on
 /// `events_stream_version_key`.
 const INSERT_KNOWN_HEAD: &str = "
 insert into events (event_id, stream_id, stream_version, event_type, schema_version,
                     data, metadata, recorded_at, hash)
-values ($2, $1, $8, $3, $4, $5, $6, $7, $9)
+select e.id, $1, e.version, e.type, e.schema, e.data, $7, $8, e.hash
+  from unnest($2::uuid[], $3::bigint[], $4::text[], $5::int[], $6::jsonb[], $9::bytea[])
+       as e(id, version, type, schema, data, hash)
+ order by e.version
 returning position, pg_current_xact_id()::text::bigint";
 
 // The table is aliased `e` so that `order by e.transaction_id` sorts by the column (and can
@@ -244,7 +247,13 @@ impl EventStore {
     /// [`ExpectedVersion::Any`] such a clash is retried here, so it never reaches the caller.
     pub async fn append(&self, append: Append) -> Result<AppendOutcome, AppendError> {
         let mut conn = self.pool.acquire().await.map_err(AppendError::Database)?;
-        if append.events.len() != 1 || !append.claims.is_empty() || !append.releases.is_empty() {
+        if !append.claims.is_empty() || !append.releases.is_empty() || append.events.is_empty() {
+            return self.append_in(&mut conn, append).await;
+        }
+        if append.events.len() > 1 {
+            if let Some(result) = self.append_known(&mut conn, &append).await {
+                return self.with_actual_version(result).await;
+            }
             return self.append_in(&mut conn, append).await;
         }
         let mut attempt = 0;
@@ -271,6 +280,143 @@ impl EventStore {
         }
     }
 
+    /// Replaces the unknown `actual` of a conflict lost on the unique constraint by the version
+    /// that won.
+    async fn with_actual_version(
+        &self,
+        result: Result<AppendOutcome, AppendError>,
+    ) -> Result<AppendOutcome, AppendError> {
+        match result {
+            Err(AppendError::Conflict {
+                stream_id,
+                expected,
+                actual: -1,
+            }) => {
+                let actual = self.stream_version(&stream_id).await.unwrap_or(-1);
+                Err(AppendError::Conflict {
+                    stream_id,
+                    expected,
+                    actual,
+                })
+            }
+            other => other,
+        }
+    }
+
+    /// The head `append` builds on, if known without asking the database.
+    fn known_head(&self, append: &Append) -> Option<(i64, Option<[u8; 32]>)> {
+        match append.expected {
+            ExpectedVersion::NoStream => Some((0, None)),
+            ExpectedVersion::Exact(n) => self
+                .heads
+                .get(&append.stream_id)
+                .filter(|(version, _)| u64::try_from(*version).ok() == Some(n))
+                .map(|(version, hash)| (version, Some(hash))),
+            ExpectedVersion::Any => self
+                .heads
+                .get(&append.stream_id)
+                .map(|(version, hash)| (version, Some(hash))),
+        }
+    }
+
+    /// Appends on a known head with chain links computed here, in one plain `INSERT`. `None`
+    /// when the head is unknown, or when an `Any` append found the stream moved on (the caller
+    /// then takes a path that reads the head).
+    async fn append_known(
+        &self,
+        conn: &mut PgConnection,
+        append: &Append,
+    ) -> Option<Result<AppendOutcome, AppendError>> {
+        let (version, previous) = self.known_head(append)?;
+        let metadata = match serde_json::to_value(&append.metadata) {
+            Ok(metadata) => metadata,
+            Err(e) => return Some(Err(AppendError::InvalidEvent(e.to_string()))),
+        };
+        let recorded_at = now_micros();
+        let n = append.events.len();
+        let (mut ids, mut versions, mut types, mut schemas, mut data, mut hashes) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let mut link: Option<[u8; 32]> = previous;
+        let mut next = version;
+        for event in &append.events {
+            if let Err(e) = check_schema_version(event) {
+                return Some(Err(e));
+            }
+            next += 1;
+            let body = canonical_body(
+                event.event_id,
+                &event.event_type,
+                event.schema_version,
+                &event.data,
+                &metadata,
+                recorded_at,
+            );
+            let hash = link_hash(
+                link.as_ref().map(|h| h.as_slice()),
+                &append.stream_id,
+                next,
+                &body,
+            );
+            link = Some(hash);
+            ids.push(event.event_id);
+            versions.push(next);
+            types.push(event.event_type.as_str());
+            schemas.push(event.schema_version);
+            data.push(&event.data);
+            hashes.push(hash.to_vec());
+        }
+        let expected = append.expected.as_db();
+        let inserted = sqlx::query(INSERT_KNOWN_HEAD)
+            .bind(&append.stream_id)
+            .bind(&ids)
+            .bind(&versions)
+            .bind(&types)
+            .bind(&schemas)
+            .bind(&data)
+            .bind(&metadata)
+            .bind(recorded_at)
+            .bind(&hashes)
+            .fetch_all(&mut *conn)
+            .await;
+        match inserted {
+            Ok(rows) => {
+                let mut outcome = AppendOutcome {
+                    positions: Vec::with_capacity(n),
+                    stream_version: next,
+                    transaction_id: 0,
+                };
+                for row in rows {
+                    match (row.try_get::<i64, _>(0), row.try_get::<i64, _>(1)) {
+                        (Ok(position), Ok(transaction_id)) => {
+                            outcome.positions.push(position);
+                            outcome.transaction_id = transaction_id;
+                        }
+                        (Err(e), _) | (_, Err(e)) => return Some(Err(AppendError::Database(e))),
+                    }
+                }
+                outcome.positions.sort_unstable();
+                if let Some(hash) = link {
+                    self.heads.remember(&append.stream_id, next, &hash);
+                }
+                self.appended(&append.events, &outcome);
+                Some(Ok(outcome))
+            }
+            Err(err) => match AppendError::from_db(&append.stream_id, expected, err) {
+                AppendError::Conflict { .. } if append.expected == ExpectedVersion::Any => {
+                    self.heads.forget(&append.stream_id);
+                    None
+                }
+                other => Some(Err(other)),
+            },
+        }
+    }
+
     /// The stream's current version (0 if it has no events).
     pub async fn stream_version(&self, stream_id: &str) -> Result<i64, ReadError> {
         let version: Option<i64> =
@@ -287,6 +433,9 @@ impl EventStore {
         conn: &mut PgConnection,
         append: &Append,
     ) -> Result<AppendOutcome, AppendError> {
+        if let Some(result) = self.append_known(conn, append).await {
+            return result;
+        }
         let event = &append.events[0];
         check_schema_version(event)?;
         let metadata = serde_json::to_value(&append.metadata)
@@ -301,59 +450,6 @@ impl EventStore {
             recorded_at,
         );
         let expected = append.expected.as_db();
-        // The head this append builds on, if known without asking the database.
-        let known = match append.expected {
-            ExpectedVersion::NoStream => Some((0, None)),
-            ExpectedVersion::Exact(n) => self
-                .heads
-                .get(&append.stream_id)
-                .filter(|(version, _)| u64::try_from(*version).ok() == Some(n))
-                .map(|(version, hash)| (version, Some(hash))),
-            ExpectedVersion::Any => self
-                .heads
-                .get(&append.stream_id)
-                .map(|(version, hash)| (version, Some(hash))),
-        };
-        if let Some((version, previous)) = known {
-            let next = version + 1;
-            let hash = link_hash(
-                previous.as_ref().map(|h| h.as_slice()),
-                &append.stream_id,
-                next,
-                &canonical,
-            );
-            let inserted = sqlx::query(INSERT_KNOWN_HEAD)
-                .bind(&append.stream_id)
-                .bind(event.event_id)
-                .bind(&event.event_type)
-                .bind(event.schema_version)
-                .bind(&event.data)
-                .bind(&metadata)
-                .bind(recorded_at)
-                .bind(next)
-                .bind(hash.as_slice())
-                .fetch_one(&mut *conn)
-                .await;
-            match inserted {
-                Ok(row) => {
-                    let outcome = AppendOutcome {
-                        positions: vec![row.try_get(0).map_err(AppendError::Database)?],
-                        stream_version: next,
-                        transaction_id: row.try_get(1).map_err(AppendError::Database)?,
-                    };
-                    self.heads.remember(&append.stream_id, next, &hash);
-                    self.appended(&append.events, &outcome);
-                    return Ok(outcome);
-                }
-                Err(err) => match AppendError::from_db(&append.stream_id, expected, err) {
-                    // The stream moved on: `Any` looks the head up below; others conflict.
-                    AppendError::Conflict { .. } if append.expected == ExpectedVersion::Any => {
-                        self.heads.forget(&append.stream_id);
-                    }
-                    other => return Err(other),
-                },
-            }
-        }
         let row = sqlx::query(APPEND_ONE)
             .bind(&append.stream_id)
             .bind(event.event_id)

@@ -652,6 +652,41 @@ async fn writers_with_a_stale_idea_of_the_head_conflict_and_the_chain_stays_inta
         .unwrap();
     assert_eq!(next.stream_version, 5);
 
+    // Batches take the same path.
+    let batch = a
+        .append(
+            Append::to("s")
+                .expecting(ExpectedVersion::Exact(5))
+                .events([event(6), event(7)]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(batch.stream_version, 7);
+    assert_eq!(batch.positions.len(), 2);
+    let stale_batch = b
+        .append(
+            Append::to("s")
+                .expecting(ExpectedVersion::Exact(3))
+                .events([event(8), event(9)]),
+        )
+        .await;
+    assert!(
+        matches!(
+            stale_batch,
+            Err(AppendError::Conflict {
+                expected: 3,
+                actual: 7,
+                ..
+            })
+        ),
+        "{stale_batch:?}"
+    );
+    let new_batch = b
+        .append(Append::to("t").events([event(1), event(2), event(3)]))
+        .await
+        .unwrap();
+    assert_eq!(new_batch.stream_version, 3);
+
     let versions: Vec<i64> = b
         .read_stream("s", 1)
         .await
@@ -659,7 +694,7 @@ async fn writers_with_a_stale_idea_of_the_head_conflict_and_the_chain_stays_inta
         .iter()
         .map(|e| e.stream_version)
         .collect();
-    assert_eq!(versions, [1, 2, 3, 4, 5]);
+    assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7]);
     let report = verify_streams(&pool, None).await.unwrap();
     assert!(report.is_intact(), "{:?}", report.first_break);
 }
