@@ -191,17 +191,27 @@ select head.version, inserted.position, inserted.stream_version,
        coalesce(pg_current_xact_id_if_assigned()::text::bigint, 0), inserted.hash
   from head left join inserted on true";
 
+/// One event on a head known to the writer (see [`INSERT_KNOWN_HEAD`]).
+const INSERT_KNOWN_ONE: &str = "
+insert into events (event_id, stream_id, stream_version, event_type, schema_version,
+                    data, metadata, recorded_at, hash)
+values ($2, $1, $3, $4, $5, $6, $7, $8, $9)
+returning array[position], pg_current_xact_id()::text::bigint";
+
 /// Events on a head known to the writer: the links are computed by the writer (same formula as
 /// above), and a writer whose head was not the head anymore fails on
 /// `events_stream_version_key`.
 const INSERT_KNOWN_HEAD: &str = "
-insert into events (event_id, stream_id, stream_version, event_type, schema_version,
-                    data, metadata, recorded_at, hash)
-select e.id, $1, e.version, e.type, e.schema, e.data, $7, $8, e.hash
-  from unnest($2::uuid[], $3::bigint[], $4::text[], $5::int[], $6::jsonb[], $9::bytea[])
-       as e(id, version, type, schema, data, hash)
- order by e.version
-returning position, pg_current_xact_id()::text::bigint";
+with inserted as (
+    insert into events (event_id, stream_id, stream_version, event_type, schema_version,
+                        data, metadata, recorded_at, hash)
+    select e.id, $1, e.version, e.type, e.schema, e.data, $7, $8, e.hash
+      from unnest($2::uuid[], $3::bigint[], $4::text[], $5::int[], $6::jsonb[], $9::bytea[])
+           as e(id, version, type, schema, data, hash)
+     order by e.version
+    returning position
+)
+select array_agg(position order by position), pg_current_xact_id()::text::bigint from inserted";
 
 // The table is aliased `e` so that `order by e.transaction_id` sorts by the column (and can
 // walk its index), not by the bigint cast that the select list names `transaction_id`.
@@ -372,35 +382,46 @@ impl EventStore {
             hashes.push(hash.to_vec());
         }
         let expected = append.expected.as_db();
-        let inserted = sqlx::query(INSERT_KNOWN_HEAD)
-            .bind(&append.stream_id)
-            .bind(&ids)
-            .bind(&versions)
-            .bind(&types)
-            .bind(&schemas)
-            .bind(&data)
-            .bind(&metadata)
-            .bind(recorded_at)
-            .bind(&hashes)
-            .fetch_all(&mut *conn)
-            .await;
+        let inserted = if n == 1 {
+            sqlx::query(INSERT_KNOWN_ONE)
+                .bind(&append.stream_id)
+                .bind(ids[0])
+                .bind(versions[0])
+                .bind(types[0])
+                .bind(schemas[0])
+                .bind(data[0])
+                .bind(&metadata)
+                .bind(recorded_at)
+                .bind(&hashes[0])
+                .fetch_all(&mut *conn)
+                .await
+        } else {
+            sqlx::query(INSERT_KNOWN_HEAD)
+                .bind(&append.stream_id)
+                .bind(&ids)
+                .bind(&versions)
+                .bind(&types)
+                .bind(&schemas)
+                .bind(&data)
+                .bind(&metadata)
+                .bind(recorded_at)
+                .bind(&hashes)
+                .fetch_all(&mut *conn)
+                .await
+        };
         match inserted {
             Ok(rows) => {
-                let mut outcome = AppendOutcome {
-                    positions: Vec::with_capacity(n),
-                    stream_version: next,
-                    transaction_id: 0,
+                let Some(row) = rows.first() else {
+                    return Some(Err(AppendError::Database(sqlx::Error::RowNotFound)));
                 };
-                for row in rows {
-                    match (row.try_get::<i64, _>(0), row.try_get::<i64, _>(1)) {
-                        (Ok(position), Ok(transaction_id)) => {
-                            outcome.positions.push(position);
-                            outcome.transaction_id = transaction_id;
-                        }
-                        (Err(e), _) | (_, Err(e)) => return Some(Err(AppendError::Database(e))),
-                    }
-                }
-                outcome.positions.sort_unstable();
+                let outcome = match (row.try_get::<Vec<i64>, _>(0), row.try_get::<i64, _>(1)) {
+                    (Ok(positions), Ok(transaction_id)) => AppendOutcome {
+                        positions,
+                        stream_version: next,
+                        transaction_id,
+                    },
+                    (Err(e), _) | (_, Err(e)) => return Some(Err(AppendError::Database(e))),
+                };
                 if let Some(hash) = link {
                     self.heads.remember(&append.stream_id, next, &hash);
                 }
