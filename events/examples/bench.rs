@@ -7,7 +7,7 @@
 //! Arguments: the sections to run, any of `appends`, `batches`, `read`, `latency` (default: all).
 //!
 //! Options (environment): `DATABASE_URL` (it is wiped: use a scratch database), `BENCH_SECONDS`
-//! (per round of a throughput scenario; two alternating rounds each, default 5), `BENCH_READ_EVENTS` (log size for the read-all figure,
+//! (per round of a throughput scenario; four alternating rounds each, default 5), `BENCH_READ_EVENTS` (log size for the read-all figure,
 //! default 1,000,000), `BENCH_LATENCY_SECONDS` (default 10), `BENCH_RATE` (events/s for the
 //! latency figure, default 1,000).
 
@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// Alternating rounds per throughput scenario.
-const ROUNDS: u32 = 2;
+const ROUNDS: u32 = 4;
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
