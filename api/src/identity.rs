@@ -383,24 +383,8 @@ impl Identity {
         ctx: &ClientContext,
         email: &Email,
     ) -> Result<(), ApiError> {
-        self.limit(&[
-            (
-                format!("email:ip:{}", ctx.ip_key()),
-                self.limits.email_per_ip,
-            ),
-            (
-                format!("email:account:{}", email.as_str()),
-                self.limits.email_per_account,
-            ),
-        ])
-        .await?;
-        if let Some(id) = self.user_id_by_email(email).await? {
-            let account = self.load_user(id).await?;
-            let events = user::request_verification(&account);
-            self.append_user(&account, &events, metadata_for(ctx, "anonymous"))
-                .await?;
-        }
-        Ok(())
+        self.request_email(ctx, email, user::request_verification)
+            .await
     }
 
     /// Sends a reset email if the account exists.
@@ -408,6 +392,17 @@ impl Identity {
         &self,
         ctx: &ClientContext,
         email: &Email,
+    ) -> Result<(), ApiError> {
+        self.request_email(ctx, email, user::request_reset).await
+    }
+
+    /// A rate-limited request for an email about an account; nothing happens (and nothing
+    /// tells) when there is no such account.
+    async fn request_email(
+        &self,
+        ctx: &ClientContext,
+        email: &Email,
+        decide: fn(&User) -> Vec<UserEvent>,
     ) -> Result<(), ApiError> {
         self.limit(&[
             (
@@ -422,7 +417,7 @@ impl Identity {
         .await?;
         if let Some(id) = self.user_id_by_email(email).await? {
             let account = self.load_user(id).await?;
-            let events = user::request_reset(&account);
+            let events = decide(&account);
             self.append_user(&account, &events, metadata_for(ctx, "anonymous"))
                 .await?;
         }
