@@ -162,17 +162,24 @@ async fn main() -> anyhow::Result<()> {
     let ceiling = cores as f64 / per_hash;
     // For reference: what `cores` hashing tasks alone achieve (cores may not scale perfectly).
     let started = Instant::now();
+    let deadline = started + Duration::from_secs(5);
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..cores {
         let hasher = hasher.clone();
         tasks.spawn(async move {
-            for _ in 0..rounds {
+            let mut done = 0_u64;
+            while Instant::now() < deadline {
                 let _ = hasher.hash(PASSWORD).await;
+                done += 1;
             }
+            done
         });
     }
-    while tasks.join_next().await.is_some() {}
-    let parallel_hashes = (cores * rounds) as f64 / started.elapsed().as_secs_f64();
+    let mut hashed = 0_u64;
+    while let Some(done) = tasks.join_next().await {
+        hashed += done.unwrap_or(0);
+    }
+    let parallel_hashes = hashed as f64 / started.elapsed().as_secs_f64();
 
     let keys = std::env::temp_dir().join(format!("idp-bench-keys-{}", uuid::Uuid::now_v7()));
     let keys_arg = keys.display().to_string();

@@ -647,27 +647,31 @@ impl Identity {
         let expires_at = Utc::now() + self.session_ttl;
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin().await?;
-        sqlx::query("update login_state set consecutive_failures = 0 where user_id = $1")
-            .bind(account.id)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("insert into sessions (session_id, user_id, generation, expires_at) values ($1, $2, 1, $3)")
-            .bind(session_id)
-            .bind(account.id)
-            .bind(expires_at)
-            .execute(&mut *tx)
-            .await?;
         sqlx::query(
-            "insert into refresh_tokens (token_hash, session_id, generation) values ($1, $2, 1)",
+            "update login_state set consecutive_failures = 0 where user_id = $1 and consecutive_failures <> 0",
         )
-        .bind(&refresh_hash)
-        .bind(session_id)
+        .bind(account.id)
         .execute(&mut *tx)
         .await?;
+        sqlx::query(
+            "with session as (
+                 insert into sessions (session_id, user_id, generation, expires_at) values ($1, $2, 1, $3)
+             )
+             insert into refresh_tokens (token_hash, session_id, generation) values ($4, $1, 1)",
+        )
+        .bind(session_id)
+        .bind(account.id)
+        .bind(expires_at)
+        .bind(&refresh_hash)
+        .execute(&mut *tx)
+        .await?;
+        // The success is the first event of the session it starts (failures go to the
+        // account's login stream, which lockout reads).
         self.store
             .append_in(
                 &mut tx,
                 Append::to(session::stream_id(session_id))
+                    .event(login::succeeded(session_id))
                     .event(
                         SessionEvent::SessionStarted {
                             user_id: account.id,
@@ -675,15 +679,6 @@ impl Identity {
                         }
                         .to_new_event(),
                     )
-                    .metadata(meta.clone()),
-            )
-            .await?;
-        self.store
-            .append_in(
-                &mut tx,
-                Append::to(login::stream_id(account.id))
-                    .expecting(ExpectedVersion::Any)
-                    .event(login::succeeded(session_id))
                     .metadata(meta),
             )
             .await?;

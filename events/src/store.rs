@@ -516,6 +516,15 @@ impl EventStore {
         if append.events.is_empty() {
             return Err(AppendError::Empty);
         }
+        // A known head needs no lookup, in the caller's transaction too. Not for `Any`: a stale
+        // guess would abort the caller's transaction instead of being retried.
+        if append.claims.is_empty()
+            && append.releases.is_empty()
+            && append.expected != ExpectedVersion::Any
+            && let Some(result) = self.append_known(conn, &append).await
+        {
+            return result;
+        }
         let metadata = serde_json::to_value(&append.metadata)
             .map_err(|e| AppendError::InvalidEvent(e.to_string()))?;
         let recorded_at = now_micros();
