@@ -106,6 +106,12 @@ impl ApiError {
     }
 }
 
+impl From<crate::auth::password::HashError> for ApiError {
+    fn from(err: crate::auth::password::HashError) -> Self {
+        Self::Internal(err.into())
+    }
+}
+
 impl From<sqlx::Error> for ApiError {
     fn from(err: sqlx::Error) -> Self {
         if is_unavailable(&err) {

@@ -119,13 +119,8 @@ impl std::fmt::Debug for Identity {
     }
 }
 
-fn metadata_for(ctx: &ClientContext, actor: &str) -> Metadata {
-    ctx.metadata(actor)
-}
-
 impl Identity {
     /// The service.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: EventStore,
         hasher: Hasher,
@@ -184,6 +179,52 @@ impl Identity {
         }
     }
 
+    /// Reads the stored hash of `user_id` and verifies `password` against it; without a stored
+    /// hash, the same work is spent on a dummy hash and the answer is "no match".
+    async fn verify_password(
+        &self,
+        user_id: Uuid,
+        password: &str,
+    ) -> Result<password::Verified, ApiError> {
+        let stored: Option<String> =
+            sqlx::query_scalar("select password_hash from credentials where user_id = $1")
+                .bind(user_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        match stored {
+            Some(hash) => Ok(self.hasher.verify(password, &hash).await?),
+            None => {
+                self.hasher.verify_dummy(password).await;
+                Ok(password::Verified {
+                    matches: false,
+                    needs_rehash: false,
+                })
+            }
+        }
+    }
+
+    /// A token pair for a session: a new access token and the given refresh token.
+    fn token_pair(
+        &self,
+        user_id: Uuid,
+        session_id: Uuid,
+        roles: &[String],
+        refresh_token: String,
+    ) -> Result<TokenPair, ApiError> {
+        let (access_token, expires_in) = self
+            .tokens
+            .issue_access(user_id, session_id, roles)
+            .map_err(|e| {
+                ApiError::Internal(anyhow::anyhow!("while signing an access token: {e}"))
+            })?;
+        Ok(TokenPair {
+            access_token,
+            refresh_token,
+            token_type: "Bearer",
+            expires_in,
+        })
+    }
+
     /// Whether session `sid` is neither revoked nor expired.
     pub async fn session_is_active(&self, sid: Uuid) -> Result<bool, ApiError> {
         let active: Option<bool> = sqlx::query_scalar(
@@ -234,11 +275,7 @@ impl Identity {
             self.limits.email_per_ip,
         )])
         .await?;
-        let hash = self
-            .hasher
-            .hash(password)
-            .await
-            .map_err(|e| ApiError::Internal(e.into()))?;
+        let hash = self.hasher.hash(password).await?;
         let id = Uuid::now_v7();
         match self
             .create_account(
@@ -248,7 +285,7 @@ impl Identity {
                 vec![user::ROLE_USER.into()],
                 false,
                 &hash,
-                &metadata_for(ctx, &format!("user-{id}")),
+                &ctx.metadata(format!("user-{id}")),
             )
             .await
         {
@@ -263,7 +300,7 @@ impl Identity {
                             Append::to(user::stream_id(owner))
                                 .expecting(ExpectedVersion::Any)
                                 .event(event.to_new_event())
-                                .metadata(metadata_for(ctx, "anonymous")),
+                                .metadata(ctx.metadata("anonymous")),
                         )
                         .await?;
                 }
@@ -324,19 +361,15 @@ impl Identity {
             .ok_or_else(invalid)?;
         let account = self.load_user(user_id).await?;
         let events = user::verify_email(&account, event_id, Utc::now()).map_err(|_| invalid())?;
-        self.append_user(
-            &account,
-            &events,
-            metadata_for(ctx, &format!("user-{user_id}")),
-        )
-        .await
-        .map_err(|e| {
-            if matches!(e, ApiError::Conflict(_)) {
-                invalid()
-            } else {
-                e
-            }
-        })
+        self.append_user(&account, &events, ctx.metadata(format!("user-{user_id}")))
+            .await
+            .map_err(|e| {
+                if matches!(e, ApiError::Conflict(_)) {
+                    invalid()
+                } else {
+                    e
+                }
+            })
     }
 
     async fn user_of_event(
@@ -418,7 +451,7 @@ impl Identity {
         if let Some(id) = self.user_id_by_email(email).await? {
             let account = self.load_user(id).await?;
             let events = decide(&account);
-            self.append_user(&account, &events, metadata_for(ctx, "anonymous"))
+            self.append_user(&account, &events, ctx.metadata("anonymous"))
                 .await?;
         }
         Ok(())
@@ -448,27 +481,9 @@ impl Identity {
             return Err(ApiError::InvalidCredentials);
         };
         let account = self.load_user(user_id).await?;
-        let stored: Option<String> =
-            sqlx::query_scalar("select password_hash from credentials where user_id = $1")
-                .bind(user_id)
-                .fetch_optional(&self.pool)
-                .await?;
-        let verified = match stored {
-            Some(hash) => self
-                .hasher
-                .verify(password, &hash)
-                .await
-                .map_err(|e| ApiError::Internal(e.into()))?,
-            None => {
-                self.hasher.verify_dummy(password).await;
-                password::Verified {
-                    matches: false,
-                    needs_rehash: false,
-                }
-            }
-        };
+        let verified = self.verify_password(user_id, password).await?;
         let now = Utc::now();
-        let meta = metadata_for(ctx, &format!("user-{user_id}"));
+        let meta = ctx.metadata(format!("user-{user_id}"));
         if account.is_locked(now) {
             self.record_failure(&account, FailureReason::Locked, meta)
                 .await?;
@@ -510,12 +525,7 @@ impl Identity {
         let stream = login::unknown_stream_id(&digest_hex[..32]);
         let pseudo_id = Uuid::from_slice(&digest[..16]).unwrap_or_default();
         self.store.stream_version(&stream).await?;
-        let _: Option<String> =
-            sqlx::query_scalar("select password_hash from credentials where user_id = $1")
-                .bind(pseudo_id)
-                .fetch_optional(&self.pool)
-                .await?;
-        self.hasher.verify_dummy(password).await;
+        self.verify_password(pseudo_id, password).await?;
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin().await?;
         self.store
@@ -524,17 +534,10 @@ impl Identity {
                 Append::to(stream)
                     .expecting(ExpectedVersion::Any)
                     .event(login::failed_unknown(&digest_hex))
-                    .metadata(metadata_for(ctx, "anonymous")),
+                    .metadata(ctx.metadata("anonymous")),
             )
             .await?;
-        sqlx::query(
-            "insert into login_state (user_id, consecutive_failures, last_failure_at) values ($1, 1, now())
-             on conflict (user_id) do update
-                set consecutive_failures = login_state.consecutive_failures + 1, last_failure_at = now()",
-        )
-        .bind(pseudo_id)
-        .execute(&mut *tx)
-        .await?;
+        count_failure(&mut tx, pseudo_id).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -556,20 +559,12 @@ impl Identity {
                     .metadata(meta.clone()),
             )
             .await?;
-        let failures: i32 = if reason == FailureReason::WrongPassword {
-            sqlx::query_scalar(
-                "insert into login_state (user_id, consecutive_failures, last_failure_at) values ($1, 1, now())
-                 on conflict (user_id) do update
-                    set consecutive_failures = login_state.consecutive_failures + 1, last_failure_at = now()
-                 returning consecutive_failures",
-            )
-            .bind(account.id)
-            .fetch_one(&mut *tx)
-            .await?
+        let failures = if reason == FailureReason::WrongPassword {
+            count_failure(&mut tx, account.id).await?
         } else {
             0
         };
-        let lock = user::failed_login(account, u32::try_from(failures).unwrap_or(0), Utc::now());
+        let lock = user::failed_login(account, failures, Utc::now());
         if !lock.is_empty() {
             let locked = self
                 .store
@@ -583,12 +578,7 @@ impl Identity {
                 .await;
             match locked {
                 Ok(_) => {
-                    sqlx::query(
-                        "update login_state set consecutive_failures = 0 where user_id = $1",
-                    )
-                    .bind(account.id)
-                    .execute(&mut *tx)
-                    .await?;
+                    reset_failures(&mut tx, account.id).await?;
                     metrics::counter!("idp_auth_lockouts_total").increment(1);
                 }
                 // Someone changed the account meanwhile (maybe locked it): keep the failure.
@@ -614,11 +604,7 @@ impl Identity {
     }
 
     async fn rehash(&self, account: &User, password: &str, meta: Metadata) -> Result<(), ApiError> {
-        let hash = self
-            .hasher
-            .hash(password)
-            .await
-            .map_err(|e| ApiError::Internal(e.into()))?;
+        let hash = self.hasher.hash(password).await?;
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin().await?;
         sqlx::query(
@@ -647,12 +633,7 @@ impl Identity {
         let expires_at = Utc::now() + self.session_ttl;
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin().await?;
-        sqlx::query(
-            "update login_state set consecutive_failures = 0 where user_id = $1 and consecutive_failures <> 0",
-        )
-        .bind(account.id)
-        .execute(&mut *tx)
-        .await?;
+        reset_failures(&mut tx, account.id).await?;
         sqlx::query(
             "with session as (
                  insert into sessions (session_id, user_id, generation, expires_at) values ($1, $2, 1, $3)
@@ -683,18 +664,7 @@ impl Identity {
             )
             .await?;
         tx.commit().await?;
-        let (access_token, expires_in) = self
-            .tokens
-            .issue_access(account.id, session_id, &account.roles)
-            .map_err(|e| {
-                ApiError::Internal(anyhow::anyhow!("while signing an access token: {e}"))
-            })?;
-        Ok(TokenPair {
-            access_token,
-            refresh_token,
-            token_type: "Bearer",
-            expires_in,
-        })
+        self.token_pair(account.id, session_id, &account.roles, refresh_token)
     }
 
     /// Rotates a refresh token. A token already rotated ends its whole session (family).
@@ -724,7 +694,7 @@ impl Identity {
         let generation: i32 = row.try_get("generation")?;
         let presented: i32 = row.try_get("presented")?;
         let active: bool = row.try_get("active")?;
-        let meta = metadata_for(ctx, &format!("user-{user_id}"));
+        let meta = ctx.metadata(format!("user-{user_id}"));
         if !active {
             return Err(ApiError::Unauthorized);
         }
@@ -781,18 +751,7 @@ impl Identity {
             )
             .await?;
         tx.commit().await?;
-        let (access_token, expires_in) = self
-            .tokens
-            .issue_access(user_id, session_id, &account.roles)
-            .map_err(|e| {
-                ApiError::Internal(anyhow::anyhow!("while signing an access token: {e}"))
-            })?;
-        Ok(TokenPair {
-            access_token,
-            refresh_token: new_token,
-            token_type: "Bearer",
-            expires_in,
-        })
+        self.token_pair(user_id, session_id, &account.roles, new_token)
     }
 
     async fn revoke_in(
@@ -844,7 +803,7 @@ impl Identity {
                 session_id,
                 &[SessionEvent::SessionRevoked { reason }],
                 reason,
-                metadata_for(ctx, &format!("user-{user_id}")),
+                ctx.metadata(format!("user-{user_id}")),
             )
             .await?;
             tx.commit().await?;
@@ -898,12 +857,8 @@ impl Identity {
             .ok_or_else(invalid)?;
         let account = self.load_user(user_id).await?;
         let events = user::reset_password(&account, reset_id, Utc::now()).map_err(|_| invalid())?;
-        let hash = self
-            .hasher
-            .hash(new_password)
-            .await
-            .map_err(|e| ApiError::Internal(e.into()))?;
-        let meta = metadata_for(ctx, &format!("user-{user_id}"));
+        let hash = self.hasher.hash(new_password).await?;
+        let meta = ctx.metadata(format!("user-{user_id}"));
         self.replace_password(
             &account,
             &events,
@@ -937,21 +892,7 @@ impl Identity {
         )])
         .await?;
         let account = self.load_user(user_id).await?;
-        let stored: Option<String> =
-            sqlx::query_scalar("select password_hash from credentials where user_id = $1")
-                .bind(user_id)
-                .fetch_optional(&self.pool)
-                .await?;
-        let matches = match stored {
-            Some(hash) => {
-                self.hasher
-                    .verify(current, &hash)
-                    .await
-                    .map_err(|e| ApiError::Internal(e.into()))?
-                    .matches
-            }
-            None => false,
-        };
+        let matches = self.verify_password(user_id, current).await?.matches;
         if !matches {
             return Err(ApiError::Unprocessable(
                 "current_password: incorrect".into(),
@@ -959,12 +900,8 @@ impl Identity {
         }
         password::validate(new_password)
             .map_err(|e| ApiError::Unprocessable(format!("new_password: {e}")))?;
-        let hash = self
-            .hasher
-            .hash(new_password)
-            .await
-            .map_err(|e| ApiError::Internal(e.into()))?;
-        let meta = metadata_for(ctx, &format!("user-{user_id}"));
+        let hash = self.hasher.hash(new_password).await?;
+        let meta = ctx.metadata(format!("user-{user_id}"));
         self.replace_password(
             &account,
             &[UserEvent::PasswordChanged],
@@ -1004,10 +941,7 @@ impl Identity {
         .bind(hash)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("update login_state set consecutive_failures = 0 where user_id = $1")
-            .bind(account.id)
-            .execute(&mut *tx)
-            .await?;
+        reset_failures(&mut tx, account.id).await?;
         self.revoke_all(&mut tx, account.id, keep, reason, &meta)
             .await?;
         tx.commit().await?;
@@ -1031,13 +965,10 @@ impl Identity {
                 Append::to(user::stream_id(user_id))
                     .expecting(exact(account.version))
                     .events(events.iter().map(UserEvent::to_new_event))
-                    .metadata(metadata_for(ctx, admin)),
+                    .metadata(ctx.metadata(admin)),
             )
             .await?;
-        sqlx::query("update login_state set consecutive_failures = 0 where user_id = $1")
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await?;
+        reset_failures(&mut tx, user_id).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -1080,11 +1011,7 @@ impl Identity {
             }
             password::validate(password)
                 .map_err(|e| ApiError::Unprocessable(format!("ADMIN_PASSWORD: {e}")))?;
-            let hash = self
-                .hasher
-                .hash(password)
-                .await
-                .map_err(|e| ApiError::Internal(e.into()))?;
+            let hash = self.hasher.hash(password).await?;
             let roles = vec![user::ROLE_USER.to_owned(), user::ROLE_ADMIN.to_owned()];
             match self
                 .create_account(Uuid::now_v7(), email, None, roles, true, &hash, &meta)
@@ -1098,6 +1025,29 @@ impl Identity {
             "the admin account kept changing; try again".into(),
         ))
     }
+}
+
+/// Counts a wrong password for `user_id` and returns the consecutive failures so far.
+async fn count_failure(conn: &mut PgConnection, user_id: Uuid) -> Result<u32, ApiError> {
+    let failures: i32 = sqlx::query_scalar(
+        "insert into login_state (user_id, consecutive_failures, last_failure_at) values ($1, 1, now())
+         on conflict (user_id) do update
+            set consecutive_failures = login_state.consecutive_failures + 1, last_failure_at = now()
+         returning consecutive_failures",
+    )
+    .bind(user_id)
+    .fetch_one(conn)
+    .await?;
+    Ok(u32::try_from(failures).unwrap_or(0))
+}
+
+/// Ends the run of consecutive failures of `user_id` (a success, a lock, a new password).
+async fn reset_failures(conn: &mut PgConnection, user_id: Uuid) -> Result<(), ApiError> {
+    sqlx::query("update login_state set consecutive_failures = 0 where user_id = $1 and consecutive_failures <> 0")
+        .bind(user_id)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 fn exact(version: i64) -> ExpectedVersion {

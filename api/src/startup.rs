@@ -59,7 +59,7 @@ impl Application {
     /// Connects to the database (waiting for it up to 30 s), applies migrations and binds.
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
         idp_ops::metrics::install("idp-api");
-        let pool = connect(config).await?;
+        let pool = idp_ops::database::connect(&config.common).await?;
         idp_events::migrations::run(&pool)
             .await
             .context("while applying database migrations")?;
@@ -288,15 +288,4 @@ async fn scope_request_id(request: Request, next: Next) -> Response {
             .await;
     }
     response
-}
-
-async fn connect(config: &Config) -> anyhow::Result<PgPool> {
-    idp_ops::database::connect(&config.common)
-        .await
-        .with_context(|| {
-            format!(
-                "while connecting to DATABASE_URL {}",
-                config.common.database_url
-            )
-        })
 }

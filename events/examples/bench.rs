@@ -24,7 +24,7 @@ use idp_events::{Append, Cursor, EventStore, ExpectedVersion, NewEvent, Recorded
 use idp_ops::config::DatabaseUrl;
 use serde_json::json;
 use sqlx::postgres::{PgListener, PgPoolOptions};
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -433,20 +433,7 @@ async fn plain_scan(pool: &PgPool) -> anyhow::Result<(f64, u64)> {
             break;
         }
         for row in &rows {
-            let event = RecordedEvent {
-                position: row.try_get("position")?,
-                transaction_id: row.try_get("transaction_id")?,
-                event_id: row.try_get("event_id")?,
-                stream_id: row.try_get("stream_id")?,
-                stream_version: row.try_get("stream_version")?,
-                event_type: row.try_get("event_type")?,
-                schema_version: row.try_get("schema_version")?,
-                data: row.try_get("data")?,
-                metadata: row.try_get("metadata")?,
-                recorded_at: row.try_get("recorded_at")?,
-                hash: row.try_get("hash")?,
-            };
-            after = event.position;
+            after = RecordedEvent::from_row(row)?.position;
         }
         n += rows.len() as u64;
     }

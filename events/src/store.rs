@@ -5,6 +5,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool, Row};
+use uuid::Uuid;
 
 use crate::chain::{canonical_body, link_hash};
 use crate::error::{AppendError, ReadError};
@@ -257,41 +258,30 @@ impl EventStore {
     /// [`ExpectedVersion::Any`] such a clash is retried here, so it never reaches the caller.
     pub async fn append(&self, append: Append) -> Result<AppendOutcome, AppendError> {
         let mut conn = self.pool.acquire().await.map_err(AppendError::Database)?;
-        if !append.claims.is_empty() || !append.releases.is_empty() || append.events.is_empty() {
-            return self.append_in(&mut conn, append).await;
-        }
-        if append.events.len() > 1 {
-            if let Some(result) = self.append_known(&mut conn, &append).await {
-                return self.with_actual_version(result).await;
-            }
-            return self.append_in(&mut conn, append).await;
-        }
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match self.append_one(&mut conn, &append).await {
-                Err(AppendError::Conflict { .. })
-                    if append.expected == ExpectedVersion::Any && attempt < ANY_RETRIES => {}
-                Err(AppendError::Conflict {
-                    stream_id,
-                    expected,
-                    actual: -1,
-                }) => {
-                    // Lost a race on the unique constraint: report the version that won.
-                    let actual = self.stream_version(&stream_id).await.unwrap_or(-1);
-                    return Err(AppendError::Conflict {
-                        stream_id,
-                        expected,
-                        actual,
-                    });
+        let plain = append.claims.is_empty() && append.releases.is_empty();
+        let mut attempt = 1;
+        let result = match append.events.len() {
+            1 if plain => loop {
+                match self.append_one(&mut conn, &append).await {
+                    Err(AppendError::Conflict { .. })
+                        if append.expected == ExpectedVersion::Any && attempt < ANY_RETRIES =>
+                    {
+                        attempt += 1;
+                    }
+                    other => break other,
                 }
-                other => return other,
-            }
-        }
+            },
+            n if plain && n > 1 => match self.append_known(&mut conn, &append).await {
+                Some(result) => result,
+                None => self.append_in(&mut conn, append).await,
+            },
+            _ => self.append_in(&mut conn, append).await,
+        };
+        self.with_actual_version(result).await
     }
 
-    /// Replaces the unknown `actual` of a conflict lost on the unique constraint by the version
-    /// that won.
+    /// Replaces the unknown `actual` (-1) of a conflict lost on the unique constraint by the
+    /// version that won.
     async fn with_actual_version(
         &self,
         result: Result<AppendOutcome, AppendError>,
@@ -338,11 +328,14 @@ impl EventStore {
         append: &Append,
     ) -> Option<Result<AppendOutcome, AppendError>> {
         let (version, previous) = self.known_head(append)?;
-        let metadata = match serde_json::to_value(&append.metadata) {
-            Ok(metadata) => metadata,
-            Err(e) => return Some(Err(AppendError::InvalidEvent(e.to_string()))),
+        let Encoded {
+            metadata,
+            recorded_at,
+            bodies,
+        } = match encode(append) {
+            Ok(encoded) => encoded,
+            Err(e) => return Some(Err(e)),
         };
-        let recorded_at = now_micros();
         let n = append.events.len();
         let (mut ids, mut versions, mut types, mut schemas, mut data, mut hashes) = (
             Vec::with_capacity(n),
@@ -354,24 +347,13 @@ impl EventStore {
         );
         let mut link: Option<[u8; 32]> = previous;
         let mut next = version;
-        for event in &append.events {
-            if let Err(e) = check_schema_version(event) {
-                return Some(Err(e));
-            }
+        for (event, body) in append.events.iter().zip(&bodies) {
             next += 1;
-            let body = canonical_body(
-                event.event_id,
-                &event.event_type,
-                event.schema_version,
-                &event.data,
-                &metadata,
-                recorded_at,
-            );
             let hash = link_hash(
                 link.as_ref().map(|h| h.as_slice()),
                 &append.stream_id,
                 next,
-                &body,
+                body,
             );
             link = Some(hash);
             ids.push(event.event_id);
@@ -458,18 +440,12 @@ impl EventStore {
             return result;
         }
         let event = &append.events[0];
-        check_schema_version(event)?;
-        let metadata = serde_json::to_value(&append.metadata)
-            .map_err(|e| AppendError::InvalidEvent(e.to_string()))?;
-        let recorded_at = now_micros();
-        let canonical = canonical_body(
-            event.event_id,
-            &event.event_type,
-            event.schema_version,
-            &event.data,
-            &metadata,
+        let Encoded {
+            metadata,
             recorded_at,
-        );
+            mut bodies,
+        } = encode(append)?;
+        let canonical = bodies.swap_remove(0);
         let expected = append.expected.as_db();
         let row = sqlx::query(APPEND_ONE)
             .bind(&append.stream_id)
@@ -525,31 +501,19 @@ impl EventStore {
         {
             return result;
         }
-        let metadata = serde_json::to_value(&append.metadata)
-            .map_err(|e| AppendError::InvalidEvent(e.to_string()))?;
-        let recorded_at = now_micros();
-
-        let n = append.events.len();
-        let mut ids = Vec::with_capacity(n);
-        let mut types = Vec::with_capacity(n);
-        let mut versions = Vec::with_capacity(n);
-        let mut data = Vec::with_capacity(n);
-        let mut canonical = Vec::with_capacity(n);
-        for event in &append.events {
-            check_schema_version(event)?;
-            canonical.push(canonical_body(
-                event.event_id,
-                &event.event_type,
-                event.schema_version,
-                &event.data,
-                &metadata,
-                recorded_at,
-            ));
-            ids.push(event.event_id);
-            types.push(event.event_type.clone());
-            versions.push(event.schema_version);
-            data.push(event.data.clone());
-        }
+        let Encoded {
+            metadata,
+            recorded_at,
+            bodies,
+        } = encode(&append)?;
+        let ids: Vec<Uuid> = append.events.iter().map(|e| e.event_id).collect();
+        let types: Vec<&str> = append
+            .events
+            .iter()
+            .map(|e| e.event_type.as_str())
+            .collect();
+        let versions: Vec<i32> = append.events.iter().map(|e| e.schema_version).collect();
+        let data: Vec<&serde_json::Value> = append.events.iter().map(|e| &e.data).collect();
         let (claim_scopes, claim_values): (Vec<_>, Vec<_>) = append.claims.iter().cloned().unzip();
         let (release_scopes, release_values): (Vec<_>, Vec<_>) =
             append.releases.iter().cloned().unzip();
@@ -567,7 +531,7 @@ impl EventStore {
         .bind(data)
         .bind(&metadata)
         .bind(recorded_at)
-        .bind(canonical)
+        .bind(bodies)
         .bind(claim_scopes)
         .bind(claim_values)
         .bind(release_scopes)
@@ -686,22 +650,64 @@ pub(crate) async fn read_all_in(
     rows.iter().map(|row| decode_row(row, upcasters)).collect()
 }
 
+impl RecordedEvent {
+    /// An event from a row with the `events` columns (`transaction_id` as `bigint`), as stored:
+    /// no upcasting.
+    pub fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            position: row.try_get("position")?,
+            transaction_id: row.try_get("transaction_id")?,
+            event_id: row.try_get("event_id")?,
+            stream_id: row.try_get("stream_id")?,
+            stream_version: row.try_get("stream_version")?,
+            event_type: row.try_get("event_type")?,
+            schema_version: row.try_get("schema_version")?,
+            data: row.try_get("data")?,
+            metadata: row.try_get("metadata")?,
+            recorded_at: row.try_get("recorded_at")?,
+            hash: row.try_get("hash")?,
+        })
+    }
+}
+
 fn decode_row(row: &PgRow, upcasters: &Upcasters) -> Result<RecordedEvent, ReadError> {
-    let mut event = RecordedEvent {
-        position: row.try_get("position")?,
-        transaction_id: row.try_get("transaction_id")?,
-        event_id: row.try_get("event_id")?,
-        stream_id: row.try_get("stream_id")?,
-        stream_version: row.try_get("stream_version")?,
-        event_type: row.try_get("event_type")?,
-        schema_version: row.try_get("schema_version")?,
-        data: row.try_get("data")?,
-        metadata: row.try_get("metadata")?,
-        recorded_at: row.try_get("recorded_at")?,
-        hash: row.try_get("hash")?,
-    };
+    let mut event = RecordedEvent::from_row(row)?;
     upcasters.apply(&mut event);
     Ok(event)
+}
+
+/// What every append path stores besides the events' own fields: the metadata as JSON, the
+/// time of the append, and each event's canonical body (the input of its chain link).
+struct Encoded {
+    metadata: serde_json::Value,
+    recorded_at: DateTime<Utc>,
+    bodies: Vec<Vec<u8>>,
+}
+
+fn encode(append: &Append) -> Result<Encoded, AppendError> {
+    let metadata = serde_json::to_value(&append.metadata)
+        .map_err(|e| AppendError::InvalidEvent(e.to_string()))?;
+    let recorded_at = now_micros();
+    let bodies = append
+        .events
+        .iter()
+        .map(|event| {
+            check_schema_version(event)?;
+            Ok(canonical_body(
+                event.event_id,
+                &event.event_type,
+                event.schema_version,
+                &event.data,
+                &metadata,
+                recorded_at,
+            ))
+        })
+        .collect::<Result<_, AppendError>>()?;
+    Ok(Encoded {
+        metadata,
+        recorded_at,
+        bodies,
+    })
 }
 
 fn check_schema_version(event: &NewEvent) -> Result<(), AppendError> {

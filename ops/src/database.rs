@@ -10,10 +10,21 @@ use crate::config::CommonConfig;
 /// How long to keep trying to reach the database at start (it may still be starting).
 pub const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
 
+/// The database could not be reached within [`CONNECT_PATIENCE`].
+#[derive(Debug, thiserror::Error)]
+#[error("cannot connect to DATABASE_URL {url}: {source}")]
+pub struct ConnectError {
+    /// The URL, password hidden.
+    url: String,
+    /// The last failure.
+    #[source]
+    source: sqlx::Error,
+}
+
 /// Opens the pool on `DATABASE_URL`, retrying for up to [`CONNECT_PATIENCE`] while the
 /// database starts. Acquiring a connection later waits at most 3 s, so a request never hangs
 /// on a database that went away.
-pub async fn connect(config: &CommonConfig) -> Result<PgPool, sqlx::Error> {
+pub async fn connect(config: &CommonConfig) -> Result<PgPool, ConnectError> {
     let options = PgPoolOptions::new()
         .max_connections(config.database_max_connections)
         .acquire_timeout(Duration::from_secs(3))
@@ -32,7 +43,12 @@ pub async fn connect(config: &CommonConfig) -> Result<PgPool, sqlx::Error> {
                 tracing::warn!(database = %config.database_url, error = %err, "database not reachable yet; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            Err(err) => return Err(err),
+            Err(source) => {
+                return Err(ConnectError {
+                    url: config.database_url.to_string(),
+                    source,
+                });
+            }
         }
     }
 }

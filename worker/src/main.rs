@@ -1,8 +1,9 @@
 //! `idp-worker`: runs projections (default), or an operator command.
 
 use clap::Parser;
+use idp_ops::database::connect;
 use idp_worker::config::{Command, Config};
-use idp_worker::startup::{Worker, connect};
+use idp_worker::startup::Worker;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -17,12 +18,12 @@ async fn main() -> anyhow::Result<()> {
                 .await
         }
         Some(Command::Rebuild { name }) => {
-            let pool = connect(&config).await?;
+            let pool = connect(&config.common).await?;
             idp_events::migrations::run(&pool).await?;
             idp_worker::cli::rebuild(&pool, name).await
         }
         Some(Command::Verify { stream_prefix }) => {
-            let pool = connect(&config).await?;
+            let pool = connect(&config.common).await?;
             idp_worker::cli::verify(&pool, stream_prefix.as_deref()).await
         }
     }

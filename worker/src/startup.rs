@@ -26,7 +26,7 @@ impl Worker {
     /// `WORKER_ADDR`.
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
         idp_ops::metrics::install("idp-worker");
-        let pool = connect(config).await?;
+        let pool = idp_ops::database::connect(&config.common).await?;
         idp_events::migrations::run(&pool)
             .await
             .context("while applying database migrations")?;
@@ -82,16 +82,4 @@ impl Worker {
         tracing::info!("idp-worker stopped");
         Ok(())
     }
-}
-
-/// Connects to `DATABASE_URL`, retrying for up to 30 s while the database starts.
-pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
-    idp_ops::database::connect(&config.common)
-        .await
-        .with_context(|| {
-            format!(
-                "while connecting to DATABASE_URL {}",
-                config.common.database_url
-            )
-        })
 }

@@ -61,21 +61,12 @@ pub enum SessionEvent {
 impl SessionEvent {
     /// The event as it goes into the log.
     pub fn to_new_event(&self) -> NewEvent {
-        match serde_json::to_value(self) {
-            Ok(serde_json::Value::Object(mut map)) => NewEvent::new(
-                map.remove("type")
-                    .and_then(|t| t.as_str().map(str::to_owned))
-                    .unwrap_or_default(),
-                map.remove("data").unwrap_or(serde_json::Value::Null),
-            ),
-            _ => NewEvent::new("", serde_json::Value::Null),
-        }
+        super::to_new_event(self)
     }
 
     /// The event read back from the log, if it is a session event.
     pub fn from_recorded(event: &RecordedEvent) -> Option<Self> {
-        serde_json::from_value(serde_json::json!({ "type": event.event_type, "data": event.data }))
-            .ok()
+        super::from_recorded(event)
     }
 }
 

@@ -6,7 +6,6 @@
 
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use uuid::Uuid;
 
 use crate::{NewEvent, RecordedEvent};
@@ -95,30 +94,12 @@ pub enum UserEvent {
 impl UserEvent {
     /// The event as it goes into the log.
     pub fn to_new_event(&self) -> NewEvent {
-        let (event_type, data) = match serde_json::to_value(self) {
-            Ok(Value::Object(mut map)) => (
-                map.remove("type")
-                    .and_then(|t| t.as_str().map(str::to_owned)),
-                map.remove("data")
-                    .unwrap_or(Value::Object(serde_json::Map::new())),
-            ),
-            _ => (None, Value::Null),
-        };
-        NewEvent::new(event_type.unwrap_or_default(), data)
+        super::to_new_event(self)
     }
 
     /// The event read back from the log, if it is a user event.
     pub fn from_recorded(event: &RecordedEvent) -> Option<Self> {
-        let tagged = if event
-            .data
-            .as_object()
-            .is_some_and(serde_json::Map::is_empty)
-        {
-            serde_json::json!({ "type": event.event_type })
-        } else {
-            serde_json::json!({ "type": event.event_type, "data": event.data })
-        };
-        serde_json::from_value(tagged).ok()
+        super::from_recorded(event)
     }
 }
 
