@@ -68,9 +68,7 @@ impl Worker {
             }
         });
 
-        let counts = projections::event_type_counts(&store);
-        let token = shutdown.clone();
-        tasks.spawn(async move { counts.run(token).await });
+        projections::spawn_all(&store, &mut tasks, &shutdown);
 
         while let Some(joined) = tasks.join_next().await {
             if let Err(err) = joined {
