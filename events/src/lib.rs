@@ -13,9 +13,11 @@ pub mod chain;
 mod error;
 mod event;
 pub mod identity;
+pub mod jobs;
 pub mod migrations;
 mod notifier;
 mod store;
+mod tagged;
 pub mod subscription;
 mod upcast;
 

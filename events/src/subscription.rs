@@ -76,6 +76,22 @@ pub trait Handler: Send + Sync + 'static {
         &self,
         conn: &mut PgConnection,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+
+    /// Called when a batch transaction begins, including when a batch is redone after a
+    /// failure: a handler that buffers work per batch forgets it here.
+    fn begin_batch(&self) {}
+
+    /// Called after every event of a batch was handled and before the batch's checkpoint
+    /// commits, for work that must be done before the checkpoint moves (publishing to a
+    /// broker, set-based writes of buffered rows). An error rolls the batch back and ends
+    /// the session; the runner reconnects with backoff and redoes the batch.
+    fn before_commit(
+        &self,
+        conn: &mut PgConnection,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        let _ = conn;
+        std::future::ready(Ok(()))
+    }
 }
 
 /// Tuning of a subscription runner.
@@ -127,6 +143,9 @@ pub enum SubscriptionError {
     /// Resetting the read model failed.
     #[error("the read model could not be reset: {0}")]
     Reset(HandlerError),
+    /// The handler could not finish a batch (see [`Handler::before_commit`]).
+    #[error("the batch could not be finished: {0}")]
+    Batch(HandlerError),
 }
 
 impl From<ReadError> for SubscriptionError {
@@ -320,6 +339,7 @@ impl<H: Handler> Subscription<H> {
         while start < batch.len() {
             let pending = &batch[start..end];
             let mut tx = conn.begin().await?;
+            self.handler.begin_batch();
             let mut failure = None;
             for (offset, event) in pending.iter().enumerate() {
                 if let Err(err) = self.handler.handle(&mut tx, event).await {
@@ -329,6 +349,10 @@ impl<H: Handler> Subscription<H> {
             }
             match failure {
                 None => {
+                    if let Err(err) = self.handler.before_commit(&mut tx).await {
+                        tx.rollback().await?;
+                        return Err(SubscriptionError::Batch(err));
+                    }
                     let last = pending.last().map_or(from, RecordedEvent::cursor);
                     let now = self.commit(tx, from, last, pending.len()).await?;
                     if now != last {
@@ -385,8 +409,15 @@ impl<H: Handler> Subscription<H> {
                 () = tokio::time::sleep(self.options.retry.delay(attempts)) => {}
             }
             let mut tx = conn.begin().await?;
+            self.handler.begin_batch();
             match self.handler.handle(&mut tx, event).await {
-                Ok(()) => return Ok(Some(self.commit(tx, from, event.cursor(), 1).await?)),
+                Ok(()) => {
+                    if let Err(err) = self.handler.before_commit(&mut tx).await {
+                        tx.rollback().await?;
+                        return Err(SubscriptionError::Batch(err));
+                    }
+                    return Ok(Some(self.commit(tx, from, event.cursor(), 1).await?));
+                }
                 Err(err) => {
                     tx.rollback().await?;
                     attempts += 1;

@@ -5,6 +5,7 @@
 //!   that does not; other parts (circuit breakers, ...) can add their own checks.
 //! - `GET /metrics`: Prometheus text.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -92,8 +93,14 @@ impl Health {
 
     /// Runs every readiness check concurrently.
     pub async fn readiness(&self) -> Readiness {
-        let (database, broker) = tokio::join!(check_database(&self.pool), self.broker.check());
-        Readiness::from_checks(vec![("database", database), ("broker", broker)])
+        let (database, broker, breakers) = tokio::join!(
+            check_database(&self.pool),
+            self.broker.check(),
+            breaker_states(&self.pool)
+        );
+        let mut report = Readiness::from_checks(vec![("database", database), ("broker", broker)]);
+        report.breakers = breakers;
+        report
     }
 }
 
@@ -116,6 +123,21 @@ pub struct Readiness {
     pub status: &'static str,
     /// Every check, in a stable order.
     pub checks: Vec<Check>,
+    /// State of each circuit breaker shared by the workers (`closed`, `open`, `half_open`). An
+    /// open breaker does not make a process unready: it already refuses calls to the failing
+    /// system, and everything else still works.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub breakers: BTreeMap<String, String>,
+}
+
+/// The circuit breakers as stored, or nothing when they cannot be read (the database check
+/// reports that).
+async fn breaker_states(pool: &PgPool) -> BTreeMap<String, String> {
+    let query = sqlx::query_as::<_, (String, String)>("select name, state from circuit_breakers");
+    match tokio::time::timeout(CHECK_TIMEOUT, query.fetch_all(pool)).await {
+        Ok(Ok(rows)) => rows.into_iter().collect(),
+        _ => BTreeMap::new(),
+    }
 }
 
 impl Readiness {
@@ -140,6 +162,7 @@ impl Readiness {
         Self {
             status: if ready { "ready" } else { "not_ready" },
             checks,
+            breakers: BTreeMap::new(),
         }
     }
 

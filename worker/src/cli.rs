@@ -10,7 +10,7 @@ use idp_events::subscription::{self, Handler, Subscription};
 use indicatif::{ProgressBar, ProgressStyle};
 use sqlx::PgPool;
 
-use crate::projections::{self, EventTypeCounts};
+use crate::projections::{self, AuditView, EventTypeCounts, UsersDirectory};
 
 /// Empties projection `name` and replays the log into it, with a progress bar and a summary.
 ///
@@ -20,6 +20,8 @@ pub async fn rebuild(pool: &PgPool, name: &str) -> anyhow::Result<()> {
     let store = EventStore::new(pool.clone());
     match name {
         EventTypeCounts::NAME => rebuild_with(&store, projections::event_type_counts(&store)).await,
+        UsersDirectory::NAME => rebuild_with(&store, projections::users_directory(&store)).await,
+        AuditView::NAME => rebuild_with(&store, projections::audit_view(&store)).await,
         other => bail!(
             "no projection named {other:?}; known projections: {}",
             projections::NAMES.join(", ")

@@ -1,8 +1,9 @@
 //! Configuration and command line of `idp-worker`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use idp_ops::config::CommonConfig;
 
 /// `idp-worker`: projections, dispatcher and jobs of idp.
@@ -21,6 +22,14 @@ pub struct Config {
         default_value = "127.0.0.1:8081"
     )]
     pub worker_addr: SocketAddr,
+
+    /// Jobs: queues, retries and circuit breakers.
+    #[command(flatten)]
+    pub jobs: JobsConfig,
+
+    /// Email: where it goes and what it links to.
+    #[command(flatten)]
+    pub email: EmailConfig,
 
     /// What to do; without a command the worker runs.
     #[command(subcommand)]
@@ -43,4 +52,126 @@ pub enum Command {
         #[arg(long)]
         stream_prefix: Option<String>,
     },
+}
+
+/// RabbitMQ queue type of the job queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum QueueType {
+    /// Replicated, with a delivery limit enforced by the broker (RabbitMQ 3.8 and later).
+    Quorum,
+    /// Classic durable queues, for brokers without quorum queues (no delivery limit).
+    Classic,
+}
+
+/// Jobs: queues, retries and circuit breakers.
+#[derive(Debug, Clone, clap::Args)]
+pub struct JobsConfig {
+    /// Prefix of every queue and exchange name, so environments sharing a broker never share
+    /// queues.
+    #[arg(long, env = "AMQP_PREFIX", value_name = "AMQP_PREFIX", default_value = "idp",
+          value_parser = parse_prefix)]
+    pub amqp_prefix: String,
+
+    /// Type of the job queues.
+    #[arg(long, env = "AMQP_QUEUE_TYPE", value_name = "AMQP_QUEUE_TYPE", value_enum, default_value_t = QueueType::Quorum)]
+    pub amqp_queue_type: QueueType,
+
+    /// Deliveries of one message before the broker dead-letters it (a job that keeps killing
+    /// its worker); quorum queues only.
+    #[arg(long, env = "AMQP_DELIVERY_LIMIT", value_name = "AMQP_DELIVERY_LIMIT", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub amqp_delivery_limit: u32,
+
+    /// Jobs each worker process runs at once per queue (also the broker prefetch).
+    #[arg(long, env = "JOB_CONCURRENCY", value_name = "JOB_CONCURRENCY", default_value_t = 32,
+          value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub job_concurrency: u16,
+
+    /// Events the dispatcher reads, publishes and checkpoints at once.
+    #[arg(long, env = "DISPATCHER_BATCH_SIZE", value_name = "DISPATCHER_BATCH_SIZE", default_value_t = 500,
+          value_parser = clap::value_parser!(i64).range(1..=10_000))]
+    pub dispatcher_batch_size: i64,
+
+    /// Attempts of a job before it is dead-lettered.
+    #[arg(long, env = "JOB_MAX_ATTEMPTS", value_name = "JOB_MAX_ATTEMPTS", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub job_max_attempts: u32,
+
+    /// First retry delay, in milliseconds; each further retry doubles it (full jitter).
+    #[arg(long, env = "JOB_BACKOFF_BASE_MS", value_name = "JOB_BACKOFF_BASE_MS", default_value_t = 1_000,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub job_backoff_base_ms: u64,
+
+    /// Longest retry delay, in milliseconds.
+    #[arg(long, env = "JOB_BACKOFF_CAP_MS", value_name = "JOB_BACKOFF_CAP_MS", default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    pub job_backoff_cap_ms: u64,
+
+    /// Consecutive failures that open a circuit breaker.
+    #[arg(long, env = "BREAKER_FAILURE_THRESHOLD", value_name = "BREAKER_FAILURE_THRESHOLD", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub breaker_failure_threshold: u32,
+
+    /// How long an open breaker refuses calls before a trial call, in milliseconds.
+    #[arg(long, env = "BREAKER_OPEN_MS", value_name = "BREAKER_OPEN_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    pub breaker_open_ms: u64,
+
+    /// How often projection lag and breaker states are sampled for `/metrics`, in seconds.
+    #[arg(long, env = "METRICS_SAMPLE_SECS", value_name = "METRICS_SAMPLE_SECS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub metrics_sample_secs: u64,
+}
+
+/// Email: where it goes and what it links to.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EmailConfig {
+    /// Mail server, e.g. `smtp://mail.internal:25`, `smtp://user:pass@host:587?tls=required`,
+    /// `smtps://host`. When unset, mail is written as `.eml` files to `EMAIL_OUTBOX_DIR`.
+    #[arg(long, env = "SMTP_URL", value_name = "SMTP_URL", hide_env_values = true)]
+    pub smtp_url: Option<String>,
+
+    /// Where mail goes when `SMTP_URL` is unset.
+    #[arg(long, env = "EMAIL_OUTBOX_DIR", value_name = "EMAIL_OUTBOX_DIR", default_value = "./var/mail")]
+    pub email_outbox_dir: PathBuf,
+
+    /// Sender of every email.
+    #[arg(long, env = "EMAIL_FROM", value_name = "EMAIL_FROM", default_value = "idp <no-reply@idp.localhost>")]
+    pub email_from: String,
+
+    /// Timeout of each exchange with the mail server, in seconds.
+    #[arg(long, env = "SMTP_TIMEOUT_SECS", value_name = "SMTP_TIMEOUT_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub smtp_timeout_secs: u64,
+
+    /// Mail server connections kept open for reuse.
+    #[arg(long, env = "SMTP_POOL_SIZE", value_name = "SMTP_POOL_SIZE", default_value_t = 8,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub smtp_pool_size: u16,
+
+    /// Base of the links in emails (the web front end), e.g. `https://idp.example.com`.
+    #[arg(long, env = "PUBLIC_BASE_URL", value_name = "PUBLIC_BASE_URL", default_value = "http://localhost:8080")]
+    pub public_base_url: String,
+
+    /// Key of the one-time tokens in email links; must equal the API's. When unset, the
+    /// development key the API keeps in `JWT_KEYS_DIR/token-secret` is read.
+    #[arg(long, env = "TOKEN_SECRET", value_name = "TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: Option<String>,
+
+    /// The API's key directory, where its development `token-secret` is.
+    #[arg(long, env = "JWT_KEYS_DIR", value_name = "JWT_KEYS_DIR", default_value = "./var/keys")]
+    pub jwt_keys_dir: PathBuf,
+}
+
+fn parse_prefix(raw: &str) -> Result<String, String> {
+    let ok = !raw.is_empty()
+        && raw.len() <= 64
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+    if ok {
+        Ok(raw.to_owned())
+    } else {
+        Err("use 1 to 64 characters of a-z, 0-9, '.', '_' and '-'".into())
+    }
 }

@@ -4,7 +4,13 @@
 //! processes), serves health and metrics on `WORKER_ADDR`, and offers operator commands
 //! (`rebuild`, `verify`). `main.rs` only parses the command line and calls into here.
 
+pub mod breaker;
+pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod dispatcher;
+pub mod email;
+pub mod jobs;
+pub mod lag;
 pub mod projections;
 pub mod startup;

@@ -1,17 +1,32 @@
 //! Building and running the worker: the same code path for `main` and for tests.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
+use apalis::prelude::{Monitor, WorkerBuilder, WorkerBuilderExt};
 use idp_events::EventStore;
+use idp_events::backoff::Backoff;
+use idp_events::subscription::{Subscription, SubscriptionOptions};
 use idp_ops::health::{BrokerProbe, Health};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
-use crate::projections;
+use crate::breaker::Breaker;
+use crate::broker::{Publisher, QueueBackend, Topology};
+use crate::config::{Config, EmailConfig};
+use crate::dispatcher::{self, Dispatcher};
+use crate::email::Mailer;
+use crate::jobs::dead_letters::{DeadLetters, record_dead_letter};
+use crate::jobs::send_email::{EmailJobs, SendEmail, send_email};
+use crate::jobs::{EMAIL_QUEUE, RetryPolicy};
+use crate::{lag, projections};
+
+/// How long in-flight jobs may take to finish at shutdown before they are abandoned (their
+/// messages go back to the queue when the connection closes).
+const JOB_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A built worker, bound to its health address, not yet running.
 #[derive(Debug)]
@@ -19,17 +34,20 @@ pub struct Worker {
     listener: TcpListener,
     pool: PgPool,
     health: Health,
+    config: Config,
+    mailer: Mailer,
 }
 
 impl Worker {
-    /// Connects to the database (waiting for it up to 30 s), applies migrations and binds
-    /// `WORKER_ADDR`.
+    /// Connects to the database (waiting for it up to 30 s), applies migrations, checks the
+    /// mail settings and binds `WORKER_ADDR`.
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
         idp_ops::metrics::install("idp-worker");
         let pool = idp_ops::database::connect(&config.common).await?;
         idp_events::migrations::run(&pool)
             .await
             .context("while applying database migrations")?;
+        let mailer = mailer(&config.email)?;
         let broker = Arc::new(BrokerProbe::new(config.common.amqp_url.clone()));
         let listener = TcpListener::bind(config.worker_addr)
             .await
@@ -38,6 +56,8 @@ impl Worker {
             listener,
             health: Health::new(pool.clone(), broker),
             pool,
+            config: config.clone(),
+            mailer,
         })
     }
 
@@ -49,11 +69,13 @@ impl Worker {
             .unwrap_or_default()
     }
 
-    /// Runs the projections and the health listener until `shutdown` is cancelled; batches in
-    /// progress are finished first.
+    /// Runs the projections, the dispatcher, the job workers and the health listener until
+    /// `shutdown` is cancelled; batches and jobs in progress are finished first.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = %self.listener.local_addr()?, "idp-worker health listener up");
         let store = EventStore::new(self.pool.clone());
+        let jobs_config = &self.config.jobs;
+        let topology = Topology::new(self.config.common.amqp_url.clone(), jobs_config);
         let mut tasks = JoinSet::new();
 
         let http_shutdown = shutdown.clone();
@@ -70,6 +92,91 @@ impl Worker {
 
         projections::spawn_all(&store, &mut tasks, &shutdown);
 
+        let dispatcher = Subscription::new(
+            dispatcher::NAME,
+            Dispatcher::new(Publisher::new(topology.clone())),
+            &store,
+        )
+        .with_options(SubscriptionOptions {
+            batch_size: jobs_config.dispatcher_batch_size,
+            ..SubscriptionOptions::default()
+        });
+        let token = shutdown.clone();
+        tasks.spawn(async move { dispatcher.run(token).await });
+
+        let interval = Duration::from_secs(jobs_config.metrics_sample_secs);
+        tasks.spawn(lag::run(self.pool.clone(), interval, shutdown.clone()));
+
+        let breaker = Breaker::new(
+            "smtp",
+            store.clone(),
+            jobs_config.breaker_failure_threshold,
+            Duration::from_millis(jobs_config.breaker_open_ms),
+        );
+        let retry = RetryPolicy {
+            max_attempts: jobs_config.job_max_attempts,
+            backoff: Backoff::new(
+                Duration::from_millis(jobs_config.job_backoff_base_ms),
+                Duration::from_millis(jobs_config.job_backoff_cap_ms),
+            ),
+        };
+        // Jobs sleeping between attempts stop at shutdown and hand their message back.
+        let jobs_shutdown = shutdown.child_token();
+        let email_jobs = Arc::new(EmailJobs::new(
+            store.clone(),
+            self.mailer,
+            breaker,
+            retry,
+            &self.config.email,
+            jobs_shutdown.clone(),
+        )?);
+        let dead_letters = Arc::new(DeadLetters::new(store.clone(), EMAIL_QUEUE));
+        let concurrency = jobs_config.job_concurrency;
+        let email_topology = topology.clone();
+        let dead_topology = topology.clone();
+        let monitor = Monitor::new()
+            .register(move |_restarts| {
+                WorkerBuilder::new("send_email")
+                    .backend(QueueBackend::<SendEmail>::new(
+                        email_topology.clone(),
+                        EMAIL_QUEUE,
+                        concurrency,
+                    ))
+                    .enable_tracing()
+                    .catch_panic()
+                    .concurrency(usize::from(concurrency))
+                    .data(email_jobs.clone())
+                    .build(send_email)
+            })
+            .register(move |_restarts| {
+                WorkerBuilder::new("dead_letters.email")
+                    .backend(QueueBackend::<serde_json::Value>::dead_letters(
+                        dead_topology.clone(),
+                        EMAIL_QUEUE,
+                        16,
+                    ))
+                    .enable_tracing()
+                    .concurrency(16)
+                    .data(dead_letters.clone())
+                    .build(record_dead_letter)
+            })
+            .should_restart(|_ctx, err| {
+                tracing::warn!(error = %err, "job worker stopped; restarting it");
+                true
+            })
+            .shutdown_timeout(JOB_SHUTDOWN_TIMEOUT);
+        let monitor_shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            let signal = async move {
+                monitor_shutdown.cancelled().await;
+                jobs_shutdown.cancel();
+                Ok(())
+            };
+            if let Err(err) = monitor.run_with_signal(signal).await {
+                tracing::error!(error = %err, "job monitor failed");
+            }
+        });
+
         while let Some(joined) = tasks.join_next().await {
             if let Err(err) = joined {
                 tracing::error!(error = %err, "worker task panicked");
@@ -80,4 +187,18 @@ impl Worker {
         tracing::info!("idp-worker stopped");
         Ok(())
     }
+}
+
+/// The mailer `SMTP_URL` asks for, or the outbox directory when it is unset.
+fn mailer(config: &EmailConfig) -> anyhow::Result<Mailer> {
+    let mailer = match &config.smtp_url {
+        Some(url) => Mailer::smtp(
+            url,
+            Duration::from_secs(config.smtp_timeout_secs),
+            usize::from(config.smtp_pool_size),
+        )?,
+        None => Mailer::outbox(config.email_outbox_dir.clone())?,
+    };
+    tracing::info!(mailer = %mailer.describe(), "email goes to");
+    Ok(mailer)
 }

@@ -1,5 +1,6 @@
 //! HTTP routes. Each resource module exposes `router()`; [`router`] assembles them.
 
+pub mod admin_jobs;
 pub mod admin_users;
 pub mod auth;
 pub mod openapi;
@@ -17,6 +18,7 @@ pub fn router(state: AppState, health: Health) -> Router {
     Router::new()
         .merge(auth::router())
         .merge(admin_users::router())
+        .merge(admin_jobs::router())
         .merge(openapi::router())
         .with_state(state)
         .merge(idp_ops::health::router(health))

@@ -15,6 +15,7 @@ use crate::startup::AppState;
         super::auth::login, super::auth::refresh, super::auth::logout, super::auth::me,
         super::auth::forgot_password, super::auth::reset_password, super::auth::change_password,
         super::auth::jwks, super::admin_users::unlock,
+        super::admin_jobs::list_dead, super::admin_jobs::retry,
     ),
     components(schemas(crate::error::Problem)),
     modifiers(&BearerAuth),

@@ -1,0 +1,504 @@
+//! `send_email`: the emails an account's events ask for (verification, duplicate-registration
+//! notice, password reset, lockout notice, password-changed notice), sent exactly once.
+//!
+//! The job's stream says what happened so far. Each attempt first asks the SMTP circuit
+//! breaker, then hands the message to the server; the hand-over (`EmailSending`) is recorded
+//! after the server accepted the envelope and before the final dot, with the stream version
+//! the job read, so two deliveries of the same job cannot both send and a crash can never
+//! leave a sent message unrecorded. A delivery that finds a hand-over without an outcome (its
+//! predecessor died in the middle) records `EmailSent { confirmed: false }` instead of sending
+//! again. Transient failures are retried in place with exponential backoff and full jitter;
+//! after the last attempt, or at a permanent failure, the job gives up and is dead-lettered.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use apalis::prelude::Data;
+use idp_events::identity::one_time_token::{self, Purpose};
+use idp_events::identity::user::{self, User, UserEvent};
+use idp_events::jobs::{self, Job, JobEvent};
+use idp_events::{Append, AppendError, EventStore, ExpectedVersion, Metadata, RecordedEvent};
+use serde::{Deserialize, Serialize};
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::{EMAIL_QUEUE, JobError, JobRun, RetryPolicy};
+use crate::breaker::{Breaker, Permit};
+use crate::broker::{Ack, OutgoingJob};
+use crate::config::EmailConfig;
+use crate::email::{EmailKind, Links, Mailer, OutgoingEmail, SendError, render};
+
+/// The job kind.
+pub const KIND: &str = "send_email";
+
+/// Which email.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Template {
+    /// Confirm the address (`VerificationRequested`).
+    Verification,
+    /// Someone tried to register the address again (`DuplicateRegistrationAttempted`).
+    DuplicateRegistration,
+    /// The password reset link (`PasswordResetRequested`).
+    PasswordReset,
+    /// The account was locked (`AccountLocked`).
+    AccountLocked,
+    /// The password was changed (`PasswordChanged`).
+    PasswordChanged,
+}
+
+impl Template {
+    /// The template asked for by a user event, if any.
+    pub fn for_event(event_type: &str) -> Option<Self> {
+        match event_type {
+            "VerificationRequested" => Some(Self::Verification),
+            "DuplicateRegistrationAttempted" => Some(Self::DuplicateRegistration),
+            "PasswordResetRequested" => Some(Self::PasswordReset),
+            "AccountLocked" => Some(Self::AccountLocked),
+            "PasswordChanged" => Some(Self::PasswordChanged),
+            _ => None,
+        }
+    }
+}
+
+/// The job message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendEmail {
+    /// The job (`job-<uuid>` stream).
+    pub job_id: Uuid,
+    /// The event that asked for the email.
+    pub cause_id: Uuid,
+    /// The account it is about.
+    pub user_id: Uuid,
+    /// Which email.
+    pub template: Template,
+}
+
+impl SendEmail {
+    /// The job for a user event, if that event asks for an email.
+    pub fn for_event(event: &RecordedEvent) -> Option<Self> {
+        let template = Template::for_event(&event.event_type)?;
+        let user_id = event.stream_id.strip_prefix("user-")?.parse().ok()?;
+        Some(Self {
+            job_id: jobs::job_id(KIND, event.event_id),
+            cause_id: event.event_id,
+            user_id,
+            template,
+        })
+    }
+
+    /// The message to publish.
+    pub fn to_outgoing(&self) -> Result<OutgoingJob, serde_json::Error> {
+        Ok(OutgoingJob {
+            queue: EMAIL_QUEUE,
+            job_id: self.job_id,
+            kind: KIND,
+            cause_id: self.cause_id,
+            body: serde_json::to_vec(self)?,
+        })
+    }
+}
+
+/// What `send_email` jobs share.
+pub struct EmailJobs {
+    store: EventStore,
+    mailer: Mailer,
+    breaker: Breaker,
+    retry: RetryPolicy,
+    links: Links,
+    from: String,
+    message_id_domain: String,
+    token_secret: TokenSecret,
+    shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for EmailJobs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmailJobs")
+            .field("mailer", &self.mailer)
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EmailJobs {
+    /// Everything `send_email` needs.
+    pub fn new(
+        store: EventStore,
+        mailer: Mailer,
+        breaker: Breaker,
+        retry: RetryPolicy,
+        config: &EmailConfig,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let links = Links::new(&config.public_base_url)
+            .map_err(|err| anyhow::anyhow!("PUBLIC_BASE_URL: {err}"))?;
+        let message_id_domain = config
+            .email_from
+            .rsplit_once('@')
+            .map(|(_, domain)| domain.trim_end_matches('>').trim().to_owned())
+            .filter(|d| !d.is_empty())
+            .unwrap_or_else(|| "idp.localhost".to_owned());
+        Ok(Self {
+            store,
+            mailer,
+            breaker,
+            retry,
+            links,
+            from: config.email_from.clone(),
+            message_id_domain,
+            token_secret: TokenSecret::new(config),
+            shutdown,
+        })
+    }
+}
+
+/// The one-time token key: `TOKEN_SECRET`, or the API's development key file, read when first
+/// needed (the API may start after the worker).
+struct TokenSecret {
+    explicit: Option<Vec<u8>>,
+    file: std::path::PathBuf,
+    loaded: OnceCell<Vec<u8>>,
+}
+
+impl TokenSecret {
+    fn new(config: &EmailConfig) -> Self {
+        Self {
+            explicit: config.token_secret.as_ref().map(|s| s.as_bytes().to_vec()),
+            file: config.jwt_keys_dir.join("token-secret"),
+            loaded: OnceCell::new(),
+        }
+    }
+
+    async fn get(&self) -> Result<&[u8], JobError> {
+        if let Some(secret) = &self.explicit {
+            return Ok(secret);
+        }
+        let loaded = self
+            .loaded
+            .get_or_try_init(|| async {
+                match tokio::fs::read_to_string(&self.file).await {
+                    Ok(raw) if raw.trim().len() >= 32 => Ok(raw.trim().as_bytes().to_vec()),
+                    _ => Err(JobError::Storage(format!(
+                        "no TOKEN_SECRET and no development key at {}; set TOKEN_SECRET to the API's",
+                        self.file.display()
+                    ))),
+                }
+            })
+            .await?;
+        Ok(loaded)
+    }
+}
+
+/// Runs one `send_email` job (the apalis handler).
+#[tracing::instrument(name = "job.send_email", skip_all, fields(job.id = %job.job_id, cause.id = %job.cause_id, template = ?job.template))]
+pub async fn send_email(
+    job: SendEmail,
+    jobs: Data<Arc<EmailJobs>>,
+    ack: Data<Ack>,
+) -> Result<(), JobError> {
+    let run = JobRun::start(EMAIL_QUEUE);
+    let result = attempt_until_done(&job, &jobs, &run).await;
+    match &result {
+        Ok(()) => {}
+        Err(err) if err.hands_back() => {
+            tracing::warn!(error = %err, "email job handed back to the queue");
+            ack.hand_back();
+        }
+        Err(err) => tracing::error!(error = %err, "email job gave up; dead-lettering it"),
+    }
+    run.finish(&result);
+    result
+}
+
+async fn attempt_until_done(job: &SendEmail, ctx: &EmailJobs, run: &JobRun) -> Result<(), JobError> {
+    let stream = jobs::stream_id(job.job_id);
+    loop {
+        let history = ctx.store.read_stream(&stream, 1).await?;
+        let state = Job::fold(&history);
+        if state.done || state.dead {
+            tracing::info!(done = state.done, "email job already settled; nothing to do");
+            return Ok(());
+        }
+        let metadata = Metadata {
+            actor: Some("worker".into()),
+            causation_id: Some(job.cause_id),
+            ..Metadata::default()
+        };
+        if let Some((attempt, message_id)) = state.unresolved {
+            // The previous delivery handed the message over and died before the server's
+            // answer was recorded: sending again could deliver it twice.
+            let sent = JobEvent::EmailSent {
+                attempt,
+                message_id,
+                template: template_name(job.template).to_owned(),
+                confirmed: false,
+            };
+            return record(ctx, &stream, state.version, &sent, &metadata).await;
+        }
+        if state.failed_attempts >= ctx.retry.max_attempts {
+            return Err(JobError::Exhausted {
+                attempts: state.failed_attempts,
+                last_error: state.last_error.unwrap_or_default(),
+            });
+        }
+        let attempt = state.failed_attempts + 1;
+
+        let failure = match ctx.breaker.acquire().await {
+            Err(err) => return Err(JobError::Storage(err.to_string())),
+            Ok(Permit::Refused { retry_at }) => Failure::Transient(format!(
+                "circuit breaker {} is open until {}",
+                ctx.breaker.name(),
+                retry_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            )),
+            Ok(permit) => {
+                match send_once(job, ctx, &stream, state.version, attempt, &metadata).await {
+                    Ok(Sent::Done) => {
+                        let _ = ctx.breaker.success(permit).await;
+                        return Ok(());
+                    }
+                    Ok(Sent::TakenByAnother) => return Ok(()),
+                    Err(Failure::Transient(error)) => {
+                        if let Err(err) = ctx.breaker.failure(permit, &error).await {
+                            tracing::warn!(error = %err, "circuit breaker not updated");
+                        }
+                        Failure::Transient(error)
+                    }
+                    Err(Failure::Permanent(error)) => {
+                        // The server answered: it is up, the message is the problem.
+                        let _ = ctx.breaker.success(permit).await;
+                        Failure::Permanent(error)
+                    }
+                    Err(Failure::Job(err)) => return Err(err),
+                }
+            }
+        };
+        let version = ctx.store.stream_version(&stream).await?;
+        let version = u64::try_from(version).unwrap_or_default();
+        match failure {
+            Failure::Permanent(error) => {
+                let failed = JobEvent::EmailDeliveryFailed {
+                    attempt,
+                    permanent: true,
+                    error: error.clone(),
+                    retry_in_ms: None,
+                };
+                match record(ctx, &stream, version, &failed, &metadata).await {
+                    Err(JobError::Conflict(_)) => continue,
+                    other => other?,
+                }
+                return Err(JobError::Permanent(error));
+            }
+            Failure::Transient(error) => {
+                let last = attempt >= ctx.retry.max_attempts;
+                let delay = ctx.retry.delay(attempt);
+                let failed = JobEvent::EmailDeliveryFailed {
+                    attempt,
+                    permanent: false,
+                    error: error.clone(),
+                    retry_in_ms: (!last).then(|| u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)),
+                };
+                match record(ctx, &stream, version, &failed, &metadata).await {
+                    Err(JobError::Conflict(_)) => continue,
+                    other => other?,
+                }
+                if last {
+                    return Err(JobError::Exhausted {
+                        attempts: attempt,
+                        last_error: error,
+                    });
+                }
+                run.retried();
+                tracing::warn!(attempt, delay_ms = delay.as_millis() as u64, error = %error, "email attempt failed; retrying");
+                tokio::select! {
+                    () = ctx.shutdown.cancelled() => return Err(JobError::Interrupted),
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+            Failure::Job(err) => return Err(err),
+        }
+    }
+}
+
+enum Sent {
+    Done,
+    TakenByAnother,
+}
+
+enum Failure {
+    Transient(String),
+    Permanent(String),
+    Job(JobError),
+}
+
+async fn send_once(
+    job: &SendEmail,
+    ctx: &EmailJobs,
+    stream: &str,
+    version: u64,
+    attempt: u32,
+    metadata: &Metadata,
+) -> Result<Sent, Failure> {
+    let email = compose(job, ctx).await?;
+    let template = template_name(job.template).to_owned();
+    let handed_over = AtomicBool::new(false);
+    let sending = JobEvent::EmailSending {
+        attempt,
+        message_id: email.message_id.clone(),
+        template: template.clone(),
+    };
+    let commit = async {
+        let outcome = record(ctx, stream, version, &sending, metadata).await;
+        if outcome.is_ok() {
+            handed_over.store(true, Ordering::Release);
+        }
+        outcome
+    };
+    let sent = JobEvent::EmailSent {
+        attempt,
+        message_id: email.message_id.clone(),
+        template: template.clone(),
+        confirmed: true,
+    };
+    match ctx.mailer.send(&email, commit).await {
+        Ok(_) => {
+            record(ctx, stream, version + 1, &sent, metadata)
+                .await
+                .map_err(Failure::Job)?;
+            metrics::counter!("idp_emails_sent_total", "template" => template).increment(1);
+            Ok(Sent::Done)
+        }
+        Err(SendError::NotCommitted(JobError::Conflict(_))) => Ok(Sent::TakenByAnother),
+        Err(SendError::NotCommitted(err)) => Err(Failure::Job(err)),
+        Err(SendError::Permanent(error)) => Err(Failure::Permanent(error)),
+        Err(SendError::Unanswered(error)) if handed_over.load(Ordering::Acquire) => {
+            // The server had the whole message; its answer was lost. It may have been
+            // delivered, so it is not sent again.
+            tracing::warn!(error = %error, "no answer after the message was handed over; recording it as sent, unconfirmed");
+            let unconfirmed = JobEvent::EmailSent {
+                attempt,
+                message_id: email.message_id.clone(),
+                template,
+                confirmed: false,
+            };
+            record(ctx, stream, version + 1, &unconfirmed, metadata)
+                .await
+                .map_err(Failure::Job)?;
+            Ok(Sent::Done)
+        }
+        Err(SendError::Transient(error) | SendError::Unanswered(error)) => {
+            Err(Failure::Transient(error))
+        }
+    }
+}
+
+/// Appends `event` to the job's stream at `version`; a concurrent writer makes it a conflict.
+async fn record(
+    ctx: &EmailJobs,
+    stream: &str,
+    version: u64,
+    event: &JobEvent,
+    metadata: &Metadata,
+) -> Result<(), JobError> {
+    let expected = if version == 0 {
+        ExpectedVersion::NoStream
+    } else {
+        ExpectedVersion::Exact(version)
+    };
+    match ctx
+        .store
+        .append(
+            Append::to(stream)
+                .expecting(expected)
+                .event(event.to_new_event())
+                .metadata(metadata.clone()),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(err @ AppendError::Conflict { .. }) => Err(JobError::Conflict(err.to_string())),
+        Err(err) => Err(err.into()),
+    }
+}
+
+fn template_name(template: Template) -> &'static str {
+    match template {
+        Template::Verification => "verification",
+        Template::DuplicateRegistration => "duplicate_registration",
+        Template::PasswordReset => "password_reset",
+        Template::AccountLocked => "account_locked",
+        Template::PasswordChanged => "password_changed",
+    }
+}
+
+/// Builds the email from the account's stream and the causing event.
+async fn compose(job: &SendEmail, ctx: &EmailJobs) -> Result<OutgoingEmail, Failure> {
+    let events = ctx
+        .store
+        .read_stream(&user::stream_id(job.user_id), 1)
+        .await
+        .map_err(|err| Failure::Job(err.into()))?;
+    let account = User::fold(job.user_id, &events);
+    if !account.exists() {
+        return Err(Failure::Permanent("the account does not exist".into()));
+    }
+    let cause = events
+        .iter()
+        .find(|e| e.event_id == job.cause_id)
+        .and_then(UserEvent::from_recorded);
+    let Some(cause) = cause else {
+        return Err(Failure::Permanent(
+            "the causing event is not in the account's stream".into(),
+        ));
+    };
+    let (to, kind) = match (job.template, cause) {
+        (Template::Verification, UserEvent::VerificationRequested { email }) => {
+            let secret = ctx.token_secret.get().await.map_err(Failure::Job)?;
+            let token = one_time_token::issue(secret, Purpose::VerifyEmail, job.cause_id);
+            let link = ctx.links.verification(&token);
+            (email, EmailKind::Verification { link })
+        }
+        (Template::DuplicateRegistration, UserEvent::DuplicateRegistrationAttempted { email }) => (
+            email,
+            EmailKind::DuplicateRegistration {
+                sign_in_link: ctx.links.sign_in(),
+                reset_link: ctx.links.forgot_password(),
+            },
+        ),
+        (Template::PasswordReset, UserEvent::PasswordResetRequested { email }) => {
+            let secret = ctx.token_secret.get().await.map_err(Failure::Job)?;
+            let token = one_time_token::issue(secret, Purpose::ResetPassword, job.cause_id);
+            let link = ctx.links.password_reset(&token);
+            (email, EmailKind::PasswordReset { link })
+        }
+        (Template::AccountLocked, UserEvent::AccountLocked { until, .. }) => (
+            account.email.clone(),
+            EmailKind::AccountLocked {
+                until,
+                reset_link: ctx.links.forgot_password(),
+            },
+        ),
+        (Template::PasswordChanged, UserEvent::PasswordChanged) => (
+            account.email.clone(),
+            EmailKind::PasswordChanged {
+                reset_link: ctx.links.forgot_password(),
+            },
+        ),
+        _ => {
+            return Err(Failure::Permanent(
+                "the causing event does not match the template".into(),
+            ));
+        }
+    };
+    let rendered = render(&kind, account.display_name.as_deref(), "idp")
+        .map_err(|err| Failure::Permanent(err.to_string()))?;
+    Ok(OutgoingEmail {
+        message_id: format!("{}@{}", job.job_id, ctx.message_id_domain),
+        from: ctx.from.clone(),
+        to,
+        to_name: account.display_name.clone(),
+        rendered,
+    })
+}

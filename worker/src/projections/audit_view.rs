@@ -1,0 +1,508 @@
+//! `audit_view`: the audit trail as a table. One row per event of the log, saying who did what,
+//! when and from where, queryable by actor, by the account concerned, by time and by type.
+//!
+//! Every event gets a row, whatever its context: identity events get a summary written for
+//! people, others a generic one. Payloads are never copied, only the metadata's actor and
+//! client details and a summary built from known fields, so secrets cannot reach this table.
+//! An identity event whose payload cannot be read still gets its row (with a generic summary
+//! and a warning in the log): a gap in the audit trail would be worse than a vague line.
+//!
+//! Rows are buffered per batch and inserted in one statement in [`Handler::before_commit`];
+//! the position is the key and a row already there is kept, so replays change nothing.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use idp_events::RecordedEvent;
+use idp_events::identity::login::FailureReason;
+use idp_events::identity::session::{RevokeReason, SessionEvent};
+use idp_events::identity::user::UserEvent;
+use idp_events::subscription::{Handler, HandlerError};
+use serde_json::Value;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::users_directory::USER_EVENT_TYPES;
+
+/// Types of the session stream's events (the variants of [`SessionEvent`]).
+const SESSION_EVENT_TYPES: &[&str] = &[
+    "SessionStarted",
+    "SessionRefreshed",
+    "RefreshTokenReuseDetected",
+    "SessionRevoked",
+];
+
+/// The projection.
+#[derive(Debug, Default)]
+pub struct AuditView {
+    /// Rows of the batch in progress.
+    pending: Mutex<Vec<AuditEntry>>,
+}
+
+impl AuditView {
+    /// Subscription name.
+    pub const NAME: &'static str = "audit_view";
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, Vec<AuditEntry>> {
+        // A panic while holding the lock leaves only a buffer behind, which the next batch
+        // clears anyway.
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Whose account an event concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Subject {
+    /// Known from the event itself (or known to be nobody's).
+    Known(Option<Uuid>),
+    /// An event of session stream `.0` other than its start: the session's account.
+    SessionOf(String),
+}
+
+/// A row of `audit_view`.
+#[derive(Debug, Clone, PartialEq)]
+struct AuditEntry {
+    position: i64,
+    event_id: Uuid,
+    recorded_at: DateTime<Utc>,
+    stream_id: String,
+    event_type: String,
+    actor: Option<String>,
+    subject: Subject,
+    client_ip: Option<String>,
+    user_agent: Option<String>,
+    request_id: Option<String>,
+    correlation_id: Option<Uuid>,
+    causation_id: Option<Uuid>,
+    summary: String,
+}
+
+/// The id in a stream named `<prefix><uuid>`.
+fn stream_uuid(stream_id: &str, prefix: &str) -> Option<Uuid> {
+    stream_id
+        .strip_prefix(prefix)
+        .and_then(|id| Uuid::parse_str(id).ok())
+}
+
+/// A text field of the metadata; missing or not a string: none. Fields are read one by one, so
+/// one malformed field does not hide the others.
+fn meta_text(metadata: &Value, key: &str) -> Option<String> {
+    metadata.get(key)?.as_str().map(str::to_owned)
+}
+
+fn meta_uuid(metadata: &Value, key: &str) -> Option<Uuid> {
+    Uuid::parse_str(metadata.get(key)?.as_str()?).ok()
+}
+
+fn time(at: &DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+fn role_list(roles: &[String]) -> String {
+    if roles.is_empty() {
+        "none".to_owned()
+    } else {
+        roles.join(", ")
+    }
+}
+
+fn user_summary(event: &UserEvent) -> String {
+    match event {
+        UserEvent::UserRegistered { email, roles, .. } => {
+            format!("registered {email} with roles {}", role_list(roles))
+        }
+        UserEvent::VerificationRequested { email } => {
+            format!("verification email requested for {email}")
+        }
+        UserEvent::EmailVerified {
+            verification_id: Some(_),
+        } => "email address verified".to_owned(),
+        UserEvent::EmailVerified {
+            verification_id: None,
+        } => "email address marked verified without a link".to_owned(),
+        UserEvent::DuplicateRegistrationAttempted { email } => {
+            format!("registration attempted again for {email}")
+        }
+        UserEvent::PasswordResetRequested { email } => {
+            format!("password reset requested for {email}")
+        }
+        UserEvent::PasswordReset { .. } => "password reset with an emailed link".to_owned(),
+        UserEvent::PasswordChanged => "password changed".to_owned(),
+        UserEvent::PasswordRehashed => "password hash upgraded to current parameters".to_owned(),
+        UserEvent::RolesChanged { roles } => format!("roles changed to {}", role_list(roles)),
+        UserEvent::AccountLocked { until, lock_count } => {
+            format!("account locked until {} (lock {lock_count})", time(until))
+        }
+        UserEvent::AccountUnlocked => "account unlocked".to_owned(),
+    }
+}
+
+fn session_summary(event: &SessionEvent) -> String {
+    match event {
+        SessionEvent::SessionStarted { expires_at, .. } => {
+            format!("session started, valid until {}", time(expires_at))
+        }
+        SessionEvent::SessionRefreshed { generation } => {
+            format!("session refreshed (token generation {generation})")
+        }
+        SessionEvent::RefreshTokenReuseDetected { generation } => {
+            format!("reuse of refresh token generation {generation} detected")
+        }
+        SessionEvent::SessionRevoked { reason } => format!(
+            "session revoked: {}",
+            match reason {
+                RevokeReason::Logout => "logout",
+                RevokeReason::PasswordReset => "password reset",
+                RevokeReason::PasswordChanged => "password changed",
+                RevokeReason::RefreshTokenReuse => "refresh token reuse",
+                RevokeReason::Admin => "by an administrator",
+            }
+        ),
+    }
+}
+
+fn login_failed_summary(reason: FailureReason) -> String {
+    format!(
+        "login failed: {}",
+        match reason {
+            FailureReason::WrongPassword => "wrong password",
+            FailureReason::Unverified => "address not verified",
+            FailureReason::Locked => "account locked",
+            FailureReason::UnknownAccount => "unknown account",
+        }
+    )
+}
+
+#[derive(serde::Deserialize)]
+struct LoginFailedData {
+    reason: FailureReason,
+}
+
+/// The summary of an identity event; `None` for events of other contexts, `Some(Err(()))` for
+/// an identity event that cannot be decoded.
+fn identity_summary(event: &RecordedEvent) -> Option<Result<String, ()>> {
+    let kind = event.event_type.as_str();
+    if event.stream_id.starts_with("user-") && USER_EVENT_TYPES.contains(&kind) {
+        return Some(
+            UserEvent::from_recorded(event)
+                .map(|e| user_summary(&e))
+                .ok_or(()),
+        );
+    }
+    if event.stream_id.starts_with("login-") && kind == "LoginFailed" {
+        return Some(
+            serde_json::from_value::<LoginFailedData>(event.data.clone())
+                .map(|d| login_failed_summary(d.reason))
+                .map_err(|_| ()),
+        );
+    }
+    if event.stream_id.starts_with("session-") {
+        if kind == "LoginSucceeded" {
+            return Some(Ok("login succeeded".to_owned()));
+        }
+        if SESSION_EVENT_TYPES.contains(&kind) {
+            return Some(
+                SessionEvent::from_recorded(event)
+                    .map(|e| session_summary(&e))
+                    .ok_or(()),
+            );
+        }
+    }
+    None
+}
+
+/// The account `event` concerns: the one of its user or login stream, or the one whose session
+/// it is part of (`login-unknown-<digest>` streams and other contexts: none).
+fn subject_of(event: &RecordedEvent) -> Subject {
+    if let Some(id) =
+        stream_uuid(&event.stream_id, "user-").or_else(|| stream_uuid(&event.stream_id, "login-"))
+    {
+        return Subject::Known(Some(id));
+    }
+    if !event.stream_id.starts_with("session-") {
+        return Subject::Known(None);
+    }
+    if event.event_type == "SessionStarted"
+        && let Some(SessionEvent::SessionStarted { user_id, .. }) =
+            SessionEvent::from_recorded(event)
+    {
+        return Subject::Known(Some(user_id));
+    }
+    Subject::SessionOf(event.stream_id.clone())
+}
+
+/// The row of `event`.
+fn entry_of(event: &RecordedEvent) -> AuditEntry {
+    let generic = || format!("{} on {}", event.event_type, event.stream_id);
+    let summary = match identity_summary(event) {
+        Some(Ok(summary)) => summary,
+        Some(Err(())) => {
+            tracing::warn!(
+                position = event.position, event.r#type = %event.event_type,
+                "identity event with an unreadable payload; audited with a generic summary"
+            );
+            format!("{} (payload not understood)", generic())
+        }
+        None => generic(),
+    };
+    let meta = &event.metadata;
+    AuditEntry {
+        position: event.position,
+        event_id: event.event_id,
+        recorded_at: event.recorded_at,
+        stream_id: event.stream_id.clone(),
+        event_type: event.event_type.clone(),
+        actor: meta_text(meta, "actor"),
+        subject: subject_of(event),
+        client_ip: meta_text(meta, "client_ip"),
+        user_agent: meta_text(meta, "user_agent"),
+        request_id: meta_text(meta, "request_id"),
+        correlation_id: meta_uuid(meta, "correlation_id"),
+        causation_id: meta_uuid(meta, "causation_id"),
+        summary,
+    }
+}
+
+/// The account of each session whose start is not in the batch, from the log (a session's
+/// start commits with its first event, so it is always there). An unreadable start names no
+/// account.
+async fn session_accounts(
+    conn: &mut PgConnection,
+    sessions: &[&str],
+) -> Result<HashMap<String, Uuid>, sqlx::Error> {
+    let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+        "select stream_id, data->>'user_id' from events
+          where stream_id = any($1) and event_type = 'SessionStarted'",
+    )
+    .bind(sessions)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(stream, user)| Some((stream, Uuid::parse_str(&user?).ok()?)))
+        .collect())
+}
+
+const INSERT_ENTRIES: &str = "
+insert into audit_view (position, event_id, recorded_at, stream_id, event_type, actor,
+                        subject_user_id, client_ip, user_agent, request_id, correlation_id,
+                        causation_id, summary)
+select * from unnest($1::bigint[], $2::uuid[], $3::timestamptz[], $4::text[], $5::text[],
+                     $6::text[], $7::uuid[], $8::text[], $9::text[], $10::text[], $11::uuid[],
+                     $12::uuid[], $13::text[])
+on conflict (position) do nothing";
+
+impl Handler for AuditView {
+    async fn handle(
+        &self,
+        _conn: &mut PgConnection,
+        event: &RecordedEvent,
+    ) -> Result<(), HandlerError> {
+        let entry = entry_of(event);
+        self.pending().push(entry);
+        Ok(())
+    }
+
+    fn begin_batch(&self) {
+        self.pending().clear();
+    }
+
+    async fn before_commit(&self, conn: &mut PgConnection) -> Result<(), HandlerError> {
+        let entries = std::mem::take(&mut *self.pending());
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut sessions: HashMap<String, Uuid> = entries
+            .iter()
+            .filter_map(|e| match e.subject {
+                Subject::Known(Some(user)) if e.stream_id.starts_with("session-") => {
+                    Some((e.stream_id.clone(), user))
+                }
+                _ => None,
+            })
+            .collect();
+        let mut missing: Vec<&str> = entries
+            .iter()
+            .filter_map(|e| match &e.subject {
+                Subject::SessionOf(stream) if !sessions.contains_key(stream) => {
+                    Some(stream.as_str())
+                }
+                _ => None,
+            })
+            .collect();
+        if !missing.is_empty() {
+            missing.sort_unstable();
+            missing.dedup();
+            sessions.extend(session_accounts(&mut *conn, &missing).await?);
+        }
+        let subject = |e: &AuditEntry| match &e.subject {
+            Subject::Known(user) => *user,
+            Subject::SessionOf(stream) => sessions.get(stream).copied(),
+        };
+        macro_rules! column {
+            ($f:expr) => {
+                entries.iter().map($f).collect::<Vec<_>>()
+            };
+        }
+        sqlx::query(INSERT_ENTRIES)
+            .bind(column!(|e| e.position))
+            .bind(column!(|e| e.event_id))
+            .bind(column!(|e| e.recorded_at))
+            .bind(column!(|e| e.stream_id.as_str()))
+            .bind(column!(|e| e.event_type.as_str()))
+            .bind(column!(|e| e.actor.as_deref()))
+            .bind(column!(subject))
+            .bind(column!(|e| e.client_ip.as_deref()))
+            .bind(column!(|e| e.user_agent.as_deref()))
+            .bind(column!(|e| e.request_id.as_deref()))
+            .bind(column!(|e| e.correlation_id))
+            .bind(column!(|e| e.causation_id))
+            .bind(column!(|e| e.summary.as_str()))
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn reset(&self, conn: &mut PgConnection) -> Result<(), HandlerError> {
+        self.pending().clear();
+        sqlx::query("truncate audit_view").execute(conn).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use idp_events::identity::{login, user};
+    use idp_events::{Metadata, NewEvent};
+    use serde_json::json;
+
+    use super::*;
+
+    fn recorded(stream_id: &str, event: NewEvent, metadata: &Metadata) -> RecordedEvent {
+        RecordedEvent {
+            position: 7,
+            transaction_id: 7,
+            event_id: event.event_id,
+            stream_id: stream_id.to_owned(),
+            stream_version: 1,
+            event_type: event.event_type,
+            schema_version: 1,
+            data: event.data,
+            metadata: serde_json::to_value(metadata).unwrap(),
+            recorded_at: Utc::now(),
+            hash: vec![0; 32],
+        }
+    }
+
+    #[test]
+    fn a_row_carries_who_did_it_from_where_and_a_summary() {
+        let id = Uuid::now_v7();
+        let correlation = Uuid::now_v7();
+        let metadata = Metadata {
+            actor: Some("user-admin".into()),
+            request_id: Some(correlation.to_string()),
+            correlation_id: Some(correlation),
+            causation_id: None,
+            client_ip: Some("203.0.113.9".into()),
+            user_agent: Some("curl/8.5".into()),
+        };
+        let until = DateTime::parse_from_rfc3339("2030-01-02T03:04:05Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let event = UserEvent::AccountLocked {
+            until,
+            lock_count: 2,
+        }
+        .to_new_event();
+        let entry = entry_of(&recorded(&user::stream_id(id), event, &metadata));
+        assert_eq!(entry.actor.as_deref(), Some("user-admin"));
+        assert_eq!(entry.client_ip.as_deref(), Some("203.0.113.9"));
+        assert_eq!(entry.user_agent.as_deref(), Some("curl/8.5"));
+        assert_eq!(entry.correlation_id, Some(correlation));
+        assert_eq!(entry.subject, Subject::Known(Some(id)));
+        assert_eq!(
+            entry.summary,
+            "account locked until 2030-01-02T03:04:05Z (lock 2)"
+        );
+    }
+
+    #[test]
+    fn sign_in_attempts_name_the_account_unless_it_does_not_exist() {
+        let id = Uuid::now_v7();
+        let none = Metadata::default();
+        let failed = entry_of(&recorded(
+            &login::stream_id(id),
+            login::failed(FailureReason::WrongPassword),
+            &none,
+        ));
+        assert_eq!(
+            (failed.subject, failed.summary.as_str()),
+            (Subject::Known(Some(id)), "login failed: wrong password")
+        );
+        let unknown = entry_of(&recorded(
+            &login::unknown_stream_id("0123abcd"),
+            login::failed_unknown("0123abcd"),
+            &none,
+        ));
+        assert_eq!(unknown.subject, Subject::Known(None));
+        assert!(!unknown.summary.contains("0123abcd"), "{}", unknown.summary);
+    }
+
+    #[test]
+    fn events_of_other_contexts_get_a_generic_summary_without_their_payload() {
+        let entry = entry_of(&recorded(
+            "project-42",
+            NewEvent::new("ApiKeyIssued", json!({ "key_hash": "c2VjcmV0" })),
+            &Metadata::actor("system"),
+        ));
+        assert_eq!(entry.summary, "ApiKeyIssued on project-42");
+        assert_eq!(entry.subject, Subject::Known(None));
+        let odd = entry_of(&RecordedEvent {
+            metadata: json!({ "actor": 5, "client_ip": "198.51.100.1", "correlation_id": "x" }),
+            ..recorded(
+                "crm-1",
+                NewEvent::new("UserRegistered", json!(null)),
+                &Metadata::default(),
+            )
+        });
+        assert_eq!(
+            (odd.actor, odd.client_ip.as_deref(), odd.correlation_id),
+            (None, Some("198.51.100.1"), None)
+        );
+    }
+
+    #[test]
+    fn an_unreadable_identity_event_is_still_audited() {
+        let entry = entry_of(&recorded(
+            &user::stream_id(Uuid::now_v7()),
+            NewEvent::new("RolesChanged", json!({ "roles": "admin" })),
+            &Metadata::default(),
+        ));
+        assert!(
+            entry.summary.ends_with("(payload not understood)"),
+            "{}",
+            entry.summary
+        );
+        assert!(matches!(entry.subject, Subject::Known(Some(_))));
+    }
+
+    #[test]
+    fn a_session_names_its_account_from_its_start() {
+        let id = Uuid::now_v7();
+        let start = SessionEvent::SessionStarted {
+            user_id: id,
+            expires_at: Utc::now(),
+        };
+        let stream = idp_events::identity::session::stream_id(Uuid::now_v7());
+        let none = Metadata::default();
+        let started = entry_of(&recorded(&stream, start.to_new_event(), &none));
+        assert_eq!(started.subject, Subject::Known(Some(id)));
+        let refreshed = SessionEvent::SessionRefreshed { generation: 2 }.to_new_event();
+        let refreshed = entry_of(&recorded(&stream, refreshed, &none));
+        assert_eq!(refreshed.subject, Subject::SessionOf(stream));
+        assert_eq!(refreshed.summary, "session refreshed (token generation 2)");
+    }
+}

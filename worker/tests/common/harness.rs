@@ -1,0 +1,307 @@
+//! The worker (in this process or as the real binary) and the API, against a test's own
+//! database and its own queue prefix, so tests running at once never share queues.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use idp_events::identity::user::{self, UserEvent};
+use idp_events::jobs::{self, JobEvent};
+use idp_events::{Append, EventStore, ExpectedVersion, RecordedEvent};
+use idp_worker::config::Config;
+use idp_worker::startup::Worker;
+use sqlx::PgPool;
+use sqlx::postgres::PgConnectOptions;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// The key of one-time tokens shared by the test API and worker.
+pub const TOKEN_SECRET: &str = "test-token-secret-0123456789abcdef0123456789";
+
+pub fn database_url(conn: &PgConnectOptions) -> String {
+    format!(
+        "postgres://{}@{}:{}/{}",
+        conn.get_username(),
+        conn.get_host(),
+        conn.get_port(),
+        conn.get_database().unwrap_or("postgres")
+    )
+}
+
+pub fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// A queue prefix of this test alone.
+pub fn unique_prefix() -> String {
+    format!("test-{}", Uuid::new_v4().simple())
+}
+
+/// Settings every test worker gets; `extra` flags override them.
+fn worker_args(conn: &PgConnectOptions, prefix: &str, smtp_url: Option<&str>) -> Vec<String> {
+    let mut args = vec![
+        "idp-worker".to_owned(),
+        "--database-url".into(),
+        database_url(conn),
+        "--amqp-url".into(),
+        amqp_url(),
+        "--worker-addr".into(),
+        "127.0.0.1:0".into(),
+        "--amqp-prefix".into(),
+        prefix.into(),
+        "--token-secret".into(),
+        TOKEN_SECRET.into(),
+        "--public-base-url".into(),
+        "http://idp.test".into(),
+    ];
+    match smtp_url {
+        Some(url) => args.extend(["--smtp-url".into(), url.into()]),
+        None => args.extend([
+            "--email-outbox-dir".into(),
+            std::env::temp_dir()
+                .join(format!("idp-test-outbox-{prefix}"))
+                .display()
+                .to_string(),
+        ]),
+    }
+    args
+}
+
+/// A worker running inside the test process.
+pub struct TestWorker {
+    pub port: u16,
+    stop: CancellationToken,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+pub async fn start_worker(
+    conn: &PgConnectOptions,
+    prefix: &str,
+    smtp_url: Option<&str>,
+    extra: &[&str],
+) -> TestWorker {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+    let mut args = worker_args(conn, prefix, smtp_url);
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    let config = Config::try_parse_from(args).unwrap();
+    let worker = Worker::build(&config).await.unwrap();
+    let port = worker.port();
+    let stop = CancellationToken::new();
+    let handle = tokio::spawn(worker.run_until_stopped(stop.clone()));
+    TestWorker { port, stop, handle }
+}
+
+impl TestWorker {
+    pub async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(60), self.handle)
+            .await
+            .expect("the worker stops within 60 s")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// The real `idp-worker` binary, for tests that kill it.
+pub fn spawn_worker_process(
+    conn: &PgConnectOptions,
+    prefix: &str,
+    smtp_url: Option<&str>,
+    extra: &[&str],
+) -> Child {
+    let args = worker_args(conn, prefix, smtp_url);
+    Command::new(env!("CARGO_BIN_EXE_idp-worker"))
+        .args(&args[1..])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
+/// Sends SIGTERM and waits for a clean exit.
+pub fn terminate(child: &mut Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        child.wait().unwrap().success(),
+        "the worker stops cleanly on SIGTERM"
+    );
+}
+
+/// Deletes the queues of `prefix` (best effort), so test runs leave the broker clean.
+pub async fn delete_queues(prefix: &str) {
+    let Ok(conn) =
+        lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await
+    else {
+        return;
+    };
+    if let Ok(channel) = conn.create_channel().await {
+        for queue in ["email", "email.dead", "bench", "bench.dead"] {
+            let _ = channel
+                .queue_delete(
+                    format!("{prefix}.{queue}").as_str().into(),
+                    lapin::options::QueueDeleteOptions::default(),
+                )
+                .await;
+        }
+        let _ = channel
+            .exchange_delete(
+                format!("{prefix}.dead-letter").as_str().into(),
+                lapin::options::ExchangeDeleteOptions::default(),
+            )
+            .await;
+    }
+    let _ = conn.close(200, "done".into()).await;
+}
+
+/// Registers a user straight in the log (no API), asking for a verification email.
+pub async fn register_user(store: &EventStore, email: &str) -> (Uuid, Uuid) {
+    let id = Uuid::now_v7();
+    let registered = UserEvent::UserRegistered {
+        email: email.to_owned(),
+        display_name: None,
+        roles: vec!["user".into()],
+    }
+    .to_new_event();
+    let verification = UserEvent::VerificationRequested {
+        email: email.to_owned(),
+    }
+    .to_new_event();
+    let cause = verification.event_id;
+    store
+        .append(
+            Append::to(user::stream_id(id))
+                .expecting(ExpectedVersion::NoStream)
+                .events([registered, verification]),
+        )
+        .await
+        .unwrap();
+    (id, cause)
+}
+
+/// The events of the email job caused by `cause`.
+pub async fn job_events(store: &EventStore, cause: Uuid) -> Vec<(JobEvent, RecordedEvent)> {
+    let stream = jobs::stream_id(jobs::job_id("send_email", cause));
+    store
+        .read_stream(&stream, 1)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| JobEvent::from_recorded(&e).map(|j| (j, e)))
+        .collect()
+}
+
+/// Waits until `check` holds, polling, for at most `timeout`.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// How many `event_type` events the log holds.
+pub async fn count_events(pool: &PgPool, event_type: &str) -> i64 {
+    sqlx::query_scalar("select count(*) from events where event_type = $1")
+        .bind(event_type)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// The API on a random port, with a first administrator.
+pub struct TestApi {
+    pub base: String,
+    pub client: reqwest::Client,
+    keys_dir: PathBuf,
+    stop: CancellationToken,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+pub const ADMIN_EMAIL: &str = "admin@idp.test";
+pub const ADMIN_PASSWORD: &str = "an admin password that is long";
+
+pub async fn start_api(conn: &PgConnectOptions) -> TestApi {
+    let keys_dir = std::env::temp_dir().join(format!("idp-test-keys-{}", Uuid::now_v7()));
+    let db = database_url(conn);
+    let amqp = amqp_url();
+    let keys = keys_dir.display().to_string();
+    let args = vec![
+        "idp-api",
+        "--database-url",
+        &db,
+        "--amqp-url",
+        &amqp,
+        "--api-addr",
+        "127.0.0.1:0",
+        "--jwt-keys-dir",
+        &keys,
+        "--token-secret",
+        TOKEN_SECRET,
+        "--admin-email",
+        ADMIN_EMAIL,
+        "--admin-password",
+        ADMIN_PASSWORD,
+    ];
+    let config = idp_api::config::Config::try_parse_from(args).unwrap();
+    let app = idp_api::startup::Application::build(&config).await.unwrap();
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let stop = CancellationToken::new();
+    let handle = tokio::spawn(app.run_until_stopped(stop.clone()));
+    TestApi {
+        base,
+        client: reqwest::Client::new(),
+        keys_dir,
+        stop,
+        handle,
+    }
+}
+
+impl TestApi {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Signs in and returns the access token.
+    pub async fn login(&self, email: &str, password: &str) -> String {
+        let response = self
+            .post(
+                "/v1/auth/login",
+                serde_json::json!({ "email": email, "password": password }),
+            )
+            .await;
+        assert_eq!(response.status(), 200, "login of {email}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        body["access_token"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.handle.await.unwrap().unwrap();
+        let _ = std::fs::remove_dir_all(&self.keys_dir);
+    }
+}

@@ -1,0 +1,4 @@
+//! Support shared by the worker's integration tests (`mod common;` in each test file).
+
+pub mod harness;
+pub mod smtp;
