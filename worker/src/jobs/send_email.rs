@@ -193,14 +193,23 @@ impl TokenSecret {
 }
 
 /// Runs one `send_email` job (the apalis handler).
-#[tracing::instrument(name = "job.send_email", skip_all, fields(job.id = %job.job_id, cause.id = %job.cause_id, template = ?job.template))]
 pub async fn send_email(
     job: SendEmail,
     jobs: Data<Arc<EmailJobs>>,
     ack: Data<Ack>,
 ) -> Result<(), JobError> {
-    let run = JobRun::start(EMAIL_QUEUE);
-    let result = attempt_until_done(&job, &jobs, &run).await;
+    // The work runs in its own task, so that nothing dropping this future (a worker whose
+    // broker connection broke) can interrupt an SMTP transaction between its recorded
+    // hand-over and the final dot.
+    let ctx = Arc::clone(&jobs);
+    let result = tokio::spawn(async move {
+        let run = JobRun::start(EMAIL_QUEUE);
+        let result = attempt_until_done(&job, &ctx, &run).await;
+        run.finish(&result);
+        result
+    })
+    .await
+    .unwrap_or_else(|err| Err(JobError::Storage(format!("the job task failed: {err}"))));
     match &result {
         Ok(()) => {}
         Err(err) if err.hands_back() => {
@@ -209,11 +218,12 @@ pub async fn send_email(
         }
         Err(err) => tracing::error!(error = %err, "email job gave up; dead-lettering it"),
     }
-    run.finish(&result);
     result
 }
 
-async fn attempt_until_done(job: &SendEmail, ctx: &EmailJobs, run: &JobRun) -> Result<(), JobError> {
+#[tracing::instrument(name = "job.send_email", skip_all, fields(job.id = %job.job_id, cause.id = %job.cause_id, template = ?job.template))]
+async fn attempt_until_done(
+    job: &SendEmail, ctx: &EmailJobs, run: &JobRun) -> Result<(), JobError> {
     let stream = jobs::stream_id(job.job_id);
     loop {
         let history = ctx.store.read_stream(&stream, 1).await?;
