@@ -106,6 +106,7 @@ impl Worker {
 
         let interval = Duration::from_secs(jobs_config.metrics_sample_secs);
         tasks.spawn(lag::run(self.pool.clone(), interval, shutdown.clone()));
+        tasks.spawn(sample_breakers(self.pool.clone(), interval, shutdown.clone()));
 
         let breaker = Breaker::new(
             "smtp",
@@ -201,4 +202,22 @@ fn mailer(config: &EmailConfig) -> anyhow::Result<Mailer> {
     };
     tracing::info!(mailer = %mailer.describe(), "email goes to");
     Ok(mailer)
+}
+
+/// Keeps the breaker state gauges current, including breakers this process has not used.
+async fn sample_breakers(pool: PgPool, interval: Duration, shutdown: CancellationToken) {
+    loop {
+        match crate::breaker::states(&pool).await {
+            Ok(states) => {
+                for (name, state) in states {
+                    crate::breaker::publish_state(&name, state);
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "could not sample circuit breakers"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+    }
 }

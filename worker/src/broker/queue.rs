@@ -150,7 +150,7 @@ struct Link {
 enum State {
     Idle,
     Connecting(BoxFuture<'static, Link>),
-    Ready(Link),
+    Ready(Box<Link>),
 }
 
 /// The apalis backend consuming one job queue. Connecting retries with backoff until the broker
@@ -269,7 +269,7 @@ impl<M: DeserializeOwned + Send + 'static> Backend for QueueBackend<M> {
                     self.state = State::Connecting(self.connect(tag));
                 }
                 State::Connecting(connecting) => match connecting.as_mut().poll(cx) {
-                    Poll::Ready(link) => self.state = State::Ready(link),
+                    Poll::Ready(link) => self.state = State::Ready(Box::new(link)),
                     Poll::Pending => return Poll::Pending,
                 },
                 State::Ready(_) => return Poll::Ready(Ok(())),
@@ -322,8 +322,6 @@ impl<M: DeserializeOwned + Send + 'static> Backend for QueueBackend<M> {
                     // A message no job can read: straight to the dead-letter queue, where the
                     // recorder keeps it for an administrator.
                     tracing::error!(queue = %self.topology.queue_name(self.queue), error = %err, "undecodable job message; dead-lettering it");
-                    metrics::counter!("idp_jobs_dead_lettered_total", "queue" => self.queue)
-                        .increment(1);
                     tokio::spawn(async move { ack.dead_letter().await });
                 }
             }
