@@ -1,6 +1,6 @@
-//! The real `idp-worker` binary killed with SIGKILL in the middle of its work: after a restart,
-//! every event's job is published and every email is delivered exactly once (counted by
-//! `Message-ID` at a real SMTP server).
+//! The real `idp-worker` binary killed with SIGKILL in the middle of its work: after a restart
+//! (two workers, competing for jobs), every event's job is published and every email is
+//! delivered exactly once (counted by `Message-ID` at a real SMTP server).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -47,13 +47,19 @@ async fn restart_and_check_exactly_once(
     prefix: &str,
     expected: &HashSet<String>,
 ) {
-    let mut worker = spawn_worker_process(conn, prefix, Some(&sink.url()), &[]);
+    // Two workers: the dispatcher runs in one of them, both compete for the jobs.
+    let mut workers = [
+        spawn_worker_process(conn, prefix, Some(&sink.url()), &[]),
+        spawn_worker_process(conn, prefix, Some(&sink.url()), &[]),
+    ];
     let total = i64::try_from(expected.len()).unwrap();
     wait_until("every email sent", Duration::from_secs(180), || async {
         count_events(pool, "EmailSent").await >= total
     })
     .await;
-    terminate(&mut worker);
+    for worker in &mut workers {
+        terminate(worker);
+    }
 
     assert_eq!(count_events(pool, "EmailSent").await, total, "one EmailSent per job");
     assert_eq!(count_events(pool, "JobDeadLettered").await, 0);

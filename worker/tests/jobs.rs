@@ -36,7 +36,13 @@ async fn a_registration_emails_a_link_that_verifies_the_account_and_then_login_w
     let sink = SmtpSink::start().await;
     let prefix = unique_prefix();
     let api = start_api(&conn).await;
-    let worker = start_worker(&conn, &prefix, Some(&sink.url()), &[]).await;
+    let worker = start_worker(
+        &conn,
+        &prefix,
+        Some(&sink.url()),
+        &["--metrics-sample-secs", "1"],
+    )
+    .await;
 
     let response = api
         .post(
@@ -76,6 +82,24 @@ async fn a_registration_emails_a_link_that_verifies_the_account_and_then_login_w
         count_events(&pool, "EmailSent").await == 1
     })
     .await;
+
+    // The job, lag and breaker metrics are exported.
+    let metrics_url = format!("http://127.0.0.1:{}/metrics", worker.port);
+    wait_until("lag metrics", Duration::from_secs(10), || async {
+        let body = reqwest::get(&metrics_url).await.unwrap().text().await.unwrap();
+        body.contains("idp_projection_lag_events") && body.contains("idp_dispatcher_backlog")
+    })
+    .await;
+    let body = reqwest::get(&metrics_url).await.unwrap().text().await.unwrap();
+    for name in [
+        "idp_jobs_started_total{queue=\"email\"}",
+        "idp_jobs_succeeded_total{queue=\"email\"}",
+        "idp_job_duration_seconds_bucket",
+        "idp_circuit_breaker_state{breaker=\"smtp\"} 0",
+        "idp_projection_lag_seconds",
+    ] {
+        assert!(body.contains(name), "{name} missing from /metrics");
+    }
 
     worker.stop().await;
     api.stop().await;
@@ -216,6 +240,13 @@ async fn a_refusing_mail_server_gets_backed_off_retries_then_the_breaker_opens_t
             .any(|e| e == BreakerEvent::CircuitClosed)
     })
     .await;
+    let ready: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{}/health/ready", worker.port))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["breakers"]["smtp"], "closed", "{ready}");
     let remaining: i64 = sqlx::query_scalar("select count(*) from dead_jobs")
         .fetch_one(&pool)
         .await
