@@ -208,7 +208,7 @@ async fn a_connection_to_a_closed_port_is_transient_and_never_commits() {
 }
 
 #[tokio::test]
-async fn a_server_slower_than_the_timeout_is_transient_and_the_mailer_recovers() {
+async fn an_answer_slower_than_the_timeout_is_unanswered_and_the_mailer_recovers() {
     let sink = SmtpSink::start().await;
     sink.delay(Duration::from_millis(1_500)).await;
     let mailer = Mailer::smtp(&sink.url(), Duration::from_millis(200), 1).unwrap();
@@ -216,8 +216,8 @@ async fn a_server_slower_than_the_timeout_is_transient_and_the_mailer_recovers()
     let result = mailer
         .send(&verification(&unique_id(), RECIPIENT), committed())
         .await;
-    let Err(SendError::Transient(reason)) = result else {
-        panic!("expected a transient failure, got {result:?}");
+    let Err(SendError::Unanswered(reason)) = result else {
+        panic!("expected no answer, got {result:?}");
     };
     assert_eq!(reason, "end of DATA: no answer within 200 ms");
 

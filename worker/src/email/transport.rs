@@ -29,9 +29,11 @@
 //! 5xx replies to `MAIL`, `RCPT`, `DATA` or the end of data are [`SendError::Permanent`]; 4xx
 //! replies, and connection, timeout, TLS and I/O failures are [`SendError::Transient`]. Failures
 //! while opening a connection (greeting, `EHLO`, `STARTTLS`, `AUTH`) are transient whatever their
-//! code: they concern our relay, not this message, and must not fail the email for good. An
-//! address that does not parse is permanent. Error texts are short, name the SMTP step and reply,
-//! and never contain the recipient's address (they end up in events and logs).
+//! code: they concern our relay, not this message, and must not fail the email for good. A
+//! timeout or broken connection after the whole message was written is
+//! [`SendError::Unanswered`]: the server may have accepted it. An address that does not parse is
+//! permanent. Error texts are short, name the SMTP step and reply, and never contain the
+//! recipient's address (they end up in events and logs).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -84,9 +86,9 @@ pub struct Delivered {
 
 /// Why an email was not sent.
 ///
-/// `Permanent` and `Transient` can also come after `commit` returned `Ok`: the server refused the
-/// message at the end of data, or its reply was lost (then the message may have been delivered).
-/// The caller knows whether its commit ran, and records the failure accordingly.
+/// `Permanent` and `Transient` can also come after `commit` returned `Ok`, when the server refused
+/// the message at the end of data (then nothing was delivered); `Unanswered` always comes after
+/// it. The caller knows whether its commit ran, and records the failure accordingly.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError<E> {
     /// Retrying will not help: a 5xx reply or an address that does not parse.
