@@ -156,9 +156,7 @@ impl Job {
                 self.failed_attempts += 1;
                 self.last_error = Some(error.clone());
             }
-            JobEvent::JobDeadLettered {
-                queue, payload, ..
-            } => {
+            JobEvent::JobDeadLettered { queue, payload, .. } => {
                 self.dead = true;
                 self.dead_payload = Some((queue.clone(), payload.clone()));
                 self.dead_at = Some(at);

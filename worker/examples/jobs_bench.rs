@@ -105,7 +105,11 @@ fn start_pipeline(
     let worker_topology = topology.clone();
     let monitor = Monitor::new().register(move |_| {
         WorkerBuilder::new("bench")
-            .backend(QueueBackend::<Ping>::new(worker_topology.clone(), QUEUE, concurrency))
+            .backend(QueueBackend::<Ping>::new(
+                worker_topology.clone(),
+                QUEUE,
+                concurrency,
+            ))
             .concurrency(usize::from(concurrency))
             .data(handled.clone())
             .build(handle_ping)
@@ -168,7 +172,10 @@ async fn raw_round(url: &str, jobs: u64, prefetch: u16) -> anyhow::Result<f64> {
     let consumer_conn = Connection::connect(url, ConnectionProperties::default()).await?;
     let channel = publisher.create_channel().await?;
     let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), lapin::types::AMQPValue::LongString("quorum".into()));
+    args.insert(
+        "x-queue-type".into(),
+        lapin::types::AMQPValue::LongString("quorum".into()),
+    );
     channel
         .queue_declare(
             queue.as_str().into(),
@@ -179,7 +186,9 @@ async fn raw_round(url: &str, jobs: u64, prefetch: u16) -> anyhow::Result<f64> {
             args,
         )
         .await?;
-    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
     let consume_channel = consumer_conn.create_channel().await?;
     consume_channel
         .basic_qos(prefetch, BasicQosOptions::default())
@@ -199,7 +208,11 @@ async fn raw_round(url: &str, jobs: u64, prefetch: u16) -> anyhow::Result<f64> {
                 break;
             };
             let _: Ping = serde_json::from_slice(&delivery.data).unwrap();
-            delivery.acker.ack(BasicAckOptions::default()).await.unwrap();
+            delivery
+                .acker
+                .ack(BasicAckOptions::default())
+                .await
+                .unwrap();
             seen += 1;
         }
         seen
@@ -272,7 +285,8 @@ async fn main() -> anyhow::Result<()> {
     let store = EventStore::new(pool.clone());
     let prefix = format!("bench-{}", Uuid::new_v4().simple());
     let jobs_config = Config::parse_from(["bench", "--amqp-prefix", &prefix]).jobs;
-    let amqp_url = AmqpUrl::from_str(&amqp).map_err(|e| anyhow::anyhow!("invalid AMQP_URL: {e}"))?;
+    let amqp_url =
+        AmqpUrl::from_str(&amqp).map_err(|e| anyhow::anyhow!("invalid AMQP_URL: {e}"))?;
     let topology = Topology::new(amqp_url, &jobs_config);
 
     let handled = Arc::new(AtomicU64::new(0));
@@ -285,7 +299,10 @@ async fn main() -> anyhow::Result<()> {
     for round in 0..rounds {
         eprintln!("round {}/{rounds}: {jobs} jobs through idp ...", round + 1);
         idp.push(idp_round(&store, &handled, jobs, round).await?);
-        eprintln!("round {}/{rounds}: {jobs} messages through raw lapin ...", round + 1);
+        eprintln!(
+            "round {}/{rounds}: {jobs} messages through raw lapin ...",
+            round + 1
+        );
         raw.push(raw_round(&amqp, jobs, concurrency).await?);
     }
     let (idp, raw) = (median(idp), median(raw));
@@ -293,7 +310,10 @@ async fn main() -> anyhow::Result<()> {
 
     let conn = Connection::connect(&amqp, ConnectionProperties::default()).await?;
     let channel = conn.create_channel().await?;
-    for queue in [format!("{prefix}.{QUEUE}"), format!("{prefix}.{QUEUE}.dead")] {
+    for queue in [
+        format!("{prefix}.{QUEUE}"),
+        format!("{prefix}.{QUEUE}.dead"),
+    ] {
         let _ = channel
             .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
             .await;
@@ -313,12 +333,22 @@ async fn main() -> anyhow::Result<()> {
         raw,
         ratio,
         ">= 0.5x and >= 5,000/s",
-        if ratio >= 0.5 && idp >= 5000.0 { "yes" } else { "NO" }
+        if ratio >= 0.5 && idp >= 5000.0 {
+            "yes"
+        } else {
+            "NO"
+        }
     );
     println!();
-    println!("idp: append (100 per call, 8 writers) -> dispatcher -> publish with confirms -> apalis");
-    println!("worker (prefetch and concurrency {concurrency}) -> ack. raw lapin: the same payloads");
-    println!("published with confirms (1,000 in flight) and consumed with acks, prefetch {concurrency}.");
+    println!(
+        "idp: append (100 per call, 8 writers) -> dispatcher -> publish with confirms -> apalis"
+    );
+    println!(
+        "worker (prefetch and concurrency {concurrency}) -> ack. raw lapin: the same payloads"
+    );
+    println!(
+        "published with confirms (1,000 in flight) and consumed with acks, prefetch {concurrency}."
+    );
     println!("Medians of {rounds} alternating rounds of {jobs} jobs; quorum queues on both sides.");
     Ok(())
 }

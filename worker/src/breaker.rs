@@ -134,7 +134,8 @@ impl Breaker {
         };
         let _: Option<DateTime<Utc>> = row.try_get("retry_at")?;
         if seen == BreakerState::Open {
-            self.record(&mut tx, &BreakerEvent::CircuitHalfOpened).await?;
+            self.record(&mut tx, &BreakerEvent::CircuitHalfOpened)
+                .await?;
         }
         tx.commit().await?;
         self.transitioned(BreakerState::HalfOpen);
@@ -182,18 +183,20 @@ impl Breaker {
     pub async fn failure(&self, permit: Permit, error: &str) -> Result<(), BreakerError> {
         let mut tx = self.store.pool().begin().await?;
         let opened = match permit {
-            Permit::Probe => sqlx::query(
-                "update circuit_breakers
+            Permit::Probe => {
+                sqlx::query(
+                    "update circuit_breakers
                     set state = 'open', failures = failures + 1, last_error = $2,
                         retry_at = now() + $3 * interval '1 millisecond', updated_at = now()
                   where name = $1 and state = 'half_open'
                   returning failures, retry_at",
-            )
-            .bind(self.name)
-            .bind(error)
-            .bind(self.open_for_ms())
-            .fetch_optional(&mut *tx)
-            .await?,
+                )
+                .bind(self.name)
+                .bind(error)
+                .bind(self.open_for_ms())
+                .fetch_optional(&mut *tx)
+                .await?
+            }
             Permit::Allowed => {
                 let row = sqlx::query(
                     "update circuit_breakers
@@ -228,7 +231,12 @@ impl Breaker {
             };
             self.record(&mut tx, &event).await?;
             tx.commit().await?;
-            tracing::warn!(breaker = self.name, failures, error, "circuit breaker opened");
+            tracing::warn!(
+                breaker = self.name,
+                failures,
+                error,
+                "circuit breaker opened"
+            );
             self.transitioned(BreakerState::Open);
         } else {
             tx.commit().await?;

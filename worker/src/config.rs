@@ -128,15 +128,30 @@ pub struct JobsConfig {
 pub struct EmailConfig {
     /// Mail server, e.g. `smtp://mail.internal:25`, `smtp://user:pass@host:587?tls=required`,
     /// `smtps://host`. When unset, mail is written as `.eml` files to `EMAIL_OUTBOX_DIR`.
-    #[arg(long, env = "SMTP_URL", value_name = "SMTP_URL", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "SMTP_URL",
+        value_name = "SMTP_URL",
+        hide_env_values = true
+    )]
     pub smtp_url: Option<String>,
 
     /// Where mail goes when `SMTP_URL` is unset.
-    #[arg(long, env = "EMAIL_OUTBOX_DIR", value_name = "EMAIL_OUTBOX_DIR", default_value = "./var/mail")]
+    #[arg(
+        long,
+        env = "EMAIL_OUTBOX_DIR",
+        value_name = "EMAIL_OUTBOX_DIR",
+        default_value = "./var/mail"
+    )]
     pub email_outbox_dir: PathBuf,
 
     /// Sender of every email.
-    #[arg(long, env = "EMAIL_FROM", value_name = "EMAIL_FROM", default_value = "idp <no-reply@idp.localhost>")]
+    #[arg(
+        long,
+        env = "EMAIL_FROM",
+        value_name = "EMAIL_FROM",
+        default_value = "idp <no-reply@idp.localhost>"
+    )]
     pub email_from: String,
 
     /// Timeout of each exchange with the mail server, in seconds.
@@ -150,16 +165,31 @@ pub struct EmailConfig {
     pub smtp_pool_size: u16,
 
     /// Base of the links in emails (the web front end), e.g. `https://idp.example.com`.
-    #[arg(long, env = "PUBLIC_BASE_URL", value_name = "PUBLIC_BASE_URL", default_value = "http://localhost:8080")]
+    #[arg(
+        long,
+        env = "PUBLIC_BASE_URL",
+        value_name = "PUBLIC_BASE_URL",
+        default_value = "http://localhost:8080"
+    )]
     pub public_base_url: String,
 
     /// Key of the one-time tokens in email links; must equal the API's. When unset, the
     /// development key the API keeps in `JWT_KEYS_DIR/token-secret` is read.
-    #[arg(long, env = "TOKEN_SECRET", value_name = "TOKEN_SECRET", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "TOKEN_SECRET",
+        value_name = "TOKEN_SECRET",
+        hide_env_values = true
+    )]
     pub token_secret: Option<String>,
 
     /// The API's key directory, where its development `token-secret` is.
-    #[arg(long, env = "JWT_KEYS_DIR", value_name = "JWT_KEYS_DIR", default_value = "./var/keys")]
+    #[arg(
+        long,
+        env = "JWT_KEYS_DIR",
+        value_name = "JWT_KEYS_DIR",
+        default_value = "./var/keys"
+    )]
     pub jwt_keys_dir: PathBuf,
 }
 

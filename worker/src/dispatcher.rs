@@ -54,7 +54,10 @@ impl Route for RetryRoute {
             return Err(HandlerError::msg("JobRetryRequested that does not decode"));
         };
         let Some(queue) = known_queue(&queue) else {
-            tracing::warn!(queue, "retry requested for a job of an unknown queue; skipped");
+            tracing::warn!(
+                queue,
+                "retry requested for a job of an unknown queue; skipped"
+            );
             return Ok(Vec::new());
         };
         let job_id = event
@@ -150,10 +153,9 @@ impl Handler for Dispatcher {
         if jobs.is_empty() {
             return Ok(());
         }
-        self.publisher
-            .publish_all(&jobs)
-            .await
-            .map_err(|err| HandlerError::msg(format!("publishing {} jobs failed: {err}", jobs.len())))?;
+        self.publisher.publish_all(&jobs).await.map_err(|err| {
+            HandlerError::msg(format!("publishing {} jobs failed: {err}", jobs.len()))
+        })?;
         metrics::counter!("idp_dispatcher_jobs_published_total").increment(jobs.len() as u64);
         Ok(())
     }

@@ -106,7 +106,11 @@ impl Worker {
 
         let interval = Duration::from_secs(jobs_config.metrics_sample_secs);
         tasks.spawn(lag::run(self.pool.clone(), interval, shutdown.clone()));
-        tasks.spawn(sample_breakers(self.pool.clone(), interval, shutdown.clone()));
+        tasks.spawn(sample_breakers(
+            self.pool.clone(),
+            interval,
+            shutdown.clone(),
+        ));
 
         let breaker = Breaker::new(
             "smtp",

@@ -12,9 +12,7 @@ use std::collections::HashMap;
 use std::process::Command;
 use std::time::Duration;
 
-use common::harness::{
-    self, count_events, register_user, start_worker, unique_prefix, wait_until,
-};
+use common::harness::{self, count_events, register_user, start_worker, unique_prefix, wait_until};
 use common::smtp::SmtpSink;
 use idp_events::EventStore;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -37,7 +35,11 @@ async fn a_rabbitmq_restart_under_load_loses_no_job_and_repeats_no_email(
 ) {
     let sink = SmtpSink::start().await;
     let prefix = unique_prefix();
-    let pool = opts.max_connections(8).connect_with(conn.clone()).await.unwrap();
+    let pool = opts
+        .max_connections(8)
+        .connect_with(conn.clone())
+        .await
+        .unwrap();
     let store = EventStore::new(pool.clone());
     let worker = start_worker(&conn, &prefix, Some(&sink.url()), &[]).await;
 
@@ -65,9 +67,11 @@ async fn a_rabbitmq_restart_under_load_loses_no_job_and_repeats_no_email(
 
     writer.await.unwrap();
     let total = i64::try_from(USERS).unwrap();
-    wait_until("every email sent after the restart", Duration::from_secs(180), || async {
-        count_events(&pool, "EmailSent").await >= total
-    })
+    wait_until(
+        "every email sent after the restart",
+        Duration::from_secs(180),
+        || async { count_events(&pool, "EmailSent").await >= total },
+    )
     .await;
     worker.stop().await;
 
@@ -92,6 +96,9 @@ async fn a_rabbitmq_restart_under_load_loses_no_job_and_repeats_no_email(
     }
     assert_eq!(by_id.len(), USERS, "every email arrived");
     let repeated: Vec<_> = by_id.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(repeated.is_empty(), "delivered more than once: {repeated:?}");
+    assert!(
+        repeated.is_empty(),
+        "delivered more than once: {repeated:?}"
+    );
     harness::delete_queues(&prefix).await;
 }

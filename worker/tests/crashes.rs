@@ -61,14 +61,21 @@ async fn restart_and_check_exactly_once(
         terminate(worker);
     }
 
-    assert_eq!(count_events(pool, "EmailSent").await, total, "one EmailSent per job");
+    assert_eq!(
+        count_events(pool, "EmailSent").await,
+        total,
+        "one EmailSent per job"
+    );
     assert_eq!(count_events(pool, "JobDeadLettered").await, 0);
     let mut by_id: HashMap<String, usize> = HashMap::new();
     for mail in sink.messages().await {
         *by_id.entry(mail.message_id).or_default() += 1;
     }
     let repeated: Vec<_> = by_id.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(repeated.is_empty(), "delivered more than once: {repeated:?}");
+    assert!(
+        repeated.is_empty(),
+        "delivered more than once: {repeated:?}"
+    );
     let received: HashSet<String> = by_id.into_keys().collect();
     assert_eq!(received.len(), expected.len(), "every message, none lost");
     assert_eq!(&received, expected);
@@ -82,7 +89,11 @@ async fn kill_9_while_2000_emails_are_in_flight_then_a_restart_delivers_each_exa
 ) {
     let sink = SmtpSink::start().await;
     let prefix = unique_prefix();
-    let pool = opts.max_connections(16).connect_with(conn.clone()).await.unwrap();
+    let pool = opts
+        .max_connections(16)
+        .connect_with(conn.clone())
+        .await
+        .unwrap();
     let store = EventStore::new(pool.clone());
     let expected = register_many(&store, 2000).await;
 
@@ -92,14 +103,19 @@ async fn kill_9_while_2000_emails_are_in_flight_then_a_restart_delivers_each_exa
         Some(&sink.url()),
         &["--job-concurrency", "64"],
     );
-    wait_until("a quarter of the emails", Duration::from_secs(120), || async {
-        sink.stats().await.accepted >= 500
-    })
+    wait_until(
+        "a quarter of the emails",
+        Duration::from_secs(120),
+        || async { sink.stats().await.accepted >= 500 },
+    )
     .await;
     worker.kill().unwrap();
     worker.wait().unwrap();
     let at_kill = sink.stats().await.accepted;
-    assert!(at_kill < 2000, "killed while emails were in flight ({at_kill} sent)");
+    assert!(
+        at_kill < 2000,
+        "killed while emails were in flight ({at_kill} sent)"
+    );
 
     restart_and_check_exactly_once(&conn, &pool, &sink, &prefix, &expected).await;
 }
@@ -111,7 +127,11 @@ async fn a_worker_killed_between_commit_and_publish_publishes_every_job_after_re
 ) {
     let sink = SmtpSink::start().await;
     let prefix = unique_prefix();
-    let pool = opts.max_connections(16).connect_with(conn.clone()).await.unwrap();
+    let pool = opts
+        .max_connections(16)
+        .connect_with(conn.clone())
+        .await
+        .unwrap();
     let store = EventStore::new(pool.clone());
     let expected = register_many(&store, 1000).await;
     let last = head(&pool).await;
@@ -123,9 +143,17 @@ async fn a_worker_killed_between_commit_and_publish_publishes_every_job_after_re
         Some(&sink.url()),
         &["--dispatcher-batch-size", "5"],
     );
-    wait_until("the dispatcher to start", Duration::from_secs(60), || async {
-        checkpoint(&pool, "dispatcher").await.map(|c| c.position).unwrap_or(0) > 0
-    })
+    wait_until(
+        "the dispatcher to start",
+        Duration::from_secs(60),
+        || async {
+            checkpoint(&pool, "dispatcher")
+                .await
+                .map(|c| c.position)
+                .unwrap_or(0)
+                > 0
+        },
+    )
     .await;
     worker.kill().unwrap();
     worker.wait().unwrap();

@@ -57,7 +57,10 @@ async fn a_registration_emails_a_link_that_verifies_the_account_and_then_login_w
     assert_eq!(mail[0].rcpt_tos, vec!["ada@example.com".to_owned()]);
     let text = mail[0].text.clone().expect("a text part");
     assert!(mail[0].html.is_some(), "an HTML part too");
-    assert!(text.contains("http://idp.test/verify-email?token="), "{text}");
+    assert!(
+        text.contains("http://idp.test/verify-email?token="),
+        "{text}"
+    );
 
     // Unverified accounts cannot sign in; the link's token verifies it.
     let denied = api
@@ -77,7 +80,10 @@ async fn a_registration_emails_a_link_that_verifies_the_account_and_then_login_w
     api.login("ada@example.com", PASSWORD).await;
 
     // The outcome is on the record, caused by the request.
-    let pool = PgPoolOptions::new().connect_with(conn.clone()).await.unwrap();
+    let pool = PgPoolOptions::new()
+        .connect_with(conn.clone())
+        .await
+        .unwrap();
     wait_until("EmailSent", Duration::from_secs(10), || async {
         count_events(&pool, "EmailSent").await == 1
     })
@@ -86,11 +92,21 @@ async fn a_registration_emails_a_link_that_verifies_the_account_and_then_login_w
     // The job, lag and breaker metrics are exported.
     let metrics_url = format!("http://127.0.0.1:{}/metrics", worker.port);
     wait_until("lag metrics", Duration::from_secs(10), || async {
-        let body = reqwest::get(&metrics_url).await.unwrap().text().await.unwrap();
+        let body = reqwest::get(&metrics_url)
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         body.contains("idp_projection_lag_events") && body.contains("idp_dispatcher_backlog")
     })
     .await;
-    let body = reqwest::get(&metrics_url).await.unwrap().text().await.unwrap();
+    let body = reqwest::get(&metrics_url)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for name in [
         "idp_jobs_started_total{queue=\"email\"}",
         "idp_jobs_succeeded_total{queue=\"email\"}",
@@ -156,7 +172,13 @@ async fn a_refusing_mail_server_gets_backed_off_retries_then_the_breaker_opens_t
                 permanent,
                 retry_in_ms,
                 error,
-            } => Some((*attempt, *permanent, *retry_in_ms, error.clone(), r.recorded_at)),
+            } => Some((
+                *attempt,
+                *permanent,
+                *retry_in_ms,
+                error.clone(),
+                r.recorded_at,
+            )),
             _ => None,
         })
         .collect();
@@ -169,7 +191,11 @@ async fn a_refusing_mail_server_gets_backed_off_retries_then_the_breaker_opens_t
     for (i, failure) in failures.iter().enumerate().take(3) {
         let ceiling = (100_u64 << i).min(300);
         let delay = failure.2.expect("a retry is scheduled");
-        assert!(delay <= ceiling, "attempt {}: {delay} ms > {ceiling} ms", failure.0);
+        assert!(
+            delay <= ceiling,
+            "attempt {}: {delay} ms > {ceiling} ms",
+            failure.0
+        );
         let waited = (failures[i + 1].4 - failure.4).num_milliseconds();
         assert!(
             waited >= i64::try_from(delay).unwrap(),
@@ -180,7 +206,11 @@ async fn a_refusing_mail_server_gets_backed_off_retries_then_the_breaker_opens_t
     assert_eq!(failures[3].2, None, "no retry after the last attempt");
     // The breaker opened after three failures, so the fourth attempt was refused without
     // reaching the server.
-    assert!(failures[3].3.contains("circuit breaker smtp is open"), "{:?}", failures[3].3);
+    assert!(
+        failures[3].3.contains("circuit breaker smtp is open"),
+        "{:?}",
+        failures[3].3
+    );
     assert_eq!(sink.stats().await.refused, 3);
     let breaker: Vec<BreakerEvent> = store
         .read_stream(&breaker_stream_id("smtp"), 1)
@@ -189,7 +219,13 @@ async fn a_refusing_mail_server_gets_backed_off_retries_then_the_breaker_opens_t
         .iter()
         .filter_map(BreakerEvent::from_recorded)
         .collect();
-    assert!(matches!(breaker.first(), Some(BreakerEvent::CircuitOpened { failures: 3, .. })), "{breaker:?}");
+    assert!(
+        matches!(
+            breaker.first(),
+            Some(BreakerEvent::CircuitOpened { failures: 3, .. })
+        ),
+        "{breaker:?}"
+    );
 
     // The dead letter is listed for administrators, and sending it back delivers it once the
     // server accepts again.
@@ -240,12 +276,13 @@ async fn a_refusing_mail_server_gets_backed_off_retries_then_the_breaker_opens_t
             .any(|e| e == BreakerEvent::CircuitClosed)
     })
     .await;
-    let ready: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{}/health/ready", worker.port))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready: serde_json::Value =
+        reqwest::get(format!("http://127.0.0.1:{}/health/ready", worker.port))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
     assert_eq!(ready["breakers"]["smtp"], "closed", "{ready}");
     let remaining: i64 = sqlx::query_scalar("select count(*) from dead_jobs")
         .fetch_one(&pool)

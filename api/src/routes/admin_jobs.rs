@@ -97,7 +97,9 @@ pub async fn list_dead(
 ) -> Result<Json<DeadJobPage>, ApiError> {
     let limit = params.limit.unwrap_or(50);
     if !(1..=200).contains(&limit) {
-        return Err(ApiError::BadRequest("limit must be between 1 and 200".into()));
+        return Err(ApiError::BadRequest(
+            "limit must be between 1 and 200".into(),
+        ));
     }
     let after = params.cursor.as_deref().map(decode_cursor).transpose()?;
     let mut items: Vec<DeadJob> = sqlx::query_as(
@@ -147,10 +149,7 @@ pub async fn retry(
     Path(id): Path<Uuid>,
 ) -> Result<(StatusCode, Json<RetryAccepted>), ApiError> {
     let stream = jobs::stream_id(id);
-    let history = state
-        .store
-        .read_stream(&stream, 1)
-        .await?;
+    let history = state.store.read_stream(&stream, 1).await?;
     if history.is_empty() {
         return Err(ApiError::NotFound);
     }

@@ -74,7 +74,10 @@ impl Topology {
     fn queue_arguments(&self, queue: &str) -> FieldTable {
         let mut args = FieldTable::default();
         if self.queue_type == QueueType::Quorum {
-            args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+            args.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("quorum".into()),
+            );
             args.insert(
                 "x-delivery-limit".into(),
                 AMQPValue::LongInt(i32::try_from(self.delivery_limit).unwrap_or(i32::MAX)),
@@ -125,7 +128,10 @@ impl Topology {
             .await?;
         let mut dead_args = FieldTable::default();
         if self.queue_type == QueueType::Quorum {
-            dead_args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+            dead_args.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("quorum".into()),
+            );
         }
         let dead = self.dead_queue_name(queue);
         channel

@@ -81,11 +81,7 @@ impl Ack {
 
     /// Rejects the message without requeueing: the broker dead-letters it.
     pub async fn dead_letter(&self) {
-        if let Err(err) = self
-            .acker
-            .reject(self.reject_options)
-            .await
-        {
+        if let Err(err) = self.acker.reject(self.reject_options).await {
             tracing::warn!(error = %err, "could not reject a job; the broker will deliver it again");
         }
     }

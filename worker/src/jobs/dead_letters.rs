@@ -59,7 +59,12 @@ async fn record(ctx: &DeadLetters, payload: Value, envelope: &Envelope) -> Resul
                 .and_then(Value::as_str)
                 .and_then(|id| id.parse().ok())
         })
-        .unwrap_or_else(|| jobs::job_id("unknown", Uuid::new_v5(&Uuid::NAMESPACE_OID, payload.to_string().as_bytes())));
+        .unwrap_or_else(|| {
+            jobs::job_id(
+                "unknown",
+                Uuid::new_v5(&Uuid::NAMESPACE_OID, payload.to_string().as_bytes()),
+            )
+        });
     let stream = jobs::stream_id(job_id);
     let history = ctx.store.read_stream(&stream, 1).await?;
     let state = Job::fold(&history);
@@ -74,7 +79,10 @@ async fn record(ctx: &DeadLetters, payload: Value, envelope: &Envelope) -> Resul
         .death_reason
         .clone()
         .unwrap_or_else(|| "rejected".to_owned());
-    let kind = envelope.kind.clone().unwrap_or_else(|| "unknown".to_owned());
+    let kind = envelope
+        .kind
+        .clone()
+        .unwrap_or_else(|| "unknown".to_owned());
     let cause_id = payload
         .get("cause_id")
         .and_then(Value::as_str)

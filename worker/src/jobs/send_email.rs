@@ -223,13 +223,19 @@ pub async fn send_email(
 
 #[tracing::instrument(name = "job.send_email", skip_all, fields(job.id = %job.job_id, cause.id = %job.cause_id, template = ?job.template))]
 async fn attempt_until_done(
-    job: &SendEmail, ctx: &EmailJobs, run: &JobRun) -> Result<(), JobError> {
+    job: &SendEmail,
+    ctx: &EmailJobs,
+    run: &JobRun,
+) -> Result<(), JobError> {
     let stream = jobs::stream_id(job.job_id);
     loop {
         let history = ctx.store.read_stream(&stream, 1).await?;
         let state = Job::fold(&history);
         if state.done || state.dead {
-            tracing::info!(done = state.done, "email job already settled; nothing to do");
+            tracing::info!(
+                done = state.done,
+                "email job already settled; nothing to do"
+            );
             return Ok(());
         }
         let metadata = Metadata {
@@ -308,7 +314,8 @@ async fn attempt_until_done(
                     attempt,
                     permanent: false,
                     error: error.clone(),
-                    retry_in_ms: (!last).then(|| u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)),
+                    retry_in_ms: (!last)
+                        .then(|| u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)),
                 };
                 match record(ctx, &stream, version, &failed, &metadata).await {
                     Err(JobError::Conflict(_)) => continue,
