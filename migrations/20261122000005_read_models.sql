@@ -48,13 +48,15 @@ create index users_directory_created_idx on users_directory (created_at, user_id
 
 -- The audit trail: one row per event of the log (who did what, when, from where). Payloads are
 -- not copied, only a summary written by the projection, so no secret can leak in here.
+-- Identifiers compare bytewise (collation "C"): their indexes are kept up to date at rebuild
+-- speed, where a linguistic collation costs several times more per insert.
 create table audit_view (
     position         bigint      not null,
     event_id         uuid        not null,
     recorded_at      timestamptz not null,
-    stream_id        text        not null,
-    event_type       text        not null,
-    actor            text,
+    stream_id        text        collate "C" not null,
+    event_type       text        collate "C" not null,
+    actor            text        collate "C",
     subject_user_id  uuid,
     client_ip        text,
     user_agent       text,
@@ -70,7 +72,8 @@ create index audit_view_actor_idx on audit_view (actor, position);
 -- What happened to this account?
 create index audit_view_subject_idx on audit_view (subject_user_id, position)
     where subject_user_id is not null;
--- What happened in this period?
-create index audit_view_recorded_at_idx on audit_view (recorded_at);
+-- What happened in this period? Rows arrive in commit order, so time follows the physical
+-- order and a block-range index answers ranges at a fraction of a b-tree's upkeep.
+create index audit_view_recorded_at_idx on audit_view using brin (recorded_at);
 -- Every event of this type.
 create index audit_view_event_type_idx on audit_view (event_type, position);

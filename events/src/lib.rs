@@ -17,8 +17,8 @@ pub mod jobs;
 pub mod migrations;
 mod notifier;
 mod store;
-mod tagged;
 pub mod subscription;
+mod tagged;
 mod upcast;
 
 pub use error::{AppendError, ReadError};

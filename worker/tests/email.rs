@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::smtp::SmtpSink;
-use idp_worker::email::{EmailKind, Links, Mailer, OutgoingEmail, SendError, render};
+use idp_worker::email::{EmailKind, HandOver, Links, Mailer, OutgoingEmail, SendError, render};
 use tokio::sync::oneshot;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -371,4 +371,34 @@ async fn a_failed_commit_leaves_no_file_in_the_outbox() {
     );
     assert_eq!(eml_files(&dir), Vec::<PathBuf>::new());
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A hand-over whose commit fails after its record was prepared.
+struct CommitFails;
+
+impl HandOver for CommitFails {
+    type Error = &'static str;
+    type Commit = std::future::Ready<Result<(), &'static str>>;
+
+    async fn prepare(self) -> Result<Self::Commit, &'static str> {
+        Ok(std::future::ready(Err("the commit was lost")))
+    }
+}
+
+#[tokio::test]
+async fn a_commit_failing_as_the_message_goes_out_is_reported_as_delivered_but_unrecorded() {
+    let sink = SmtpSink::start().await;
+    let id = unique_id();
+
+    let result = mailer(&sink)
+        .send(&verification(&id, RECIPIENT), CommitFails)
+        .await;
+
+    let Err(SendError::Unrecorded { reply, error }) = result else {
+        panic!("expected a delivered but unrecorded message, got {result:?}");
+    };
+    assert!(reply.starts_with("250 "), "{reply}");
+    assert_eq!(error, "the commit was lost");
+    let messages = sink.wait_for_messages(1, WAIT).await;
+    assert_eq!(messages[0].message_id, format!("<{id}>"));
 }

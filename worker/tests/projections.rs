@@ -32,7 +32,10 @@ fn worker(conn: &PgConnectOptions, args: &[&str]) -> Command {
         .env("DATABASE_URL", database_url(conn))
         .env("WORKER_ADDR", "127.0.0.1:0")
         // This test's own queues: the dispatcher runs too.
-        .env("AMQP_PREFIX", format!("test-{}", conn.get_database().unwrap_or("x")))
+        .env(
+            "AMQP_PREFIX",
+            format!("test-{}", conn.get_database().unwrap_or("x")),
+        )
         .env("RUST_LOG", "warn");
     command
 }

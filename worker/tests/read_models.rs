@@ -111,6 +111,17 @@ async fn directory_row(pool: &PgPool, id: Uuid) -> Value {
         .unwrap()
 }
 
+/// The columns of `audit_view` that come from an event's metadata.
+#[derive(Debug, sqlx::FromRow)]
+struct Audited {
+    event_type: String,
+    actor: Option<String>,
+    subject_user_id: Option<Uuid>,
+    client_ip: Option<String>,
+    user_agent: Option<String>,
+    correlation_id: Option<Uuid>,
+}
+
 fn time(value: &Value) -> DateTime<Utc> {
     serde_json::from_value(value.clone()).unwrap()
 }
@@ -611,15 +622,14 @@ async fn audit_view_has_the_actor_ip_and_user_agent_of_an_event_and_no_password_
     .await
     .expect("the running audit_view caught up within 10 s");
 
-    let rows: Vec<(String, Option<String>, Option<Uuid>, Option<String>, Option<String>, Option<Uuid>)> =
-        sqlx::query_as(
-            "select a.event_type, a.actor, a.subject_user_id, a.client_ip, a.user_agent, a.correlation_id
-               from audit_view a order by a.position",
-        )
-        .fetch_all(&pool)
-        .await
-        .unwrap();
-    let types: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    let rows: Vec<Audited> = sqlx::query_as(
+        "select event_type, actor, subject_user_id, client_ip, user_agent, correlation_id
+           from audit_view order by position",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let types: Vec<&str> = rows.iter().map(|r| r.event_type.as_str()).collect();
     assert_eq!(
         types,
         [
@@ -630,14 +640,18 @@ async fn audit_view_has_the_actor_ip_and_user_agent_of_an_event_and_no_password_
             "ApiKeyIssued"
         ]
     );
-    for (event_type, by, _, ip, agent, correlation) in &rows {
-        assert_eq!(by.as_deref(), Some(actor(ada).as_str()), "{event_type}");
-        assert_eq!(ip.as_deref(), Some(IP), "{event_type}");
-        assert_eq!(agent.as_deref(), Some(AGENT), "{event_type}");
-        assert!(correlation.is_some(), "{event_type}");
+    for row in &rows {
+        let what = &row.event_type;
+        assert_eq!(row.actor.as_deref(), Some(actor(ada).as_str()), "{what}");
+        assert_eq!(row.client_ip.as_deref(), Some(IP), "{what}");
+        assert_eq!(row.user_agent.as_deref(), Some(AGENT), "{what}");
+        assert!(row.correlation_id.is_some(), "{what}");
     }
-    assert!(rows[..4].iter().all(|r| r.2 == Some(ada)), "{rows:?}");
-    assert_eq!(rows[4].2, None);
+    assert!(
+        rows[..4].iter().all(|r| r.subject_user_id == Some(ada)),
+        "{rows:?}"
+    );
+    assert_eq!(rows[4].subject_user_id, None, "another context's event");
     let stored: Uuid = sqlx::query_scalar(
         "select subject_user_id from audit_view where stream_id = $1 and event_type = 'LoginSucceeded'",
     )

@@ -10,4 +10,4 @@ pub mod transport;
 
 pub use links::{Links, LinksError};
 pub use templates::{EmailKind, RenderError, Rendered, render};
-pub use transport::{Delivered, Mailer, MailerConfigError, OutgoingEmail, SendError};
+pub use transport::{Delivered, HandOver, Mailer, MailerConfigError, OutgoingEmail, SendError};

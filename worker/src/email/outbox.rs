@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use tokio::io::AsyncWriteExt;
 
-use super::transport::{Delivered, MailerConfigError, SendError};
+use super::transport::{Delivered, HandOver, MailerConfigError, SendError};
 
 /// A directory that receives one `<message id>.eml` per message.
 #[derive(Clone)]
@@ -27,19 +27,15 @@ impl OutboxDir {
         format!("outbox {}", self.dir.display())
     }
 
-    /// Writes `message` to a temporary file, awaits `commit`, then renames the file into place,
+    /// Writes `message` to a temporary file, records the hand-over, then renames the file into place,
     /// so a reader never sees a message whose hand-over was not recorded. Writing the same
     /// message id again replaces the file.
-    pub(super) async fn write<E, F>(
+    pub(super) async fn write<H: HandOver>(
         &self,
         message_id: &str,
         message: &[u8],
-        commit: F,
-    ) -> Result<Delivered, SendError<E>>
-    where
-        F: Future<Output = Result<(), E>> + Send,
-        E: Send,
-    {
+        hand_over: H,
+    ) -> Result<Delivered, SendError<H::Error>> {
         let name = file_name(message_id);
         let path = self.dir.join(&name);
         let temporary = self
@@ -53,7 +49,11 @@ impl OutboxDir {
             remove_quietly(&temporary).await;
             return Err(failed("write", error));
         }
-        if let Err(error) = commit.await {
+        let committed = match hand_over.prepare().await {
+            Ok(commit) => commit.await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = committed {
             remove_quietly(&temporary).await;
             return Err(SendError::NotCommitted(error));
         }

@@ -1,14 +1,17 @@
 //! The SMTP side of [`super::Mailer`]: a small pool of lettre's low-level connections, driven one
-//! command at a time so that the caller's commit can run between `DATA` and the message.
+//! command at a time so that the caller's hand-over can be recorded between `DATA` and the
+//! message.
 //!
 //! lettre's `AsyncSmtpTransport` sends a whole transaction in one call and so offers no such
 //! window; its `AsyncSmtpConnection` does, but has no command timeouts and no pool, which is what
 //! this module adds.
 
 use std::fmt::{self, Display};
+use std::pin::pin;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
+use futures::future::maybe_done;
 use lettre::Message;
 use lettre::transport::smtp::Error as SmtpError;
 use lettre::transport::smtp::authentication::{Credentials, DEFAULT_MECHANISMS};
@@ -20,7 +23,7 @@ use percent_encoding::percent_decode_str;
 use tokio::sync::Semaphore;
 use url::Url;
 
-use super::transport::{Delivered, MailerConfigError, SendError, without_address};
+use super::transport::{Delivered, HandOver, MailerConfigError, SendError, without_address};
 
 /// Idle connections older than this are closed rather than reused: servers drop idle clients
 /// after a few minutes, and a pool should not hold sockets nobody uses.
@@ -117,18 +120,15 @@ impl SmtpSender {
         }
     }
 
-    /// One SMTP transaction for `message`, with `commit` between `DATA` and the body.
-    /// `recipient` is only used to keep it out of error texts.
-    pub(super) async fn send<E, F>(
+    /// One SMTP transaction for `message`, with `hand_over` prepared between `DATA` and the
+    /// body, and committed as the body goes out. `recipient` is only used to keep it out of
+    /// error texts.
+    pub(super) async fn send<H: HandOver>(
         self: &Arc<Self>,
         message: &Message,
         recipient: &str,
-        commit: F,
-    ) -> Result<Delivered, SendError<E>>
-    where
-        F: Future<Output = Result<(), E>> + Send,
-        E: Send,
-    {
+        hand_over: H,
+    ) -> Result<Delivered, SendError<H::Error>> {
         self.start_reaper();
         let body = message.formatted();
         let transient = |step: &str, error: &str| {
@@ -199,28 +199,54 @@ impl SmtpSender {
             return Err(refused("DATA", error));
         }
 
-        // The server waits for the message now. If the commit fails, dropping the connection
-        // before the final dot makes the server discard the transaction (RSET would be read as
-        // message text at this point).
-        if let Err(error) = commit.await {
-            drop(connection);
-            return Err(SendError::NotCommitted(error));
-        }
-
-        let end_of_data = async {
-            match String::from_utf8(dot_stuffed(&body)) {
-                Ok(data) => connection.command(data).await,
-                Err(_) => connection.message(&body).await,
+        // The server waits for the message now. If preparing the record fails, dropping the
+        // connection before the final dot makes the server discard the transaction (RSET would
+        // be read as message text at this point).
+        let commit = match hand_over.prepare().await {
+            Ok(commit) => commit,
+            Err(error) => {
+                drop(connection);
+                return Err(SendError::NotCommitted(error));
             }
         };
-        match tokio::time::timeout(self.timeout, end_of_data).await {
-            Ok(Ok(reply)) => {
+
+        let (committed, answer) = {
+            let end_of_data = async {
+                match String::from_utf8(dot_stuffed(&body)) {
+                    Ok(data) => connection.command(data).await,
+                    Err(_) => connection.message(&body).await,
+                }
+            };
+            let mut commit = pin!(maybe_done(commit));
+            let mut answer = pin!(maybe_done(tokio::time::timeout(self.timeout, end_of_data)));
+            // The commit's first poll writes its COMMIT to the database, the answer's first poll
+            // the message and its final dot to the server: back to back, in this order, with
+            // nothing awaited in between (the transport module's documentation says why).
+            let _ = futures::poll!(commit.as_mut());
+            let _ = futures::poll!(answer.as_mut());
+            futures::future::join(commit.as_mut(), answer.as_mut()).await;
+            match (commit.as_mut().take_output(), answer.as_mut().take_output()) {
+                (Some(committed), Some(answer)) => (committed, answer),
+                _ => unreachable!("a completed join has both outputs"),
+            }
+        };
+
+        match (committed, answer) {
+            (Ok(()), Ok(Ok(reply))) => {
                 self.checkin(connection);
                 Ok(Delivered {
                     reply: without_address(&response_text(&reply), recipient),
                 })
             }
-            Ok(Err(error)) if error.is_permanent() || error.is_transient() => {
+            (Err(error), Ok(Ok(reply))) => {
+                self.checkin(connection);
+                Err(SendError::Unrecorded {
+                    reply: without_address(&response_text(&reply), recipient),
+                    error,
+                })
+            }
+            (Err(error), _) => Err(SendError::NotCommitted(error)),
+            (Ok(()), Ok(Err(error))) if error.is_permanent() || error.is_transient() => {
                 // The transaction is over either way; the connection can carry the next one.
                 let error = StepError::Reply(error);
                 if error.connection_usable() {
@@ -230,11 +256,11 @@ impl SmtpSender {
             }
             // The server has the whole message but its answer never came: it may have
             // accepted it.
-            Ok(Err(error)) => Err(SendError::Unanswered(format!(
+            (Ok(()), Ok(Err(error))) => Err(SendError::Unanswered(format!(
                 "end of DATA: {}",
                 without_address(&error.to_string(), recipient)
             ))),
-            Err(_) => Err(SendError::Unanswered(format!(
+            (Ok(()), Err(_)) => Err(SendError::Unanswered(format!(
                 "end of DATA: {}",
                 self.timed_out()
             ))),

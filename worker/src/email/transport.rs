@@ -4,12 +4,17 @@
 //!
 //! # Why the commit hook
 //!
-//! The `send_email` job records "handed over" in the event log from inside [`Mailer::send`]'s
-//! `commit` future, which runs after the server has accepted the sender, the recipient and the
-//! `DATA` command, and before the body and the final `.` are written. A crash before the commit
-//! leaves no record and no delivery (the server discards a transaction whose final dot never
-//! came); a crash after it leaves a record, and at worst a message that was not delivered in the
-//! microseconds between commit and dot. So a retried job never sends a message twice.
+//! The `send_email` job records "handed over" in the event log through [`Mailer::send`]'s
+//! [`HandOver`], once the server has accepted the sender, the recipient and the `DATA` command.
+//! The record is written in two steps: [`HandOver::prepare`] writes it inside an open database
+//! transaction (a conflict or a database failure abandons the message, and the server discards
+//! a transaction whose final dot never came); then the transaction's `COMMIT` and the message
+//! with its final `.` are written back to back, the `COMMIT` first, and both answers awaited
+//! together. A worker killed before those two writes leaves no record and no delivery; killed
+//! after them, it leaves both (the database and the mail server act on what reached them). Only
+//! a kill in the microseconds between the two writes can leave a record of a message that never
+//! arrived. Awaiting the commit before writing the dot would widen that gap to the commit's whole
+//! round trip and disk flush: milliseconds, enough to lose messages when a busy worker dies.
 //!
 //! # `SMTP_URL`
 //!
@@ -84,11 +89,39 @@ pub struct Delivered {
     pub reply: String,
 }
 
+/// Records that a message is handed over, in two steps (see the module documentation).
+///
+/// Any `Future<Output = Result<(), E>>` is a hand-over whose whole work happens in `prepare` and
+/// whose commit is empty: the message goes out only after it completed.
+pub trait HandOver: Send {
+    /// Why recording failed.
+    type Error: Send;
+    /// Makes the prepared record durable.
+    type Commit: Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Writes the record without making it durable; failing abandons the message.
+    fn prepare(self) -> impl Future<Output = Result<Self::Commit, Self::Error>> + Send;
+}
+
+impl<F, E> HandOver for F
+where
+    F: Future<Output = Result<(), E>> + Send,
+    E: Send,
+{
+    type Error = E;
+    type Commit = std::future::Ready<Result<(), E>>;
+
+    async fn prepare(self) -> Result<Self::Commit, E> {
+        self.await?;
+        Ok(std::future::ready(Ok(())))
+    }
+}
+
 /// Why an email was not sent.
 ///
-/// `Permanent` and `Transient` can also come after `commit` returned `Ok`, when the server refused
-/// the message at the end of data (then nothing was delivered); `Unanswered` always comes after
-/// it. The caller knows whether its commit ran, and records the failure accordingly.
+/// `Permanent` and `Transient` can also come after the hand-over committed, when the server
+/// refused the message at the end of data (then nothing was delivered); `Unanswered` always
+/// comes after it. The caller knows whether its commit ran, and records the failure accordingly.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError<E> {
     /// Retrying will not help: a 5xx reply or an address that does not parse.
@@ -101,10 +134,20 @@ pub enum SendError<E> {
     /// (the connection broke or timed out): it may have been delivered.
     #[error("no answer after the message was handed over: {0}")]
     Unanswered(String),
-    /// `commit` failed; the transaction was abandoned before the final dot, so nothing was
-    /// delivered.
+    /// Recording the hand-over failed. When preparing failed, the transaction was abandoned
+    /// before the final dot and nothing was delivered; when the commit failed, the server
+    /// refused the message or did not answer.
     #[error("not committed: {0}")]
     NotCommitted(E),
+    /// The server accepted the message (`reply`) but the commit of its hand-over failed: it was
+    /// delivered, and the record of that is the caller's to write.
+    #[error("delivered, but the hand-over was not recorded: {error}")]
+    Unrecorded {
+        /// The server's reply.
+        reply: String,
+        /// Why the commit failed.
+        error: E,
+    },
 }
 
 /// The mailer's configuration is unusable; reported at start.
@@ -150,28 +193,24 @@ impl Mailer {
         }
     }
 
-    /// Sends `email`. `commit` is awaited after the server accepted the sender, the recipient and
-    /// the `DATA` command (354), immediately before the message body and the final `.` are
-    /// written. If `commit` fails, the SMTP transaction is abandoned (the connection is dropped
-    /// before the final dot, so the server discards it) and [`SendError::NotCommitted`] is
-    /// returned: nothing was delivered. `commit` is not awaited at all when the server refuses
-    /// earlier. In outbox mode, `commit` runs after the file is written and before it is renamed
-    /// into place.
-    pub async fn send<E, F>(
+    /// Sends `email`. `hand_over` is prepared after the server accepted the sender, the
+    /// recipient and the `DATA` command (354); its commit and the message with the final `.` are
+    /// then written back to back. If preparing fails, the SMTP transaction is abandoned (the
+    /// connection is dropped before the final dot, so the server discards it) and
+    /// [`SendError::NotCommitted`] is returned: nothing was delivered. `hand_over` is not used at
+    /// all when the server refuses earlier. In outbox mode, the hand-over is prepared and
+    /// committed after the file is written and before it is renamed into place.
+    pub async fn send<H: HandOver>(
         &self,
         email: &OutgoingEmail,
-        commit: F,
-    ) -> Result<Delivered, SendError<E>>
-    where
-        F: Future<Output = Result<(), E>> + Send,
-        E: Send,
-    {
+        hand_over: H,
+    ) -> Result<Delivered, SendError<H::Error>> {
         let message = build_message(email).map_err(SendError::Permanent)?;
         match &self.transport {
-            Transport::Smtp(sender) => sender.send(&message, &email.to, commit).await,
+            Transport::Smtp(sender) => sender.send(&message, &email.to, hand_over).await,
             Transport::Outbox(outbox) => {
                 outbox
-                    .write(&email.message_id, &message.formatted(), commit)
+                    .write(&email.message_id, &message.formatted(), hand_over)
                     .await
             }
         }

@@ -2,10 +2,10 @@
 //! notice, password reset, lockout notice, password-changed notice), sent exactly once.
 //!
 //! The job's stream says what happened so far. Each attempt first asks the SMTP circuit
-//! breaker, then hands the message to the server; the hand-over (`EmailSending`) is recorded
-//! after the server accepted the envelope and before the final dot, with the stream version
-//! the job read, so two deliveries of the same job cannot both send and a crash can never
-//! leave a sent message unrecorded. A delivery that finds a hand-over without an outcome (its
+//! breaker, then hands the message to the server; the hand-over (`EmailSending`) is written
+//! after the server accepted the envelope, with the stream version the job read, and committed
+//! as the final dot goes out, so two deliveries of the same job cannot both send and a crash
+//! can never leave a sent message unrecorded. A delivery that finds a hand-over without an outcome (its
 //! predecessor died in the middle) records `EmailSent { confirmed: false }` instead of sending
 //! again. Transient failures are retried in place with exponential backoff and full jitter;
 //! after the last attempt, or at a permanent failure, the job gives up and is dead-lettered.
@@ -27,7 +27,7 @@ use super::{EMAIL_QUEUE, JobError, JobRun, RetryPolicy};
 use crate::breaker::{Breaker, Permit};
 use crate::broker::{Ack, OutgoingJob};
 use crate::config::EmailConfig;
-use crate::email::{EmailKind, Links, Mailer, OutgoingEmail, SendError, render};
+use crate::email::{EmailKind, HandOver, Links, Mailer, OutgoingEmail, SendError, render};
 
 /// The job kind.
 pub const KIND: &str = "send_email";
@@ -366,12 +366,13 @@ async fn send_once(
         message_id: email.message_id.clone(),
         template: template.clone(),
     };
-    let commit = async {
-        let outcome = record(ctx, stream, version, &sending, metadata).await;
-        if outcome.is_ok() {
-            handed_over.store(true, Ordering::Release);
-        }
-        outcome
+    let hand_over = RecordedHandOver {
+        ctx,
+        stream,
+        version,
+        event: &sending,
+        metadata,
+        handed_over: &handed_over,
     };
     let sent = JobEvent::EmailSent {
         attempt,
@@ -379,13 +380,39 @@ async fn send_once(
         template: template.clone(),
         confirmed: true,
     };
-    match ctx.mailer.send(&email, commit).await {
+    match ctx.mailer.send(&email, hand_over).await {
         Ok(_) => {
             record(ctx, stream, version + 1, &sent, metadata)
                 .await
                 .map_err(Failure::Job)?;
             metrics::counter!("idp_emails_sent_total", "template" => template).increment(1);
             Ok(Sent::Done)
+        }
+        Err(SendError::Unrecorded { error, .. }) => {
+            // Delivered, but the hand-over's commit failed: record the delivery on whatever the
+            // stream holds now (the commit may have gone through after all).
+            tracing::warn!(error = %error, "the message was accepted but its hand-over was not recorded; recording it as sent");
+            loop {
+                let version = ctx
+                    .store
+                    .stream_version(stream)
+                    .await
+                    .map_err(|err| Failure::Job(err.into()))?;
+                match record(
+                    ctx,
+                    stream,
+                    u64::try_from(version).unwrap_or_default(),
+                    &sent,
+                    metadata,
+                )
+                .await
+                {
+                    Err(JobError::Conflict(_)) => continue,
+                    other => other.map_err(Failure::Job)?,
+                }
+                metrics::counter!("idp_emails_sent_total", "template" => template).increment(1);
+                return Ok(Sent::Done);
+            }
         }
         Err(SendError::NotCommitted(JobError::Conflict(_))) => Ok(Sent::TakenByAnother),
         Err(SendError::NotCommitted(err)) => Err(Failure::Job(err)),
@@ -411,6 +438,60 @@ async fn send_once(
     }
 }
 
+/// The hand-over record (`EmailSending`), appended inside a transaction whose commit goes out
+/// together with the message (see [`crate::email::transport`]).
+struct RecordedHandOver<'a> {
+    ctx: &'a EmailJobs,
+    stream: &'a str,
+    version: u64,
+    event: &'a JobEvent,
+    metadata: &'a Metadata,
+    /// Set once the record committed.
+    handed_over: &'a AtomicBool,
+}
+
+impl<'a> HandOver for RecordedHandOver<'a> {
+    type Error = JobError;
+    type Commit = std::pin::Pin<Box<dyn Future<Output = Result<(), JobError>> + Send + 'a>>;
+
+    async fn prepare(self) -> Result<Self::Commit, JobError> {
+        let mut tx = self.ctx.store.pool().begin().await?;
+        self.ctx
+            .store
+            .append_in(
+                &mut tx,
+                append_at(self.stream, self.version, self.event, self.metadata),
+            )
+            .await
+            .map_err(job_error)?;
+        let handed_over = self.handed_over;
+        Ok(Box::pin(async move {
+            tx.commit().await?;
+            handed_over.store(true, Ordering::Release);
+            Ok(())
+        }))
+    }
+}
+
+fn append_at(stream: &str, version: u64, event: &JobEvent, metadata: &Metadata) -> Append {
+    let expected = if version == 0 {
+        ExpectedVersion::NoStream
+    } else {
+        ExpectedVersion::Exact(version)
+    };
+    Append::to(stream)
+        .expecting(expected)
+        .event(event.to_new_event())
+        .metadata(metadata.clone())
+}
+
+fn job_error(err: AppendError) -> JobError {
+    match err {
+        err @ AppendError::Conflict { .. } => JobError::Conflict(err.to_string()),
+        err => err.into(),
+    }
+}
+
 /// Appends `event` to the job's stream at `version`; a concurrent writer makes it a conflict.
 async fn record(
     ctx: &EmailJobs,
@@ -419,25 +500,11 @@ async fn record(
     event: &JobEvent,
     metadata: &Metadata,
 ) -> Result<(), JobError> {
-    let expected = if version == 0 {
-        ExpectedVersion::NoStream
-    } else {
-        ExpectedVersion::Exact(version)
-    };
-    match ctx
-        .store
-        .append(
-            Append::to(stream)
-                .expecting(expected)
-                .event(event.to_new_event())
-                .metadata(metadata.clone()),
-        )
+    ctx.store
+        .append(append_at(stream, version, event, metadata))
         .await
-    {
-        Ok(_) => Ok(()),
-        Err(err @ AppendError::Conflict { .. }) => Err(JobError::Conflict(err.to_string())),
-        Err(err) => Err(err.into()),
-    }
+        .map(drop)
+        .map_err(job_error)
 }
 
 fn template_name(template: Template) -> &'static str {

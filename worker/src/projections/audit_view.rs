@@ -33,11 +33,18 @@ const SESSION_EVENT_TYPES: &[&str] = &[
     "SessionRevoked",
 ];
 
+/// Sessions whose account [`AuditView`] remembers; the memory starts over when full.
+const SESSIONS_REMEMBERED: usize = 100_000;
+
 /// The projection.
 #[derive(Debug, Default)]
 pub struct AuditView {
     /// Rows of the batch in progress.
     pending: Mutex<Vec<AuditEntry>>,
+    /// The account of sessions seen lately (session stream -> user). A session's account never
+    /// changes, so this is never stale; it saves looking up in the log the start of a session
+    /// whose later events arrive in a later batch.
+    sessions: Mutex<HashMap<String, Uuid>>,
 }
 
 impl AuditView {
@@ -50,6 +57,65 @@ impl AuditView {
         self.pending
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Uuid>> {
+        // Every entry is a fact, whatever a panic interrupted.
+        self.sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The account of every entry: sessions resolved from the batch itself, then from memory,
+    /// then from the log.
+    async fn subjects(
+        &self,
+        conn: &mut PgConnection,
+        entries: &[AuditEntry],
+    ) -> Result<Vec<Option<Uuid>>, sqlx::Error> {
+        let mut accounts: HashMap<String, Uuid> = entries
+            .iter()
+            .filter_map(|e| match e.subject {
+                Subject::Known(Some(user)) if e.stream_id.starts_with("session-") => {
+                    Some((e.stream_id.clone(), user))
+                }
+                _ => None,
+            })
+            .collect();
+        let mut missing: Vec<&str> = Vec::new();
+        {
+            let remembered = self.sessions();
+            for e in entries {
+                if let Subject::SessionOf(stream) = &e.subject
+                    && !accounts.contains_key(stream)
+                {
+                    match remembered.get(stream) {
+                        Some(user) => {
+                            accounts.insert(stream.clone(), *user);
+                        }
+                        None => missing.push(stream),
+                    }
+                }
+            }
+        }
+        if !missing.is_empty() {
+            missing.sort_unstable();
+            missing.dedup();
+            accounts.extend(session_accounts(conn, &missing).await?);
+        }
+        let subjects = entries
+            .iter()
+            .map(|e| match &e.subject {
+                Subject::Known(user) => *user,
+                Subject::SessionOf(stream) => accounts.get(stream).copied(),
+            })
+            .collect();
+        let mut remembered = self.sessions();
+        if remembered.len() + accounts.len() > SESSIONS_REMEMBERED {
+            remembered.clear();
+        }
+        remembered.extend(accounts);
+        Ok(subjects)
     }
 }
 
@@ -315,33 +381,8 @@ impl Handler for AuditView {
         if entries.is_empty() {
             return Ok(());
         }
-        let mut sessions: HashMap<String, Uuid> = entries
-            .iter()
-            .filter_map(|e| match e.subject {
-                Subject::Known(Some(user)) if e.stream_id.starts_with("session-") => {
-                    Some((e.stream_id.clone(), user))
-                }
-                _ => None,
-            })
-            .collect();
-        let mut missing: Vec<&str> = entries
-            .iter()
-            .filter_map(|e| match &e.subject {
-                Subject::SessionOf(stream) if !sessions.contains_key(stream) => {
-                    Some(stream.as_str())
-                }
-                _ => None,
-            })
-            .collect();
-        if !missing.is_empty() {
-            missing.sort_unstable();
-            missing.dedup();
-            sessions.extend(session_accounts(&mut *conn, &missing).await?);
-        }
-        let subject = |e: &AuditEntry| match &e.subject {
-            Subject::Known(user) => *user,
-            Subject::SessionOf(stream) => sessions.get(stream).copied(),
-        };
+        super::commit_without_flush_wait(&mut *conn).await?;
+        let subjects = self.subjects(&mut *conn, &entries).await?;
         macro_rules! column {
             ($f:expr) => {
                 entries.iter().map($f).collect::<Vec<_>>()
@@ -354,7 +395,7 @@ impl Handler for AuditView {
             .bind(column!(|e| e.stream_id.as_str()))
             .bind(column!(|e| e.event_type.as_str()))
             .bind(column!(|e| e.actor.as_deref()))
-            .bind(column!(subject))
+            .bind(&subjects)
             .bind(column!(|e| e.client_ip.as_deref()))
             .bind(column!(|e| e.user_agent.as_deref()))
             .bind(column!(|e| e.request_id.as_deref()))

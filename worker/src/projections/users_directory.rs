@@ -14,7 +14,7 @@
 //! of the last user-stream and login-stream event applied to it and skips events at or before
 //! them, so applying an event twice changes nothing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
@@ -380,6 +380,7 @@ impl Handler for UsersDirectory {
         if changes.is_empty() {
             return Ok(());
         }
+        super::commit_without_flush_wait(&mut *conn).await?;
         let mut ids: Vec<Uuid> = changes.iter().map(|c| c.user_id).collect();
         ids.sort_unstable();
         ids.dedup();
@@ -391,16 +392,16 @@ impl Handler for UsersDirectory {
         for entry in stored {
             entries.insert(entry.user_id, Some(entry));
         }
-        let mut changed: HashMap<Uuid, bool> = HashMap::with_capacity(ids.len());
+        let mut changed: HashSet<Uuid> = HashSet::with_capacity(ids.len());
         for change in &changes {
             let entry = entries.entry(change.user_id).or_default();
             if apply(entry, change) {
-                changed.insert(change.user_id, true);
+                changed.insert(change.user_id);
             }
         }
         let dirty: Vec<&Entry> = ids
             .iter()
-            .filter(|id| changed.contains_key(*id))
+            .filter(|id| changed.contains(*id))
             .filter_map(|id| entries.get(id).and_then(Option::as_ref))
             .collect();
         if !dirty.is_empty() {
