@@ -146,8 +146,9 @@ async fn a_refusing_mail_server_gets_backed_off_retries_then_the_breaker_opens_t
             "300",
             "--breaker-failure-threshold",
             "3",
+            // Long enough that the administrator's retry below starts while it is still open.
             "--breaker-open-ms",
-            "400",
+            "1500",
         ],
     )
     .await;

@@ -262,13 +262,19 @@ async fn attempt_until_done(
         }
         let attempt = state.failed_attempts + 1;
 
+        // While the breaker is open, the next attempt waits at least until it lets a trial
+        // call through: retrying sooner would only spend the job's attempts on refusals.
+        let mut breaker_open_until = None;
         let failure = match ctx.breaker.acquire().await {
             Err(err) => return Err(JobError::Storage(err.to_string())),
-            Ok(Permit::Refused { retry_at }) => Failure::Transient(format!(
-                "circuit breaker {} is open until {}",
-                ctx.breaker.name(),
-                retry_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-            )),
+            Ok(Permit::Refused { retry_at }) => {
+                breaker_open_until = Some(retry_at);
+                Failure::Transient(format!(
+                    "circuit breaker {} is open until {}",
+                    ctx.breaker.name(),
+                    retry_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                ))
+            }
             Ok(permit) => {
                 match send_once(job, ctx, &stream, state.version, attempt, &metadata).await {
                     Ok(Sent::Done) => {
@@ -310,6 +316,12 @@ async fn attempt_until_done(
             Failure::Transient(error) => {
                 let last = attempt >= ctx.retry.max_attempts;
                 let delay = ctx.retry.delay(attempt);
+                let delay = match breaker_open_until {
+                    Some(until) => {
+                        delay.max((until - chrono::Utc::now()).to_std().unwrap_or_default())
+                    }
+                    None => delay,
+                };
                 let failed = JobEvent::EmailDeliveryFailed {
                     attempt,
                     permanent: false,
