@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -25,6 +27,22 @@ fn database_url(conn: &PgConnectOptions) -> String {
     )
 }
 
+/// The test's own queue prefix, from its database's name (which may hold characters a prefix
+/// may not, and is longer than one may be).
+fn queue_prefix(conn: &PgConnectOptions) -> String {
+    let database: String = conn
+        .get_database()
+        .unwrap_or("x")
+        .to_ascii_lowercase()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    format!("test-{}", database.trim_start_matches('_'))
+        .chars()
+        .take(64)
+        .collect()
+}
+
 fn worker(conn: &PgConnectOptions, args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_idp-worker"));
     command
@@ -32,10 +50,7 @@ fn worker(conn: &PgConnectOptions, args: &[&str]) -> Command {
         .env("DATABASE_URL", database_url(conn))
         .env("WORKER_ADDR", "127.0.0.1:0")
         // This test's own queues: the dispatcher runs too.
-        .env(
-            "AMQP_PREFIX",
-            format!("test-{}", conn.get_database().unwrap_or("x")),
-        )
+        .env("AMQP_PREFIX", queue_prefix(conn))
         .env("RUST_LOG", "warn");
     command
 }
@@ -168,6 +183,7 @@ async fn a_worker_killed_mid_batch_resumes_from_its_checkpoint_and_equals_a_full
         );
         assert_eq!(counts(&pool).await, resumed);
     }
+    common::harness::delete_queues(&queue_prefix(&conn)).await;
 }
 
 #[sqlx::test(migrations = "../migrations")]
