@@ -16,6 +16,7 @@ pub mod identity;
 pub mod jobs;
 pub mod migrations;
 mod notifier;
+pub mod project;
 mod store;
 pub mod subscription;
 mod tagged;

@@ -1,0 +1,1266 @@
+//! The project aggregate: its events, its state folded from them, and the decisions on it.
+//!
+//! The stream is `project-<uuid>`. Every provisioning step's start, success and failure is an
+//! event, so status, progress and history all come from the log; the worker's drivers do the
+//! work and report back through the decisions here, which keep the steps in order.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::name::ProjectName;
+use super::template::{DriverKind, StepSpec, Template, TemplateError};
+use crate::{NewEvent, RecordedEvent};
+
+/// The stream of project `id`.
+pub fn stream_id(id: Uuid) -> String {
+    format!("project-{id}")
+}
+
+/// Events of a project's stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum ProjectEvent {
+    /// A project was requested from a template; provisioning runs `steps` in order.
+    ProjectRequested {
+        /// Who asked for it.
+        owner_id: Uuid,
+        /// The project's name (a valid [`ProjectName`]).
+        name: String,
+        /// The template's name.
+        template: String,
+        /// The template's version at the time.
+        template_version: u32,
+        /// Every parameter's value, defaults included.
+        parameters: BTreeMap<String, String>,
+        /// The steps, copied from the template so later template changes do not alter them.
+        steps: Vec<StepSpec>,
+    },
+    /// A driver began an attempt at a step.
+    StepStarted {
+        /// The step.
+        step: String,
+        /// The attempt's number in this round, from 1.
+        attempt: u32,
+    },
+    /// A step's attempt succeeded.
+    StepSucceeded {
+        /// The step.
+        step: String,
+        /// The attempt that succeeded.
+        attempt: u32,
+        /// Non-secret results: database and role name, repository path, webhook HTTP status.
+        output: serde_json::Value,
+    },
+    /// A step's attempt failed.
+    StepFailed {
+        /// The step.
+        step: String,
+        /// The attempt that failed.
+        attempt: u32,
+        /// What went wrong, fit to show to the owner.
+        error: String,
+        /// True if trying again cannot help.
+        permanent: bool,
+        /// When the next attempt is due, if there is one.
+        retry_in_ms: Option<u64>,
+    },
+    /// A step was passed over (e.g. its driver is not configured).
+    StepSkipped {
+        /// The step.
+        step: String,
+        /// Why.
+        reason: String,
+    },
+    /// Every step succeeded or was skipped.
+    ProjectReady,
+    /// Provisioning stopped at `step`; the owner may retry.
+    ProjectFailed {
+        /// The step that failed.
+        step: String,
+        /// Why.
+        reason: String,
+    },
+    /// The owner asked to resume a failed provisioning at the failed step.
+    RetryRequested,
+    /// The owner asked to delete the project; its steps are undone in reverse order.
+    DeletionRequested,
+    /// A step's resources were removed.
+    StepDeprovisioned {
+        /// The step.
+        step: String,
+    },
+    /// An attempt at removing a step's resources failed.
+    DeprovisionFailed {
+        /// The step.
+        step: String,
+        /// The attempt's number in this round, from 1.
+        attempt: u32,
+        /// What went wrong.
+        error: String,
+        /// True if trying again cannot help.
+        permanent: bool,
+        /// When the next attempt is due, if there is one.
+        retry_in_ms: Option<u64>,
+    },
+    /// Every provisioned step was undone.
+    ProjectDeleted,
+    /// Deletion stopped at `step`; the owner may ask to delete again.
+    DeletionFailed {
+        /// The step that could not be undone.
+        step: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl ProjectEvent {
+    /// The event as it goes into the log.
+    pub fn to_new_event(&self) -> NewEvent {
+        crate::tagged::to_new_event(self)
+    }
+
+    /// The event read back from the log, if it is a project event.
+    pub fn from_recorded(event: &RecordedEvent) -> Option<Self> {
+        crate::tagged::from_recorded(event)
+    }
+}
+
+/// Where a project is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProjectStatus {
+    /// Requested; no step has started yet.
+    #[default]
+    Requested,
+    /// Steps are running.
+    Provisioning,
+    /// Every step succeeded or was skipped.
+    Ready,
+    /// Provisioning stopped at a failed step.
+    Failed,
+    /// Steps are being undone.
+    Deleting,
+    /// Every provisioned step was undone.
+    Deleted,
+    /// Undoing a step failed.
+    DeletionFailed,
+}
+
+impl ProjectStatus {
+    /// True when nothing is in progress: the project waits for its owner, or is gone.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            Self::Ready | Self::Failed | Self::Deleted | Self::DeletionFailed
+        )
+    }
+
+    /// The status as in JSON (`deletion_failed`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Requested => "requested",
+            Self::Provisioning => "provisioning",
+            Self::Ready => "ready",
+            Self::Failed => "failed",
+            Self::Deleting => "deleting",
+            Self::Deleted => "deleted",
+            Self::DeletionFailed => "deletion_failed",
+        }
+    }
+}
+
+impl fmt::Display for ProjectStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a step is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    /// Not started in this round.
+    Pending,
+    /// An attempt is under way.
+    Running,
+    /// Its resources exist.
+    Succeeded,
+    /// The latest attempt failed.
+    Failed,
+    /// Passed over.
+    Skipped,
+    /// Its resources were removed.
+    Deprovisioned,
+}
+
+/// A step as folded from the stream.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepState {
+    /// The step's name.
+    pub name: String,
+    /// Which driver runs it.
+    pub driver: DriverKind,
+    /// Where it is.
+    pub status: StepStatus,
+    /// Attempts in the current round (provisioning, a manual retry, or deletion).
+    pub attempts: u32,
+    /// The latest error, kept until the step next succeeds.
+    pub last_error: Option<String>,
+    /// When the latest attempt began.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When the latest attempt ended.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// The driver's non-secret output on success, or `{"reason": ..}` when skipped.
+    pub output: serde_json::Value,
+}
+
+/// A project as folded from its stream.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct Project {
+    /// The project's id.
+    pub id: Uuid,
+    /// Stream version (0 = no such project).
+    pub version: u64,
+    /// Who requested it.
+    pub owner_id: Uuid,
+    /// Its name.
+    pub name: String,
+    /// The template it was requested from.
+    pub template: String,
+    /// That template's version.
+    pub template_version: u32,
+    /// Every parameter's value.
+    pub parameters: BTreeMap<String, String>,
+    /// Where it is in its life.
+    pub status: ProjectStatus,
+    /// Its steps, in provisioning order.
+    pub steps: Vec<StepState>,
+    /// Why provisioning or deletion failed, while it is failed.
+    pub failure: Option<String>,
+    /// When it was requested.
+    pub created_at: Option<DateTime<Utc>>,
+    /// When its latest event was recorded.
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+impl Project {
+    /// Folds a stream's events.
+    pub fn fold(id: Uuid, events: &[RecordedEvent]) -> Self {
+        let mut project = Self {
+            id,
+            ..Self::default()
+        };
+        for event in events {
+            if let Some(e) = ProjectEvent::from_recorded(event) {
+                project.apply(&e, event.recorded_at);
+            }
+            project.version = u64::try_from(event.stream_version).unwrap_or_default();
+        }
+        project
+    }
+
+    /// Applies one event recorded at `at`.
+    pub fn apply(&mut self, event: &ProjectEvent, at: DateTime<Utc>) {
+        self.updated_at = Some(at);
+        match event {
+            ProjectEvent::ProjectRequested {
+                owner_id,
+                name,
+                template,
+                template_version,
+                parameters,
+                steps,
+            } => {
+                self.owner_id = *owner_id;
+                self.name.clone_from(name);
+                self.template.clone_from(template);
+                self.template_version = *template_version;
+                self.parameters.clone_from(parameters);
+                self.status = ProjectStatus::Requested;
+                self.steps = steps
+                    .iter()
+                    .map(|spec| StepState {
+                        name: spec.name.clone(),
+                        driver: spec.driver,
+                        status: StepStatus::Pending,
+                        attempts: 0,
+                        last_error: None,
+                        started_at: None,
+                        finished_at: None,
+                        output: serde_json::Value::Null,
+                    })
+                    .collect();
+                self.failure = None;
+                self.created_at = Some(at);
+            }
+            ProjectEvent::StepStarted { step, attempt } => {
+                self.status = ProjectStatus::Provisioning;
+                if let Some(s) = self.step_mut(step) {
+                    s.status = StepStatus::Running;
+                    s.attempts = *attempt;
+                    s.started_at = Some(at);
+                    s.finished_at = None;
+                }
+            }
+            ProjectEvent::StepSucceeded {
+                step,
+                attempt,
+                output,
+            } => {
+                if let Some(s) = self.step_mut(step) {
+                    s.status = StepStatus::Succeeded;
+                    s.attempts = *attempt;
+                    s.last_error = None;
+                    s.finished_at = Some(at);
+                    s.output.clone_from(output);
+                }
+            }
+            ProjectEvent::StepFailed {
+                step,
+                attempt,
+                error,
+                ..
+            } => {
+                if let Some(s) = self.step_mut(step) {
+                    s.status = StepStatus::Failed;
+                    s.attempts = *attempt;
+                    s.last_error = Some(error.clone());
+                    s.finished_at = Some(at);
+                }
+            }
+            ProjectEvent::StepSkipped { step, reason } => {
+                self.status = ProjectStatus::Provisioning;
+                if let Some(s) = self.step_mut(step) {
+                    s.status = StepStatus::Skipped;
+                    s.finished_at = Some(at);
+                    s.output = serde_json::json!({ "reason": reason });
+                }
+            }
+            ProjectEvent::ProjectReady => self.status = ProjectStatus::Ready,
+            ProjectEvent::ProjectFailed { reason, .. } => {
+                self.status = ProjectStatus::Failed;
+                self.failure = Some(reason.clone());
+            }
+            ProjectEvent::RetryRequested => {
+                self.status = ProjectStatus::Provisioning;
+                self.failure = None;
+                // Succeeded and skipped steps stay as they are: provisioning resumes at the
+                // failed step.
+                for s in &mut self.steps {
+                    if matches!(s.status, StepStatus::Failed | StepStatus::Running) {
+                        s.status = StepStatus::Pending;
+                        s.attempts = 0;
+                        s.started_at = None;
+                        s.finished_at = None;
+                    }
+                }
+            }
+            ProjectEvent::DeletionRequested => {
+                self.status = ProjectStatus::Deleting;
+                self.failure = None;
+                // Deletion is a new round of attempts for every step still to undo.
+                for s in &mut self.steps {
+                    s.attempts = 0;
+                }
+            }
+            ProjectEvent::StepDeprovisioned { step } => {
+                if let Some(s) = self.step_mut(step) {
+                    s.status = StepStatus::Deprovisioned;
+                    s.last_error = None;
+                    s.finished_at = Some(at);
+                }
+            }
+            ProjectEvent::DeprovisionFailed {
+                step,
+                attempt,
+                error,
+                ..
+            } => {
+                // The step keeps its status: its resources are still there.
+                if let Some(s) = self.step_mut(step) {
+                    s.attempts = *attempt;
+                    s.last_error = Some(error.clone());
+                }
+            }
+            ProjectEvent::ProjectDeleted => self.status = ProjectStatus::Deleted,
+            ProjectEvent::DeletionFailed { reason, .. } => {
+                self.status = ProjectStatus::DeletionFailed;
+                self.failure = Some(reason.clone());
+            }
+        }
+    }
+
+    /// True once the stream has its first event.
+    pub fn exists(&self) -> bool {
+        self.version > 0
+    }
+
+    /// The step called `name`.
+    pub fn step(&self, name: &str) -> Option<&StepState> {
+        self.steps.iter().find(|s| s.name == name)
+    }
+
+    fn step_mut(&mut self, name: &str) -> Option<&mut StepState> {
+        self.steps.iter_mut().find(|s| s.name == name)
+    }
+}
+
+/// Why a decision refused a command (the caller's fault).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProjectError {
+    /// The template, or the parameters given to it, are not acceptable.
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    /// The command does not fit the project's status.
+    #[error("cannot {action} while the project's status is {status}")]
+    WrongState {
+        /// The project's status.
+        status: ProjectStatus,
+        /// What was attempted, e.g. `retry`.
+        action: &'static str,
+    },
+    /// The project has no step of that name.
+    #[error("the project has no step {0:?}")]
+    UnknownStep(String),
+    /// Steps run (and are undone) in order; this one's turn has not come, or is over.
+    #[error("step {0:?} is not the next step")]
+    NotNextStep(String),
+    /// An outcome was reported for a step that is not running.
+    #[error("step {0:?} is not running")]
+    StepNotRunning(String),
+    /// Deletion was asked for again.
+    #[error("the project is already deleted or being deleted")]
+    AlreadyDeleted,
+    /// Deletion was asked for while provisioning is still under way.
+    #[error("the project is still being provisioned; delete it once it is ready or failed")]
+    Busy,
+    /// Deletion cannot finish while a step still has resources.
+    #[error("step {0:?} still has to be deprovisioned")]
+    DeprovisionPending(String),
+}
+
+/// A new project `name` from `template` with the `parameters` the requester gave.
+pub fn request(
+    owner_id: Uuid,
+    name: &ProjectName,
+    template: &Template,
+    parameters: BTreeMap<String, String>,
+) -> Result<Vec<ProjectEvent>, ProjectError> {
+    template.validate()?;
+    let parameters = template.resolve(&parameters)?;
+    Ok(vec![ProjectEvent::ProjectRequested {
+        owner_id,
+        name: name.as_str().to_owned(),
+        template: template.name.clone(),
+        template_version: template.version,
+        parameters,
+        steps: template.steps.clone(),
+    }])
+}
+
+/// The step provisioning is at: the first that has neither succeeded nor been skipped, while the
+/// project is being provisioned.
+pub fn next_step(project: &Project) -> Option<&StepState> {
+    if !is_provisioning(project) {
+        return None;
+    }
+    project
+        .steps
+        .iter()
+        .find(|s| !matches!(s.status, StepStatus::Succeeded | StepStatus::Skipped))
+}
+
+/// Begins the next attempt at `step`, which must be the next step.
+pub fn start_step(project: &Project, step: &str) -> Result<Vec<ProjectEvent>, ProjectError> {
+    let state = the_next_step(project, step, "start a step")?;
+    Ok(vec![ProjectEvent::StepStarted {
+        step: step.to_owned(),
+        attempt: state.attempts.saturating_add(1),
+    }])
+}
+
+/// Records the success of the running `step`, and readiness if it was the last one to do.
+pub fn step_succeeded(
+    project: &Project,
+    step: &str,
+    output: serde_json::Value,
+) -> Result<Vec<ProjectEvent>, ProjectError> {
+    let state = running_step(project, step, "record a step's success")?;
+    let mut events = vec![ProjectEvent::StepSucceeded {
+        step: step.to_owned(),
+        attempt: state.attempts,
+        output,
+    }];
+    if is_last_to_do(project, step) {
+        events.push(ProjectEvent::ProjectReady);
+    }
+    Ok(events)
+}
+
+/// Records the failure of the running `step`; provisioning fails with it if the error is
+/// permanent or this was the `last_attempt`, and then no retry time is recorded.
+pub fn step_failed(
+    project: &Project,
+    step: &str,
+    error: &str,
+    permanent: bool,
+    retry_in_ms: Option<u64>,
+    last_attempt: bool,
+) -> Result<Vec<ProjectEvent>, ProjectError> {
+    let state = running_step(project, step, "record a step's failure")?;
+    let gives_up = permanent || last_attempt;
+    let mut events = vec![ProjectEvent::StepFailed {
+        step: step.to_owned(),
+        attempt: state.attempts,
+        error: error.to_owned(),
+        permanent,
+        retry_in_ms: if gives_up { None } else { retry_in_ms },
+    }];
+    if gives_up {
+        events.push(ProjectEvent::ProjectFailed {
+            step: step.to_owned(),
+            reason: failure_reason(error, permanent, state.attempts),
+        });
+    }
+    Ok(events)
+}
+
+/// Passes over `step`, which must be the next step, and records readiness if it was the last.
+pub fn skip_step(
+    project: &Project,
+    step: &str,
+    reason: &str,
+) -> Result<Vec<ProjectEvent>, ProjectError> {
+    the_next_step(project, step, "skip a step")?;
+    let mut events = vec![ProjectEvent::StepSkipped {
+        step: step.to_owned(),
+        reason: reason.to_owned(),
+    }];
+    if is_last_to_do(project, step) {
+        events.push(ProjectEvent::ProjectReady);
+    }
+    Ok(events)
+}
+
+/// Resumes a failed provisioning at the failed step.
+pub fn retry(project: &Project) -> Result<Vec<ProjectEvent>, ProjectError> {
+    match project.status {
+        ProjectStatus::Failed => Ok(vec![ProjectEvent::RetryRequested]),
+        status => Err(ProjectError::WrongState {
+            status,
+            action: "retry",
+        }),
+    }
+}
+
+/// Starts deleting a project that is ready, failed, or whose deletion failed before.
+pub fn delete(project: &Project) -> Result<Vec<ProjectEvent>, ProjectError> {
+    match project.status {
+        ProjectStatus::Ready | ProjectStatus::Failed | ProjectStatus::DeletionFailed => {
+            Ok(vec![ProjectEvent::DeletionRequested])
+        }
+        ProjectStatus::Deleting | ProjectStatus::Deleted => Err(ProjectError::AlreadyDeleted),
+        ProjectStatus::Requested | ProjectStatus::Provisioning => Err(ProjectError::Busy),
+    }
+}
+
+/// The steps whose resources exist, in the order they are undone (reverse of provisioning).
+pub fn steps_to_deprovision(project: &Project) -> Vec<&StepState> {
+    project
+        .steps
+        .iter()
+        .rev()
+        // A failed step may have left part of its resources behind; drivers remove whatever
+        // exists, so it is undone too.
+        .filter(|s| matches!(s.status, StepStatus::Succeeded | StepStatus::Failed))
+        .collect()
+}
+
+/// Records that `step`'s resources were removed, and the deletion if it was the last.
+pub fn deprovisioned(project: &Project, step: &str) -> Result<Vec<ProjectEvent>, ProjectError> {
+    the_next_to_deprovision(project, step, "record a deprovisioned step")?;
+    let mut events = vec![ProjectEvent::StepDeprovisioned {
+        step: step.to_owned(),
+    }];
+    if steps_to_deprovision(project).len() == 1 {
+        events.push(ProjectEvent::ProjectDeleted);
+    }
+    Ok(events)
+}
+
+/// Records a failed attempt at removing `step`'s resources; deletion fails with it if the error
+/// is permanent or this was the `last_attempt`, and then no retry time is recorded.
+pub fn deprovision_failed(
+    project: &Project,
+    step: &str,
+    error: &str,
+    permanent: bool,
+    retry_in_ms: Option<u64>,
+    last_attempt: bool,
+) -> Result<Vec<ProjectEvent>, ProjectError> {
+    let state = the_next_to_deprovision(project, step, "record a failed deprovisioning")?;
+    let attempt = state.attempts.saturating_add(1);
+    let gives_up = permanent || last_attempt;
+    let mut events = vec![ProjectEvent::DeprovisionFailed {
+        step: step.to_owned(),
+        attempt,
+        error: error.to_owned(),
+        permanent,
+        retry_in_ms: if gives_up { None } else { retry_in_ms },
+    }];
+    if gives_up {
+        events.push(ProjectEvent::DeletionFailed {
+            step: step.to_owned(),
+            reason: failure_reason(error, permanent, attempt),
+        });
+    }
+    Ok(events)
+}
+
+/// Completes a deletion with nothing (left) to undo, e.g. of a project whose first step failed.
+pub fn finish_deletion(project: &Project) -> Result<Vec<ProjectEvent>, ProjectError> {
+    if project.status != ProjectStatus::Deleting {
+        return Err(ProjectError::WrongState {
+            status: project.status,
+            action: "finish deletion",
+        });
+    }
+    match steps_to_deprovision(project).first() {
+        Some(pending) => Err(ProjectError::DeprovisionPending(pending.name.clone())),
+        None => Ok(vec![ProjectEvent::ProjectDeleted]),
+    }
+}
+
+fn is_provisioning(project: &Project) -> bool {
+    matches!(
+        project.status,
+        ProjectStatus::Requested | ProjectStatus::Provisioning
+    )
+}
+
+/// `step`, if the project is being provisioned and `step` is its next step.
+fn the_next_step<'a>(
+    project: &'a Project,
+    step: &str,
+    action: &'static str,
+) -> Result<&'a StepState, ProjectError> {
+    if !is_provisioning(project) {
+        return Err(ProjectError::WrongState {
+            status: project.status,
+            action,
+        });
+    }
+    let state = project
+        .step(step)
+        .ok_or_else(|| ProjectError::UnknownStep(step.to_owned()))?;
+    match next_step(project) {
+        Some(next) if next.name == step => Ok(state),
+        _ => Err(ProjectError::NotNextStep(step.to_owned())),
+    }
+}
+
+/// `step`, if it is the next step and an attempt at it is under way.
+fn running_step<'a>(
+    project: &'a Project,
+    step: &str,
+    action: &'static str,
+) -> Result<&'a StepState, ProjectError> {
+    let state = the_next_step(project, step, action)?;
+    if state.status != StepStatus::Running {
+        return Err(ProjectError::StepNotRunning(step.to_owned()));
+    }
+    Ok(state)
+}
+
+/// True if every step but `step` has succeeded or been skipped.
+fn is_last_to_do(project: &Project, step: &str) -> bool {
+    project
+        .steps
+        .iter()
+        .filter(|s| s.name != step)
+        .all(|s| matches!(s.status, StepStatus::Succeeded | StepStatus::Skipped))
+}
+
+/// `step`, if the project is being deleted and `step` is the next to undo.
+fn the_next_to_deprovision<'a>(
+    project: &'a Project,
+    step: &str,
+    action: &'static str,
+) -> Result<&'a StepState, ProjectError> {
+    if project.status != ProjectStatus::Deleting {
+        return Err(ProjectError::WrongState {
+            status: project.status,
+            action,
+        });
+    }
+    let state = project
+        .step(step)
+        .ok_or_else(|| ProjectError::UnknownStep(step.to_owned()))?;
+    match steps_to_deprovision(project).first() {
+        Some(next) if next.name == step => Ok(state),
+        _ => Err(ProjectError::NotNextStep(step.to_owned())),
+    }
+}
+
+fn failure_reason(error: &str, permanent: bool, attempts: u32) -> String {
+    if permanent {
+        error.to_owned()
+    } else {
+        format!("{error} (gave up after {attempts} attempts)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::project::template::Catalogue;
+    use serde_json::json;
+
+    fn given(events: &[ProjectEvent]) -> Project {
+        let mut project = Project {
+            id: Uuid::nil(),
+            ..Project::default()
+        };
+        for e in events {
+            project.apply(e, Utc::now());
+            project.version += 1;
+        }
+        project
+    }
+
+    fn service() -> Template {
+        Catalogue::builtin().get("service").unwrap().clone()
+    }
+
+    fn requested() -> Vec<ProjectEvent> {
+        request(
+            Uuid::from_u128(7),
+            &ProjectName::parse("billing").unwrap(),
+            &service(),
+            BTreeMap::new(),
+        )
+        .unwrap()
+    }
+
+    /// `history` followed by the events of `decision` on the project it folds to.
+    fn then(
+        mut history: Vec<ProjectEvent>,
+        decision: impl FnOnce(&Project) -> Result<Vec<ProjectEvent>, ProjectError>,
+    ) -> Vec<ProjectEvent> {
+        let events = decision(&given(&history)).unwrap();
+        history.extend(events);
+        history
+    }
+
+    /// A project with every step of `service` provisioned.
+    fn ready() -> Vec<ProjectEvent> {
+        let mut history = requested();
+        for step in ["repository", "database", "webhook"] {
+            history = then(history, |p| start_step(p, step));
+            history = then(history, |p| step_succeeded(p, step, json!({})));
+        }
+        history
+    }
+
+    fn statuses(project: &Project) -> Vec<StepStatus> {
+        project.steps.iter().map(|s| s.status).collect()
+    }
+
+    #[test]
+    fn a_request_yields_one_event_with_defaults_applied() {
+        let given_parameters = BTreeMap::from([("language".to_owned(), "go".to_owned())]);
+        let events = request(
+            Uuid::from_u128(7),
+            &ProjectName::parse("billing").unwrap(),
+            &service(),
+            given_parameters,
+        )
+        .unwrap();
+        assert_eq!(
+            events,
+            vec![ProjectEvent::ProjectRequested {
+                owner_id: Uuid::from_u128(7),
+                name: "billing".into(),
+                template: "service".into(),
+                template_version: 1,
+                parameters: BTreeMap::from([
+                    ("description".to_owned(), "A service".to_owned()),
+                    ("language".to_owned(), "go".to_owned()),
+                ]),
+                steps: service().steps,
+            }]
+        );
+        let project = given(&events);
+        assert_eq!(project.status, ProjectStatus::Requested);
+        assert_eq!(statuses(&project), [StepStatus::Pending; 3]);
+        assert_eq!(
+            next_step(&project).map(|s| s.name.as_str()),
+            Some("repository")
+        );
+    }
+
+    #[test]
+    fn a_request_with_an_unknown_or_missing_parameter_is_refused() {
+        let name = ProjectName::parse("billing").unwrap();
+        assert_eq!(
+            request(
+                Uuid::nil(),
+                &name,
+                &service(),
+                BTreeMap::from([("colour".to_owned(), "red".to_owned())])
+            ),
+            Err(ProjectError::Template(TemplateError::UnknownParameter(
+                "colour".into()
+            )))
+        );
+        let mut template = service();
+        template.parameters[0].default = None;
+        let error = request(Uuid::nil(), &name, &template, BTreeMap::new()).unwrap_err();
+        assert_eq!(
+            error,
+            ProjectError::Template(TemplateError::MissingParameter("description".into()))
+        );
+        assert_eq!(error.to_string(), "parameter \"description\" is required");
+    }
+
+    #[test]
+    fn provisioning_every_step_in_order_ends_ready() {
+        let history = ready();
+        assert_eq!(history.last(), Some(&ProjectEvent::ProjectReady));
+        assert_eq!(
+            history
+                .iter()
+                .filter(|e| **e == ProjectEvent::ProjectReady)
+                .count(),
+            1
+        );
+        let project = given(&history);
+        assert_eq!(project.status, ProjectStatus::Ready);
+        assert!(project.status.is_final());
+        assert_eq!(statuses(&project), [StepStatus::Succeeded; 3]);
+        assert!(next_step(&project).is_none());
+        assert!(matches!(
+            start_step(&project, "repository"),
+            Err(ProjectError::WrongState {
+                status: ProjectStatus::Ready,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn steps_cannot_be_started_out_of_order() {
+        let project = given(&requested());
+        assert_eq!(
+            start_step(&project, "database"),
+            Err(ProjectError::NotNextStep("database".into()))
+        );
+        assert_eq!(
+            start_step(&project, "dns"),
+            Err(ProjectError::UnknownStep("dns".into()))
+        );
+        assert_eq!(
+            step_succeeded(&project, "repository", json!({})),
+            Err(ProjectError::StepNotRunning("repository".into()))
+        );
+    }
+
+    #[test]
+    fn a_permanent_failure_ends_failed_with_the_reason() {
+        let history = then(requested(), |p| start_step(p, "repository"));
+        let events = step_failed(
+            &given(&history),
+            "repository",
+            "disk full",
+            true,
+            Some(500),
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            events,
+            vec![
+                ProjectEvent::StepFailed {
+                    step: "repository".into(),
+                    attempt: 1,
+                    error: "disk full".into(),
+                    permanent: true,
+                    retry_in_ms: None,
+                },
+                ProjectEvent::ProjectFailed {
+                    step: "repository".into(),
+                    reason: "disk full".into(),
+                },
+            ]
+        );
+        let project = given(&[history, events].concat());
+        assert_eq!(project.status, ProjectStatus::Failed);
+        assert_eq!(project.failure.as_deref(), Some("disk full"));
+        assert_eq!(
+            project.step("repository").unwrap().last_error.as_deref(),
+            Some("disk full")
+        );
+        assert!(next_step(&project).is_none());
+    }
+
+    #[test]
+    fn a_transient_failure_keeps_provisioning_and_counts_attempts() {
+        let mut history = then(requested(), |p| start_step(p, "repository"));
+        history = then(history, |p| {
+            step_failed(p, "repository", "timeout", false, Some(1_000), false)
+        });
+        assert_eq!(
+            history.last(),
+            Some(&ProjectEvent::StepFailed {
+                step: "repository".into(),
+                attempt: 1,
+                error: "timeout".into(),
+                permanent: false,
+                retry_in_ms: Some(1_000),
+            })
+        );
+        let project = given(&history);
+        assert_eq!(project.status, ProjectStatus::Provisioning);
+        assert!(!project.status.is_final());
+        assert_eq!(
+            next_step(&project).map(|s| s.name.as_str()),
+            Some("repository")
+        );
+
+        assert_eq!(
+            start_step(&project, "repository"),
+            Ok(vec![ProjectEvent::StepStarted {
+                step: "repository".into(),
+                attempt: 2
+            }])
+        );
+        history = then(history, |p| start_step(p, "repository"));
+        let events = step_failed(
+            &given(&history),
+            "repository",
+            "timeout",
+            false,
+            Some(2_000),
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            events.last(),
+            Some(&ProjectEvent::ProjectFailed {
+                step: "repository".into(),
+                reason: "timeout (gave up after 2 attempts)".into(),
+            })
+        );
+    }
+
+    #[test]
+    fn retry_resumes_at_the_failed_step_without_redoing_earlier_ones() {
+        let mut history = then(requested(), |p| start_step(p, "repository"));
+        history = then(history, |p| step_succeeded(p, "repository", json!({})));
+        history = then(history, |p| start_step(p, "database"));
+        assert_eq!(
+            retry(&given(&history)),
+            Err(ProjectError::WrongState {
+                status: ProjectStatus::Provisioning,
+                action: "retry"
+            })
+        );
+        history = then(history, |p| {
+            step_failed(p, "database", "connection refused", false, None, true)
+        });
+
+        history = then(history, retry);
+
+        let project = given(&history);
+        assert_eq!(project.status, ProjectStatus::Provisioning);
+        assert_eq!(project.failure, None);
+        assert_eq!(
+            statuses(&project),
+            [
+                StepStatus::Succeeded,
+                StepStatus::Pending,
+                StepStatus::Pending
+            ]
+        );
+        assert_eq!(project.step("database").unwrap().attempts, 0);
+        assert_eq!(
+            next_step(&project).map(|s| s.name.as_str()),
+            Some("database")
+        );
+        assert_eq!(
+            start_step(&project, "database"),
+            Ok(vec![ProjectEvent::StepStarted {
+                step: "database".into(),
+                attempt: 1
+            }])
+        );
+        assert_eq!(
+            start_step(&project, "repository"),
+            Err(ProjectError::NotNextStep("repository".into()))
+        );
+        assert!(matches!(
+            retry(&given(&ready())),
+            Err(ProjectError::WrongState { .. })
+        ));
+    }
+
+    #[test]
+    fn deleting_a_ready_project_undoes_the_steps_in_reverse_and_ends_deleted() {
+        let mut history = then(ready(), delete);
+        let project = given(&history);
+        assert_eq!(project.status, ProjectStatus::Deleting);
+        let order: Vec<&str> = steps_to_deprovision(&project)
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(order, ["webhook", "database", "repository"]);
+        assert_eq!(delete(&project), Err(ProjectError::AlreadyDeleted));
+        assert_eq!(
+            deprovisioned(&project, "repository"),
+            Err(ProjectError::NotNextStep("repository".into()))
+        );
+        assert_eq!(
+            finish_deletion(&project),
+            Err(ProjectError::DeprovisionPending("webhook".into()))
+        );
+
+        for step in order {
+            history = then(history, |p| deprovisioned(p, step));
+        }
+
+        assert_eq!(history.last(), Some(&ProjectEvent::ProjectDeleted));
+        let project = given(&history);
+        assert_eq!(project.status, ProjectStatus::Deleted);
+        assert_eq!(statuses(&project), [StepStatus::Deprovisioned; 3]);
+        assert_eq!(delete(&project), Err(ProjectError::AlreadyDeleted));
+    }
+
+    #[test]
+    fn deleting_a_project_whose_first_step_failed_undoes_that_step_only() {
+        let mut history = then(requested(), |p| start_step(p, "repository"));
+        history = then(history, |p| {
+            step_failed(p, "repository", "bad template", true, None, false)
+        });
+        history = then(history, delete);
+        let project = given(&history);
+        let names: Vec<&str> = steps_to_deprovision(&project)
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            ["repository"],
+            "it may have left part of a repository"
+        );
+
+        history = then(history, |p| deprovisioned(p, "repository"));
+
+        assert_eq!(given(&history).status, ProjectStatus::Deleted);
+    }
+
+    #[test]
+    fn deleting_a_project_with_nothing_provisioned_finishes_at_once() {
+        let mut history = requested();
+        for step in ["repository", "database", "webhook"] {
+            history = then(history, |p| skip_step(p, step, "not needed"));
+        }
+        assert_eq!(given(&history).status, ProjectStatus::Ready);
+        history = then(history, delete);
+        assert!(steps_to_deprovision(&given(&history)).is_empty());
+
+        history = then(history, finish_deletion);
+
+        assert_eq!(given(&history).status, ProjectStatus::Deleted);
+    }
+
+    #[test]
+    fn a_failed_deprovisioning_counts_attempts_and_ends_in_deletion_failed() {
+        let mut history = then(ready(), delete);
+        history = then(history, |p| {
+            deprovision_failed(p, "webhook", "503", false, Some(100), false)
+        });
+        let project = given(&history);
+        assert_eq!(project.status, ProjectStatus::Deleting);
+        assert_eq!(project.step("webhook").unwrap().attempts, 1);
+        assert_eq!(
+            project.step("webhook").unwrap().status,
+            StepStatus::Succeeded
+        );
+
+        history = then(history, |p| {
+            deprovision_failed(p, "webhook", "503", false, Some(200), true)
+        });
+
+        assert_eq!(
+            history.last(),
+            Some(&ProjectEvent::DeletionFailed {
+                step: "webhook".into(),
+                reason: "503 (gave up after 2 attempts)".into(),
+            })
+        );
+        let project = given(&history);
+        assert_eq!(project.status, ProjectStatus::DeletionFailed);
+        assert!(project.status.is_final());
+        // Deleting again starts a new round at the same step.
+        let project = given(&then(history, delete));
+        assert_eq!(project.status, ProjectStatus::Deleting);
+        assert_eq!(project.step("webhook").unwrap().attempts, 0);
+        assert_eq!(steps_to_deprovision(&project)[0].name, "webhook");
+    }
+
+    #[test]
+    fn deleting_while_provisioning_is_busy() {
+        assert_eq!(delete(&given(&requested())), Err(ProjectError::Busy));
+        let history = then(requested(), |p| start_step(p, "repository"));
+        assert_eq!(delete(&given(&history)), Err(ProjectError::Busy));
+    }
+
+    #[test]
+    fn skipping_the_last_step_ends_ready() {
+        let mut history = requested();
+        for step in ["repository", "database"] {
+            history = then(history, |p| start_step(p, step));
+            history = then(history, |p| step_succeeded(p, step, json!({})));
+        }
+        let events = skip_step(&given(&history), "webhook", "no webhook URL configured").unwrap();
+        assert_eq!(
+            events,
+            vec![
+                ProjectEvent::StepSkipped {
+                    step: "webhook".into(),
+                    reason: "no webhook URL configured".into(),
+                },
+                ProjectEvent::ProjectReady,
+            ]
+        );
+        let project = given(&[history, events].concat());
+        assert_eq!(project.status, ProjectStatus::Ready);
+        // Nothing to undo for a skipped step.
+        let order: Vec<&str> = steps_to_deprovision(&project)
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(order, ["database", "repository"]);
+    }
+
+    #[test]
+    fn skipping_an_earlier_step_moves_on_without_ending() {
+        let history = then(requested(), |p| skip_step(p, "repository", "not needed"));
+        assert_eq!(history.len(), 2);
+        let project = given(&history);
+        assert_eq!(project.status, ProjectStatus::Provisioning);
+        assert_eq!(
+            next_step(&project).map(|s| s.name.as_str()),
+            Some("database")
+        );
+    }
+
+    #[test]
+    fn wrong_state_messages_are_plain_words() {
+        assert_eq!(
+            ProjectError::WrongState {
+                status: ProjectStatus::DeletionFailed,
+                action: "retry"
+            }
+            .to_string(),
+            "cannot retry while the project's status is deletion_failed"
+        );
+    }
+
+    fn recorded(event: &ProjectEvent, version: i64) -> RecordedEvent {
+        let new = event.to_new_event();
+        RecordedEvent {
+            position: version,
+            transaction_id: 1,
+            event_id: new.event_id,
+            stream_id: stream_id(Uuid::nil()),
+            stream_version: version,
+            event_type: new.event_type,
+            schema_version: new.schema_version,
+            data: new.data,
+            metadata: json!({}),
+            recorded_at: Utc::now(),
+            hash: vec![],
+        }
+    }
+
+    #[test]
+    fn events_round_trip_through_the_log_shape() {
+        let mut history = then(ready(), delete);
+        history.push(ProjectEvent::StepFailed {
+            step: "database".into(),
+            attempt: 3,
+            error: "timeout".into(),
+            permanent: false,
+            retry_in_ms: Some(250),
+        });
+        history.extend([
+            ProjectEvent::ProjectFailed {
+                step: "database".into(),
+                reason: "timeout".into(),
+            },
+            ProjectEvent::RetryRequested,
+            ProjectEvent::StepSkipped {
+                step: "webhook".into(),
+                reason: "off".into(),
+            },
+            ProjectEvent::StepDeprovisioned {
+                step: "webhook".into(),
+            },
+            ProjectEvent::DeprovisionFailed {
+                step: "database".into(),
+                attempt: 1,
+                error: "busy".into(),
+                permanent: true,
+                retry_in_ms: None,
+            },
+            ProjectEvent::DeletionFailed {
+                step: "database".into(),
+                reason: "busy".into(),
+            },
+            ProjectEvent::ProjectDeleted,
+        ]);
+        for (i, event) in history.iter().enumerate() {
+            let record = recorded(event, i64::try_from(i).unwrap() + 1);
+            assert_eq!(ProjectEvent::from_recorded(&record).as_ref(), Some(event));
+        }
+        assert_eq!(
+            ProjectEvent::ProjectReady.to_new_event().event_type,
+            "ProjectReady"
+        );
+        assert_eq!(ProjectEvent::ProjectReady.to_new_event().data, json!({}));
+        assert_eq!(
+            ProjectEvent::StepStarted {
+                step: "database".into(),
+                attempt: 2
+            }
+            .to_new_event()
+            .data,
+            json!({ "step": "database", "attempt": 2 })
+        );
+    }
+
+    #[test]
+    fn fold_over_recorded_events_matches_applying_them() {
+        let history = ready();
+        let records: Vec<RecordedEvent> = history
+            .iter()
+            .enumerate()
+            .map(|(i, e)| recorded(e, i64::try_from(i).unwrap() + 1))
+            .collect();
+        let project = Project::fold(Uuid::from_u128(1), &records);
+        assert!(project.exists());
+        assert_eq!(project.id, Uuid::from_u128(1));
+        assert_eq!(project.version, u64::try_from(history.len()).unwrap());
+        assert_eq!(project.status, ProjectStatus::Ready);
+        assert_eq!(project.owner_id, Uuid::from_u128(7));
+        assert_eq!(project.name, "billing");
+        assert!(project.created_at.is_some());
+        assert!(!Project::fold(Uuid::nil(), &[]).exists());
+        assert_eq!(stream_id(Uuid::nil()), format!("project-{}", Uuid::nil()));
+    }
+}
