@@ -108,6 +108,12 @@ pub enum ProjectEvent {
     },
     /// Every provisioned step was undone.
     ProjectDeleted,
+    /// The database step's login was handed to the owner (once; the password is derived from a
+    /// server secret and never stored, so the log holds nothing usable).
+    CredentialsIssued {
+        /// The step whose login it is.
+        step: String,
+    },
     /// Deletion stopped at `step`; the owner may ask to delete again.
     DeletionFailed {
         /// The step that could not be undone.
@@ -245,6 +251,8 @@ pub struct Project {
     pub created_at: Option<DateTime<Utc>>,
     /// When its latest event was recorded.
     pub updated_at: Option<DateTime<Utc>>,
+    /// Steps whose login was handed out.
+    pub credentials_issued: std::collections::BTreeSet<String>,
 }
 
 impl Project {
@@ -387,6 +395,9 @@ impl Project {
                 }
             }
             ProjectEvent::ProjectDeleted => self.status = ProjectStatus::Deleted,
+            ProjectEvent::CredentialsIssued { step } => {
+                self.credentials_issued.insert(step.clone());
+            }
             ProjectEvent::DeletionFailed { reason, .. } => {
                 self.status = ProjectStatus::DeletionFailed;
                 self.failure = Some(reason.clone());
@@ -441,6 +452,9 @@ pub enum ProjectError {
     /// Deletion cannot finish while a step still has resources.
     #[error("step {0:?} still has to be deprovisioned")]
     DeprovisionPending(String),
+    /// A login is handed out once only.
+    #[error("the database credentials were already handed out")]
+    CredentialsAlreadyIssued,
 }
 
 /// A new project `name` from `template` with the `parameters` the requester gave.
@@ -619,6 +633,25 @@ pub fn deprovision_failed(
         });
     }
     Ok(events)
+}
+
+/// Hands out the login made by `step` (a succeeded database step), once.
+pub fn issue_credentials(project: &Project, step: &str) -> Result<Vec<ProjectEvent>, ProjectError> {
+    let state = project
+        .step(step)
+        .ok_or(ProjectError::UnknownStep(step.to_owned()))?;
+    if state.driver != DriverKind::Database || state.status != StepStatus::Succeeded {
+        return Err(ProjectError::WrongState {
+            status: project.status,
+            action: "hand out database credentials",
+        });
+    }
+    if project.credentials_issued.contains(step) {
+        return Err(ProjectError::CredentialsAlreadyIssued);
+    }
+    Ok(vec![ProjectEvent::CredentialsIssued {
+        step: step.to_owned(),
+    }])
 }
 
 /// Completes a deletion with nothing (left) to undo, e.g. of a project whose first step failed.
@@ -1262,5 +1295,65 @@ mod tests {
         assert!(project.created_at.is_some());
         assert!(!Project::fold(Uuid::nil(), &[]).exists());
         assert_eq!(stream_id(Uuid::nil()), format!("project-{}", Uuid::nil()));
+    }
+}
+
+#[cfg(test)]
+mod credential_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::project::template::Catalogue;
+
+    fn provisioned() -> Project {
+        let template = Catalogue::builtin().get("service").unwrap().clone();
+        let name = ProjectName::parse("billing").unwrap();
+        let mut project = Project::default();
+        fn apply(project: &mut Project, events: Vec<ProjectEvent>) {
+            for e in events {
+                project.apply(&e, Utc::now());
+                project.version += 1;
+            }
+        }
+        let requested = request(Uuid::from_u128(1), &name, &template, BTreeMap::new()).unwrap();
+        apply(&mut project, requested);
+        while let Some(step) = next_step(&project).map(|s| s.name.clone()) {
+            let started = start_step(&project, &step).unwrap();
+            apply(&mut project, started);
+            let done = step_succeeded(&project, &step, serde_json::json!({})).unwrap();
+            apply(&mut project, done);
+        }
+        project
+    }
+
+    #[test]
+    fn database_credentials_are_handed_out_once() {
+        let mut project = provisioned();
+        let events = issue_credentials(&project, "database").unwrap();
+        assert_eq!(
+            events,
+            [ProjectEvent::CredentialsIssued {
+                step: "database".into()
+            }]
+        );
+        project.apply(&events[0], Utc::now());
+
+        assert_eq!(
+            issue_credentials(&project, "database"),
+            Err(ProjectError::CredentialsAlreadyIssued)
+        );
+    }
+
+    #[test]
+    fn only_a_succeeded_database_step_has_credentials() {
+        let project = provisioned();
+        assert!(matches!(
+            issue_credentials(&project, "repository"),
+            Err(ProjectError::WrongState { .. })
+        ));
+        assert_eq!(
+            issue_credentials(&project, "nope"),
+            Err(ProjectError::UnknownStep("nope".into()))
+        );
     }
 }
