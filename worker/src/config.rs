@@ -31,6 +31,10 @@ pub struct Config {
     #[command(flatten)]
     pub email: EmailConfig,
 
+    /// Provisioning: templates, drivers and their retries.
+    #[command(flatten)]
+    pub provision: ProvisionConfig,
+
     /// What to do; without a command the worker runs.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -191,6 +195,81 @@ pub struct EmailConfig {
         default_value = "./var/keys"
     )]
     pub jwt_keys_dir: PathBuf,
+}
+
+/// Provisioning: templates, drivers and their retries.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProvisionConfig {
+    /// Directory of template files (`<name>.json`) that add to or replace the built-in
+    /// templates; must match the API's.
+    #[arg(
+        long,
+        env = "PROJECT_TEMPLATES_DIR",
+        value_name = "PROJECT_TEMPLATES_DIR"
+    )]
+    pub project_templates_dir: Option<PathBuf>,
+
+    /// PostgreSQL server on which `database` steps create a database and a login per project,
+    /// as a role allowed to create both (default: `DATABASE_URL`).
+    #[arg(
+        long,
+        env = "PROVISION_DATABASE_URL",
+        value_name = "PROVISION_DATABASE_URL",
+        hide_env_values = true
+    )]
+    pub provision_database_url: Option<idp_ops::config::DatabaseUrl>,
+
+    /// Directory under which `repository` steps create the projects' git repositories.
+    #[arg(
+        long,
+        env = "PROVISION_REPO_ROOT",
+        value_name = "PROVISION_REPO_ROOT",
+        default_value = "./var/repos"
+    )]
+    pub provision_repo_root: PathBuf,
+
+    /// URL to which `webhook` steps POST the project (signed); when unset, those steps are
+    /// skipped with the reason recorded.
+    #[arg(
+        long,
+        env = "PROVISION_WEBHOOK_URL",
+        value_name = "PROVISION_WEBHOOK_URL"
+    )]
+    pub provision_webhook_url: Option<url::Url>,
+
+    /// Key of the webhook's `X-Idp-Signature` (HMAC-SHA256); unsigned when unset.
+    #[arg(
+        long,
+        env = "PROVISION_WEBHOOK_SECRET",
+        value_name = "PROVISION_WEBHOOK_SECRET",
+        hide_env_values = true
+    )]
+    pub provision_webhook_secret: Option<String>,
+
+    /// Attempts per step (and per undone step at deletion) before the project fails.
+    #[arg(long, env = "PROVISION_MAX_ATTEMPTS", value_name = "PROVISION_MAX_ATTEMPTS", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub provision_max_attempts: u32,
+
+    /// First retry delay ceiling of a step, in ms; it doubles per attempt (full jitter).
+    #[arg(long, env = "PROVISION_BACKOFF_BASE_MS", value_name = "PROVISION_BACKOFF_BASE_MS", default_value_t = 1_000,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub provision_backoff_base_ms: u64,
+
+    /// Largest retry delay of a step, in ms.
+    #[arg(long, env = "PROVISION_BACKOFF_CAP_MS", value_name = "PROVISION_BACKOFF_CAP_MS", default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    pub provision_backoff_cap_ms: u64,
+
+    /// Time one attempt at a step may take before it counts as a (retryable) failure, in ms.
+    #[arg(long, env = "PROVISION_STEP_TIMEOUT_MS", value_name = "PROVISION_STEP_TIMEOUT_MS", default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub provision_step_timeout_ms: u64,
+
+    /// Provisioning jobs one worker process runs at once.
+    #[arg(long, env = "PROVISION_CONCURRENCY", value_name = "PROVISION_CONCURRENCY", default_value_t = 16,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub provision_concurrency: u16,
 }
 
 fn parse_prefix(raw: &str) -> Result<String, String> {

@@ -16,6 +16,7 @@ use sqlx::PgConnection;
 
 use crate::broker::{OutgoingJob, Publisher};
 use crate::jobs::known_queue;
+use crate::jobs::provision_project::ProvisionProject;
 use crate::jobs::send_email::SendEmail;
 
 /// The dispatcher's subscription name.
@@ -34,6 +35,19 @@ pub struct EmailRoute;
 impl Route for EmailRoute {
     fn jobs(&self, event: &RecordedEvent) -> Result<Vec<OutgoingJob>, HandlerError> {
         match SendEmail::for_event(event) {
+            Some(job) => Ok(vec![job.to_outgoing()?]),
+            None => Ok(Vec::new()),
+        }
+    }
+}
+
+/// Provisioning that project events ask for (requests, retries, deletions).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProjectRoute;
+
+impl Route for ProjectRoute {
+    fn jobs(&self, event: &RecordedEvent) -> Result<Vec<OutgoingJob>, HandlerError> {
+        match ProvisionProject::for_event(event) {
             Some(job) => Ok(vec![job.to_outgoing()?]),
             None => Ok(Vec::new()),
         }
@@ -70,10 +84,7 @@ impl Route for RetryRoute {
             .and_then(serde_json::Value::as_str)
             .and_then(|id| id.parse().ok())
             .unwrap_or(event.event_id);
-        let kind = match queue {
-            crate::jobs::EMAIL_QUEUE => crate::jobs::send_email::KIND,
-            _ => "unknown",
-        };
+        let kind = crate::jobs::queue_kind(queue).unwrap_or("unknown");
         Ok(vec![OutgoingJob {
             queue,
             job_id,
@@ -101,9 +112,16 @@ impl std::fmt::Debug for Dispatcher {
 }
 
 impl Dispatcher {
-    /// The production routes: emails and administrator retries.
+    /// The production routes: emails, provisioning and administrator retries.
     pub fn new(publisher: Publisher) -> Self {
-        Self::with_routes(publisher, vec![Box::new(EmailRoute), Box::new(RetryRoute)])
+        Self::with_routes(
+            publisher,
+            vec![
+                Box::new(EmailRoute),
+                Box::new(ProjectRoute),
+                Box::new(RetryRoute),
+            ],
+        )
     }
 
     /// A dispatcher with the given routes.

@@ -13,4 +13,5 @@ pub mod email;
 pub mod jobs;
 pub mod lag;
 pub mod projections;
+pub mod provision;
 pub mod startup;

@@ -7,21 +7,27 @@ use anyhow::Context;
 use apalis::prelude::{Monitor, WorkerBuilder, WorkerBuilderExt};
 use idp_events::EventStore;
 use idp_events::backoff::Backoff;
+use idp_events::project::Catalogue;
 use idp_events::subscription::{Subscription, SubscriptionOptions};
 use idp_ops::health::{BrokerProbe, Health};
 use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::breaker::Breaker;
 use crate::broker::{Publisher, QueueBackend, Topology};
-use crate::config::{Config, EmailConfig};
+use crate::config::{Config, EmailConfig, ProvisionConfig};
 use crate::dispatcher::{self, Dispatcher};
 use crate::email::Mailer;
 use crate::jobs::dead_letters::{DeadLetters, record_dead_letter};
-use crate::jobs::send_email::{EmailJobs, SendEmail, send_email};
-use crate::jobs::{EMAIL_QUEUE, RetryPolicy};
+use crate::jobs::provision_project::{
+    Drivers, ProvisionJobs, ProvisionProject, ProvisionSettings, provision_project,
+};
+use crate::jobs::send_email::{EmailJobs, SendEmail, TokenSecret, send_email};
+use crate::jobs::{EMAIL_QUEUE, PROVISION_QUEUE, RetryPolicy};
+use crate::provision::drivers::{RepositoryDriver, WebhookDriver};
 use crate::{lag, projections};
 
 /// How long in-flight jobs may take to finish at shutdown before they are abandoned (their
@@ -36,7 +42,12 @@ pub struct Worker {
     health: Health,
     config: Config,
     mailer: Mailer,
+    catalogue: Catalogue,
+    drivers: Drivers,
 }
+
+/// How long one webhook call may take.
+const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Worker {
     /// Connects to the database (waiting for it up to 30 s), applies migrations, checks the
@@ -48,6 +59,8 @@ impl Worker {
             .await
             .context("while applying database migrations")?;
         let mailer = mailer(&config.email)?;
+        let catalogue = catalogue(&config.provision)?;
+        let drivers = drivers(&config.provision, &pool)?;
         let broker = Arc::new(BrokerProbe::new(config.common.amqp_url.clone()));
         let listener = TcpListener::bind(config.worker_addr)
             .await
@@ -58,6 +71,8 @@ impl Worker {
             pool,
             config: config.clone(),
             mailer,
+            catalogue,
+            drivers,
         })
     }
 
@@ -127,6 +142,28 @@ impl Worker {
         };
         // Jobs sleeping between attempts stop at shutdown and hand their message back.
         let jobs_shutdown = shutdown.child_token();
+        let token_secret = Arc::new(TokenSecret::new(&self.config.email));
+        let provision_jobs = Arc::new(ProvisionJobs::new(
+            store.clone(),
+            self.catalogue,
+            self.drivers,
+            ProvisionSettings {
+                retry: RetryPolicy {
+                    max_attempts: self.config.provision.provision_max_attempts,
+                    backoff: Backoff::new(
+                        Duration::from_millis(self.config.provision.provision_backoff_base_ms),
+                        Duration::from_millis(self.config.provision.provision_backoff_cap_ms),
+                    ),
+                },
+                step_timeout: Duration::from_millis(
+                    self.config.provision.provision_step_timeout_ms,
+                ),
+                breaker_threshold: jobs_config.breaker_failure_threshold,
+                breaker_open: Duration::from_millis(jobs_config.breaker_open_ms),
+            },
+            token_secret,
+            jobs_shutdown.clone(),
+        ));
         let email_jobs = Arc::new(EmailJobs::new(
             store.clone(),
             self.mailer,
@@ -136,9 +173,13 @@ impl Worker {
             jobs_shutdown.clone(),
         )?);
         let dead_letters = Arc::new(DeadLetters::new(store.clone(), EMAIL_QUEUE));
+        let provision_dead_letters = Arc::new(DeadLetters::new(store.clone(), PROVISION_QUEUE));
         let concurrency = jobs_config.job_concurrency;
+        let provision_concurrency = self.config.provision.provision_concurrency;
         let email_topology = topology.clone();
         let dead_topology = topology.clone();
+        let provision_topology = topology.clone();
+        let provision_dead_topology = topology.clone();
         let monitor = Monitor::new()
             .register(move |_restarts| {
                 WorkerBuilder::new("send_email")
@@ -163,6 +204,31 @@ impl Worker {
                     .enable_tracing()
                     .concurrency(16)
                     .data(dead_letters.clone())
+                    .build(record_dead_letter)
+            })
+            .register(move |_restarts| {
+                WorkerBuilder::new("provision_project")
+                    .backend(QueueBackend::<ProvisionProject>::new(
+                        provision_topology.clone(),
+                        PROVISION_QUEUE,
+                        provision_concurrency,
+                    ))
+                    .enable_tracing()
+                    .catch_panic()
+                    .concurrency(usize::from(provision_concurrency))
+                    .data(provision_jobs.clone())
+                    .build(provision_project)
+            })
+            .register(move |_restarts| {
+                WorkerBuilder::new("dead_letters.provision")
+                    .backend(QueueBackend::<serde_json::Value>::dead_letters(
+                        provision_dead_topology.clone(),
+                        PROVISION_QUEUE,
+                        16,
+                    ))
+                    .enable_tracing()
+                    .concurrency(16)
+                    .data(provision_dead_letters.clone())
                     .build(record_dead_letter)
             })
             .should_restart(|_ctx, err| {
@@ -206,6 +272,39 @@ fn mailer(config: &EmailConfig) -> anyhow::Result<Mailer> {
     };
     tracing::info!(mailer = %mailer.describe(), "email goes to");
     Ok(mailer)
+}
+
+/// The project templates: the built-in ones, with `PROJECT_TEMPLATES_DIR`'s over them.
+fn catalogue(config: &ProvisionConfig) -> anyhow::Result<Catalogue> {
+    match &config.project_templates_dir {
+        Some(dir) => Catalogue::with_overrides(dir)
+            .map_err(|err| anyhow::anyhow!("PROJECT_TEMPLATES_DIR: {err}")),
+        None => Ok(Catalogue::builtin()),
+    }
+}
+
+/// The provisioning drivers; the database server's pool connects lazily, so an unreachable
+/// `PROVISION_DATABASE_URL` fails `database` steps (and opens their breaker), not the worker.
+fn drivers(config: &ProvisionConfig, pool: &PgPool) -> anyhow::Result<Drivers> {
+    let database_pool = match &config.provision_database_url {
+        Some(url) => PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_lazy_with(url.options()),
+        None => pool.clone(),
+    };
+    Ok(Drivers {
+        database_pool,
+        repository: RepositoryDriver::new(config.provision_repo_root.clone()),
+        webhook: WebhookDriver::new(
+            config.provision_webhook_url.clone(),
+            config
+                .provision_webhook_secret
+                .as_ref()
+                .map(|s| s.as_bytes().to_vec()),
+            WEBHOOK_TIMEOUT,
+        ),
+    })
 }
 
 /// Keeps the breaker state gauges current, including breakers this process has not used.

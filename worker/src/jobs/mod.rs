@@ -6,6 +6,7 @@
 //! dead-letters its message; [`dead_letters`] records every dead letter as `JobDeadLettered`.
 
 pub mod dead_letters;
+pub mod provision_project;
 pub mod send_email;
 
 use std::time::{Duration, Instant};
@@ -15,8 +16,20 @@ use idp_events::backoff::Backoff;
 /// Queue of `send_email` jobs.
 pub const EMAIL_QUEUE: &str = "email";
 
+/// Queue of `provision_project` jobs.
+pub const PROVISION_QUEUE: &str = "provision";
+
 /// Every job queue, for declaring and for the dead-letter recorders.
-pub const QUEUES: &[&str] = &[EMAIL_QUEUE];
+pub const QUEUES: &[&str] = &[EMAIL_QUEUE, PROVISION_QUEUE];
+
+/// The kind of the jobs of a known queue.
+pub fn queue_kind(queue: &str) -> Option<&'static str> {
+    match queue {
+        EMAIL_QUEUE => Some(send_email::KIND),
+        PROVISION_QUEUE => Some(provision_project::KIND),
+        _ => None,
+    }
+}
 
 /// The `'static` name of a known queue.
 pub fn known_queue(name: &str) -> Option<&'static str> {

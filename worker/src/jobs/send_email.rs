@@ -155,16 +155,26 @@ impl EmailJobs {
     }
 }
 
-/// The one-time token key: `TOKEN_SECRET`, or the API's development key file, read when first
-/// needed (the API may start after the worker).
-struct TokenSecret {
+/// The API's secret key (`TOKEN_SECRET`, or the API's development key file, read when first
+/// needed, since the API may start after the worker): one-time tokens in email links, project
+/// database passwords.
+pub struct TokenSecret {
     explicit: Option<Vec<u8>>,
     file: std::path::PathBuf,
     loaded: OnceCell<Vec<u8>>,
 }
 
+impl std::fmt::Debug for TokenSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSecret")
+            .field("file", &self.file)
+            .finish_non_exhaustive()
+    }
+}
+
 impl TokenSecret {
-    fn new(config: &EmailConfig) -> Self {
+    /// The key `config` names.
+    pub fn new(config: &EmailConfig) -> Self {
         Self {
             explicit: config.token_secret.as_ref().map(|s| s.as_bytes().to_vec()),
             file: config.jwt_keys_dir.join("token-secret"),
@@ -172,7 +182,8 @@ impl TokenSecret {
         }
     }
 
-    async fn get(&self) -> Result<&[u8], JobError> {
+    /// The key.
+    pub async fn get(&self) -> Result<&[u8], JobError> {
         if let Some(secret) = &self.explicit {
             return Ok(secret);
         }

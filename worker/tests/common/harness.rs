@@ -40,6 +40,11 @@ pub fn unique_prefix() -> String {
     format!("test-{}", Uuid::new_v4().simple())
 }
 
+/// Where the workers of the test with queue prefix `prefix` create repositories.
+pub fn repo_root(prefix: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("idp-test-repos-{prefix}"))
+}
+
 /// Settings every test worker gets; `extra` flags override them.
 fn worker_args(conn: &PgConnectOptions, prefix: &str, smtp_url: Option<&str>) -> Vec<String> {
     let mut args = vec![
@@ -56,6 +61,8 @@ fn worker_args(conn: &PgConnectOptions, prefix: &str, smtp_url: Option<&str>) ->
         TOKEN_SECRET.into(),
         "--public-base-url".into(),
         "http://idp.test".into(),
+        "--provision-repo-root".into(),
+        repo_root(prefix).display().to_string(),
     ];
     match smtp_url {
         Some(url) => args.extend(["--smtp-url".into(), url.into()]),
@@ -147,7 +154,14 @@ pub async fn delete_queues(prefix: &str) {
         return;
     };
     if let Ok(channel) = conn.create_channel().await {
-        for queue in ["email", "email.dead", "bench", "bench.dead"] {
+        for queue in [
+            "email",
+            "email.dead",
+            "provision",
+            "provision.dead",
+            "bench",
+            "bench.dead",
+        ] {
             let _ = channel
                 .queue_delete(
                     format!("{prefix}.{queue}").as_str().into(),
