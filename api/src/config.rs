@@ -53,6 +53,15 @@ pub struct Config {
     #[arg(long, env = "HSTS", value_name = "HSTS", default_value_t = false, action = clap::ArgAction::Set)]
     pub hsts: bool,
 
+    /// Directory of project template files (`<name>.json`) that add to or replace the built-in
+    /// templates; must match the worker's. A file that is not a valid template stops start-up.
+    #[arg(
+        long,
+        env = "PROJECT_TEMPLATES_DIR",
+        value_name = "PROJECT_TEMPLATES_DIR"
+    )]
+    pub project_templates_dir: Option<PathBuf>,
+
     /// Settings of sign-in and tokens.
     #[command(flatten)]
     pub identity: IdentityConfig,

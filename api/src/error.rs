@@ -42,6 +42,9 @@ pub enum ApiError {
     /// 409: the resource changed since the caller read it, or a unique value is taken.
     #[error("{0}")]
     Conflict(String),
+    /// 410: the resource was handed out once and is gone for good (e.g. a one-time secret).
+    #[error("{0}")]
+    Gone(String),
     /// 503: a dependency (database, broker) is unavailable; retrying later may work.
     #[error("service unavailable")]
     Unavailable,
@@ -84,6 +87,7 @@ impl ApiError {
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Gone(_) => StatusCode::GONE,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -100,6 +104,7 @@ impl ApiError {
             Self::TooManyRequests { .. } => "too-many-requests",
             Self::NotFound => "not-found",
             Self::Conflict(_) => "conflict",
+            Self::Gone(_) => "gone",
             Self::Unavailable => "unavailable",
             Self::Internal(_) => "internal",
         }
@@ -175,9 +180,10 @@ impl IntoResponse for ApiError {
             Self::TooManyRequests { retry_after_secs } => Some(format!(
                 "too many requests; try again in {retry_after_secs} s"
             )),
-            Self::Conflict(detail) | Self::BadRequest(detail) | Self::Unprocessable(detail) => {
-                Some(detail.clone())
-            }
+            Self::Conflict(detail)
+            | Self::BadRequest(detail)
+            | Self::Unprocessable(detail)
+            | Self::Gone(detail) => Some(detail.clone()),
             Self::UnsupportedMediaType => Some(self.to_string()),
         };
         let mut response = problem(status, self.slug(), detail);

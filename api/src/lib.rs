@@ -8,5 +8,6 @@ pub mod config;
 pub mod error;
 pub mod extract;
 pub mod identity;
+pub mod projects;
 pub mod routes;
 pub mod startup;

@@ -11,6 +11,7 @@ use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use idp_events::EventStore;
+use idp_events::project::Catalogue;
 use idp_ops::health::{BrokerProbe, Health};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -34,6 +35,7 @@ use crate::identity::Email;
 use crate::config::Config;
 use crate::error::{REQUEST_ID, problem};
 use crate::identity::Identity;
+use crate::projects::live::LogWatch;
 use crate::routes;
 
 const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
@@ -45,6 +47,10 @@ pub struct AppState {
     pub store: EventStore,
     /// Sign-in, sessions and tokens.
     pub identity: Identity,
+    /// The project templates.
+    pub catalogue: Arc<Catalogue>,
+    /// Wake-ups for the project event streams (one LISTEN connection per process).
+    pub log_watch: LogWatch,
 }
 
 /// A built API, bound to its address, not yet serving.
@@ -53,12 +59,15 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     pool: PgPool,
+    log_watch: LogWatch,
 }
 
 impl Application {
     /// Connects to the database (waiting for it up to 30 s), applies migrations and binds.
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
         idp_ops::metrics::install("idp-api");
+        // Configuration first: a broken template file stops start-up before any connection.
+        let catalogue = Arc::new(catalogue(config)?);
         let pool = idp_ops::database::connect(&config.common).await?;
         idp_events::migrations::run(&pool)
             .await
@@ -69,12 +78,19 @@ impl Application {
             .with_context(|| format!("while binding API_ADDR {}", config.api_addr))?;
         let store = EventStore::new(pool.clone());
         let identity = build_identity(config, store.clone()).await?;
-        let state = AppState { store, identity };
+        let log_watch = LogWatch::new(pool.clone());
+        let state = AppState {
+            store,
+            identity,
+            catalogue,
+            log_watch: log_watch.clone(),
+        };
         let router = app(state, Health::new(pool.clone(), broker), config)?;
         Ok(Self {
             listener,
             router,
             pool,
+            log_watch,
         })
     }
 
@@ -94,12 +110,18 @@ impl Application {
     /// Serves until `shutdown` is cancelled, then lets in-flight requests finish.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = %self.listener.local_addr()?, "idp-api listening");
+        let log_watch = self.log_watch;
         axum::serve(
             self.listener,
             self.router
                 .into_make_service_with_connect_info::<std::net::SocketAddr>(),
         )
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .with_graceful_shutdown(async move {
+            shutdown.cancelled().await;
+            // Event streams only end when their project settles; end them now, or the
+            // graceful shutdown would wait for them (clients resume with Last-Event-ID).
+            log_watch.shutdown();
+        })
         .await
         .context("while serving HTTP")?;
         self.pool.close().await;
@@ -115,6 +137,10 @@ pub fn app(state: AppState, health: Health, config: &Config) -> anyhow::Result<R
         .layer(middleware::from_fn(scope_request_id))
         .layer(DefaultBodyLimit::max(config.body_limit_bytes))
         .layer(RequestBodyLimitLayer::new(config.body_limit_bytes))
+        // Bounds the time until the response's head, not the body: an event stream
+        // (`GET /v1/projects/{id}/events`) sends its head at once and then streams for as long as
+        // it needs, so the timeout does not cut it (a test holds a stream open past it). Do not
+        // add a response-body timeout or deadline here; it would cut those streams.
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             timeout,
@@ -164,8 +190,9 @@ pub fn app(state: AppState, health: Health, config: &Config) -> anyhow::Result<R
                     header::AUTHORIZATION,
                     header::CONTENT_TYPE,
                     HeaderName::from_static("idempotency-key"),
+                    HeaderName::from_static("last-event-id"),
                 ])
-                .expose_headers([REQUEST_ID_HEADER, header::RETRY_AFTER]),
+                .expose_headers([REQUEST_ID_HEADER, header::RETRY_AFTER, header::LOCATION]),
         );
     }
     Ok(router
@@ -183,6 +210,16 @@ pub fn app(state: AppState, health: Health, config: &Config) -> anyhow::Result<R
         )
         .layer(PropagateRequestIdLayer::new(REQUEST_ID_HEADER))
         .layer(SetRequestIdLayer::new(REQUEST_ID_HEADER, MakeRequestUuid)))
+}
+
+/// The project templates: the built-in ones, with `PROJECT_TEMPLATES_DIR`'s over them. A file
+/// that is not a valid template stops start-up, naming the variable and the file.
+fn catalogue(config: &Config) -> anyhow::Result<Catalogue> {
+    match &config.project_templates_dir {
+        Some(dir) => Catalogue::with_overrides(dir)
+            .map_err(|err| anyhow::anyhow!("PROJECT_TEMPLATES_DIR: {err}")),
+        None => Ok(Catalogue::builtin()),
+    }
 }
 
 /// Builds the identity service: signing keys, the one-time token key, the hasher, and the first

@@ -4,6 +4,8 @@ pub mod admin_jobs;
 pub mod admin_users;
 pub mod auth;
 pub mod openapi;
+pub mod projects;
+pub mod templates;
 
 use axum::Router;
 use axum::http::StatusCode;
@@ -19,6 +21,8 @@ pub fn router(state: AppState, health: Health) -> Router {
         .merge(auth::router())
         .merge(admin_users::router())
         .merge(admin_jobs::router())
+        .merge(templates::router())
+        .merge(projects::router())
         .merge(openapi::router())
         .with_state(state)
         .merge(idp_ops::health::router(health))

@@ -16,11 +16,17 @@ use crate::startup::AppState;
         super::auth::forgot_password, super::auth::reset_password, super::auth::change_password,
         super::auth::jwks, super::admin_users::unlock,
         super::admin_jobs::list_dead, super::admin_jobs::retry,
+        super::templates::list_templates,
+        super::projects::create_project, super::projects::list_projects,
+        super::projects::get_project, super::projects::retry_project,
+        super::projects::delete_project, super::projects::issue_credentials,
+        super::projects::project_events,
     ),
     components(schemas(crate::error::Problem)),
     modifiers(&BearerAuth),
     tags((name = "auth", description = "Registration, sign-in, tokens and passwords"),
-         (name = "admin", description = "Administration (admin role)"))
+         (name = "admin", description = "Administration (admin role)"),
+         (name = "projects", description = "Project templates, requests, provisioning status and live events"))
 )]
 struct ApiDoc;
 

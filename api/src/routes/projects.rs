@@ -1,0 +1,717 @@
+//! `/v1/projects/*`: requesting a project from a template, listing and reading projects,
+//! retrying a failed provisioning, deleting, handing out the database login once, and following
+//! a project's events live (Server-Sent Events).
+//!
+//! Owners see their own projects, administrators everyone's; anyone else gets 404, as for a
+//! project that does not exist. Writes append to the project's stream and save the `projects`
+//! table in the same transaction; the worker does the provisioning.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use idp_events::RecordedEvent;
+use idp_events::project::project::{self as decide, ProjectError};
+use idp_events::project::{
+    DriverKind, Project, ProjectName, ProjectStatus, StepStatus, database_password,
+};
+use serde::{Deserialize, Serialize};
+use sqlx::FromRow;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::extract::{ApiJson, AuthUser, ClientContext};
+use crate::projects::idempotency::{self, Claim, IdempotencyKey, StoredResponse};
+use crate::projects::live::Follower;
+use crate::projects::{self, is_admin};
+use crate::startup::AppState;
+
+/// How often an idle event stream sends a comment, so proxies do not cut it.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// The routes of this module.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/projects", post(create_project).get(list_projects))
+        .route("/v1/projects/{id}", get(get_project).delete(delete_project))
+        .route("/v1/projects/{id}/retry", post(retry_project))
+        .route("/v1/projects/{id}/credentials", post(issue_credentials))
+        .route("/v1/projects/{id}/events", get(project_events))
+}
+
+/// A project id from the path; one that is not a UUID names no project (404).
+#[derive(Debug, Clone, Copy)]
+pub struct ProjectId(pub Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for ProjectId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(id) = Path::<Uuid>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::NotFound)?;
+        Ok(Self(id))
+    }
+}
+
+/// A project to provision.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateProjectRequest {
+    /// 1 to 63 characters of `a-z`, `0-9` and `-`, starting with a letter and not ending with
+    /// `-`; unique among the caller's projects.
+    #[schema(example = "billing-api")]
+    pub name: String,
+    /// The template's name (see `GET /v1/templates`).
+    #[schema(example = "service")]
+    pub template: String,
+    /// Values of the template's parameters; those left out take their defaults.
+    #[schema(example = json!({"language": "rust"}))]
+    pub parameters: Option<BTreeMap<String, String>>,
+}
+
+/// What the request's `Idempotency-Key` is bound to: the parsed request, fields in a fixed
+/// order and parameters sorted, so equal requests hash equally however they were written.
+#[derive(Debug, Serialize)]
+struct CanonicalRequest<'a> {
+    name: &'a str,
+    template: &'a str,
+    parameters: &'a BTreeMap<String, String>,
+}
+
+/// Where to find a project.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProjectLinks {
+    /// The project (`GET`).
+    #[serde(rename = "self")]
+    #[schema(example = "/v1/projects/0190f4c2-8a1e-7c3b-9d2a-5e6f7a8b9c0d")]
+    pub self_: String,
+    /// Its events, live (`GET`, `text/event-stream`).
+    #[schema(example = "/v1/projects/0190f4c2-8a1e-7c3b-9d2a-5e6f7a8b9c0d/events")]
+    pub events: String,
+}
+
+impl ProjectLinks {
+    fn of(id: Uuid) -> Self {
+        Self {
+            self_: format!("/v1/projects/{id}"),
+            events: format!("/v1/projects/{id}/events"),
+        }
+    }
+}
+
+/// A request, retry or deletion was accepted; the worker carries it out.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProjectAccepted {
+    /// The project.
+    pub id: Uuid,
+    /// Its name.
+    pub name: String,
+    /// Its template.
+    pub template: String,
+    /// Its status now: `requested`, `provisioning` or `deleting`.
+    #[schema(value_type = String, example = "requested")]
+    pub status: ProjectStatus,
+    /// Where to follow it.
+    pub links: ProjectLinks,
+}
+
+impl From<&Project> for ProjectAccepted {
+    fn from(project: &Project) -> Self {
+        Self {
+            id: project.id,
+            name: project.name.clone(),
+            template: project.template.clone(),
+            status: project.status,
+            links: ProjectLinks::of(project.id),
+        }
+    }
+}
+
+/// `status` with the body, `Location` naming the project (from `links.self`), and
+/// `Idempotent-Replayed: true` when the answer is a stored one.
+fn accepted(status: StatusCode, body: serde_json::Value, replayed: bool) -> Response {
+    let location = body["links"]["self"]
+        .as_str()
+        .and_then(|l| HeaderValue::from_str(l).ok());
+    let mut response = (status, Json(body)).into_response();
+    if let Some(location) = location {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    if replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    response
+}
+
+/// Requests a project: provisioning starts in the background; follow it at `links.events`.
+///
+/// With an `Idempotency-Key` (per caller), repeating the same request answers the same, once
+/// only creating the project, even when the repeats run concurrently; the same key with another
+/// request is refused.
+#[utoipa::path(post, path = "/v1/projects", tag = "projects", security(("bearer" = [])),
+    request_body = CreateProjectRequest,
+    params(("Idempotency-Key" = Option<String>, Header,
+            description = "1 to 255 visible ASCII characters; the same key and request answer the same")),
+    responses((status = 202, description = "Accepted; provisioning runs in the background", body = ProjectAccepted,
+               headers(("Location" = String, description = "The project"))),
+              (status = 400, description = "Malformed JSON or Idempotency-Key", body = crate::error::Problem, content_type = "application/problem+json"),
+              (status = 401, description = "Not signed in", body = crate::error::Problem, content_type = "application/problem+json"),
+              (status = 409, description = "The caller already has a project of that name", body = crate::error::Problem, content_type = "application/problem+json"),
+              (status = 422, description = "Invalid name, unknown template, bad parameters, or an Idempotency-Key reused with another request", body = crate::error::Problem, content_type = "application/problem+json")))]
+#[tracing::instrument(name = "projects.create", skip_all, fields(user.id = %user.user_id))]
+pub async fn create_project(
+    State(state): State<AppState>,
+    ctx: ClientContext,
+    user: AuthUser,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<CreateProjectRequest>,
+) -> Result<Response, ApiError> {
+    let key = IdempotencyKey::from_headers(&headers)?;
+    let parameters = body.parameters.unwrap_or_default();
+    // One transaction for the key, the events and the stored response: a request that fails
+    // leaves nothing behind, and a concurrent repeat waits on the key until this one is done.
+    let mut tx = state.store.pool().begin().await?;
+    if let Some(key) = &key {
+        let hash = idempotency::request_hash(&CanonicalRequest {
+            name: &body.name,
+            template: &body.template,
+            parameters: &parameters,
+        })?;
+        if let Claim::Replay(stored) = idempotency::claim(&mut tx, user.user_id, key, &hash).await?
+        {
+            tx.rollback().await?;
+            return Ok(accepted(stored.status, stored.body, true));
+        }
+    }
+
+    let name = ProjectName::parse(&body.name)
+        .map_err(|e| ApiError::Unprocessable(format!("name: {e}")))?;
+    let template = state.catalogue.get(&body.template).ok_or_else(|| {
+        ApiError::Unprocessable(format!(
+            "template: there is no template {:?} (GET /v1/templates lists them)",
+            body.template
+        ))
+    })?;
+    let events = decide::request(user.user_id, &name, template, parameters)
+        .map_err(|e| ApiError::Unprocessable(format!("parameters: {e}")))?;
+    let new = Project {
+        id: Uuid::now_v7(),
+        ..Project::default()
+    };
+    let project =
+        projects::record(&state, &mut tx, &new, &events, ctx.metadata(user.actor())).await?;
+
+    let body = serde_json::to_value(ProjectAccepted::from(&project))
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    if let Some(key) = &key {
+        let response = StoredResponse {
+            status: StatusCode::ACCEPTED,
+            body: body.clone(),
+        };
+        idempotency::store(&mut tx, user.user_id, key, &response).await?;
+    }
+    tx.commit().await?;
+    tracing::info!(project.id = %project.id, template = %project.template, "project requested");
+    Ok(accepted(StatusCode::ACCEPTED, body, false))
+}
+
+/// A project in a list.
+#[derive(Debug, Serialize, FromRow, ToSchema)]
+pub struct ProjectSummary {
+    /// The project.
+    pub id: Uuid,
+    /// Who requested it.
+    pub owner_id: Uuid,
+    /// Its name.
+    pub name: String,
+    /// Its template.
+    pub template: String,
+    /// `requested`, `provisioning`, `ready`, `failed`, `deleting`, `deleted` or
+    /// `deletion_failed`.
+    #[schema(example = "ready")]
+    pub status: String,
+    /// When it was requested.
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A page of projects, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProjectPage {
+    /// The projects.
+    pub items: Vec<ProjectSummary>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Paging and filtering of the project list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    /// Projects per page, 1 to 200 (default 50).
+    pub limit: Option<i64>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Only projects with this status: `requested`, `provisioning`, `ready`, `failed`,
+    /// `deleting`, `deleted` or `deletion_failed`.
+    pub status: Option<String>,
+}
+
+fn encode_cursor(at: DateTime<Utc>, id: Uuid) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{}|{id}", at.to_rfc3339()))
+}
+
+fn decode_cursor(raw: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
+    let bad = || ApiError::BadRequest("cursor is not one this API returned".into());
+    let bytes = URL_SAFE_NO_PAD.decode(raw).map_err(|_| bad())?;
+    let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    let (at, id) = text.split_once('|').ok_or_else(bad)?;
+    let at = DateTime::parse_from_rfc3339(at).map_err(|_| bad())?;
+    let id = id.parse().map_err(|_| bad())?;
+    Ok((at.with_timezone(&Utc), id))
+}
+
+fn parse_status(raw: &str) -> Result<ProjectStatus, ApiError> {
+    serde_json::from_value(serde_json::Value::String(raw.to_owned())).map_err(|_| {
+        ApiError::BadRequest(format!(
+            "status {raw:?} is not one of requested, provisioning, ready, failed, deleting, \
+             deleted, deletion_failed"
+        ))
+    })
+}
+
+/// Lists the caller's projects (an administrator's: everyone's), newest first.
+#[utoipa::path(get, path = "/v1/projects", tag = "projects", security(("bearer" = [])),
+    params(ListParams),
+    responses((status = 200, description = "A page of projects", body = ProjectPage),
+              (status = 400, description = "Bad cursor, limit or status", body = crate::error::Problem, content_type = "application/problem+json"),
+              (status = 401, description = "Not signed in", body = crate::error::Problem, content_type = "application/problem+json")))]
+#[tracing::instrument(name = "projects.list", skip_all, fields(user.id = %user.user_id))]
+pub async fn list_projects(
+    State(state): State<AppState>,
+    user: AuthUser,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Json<ProjectPage>, ApiError> {
+    let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let limit = params.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(ApiError::BadRequest(
+            "limit must be between 1 and 200".into(),
+        ));
+    }
+    let status = params.status.as_deref().map(parse_status).transpose()?;
+    let after = params.cursor.as_deref().map(decode_cursor).transpose()?;
+    let owner = if is_admin(&state, &user).await? {
+        None
+    } else {
+        Some(user.user_id)
+    };
+    let mut items: Vec<ProjectSummary> = sqlx::query_as(
+        "select project_id as id, owner_id, name, template, status, created_at, updated_at
+           from projects
+          where ($1::uuid is null or owner_id = $1)
+            and ($2::text is null or status = $2)
+            and ($3::timestamptz is null or (created_at, project_id) < ($3, $4))
+          order by created_at desc, project_id desc
+          limit $5",
+    )
+    .bind(owner)
+    .bind(status.map(ProjectStatus::as_str))
+    .bind(after.map(|a| a.0))
+    .bind(after.map(|a| a.1))
+    .bind(limit + 1)
+    .fetch_all(state.store.pool())
+    .await?;
+    let next_cursor = if items.len() > usize::try_from(limit).unwrap_or_default() {
+        items.pop();
+        items
+            .last()
+            .map(|last| encode_cursor(last.created_at, last.id))
+    } else {
+        None
+    };
+    Ok(Json(ProjectPage { items, next_cursor }))
+}
+
+/// A provisioning step of a project.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StepDetail {
+    /// Its name.
+    pub name: String,
+    /// Its driver: `database`, `repository` or `webhook`.
+    #[schema(example = "database")]
+    pub driver: &'static str,
+    /// `pending`, `running`, `succeeded`, `failed`, `skipped` or `deprovisioned`.
+    #[schema(value_type = String, example = "succeeded")]
+    pub status: StepStatus,
+    /// Attempts in the current round (provisioning, a retry, or deletion).
+    pub attempts: u32,
+    /// The latest error, until the step next succeeds.
+    pub last_error: Option<String>,
+    /// When the latest attempt began.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When the latest attempt ended.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// The driver's non-secret output (database and role name, repository path, webhook
+    /// status), or `{"reason": ..}` for a skipped step; `null` before.
+    #[schema(value_type = Object)]
+    pub output: serde_json::Value,
+}
+
+/// A project with its steps, as its events tell.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProjectDetail {
+    /// The project.
+    pub id: Uuid,
+    /// Who requested it.
+    pub owner_id: Uuid,
+    /// Its name.
+    pub name: String,
+    /// Its template.
+    pub template: String,
+    /// The template's version when the project was requested.
+    pub template_version: u32,
+    /// Every parameter's value, defaults included.
+    pub parameters: BTreeMap<String, String>,
+    /// `requested`, `provisioning`, `ready`, `failed`, `deleting`, `deleted` or
+    /// `deletion_failed`.
+    #[schema(value_type = String, example = "ready")]
+    pub status: ProjectStatus,
+    /// Why provisioning or deletion failed, while it is failed.
+    pub failure: Option<String>,
+    /// When it was requested.
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+    /// The steps, in provisioning order.
+    pub steps: Vec<StepDetail>,
+}
+
+impl From<&Project> for ProjectDetail {
+    fn from(project: &Project) -> Self {
+        let created_at = project.created_at.unwrap_or_default();
+        Self {
+            id: project.id,
+            owner_id: project.owner_id,
+            name: project.name.clone(),
+            template: project.template.clone(),
+            template_version: project.template_version,
+            parameters: project.parameters.clone(),
+            status: project.status,
+            failure: project.failure.clone(),
+            created_at,
+            updated_at: project.updated_at.unwrap_or(created_at),
+            steps: project
+                .steps
+                .iter()
+                .map(|s| StepDetail {
+                    name: s.name.clone(),
+                    driver: s.driver.as_str(),
+                    status: s.status,
+                    attempts: s.attempts,
+                    last_error: s.last_error.clone(),
+                    started_at: s.started_at,
+                    finished_at: s.finished_at,
+                    output: s.output.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Reads a project and its steps (folded from its events, so never behind).
+#[utoipa::path(get, path = "/v1/projects/{id}", tag = "projects", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The project")),
+    responses((status = 200, description = "The project", body = ProjectDetail),
+              (status = 401, description = "Not signed in", body = crate::error::Problem, content_type = "application/problem+json"),
+              (status = 404, description = "No such project, or not the caller's", body = crate::error::Problem, content_type = "application/problem+json")))]
+#[tracing::instrument(name = "projects.get", skip_all, fields(project.id = %id))]
+pub async fn get_project(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ProjectId(id): ProjectId,
+) -> Result<Json<ProjectDetail>, ApiError> {
+    let loaded = projects::load_visible(&state, &user, id).await?;
+    Ok(Json(ProjectDetail::from(&loaded.project)))
+}
+
+/// A decision refused because of the project's status: 409 with its reason.
+fn refused(err: ProjectError) -> ApiError {
+    ApiError::Conflict(err.to_string())
+}
+
+/// Appends a decision of the caller on project `id` and answers 202.
+async fn act(
+    state: &AppState,
+    ctx: &ClientContext,
+    user: &AuthUser,
+    id: Uuid,
+    decision: fn(&Project) -> Result<Vec<decide::ProjectEvent>, ProjectError>,
+) -> Result<Response, ApiError> {
+    let project = projects::load_visible(state, user, id).await?.project;
+    let events = decision(&project).map_err(refused)?;
+    let mut tx = state.store.pool().begin().await?;
+    let project = projects::record(
+        state,
+        &mut tx,
+        &project,
+        &events,
+        ctx.metadata(user.actor()),
+    )
+    .await?;
+    tx.commit().await?;
+    let body = serde_json::to_value(ProjectAccepted::from(&project))
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    Ok(accepted(StatusCode::ACCEPTED, body, false))
+}
+
+/// Resumes a failed provisioning at the step that failed; the steps that succeeded stay.
+#[utoipa::path(post, path = "/v1/projects/{id}/retry", tag = "projects", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The project")),
+    responses((status = 202, description = "Provisioning resumes", body = ProjectAccepted),
+              (status = 401, description = "Not signed in", body = crate::error::Problem, content_type = "application/problem+json"),
+              (status = 404, description = "No such project, or not the caller's", body = crate::error::Problem, content_type = "application/problem+json"),
+              (status = 409, description = "The project has not failed, or changed meanwhile", body = crate::error::Problem, content_type = "application/problem+json")))]
+#[tracing::instrument(name = "projects.retry", skip_all, fields(project.id = %id))]
+pub async fn retry_project(
+    State(state): State<AppState>,
+    ctx: ClientContext,
+    user: AuthUser,
+    ProjectId(id): ProjectId,
+) -> Result<Response, ApiError> {
+    act(&state, &ctx, &user, id, decide::retry).await
+}
+
+/// Deletes a project: the steps that were provisioned are undone in reverse order.
+#[utoipa::path(delete, path = "/v1/projects/{id}", tag = "projects", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The project")),
+    responses((status = 202, description = "Deletion runs in the background", body = ProjectAccepted),
+              (status = 401, description = "Not signed in", body = crate::error::Problem, content_type = "application/problem+json"),
+              (status = 404, description = "No such project, or not the caller's", body = crate::error::Problem, content_type = "application/problem+json"),
+              (status = 409, description = "Still being provisioned, already deleted or being deleted, or changed meanwhile", body = crate::error::Problem, content_type = "application/problem+json")))]
+#[tracing::instrument(name = "projects.delete", skip_all, fields(project.id = %id))]
+pub async fn delete_project(
+    State(state): State<AppState>,
+    ctx: ClientContext,
+    user: AuthUser,
+    ProjectId(id): ProjectId,
+) -> Result<Response, ApiError> {
+    act(&state, &ctx, &user, id, decide::delete).await
+}
+
+/// The login to a project's database. Shown once: keep it.
+#[derive(Serialize, ToSchema)]
+pub struct DatabaseCredentials {
+    /// The database's name.
+    pub database: String,
+    /// The login role.
+    pub role: String,
+    /// The database server's host.
+    pub host: String,
+    /// The database server's port.
+    pub port: u16,
+    /// The role's password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for DatabaseCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseCredentials")
+            .field("database", &self.database)
+            .field("role", &self.role)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("password", &"[redacted]")
+            .finish()
+    }
+}
+
+/// Database, role, host and port from a database step's output.
+fn login_of(output: &serde_json::Value) -> Option<(String, String, String, u16)> {
+    let text = |key: &str| output.get(key)?.as_str().map(str::to_owned);
+    let port = output.get("port").and_then(|p| {
+        p.as_u64()
+            .or_else(|| p.as_str()?.parse().ok())
+            .and_then(|p| u16::try_from(p).ok())
+    })?;
+    Some((text("database")?, text("role")?, text("host")?, port))
+}
+
+/// Hands the owner the login to the project's database, once. Only the owner may have it, not
+/// even an administrator: the password is never stored, and a second call is 410 Gone.
+#[utoipa::path(post, path = "/v1/projects/{id}/credentials", tag = "projects", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The project")),
+    responses((status = 200, description = "The login, shown once (Cache-Control: no-store)", body = DatabaseCredentials),
+              (status = 401, description = "Not signed in", body = crate::error::Problem, content_type = "application/problem+json"),
+              (status = 403, description = "An administrator asking for someone else's login", body = crate::error::Problem, content_type = "application/problem+json"),
+              (status = 404, description = "No such project, or not the caller's", body = crate::error::Problem, content_type = "application/problem+json"),
+              (status = 409, description = "No database step, or it has not succeeded", body = crate::error::Problem, content_type = "application/problem+json"),
+              (status = 410, description = "Already handed out", body = crate::error::Problem, content_type = "application/problem+json")))]
+#[tracing::instrument(name = "projects.credentials", skip_all, fields(project.id = %id))]
+pub async fn issue_credentials(
+    State(state): State<AppState>,
+    ctx: ClientContext,
+    user: AuthUser,
+    ProjectId(id): ProjectId,
+) -> Result<Response, ApiError> {
+    let project = projects::load_visible(&state, &user, id).await?.project;
+    if project.owner_id != user.user_id {
+        // Visible to this administrator, but the secret is the owner's.
+        return Err(ApiError::Forbidden);
+    }
+    let step = project
+        .steps
+        .iter()
+        .find(|s| s.driver == DriverKind::Database)
+        .ok_or_else(|| ApiError::Conflict("the project has no database step".into()))?;
+    let events = decide::issue_credentials(&project, &step.name).map_err(|err| match err {
+        ProjectError::CredentialsAlreadyIssued => ApiError::Gone(
+            "the database credentials were already handed out; they are shown once".into(),
+        ),
+        ProjectError::WrongState { .. } => ApiError::Conflict(format!(
+            "the database is not provisioned: step {:?} is {}",
+            step.name,
+            serde_json::to_value(step.status)
+                .ok()
+                .as_ref()
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("not done")
+        )),
+        other => refused(other),
+    })?;
+    let (database, role, host, port) = login_of(&step.output).ok_or_else(|| {
+        ApiError::Internal(anyhow::anyhow!(
+            "the database step's output lacks database, role, host or port"
+        ))
+    })?;
+    let mut tx = state.store.pool().begin().await?;
+    projects::record(
+        &state,
+        &mut tx,
+        &project,
+        &events,
+        ctx.metadata(user.actor()),
+    )
+    .await?;
+    // Handed out only once the log says so: a failed commit shows nothing.
+    tx.commit().await?;
+    tracing::info!("database credentials handed out");
+    let credentials = DatabaseCredentials {
+        database,
+        role,
+        host,
+        port,
+        password: database_password(state.identity.token_secret(), id),
+    };
+    let mut response = Json(credentials).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// One event of a project's stream as sent to followers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StreamedEvent {
+    /// Its position in the log (also the SSE `id`, for `Last-Event-ID`).
+    pub position: i64,
+    /// Its version within the project's stream.
+    pub version: i64,
+    /// Its type (also the SSE `event`), e.g. `StepSucceeded`.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// Its payload.
+    #[schema(value_type = Object)]
+    pub data: serde_json::Value,
+    /// When it was recorded.
+    pub recorded_at: DateTime<Utc>,
+}
+
+fn sse_event(event: &RecordedEvent) -> Event {
+    let body = StreamedEvent {
+        position: event.position,
+        version: event.stream_version,
+        event_type: event.event_type.clone(),
+        data: event.data.clone(),
+        recorded_at: event.recorded_at,
+    };
+    // Serialising plain JSON values cannot fail.
+    let data = serde_json::to_string(&body).unwrap_or_default();
+    Event::default()
+        .id(event.position.to_string())
+        .event(&event.event_type)
+        .data(data)
+}
+
+/// Follows a project's events live as Server-Sent Events: first those recorded so far (after
+/// `Last-Event-ID`, when reconnecting), then each new one as it is recorded. The stream ends
+/// once the project is `ready`, `failed`, `deleted` or `deletion_failed` and every event was
+/// sent; comments every 15 s keep it open meanwhile.
+#[utoipa::path(get, path = "/v1/projects/{id}/events", tag = "projects", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The project"),
+           ("Last-Event-ID" = Option<String>, Header,
+            description = "The id of the last event received: the stream resumes after it")),
+    responses((status = 200, description = "`text/event-stream`: each event has `id` (its log position), `event` (its type) and `data` (a StreamedEvent as JSON)",
+               body = StreamedEvent, content_type = "text/event-stream"),
+              (status = 400, description = "Last-Event-ID is not an event of this project", body = crate::error::Problem, content_type = "application/problem+json"),
+              (status = 401, description = "Not signed in", body = crate::error::Problem, content_type = "application/problem+json"),
+              (status = 404, description = "No such project, or not the caller's", body = crate::error::Problem, content_type = "application/problem+json")))]
+#[tracing::instrument(name = "projects.events", skip_all, fields(project.id = %id))]
+pub async fn project_events(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ProjectId(id): ProjectId,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    // Subscribed before reading, so an event appended after the read wakes the follower.
+    let wake = state.log_watch.subscribe();
+    let loaded = projects::load_visible(&state, &user, id).await?;
+    let resume_at = match headers.get("last-event-id") {
+        None => 0,
+        Some(value) => {
+            let position: Option<i64> = value.to_str().ok().and_then(|v| v.trim().parse().ok());
+            position
+                .and_then(|p| loaded.history.iter().position(|e| e.position == p))
+                .map(|index| index + 1)
+                .ok_or_else(|| {
+                    ApiError::BadRequest("Last-Event-ID is not an event of this project".into())
+                })?
+        }
+    };
+    let follower = Follower::new(
+        state.store.clone(),
+        &state.log_watch,
+        wake,
+        loaded.project,
+        loaded.history,
+        resume_at,
+    );
+    let events = futures::stream::unfold(follower, |mut follower| async move {
+        let event = follower.next().await?;
+        Some((Ok::<_, Infallible>(sse_event(&event)), follower))
+    });
+    let mut response = Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive"))
+        .into_response();
+    // Proxies such as nginx would otherwise buffer the stream.
+    response
+        .headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
