@@ -16,6 +16,7 @@ use common::harness::{
 };
 use common::webhook::WebhookServer;
 use hmac::{Hmac, Mac};
+use idp_events::jobs::{BreakerEvent, breaker_stream_id};
 use idp_events::project::{ProjectEvent, stream_id};
 use idp_events::{EventStore, RecordedEvent};
 use idp_worker::provision::drivers::signature;
@@ -450,11 +451,11 @@ async fn a_webhook_down_for_good_opens_the_breaker_fails_the_project_and_a_manua
     args.extend(
         [
             "--provision-max-attempts",
-            "5",
+            "4",
             "--breaker-failure-threshold",
             "2",
             "--breaker-open-ms",
-            "60000",
+            "3000",
         ]
         .map(str::to_owned),
     );
@@ -464,11 +465,11 @@ async fn a_webhook_down_for_good_opens_the_breaker_fails_the_project_and_a_manua
     let id = owner.request("down", "service").await;
     let failed = owner.wait_for(id, "failed").await;
 
-    // Two calls reached the server; the breaker then refused the other three at once.
+    // Two calls reached the server; the breaker then refused the other two at once.
     assert_eq!(hook.received().len(), 2);
     let webhook = &failed["steps"][2];
     assert_eq!(webhook["status"], "failed");
-    assert_eq!(webhook["attempts"], 5);
+    assert_eq!(webhook["attempts"], 4);
     assert!(
         webhook["last_error"]
             .as_str()
@@ -488,13 +489,17 @@ async fn a_webhook_down_for_good_opens_the_breaker_fails_the_project_and_a_manua
         .unwrap();
     assert_eq!(ready["breakers"]["provision-webhook"], "open", "{ready}");
 
-    // The server recovers; the breaker is reset by its cool-down (here: by hand, as an
-    // operator would wait it out), and a manual retry resumes at the failed step.
+    // The server recovers; once the breaker's cool-down is over, a manual retry resumes at the
+    // failed step (its first call is the breaker's trial).
     hook.answer_always(200);
-    sqlx::query("update circuit_breakers set retry_at = now() where name = 'provision-webhook'")
-        .execute(&pool)
-        .await
-        .unwrap();
+    let retry_at: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
+        "select retry_at from circuit_breakers where name = 'provision-webhook'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let cool_down = (retry_at - chrono::Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(cool_down).await;
     let retried = owner.post(&format!("/v1/projects/{id}/retry")).await;
     assert_eq!(retried.status(), 202);
     owner.wait_for(id, "ready").await;
@@ -503,6 +508,24 @@ async fn a_webhook_down_for_good_opens_the_breaker_fails_the_project_and_a_manua
     assert_eq!(starts_of(&events, "repository"), 1, "not redone");
     assert_eq!(starts_of(&events, "database"), 1, "not redone");
     assert_eq!(hook.received().len(), 3);
+    let transitions: Vec<BreakerEvent> = store
+        .read_stream(&breaker_stream_id("provision-webhook"), 1)
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(BreakerEvent::from_recorded)
+        .collect();
+    assert!(
+        matches!(
+            transitions.as_slice(),
+            [
+                BreakerEvent::CircuitOpened { .. },
+                BreakerEvent::CircuitHalfOpened { .. },
+                BreakerEvent::CircuitClosed
+            ]
+        ),
+        "{transitions:?}"
+    );
 
     worker.stop().await;
     owner.api.stop().await;
