@@ -520,7 +520,7 @@ async fn a_webhook_down_for_good_opens_the_breaker_fails_the_project_and_a_manua
             transitions.as_slice(),
             [
                 BreakerEvent::CircuitOpened { .. },
-                BreakerEvent::CircuitHalfOpened { .. },
+                BreakerEvent::CircuitHalfOpened,
                 BreakerEvent::CircuitClosed
             ]
         ),

@@ -5,8 +5,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use idp_events::jobs::{self, Job, JobEvent};
 use idp_events::{Append, AppendError, ExpectedVersion};
@@ -15,6 +13,7 @@ use sqlx::FromRow;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use super::paging;
 use crate::error::ApiError;
 use crate::extract::{AdminUser, ClientContext};
 use crate::startup::AppState;
@@ -69,20 +68,6 @@ pub struct PageParams {
     pub cursor: Option<String>,
 }
 
-fn encode_cursor(at: DateTime<Utc>, id: Uuid) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{}|{id}", at.to_rfc3339()))
-}
-
-fn decode_cursor(raw: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
-    let bad = || ApiError::BadRequest("cursor is not one this API returned".into());
-    let bytes = URL_SAFE_NO_PAD.decode(raw).map_err(|_| bad())?;
-    let text = String::from_utf8(bytes).map_err(|_| bad())?;
-    let (at, id) = text.split_once('|').ok_or_else(bad)?;
-    let at = DateTime::parse_from_rfc3339(at).map_err(|_| bad())?;
-    let id = id.parse().map_err(|_| bad())?;
-    Ok((at.with_timezone(&Utc), id))
-}
-
 /// Lists the jobs that gave up, newest first.
 #[utoipa::path(get, path = "/v1/admin/jobs/dead", tag = "admin", security(("bearer" = [])),
     params(PageParams),
@@ -95,13 +80,12 @@ pub async fn list_dead(
     AdminUser(_admin): AdminUser,
     Query(params): Query<PageParams>,
 ) -> Result<Json<DeadJobPage>, ApiError> {
-    let limit = params.limit.unwrap_or(50);
-    if !(1..=200).contains(&limit) {
-        return Err(ApiError::BadRequest(
-            "limit must be between 1 and 200".into(),
-        ));
-    }
-    let after = params.cursor.as_deref().map(decode_cursor).transpose()?;
+    let limit = paging::limit(params.limit)?;
+    let after = params
+        .cursor
+        .as_deref()
+        .map(paging::decode_cursor)
+        .transpose()?;
     let mut items: Vec<DeadJob> = sqlx::query_as(
         "select job_id, queue, kind, reason, attempts, last_error, cause_id, dead_lettered_at, payload
            from dead_jobs
@@ -114,14 +98,9 @@ pub async fn list_dead(
     .bind(limit + 1)
     .fetch_all(state.store.pool())
     .await?;
-    let next_cursor = if items.len() > usize::try_from(limit).unwrap_or_default() {
-        items.pop();
-        items
-            .last()
-            .map(|last| encode_cursor(last.dead_lettered_at, last.job_id))
-    } else {
-        None
-    };
+    let next_cursor = paging::finish_page(&mut items, limit, |last| {
+        (last.dead_lettered_at, last.job_id)
+    });
     Ok(Json(DeadJobPage { items, next_cursor }))
 }
 

@@ -4,6 +4,7 @@ pub mod admin_jobs;
 pub mod admin_users;
 pub mod auth;
 pub mod openapi;
+pub mod paging;
 pub mod projects;
 pub mod templates;
 

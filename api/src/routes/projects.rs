@@ -18,8 +18,6 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use idp_events::RecordedEvent;
 use idp_events::project::project::{self as decide, ProjectError};
@@ -31,6 +29,7 @@ use sqlx::FromRow;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use super::paging;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, AuthUser, ClientContext};
 use crate::projects::idempotency::{self, Claim, IdempotencyKey, StoredResponse};
@@ -273,20 +272,6 @@ pub struct ListParams {
     pub status: Option<String>,
 }
 
-fn encode_cursor(at: DateTime<Utc>, id: Uuid) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{}|{id}", at.to_rfc3339()))
-}
-
-fn decode_cursor(raw: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
-    let bad = || ApiError::BadRequest("cursor is not one this API returned".into());
-    let bytes = URL_SAFE_NO_PAD.decode(raw).map_err(|_| bad())?;
-    let text = String::from_utf8(bytes).map_err(|_| bad())?;
-    let (at, id) = text.split_once('|').ok_or_else(bad)?;
-    let at = DateTime::parse_from_rfc3339(at).map_err(|_| bad())?;
-    let id = id.parse().map_err(|_| bad())?;
-    Ok((at.with_timezone(&Utc), id))
-}
-
 fn parse_status(raw: &str) -> Result<ProjectStatus, ApiError> {
     serde_json::from_value(serde_json::Value::String(raw.to_owned())).map_err(|_| {
         ApiError::BadRequest(format!(
@@ -309,14 +294,13 @@ pub async fn list_projects(
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Json<ProjectPage>, ApiError> {
     let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let limit = params.limit.unwrap_or(50);
-    if !(1..=200).contains(&limit) {
-        return Err(ApiError::BadRequest(
-            "limit must be between 1 and 200".into(),
-        ));
-    }
+    let limit = paging::limit(params.limit)?;
     let status = params.status.as_deref().map(parse_status).transpose()?;
-    let after = params.cursor.as_deref().map(decode_cursor).transpose()?;
+    let after = params
+        .cursor
+        .as_deref()
+        .map(paging::decode_cursor)
+        .transpose()?;
     let owner = if is_admin(&state, &user).await? {
         None
     } else {
@@ -338,14 +322,7 @@ pub async fn list_projects(
     .bind(limit + 1)
     .fetch_all(state.store.pool())
     .await?;
-    let next_cursor = if items.len() > usize::try_from(limit).unwrap_or_default() {
-        items.pop();
-        items
-            .last()
-            .map(|last| encode_cursor(last.created_at, last.id))
-    } else {
-        None
-    };
+    let next_cursor = paging::finish_page(&mut items, limit, |last| (last.created_at, last.id));
     Ok(Json(ProjectPage { items, next_cursor }))
 }
 

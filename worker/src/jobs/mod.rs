@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use idp_events::backoff::Backoff;
 
+use crate::broker::Ack;
+
 /// Queue of `send_email` jobs.
 pub const EMAIL_QUEUE: &str = "email";
 
@@ -105,8 +107,33 @@ impl From<sqlx::Error> for JobError {
     }
 }
 
+/// Runs a job's `work` in its own task, so that nothing dropping the handler's future (a
+/// worker whose broker connection broke) interrupts it between an effect and the record of it;
+/// counts it in the job metrics; and hands its message back to the queue or lets it be
+/// dead-lettered, as its result says.
+pub async fn run_detached<F, Fut>(queue: &'static str, ack: &Ack, work: F) -> Result<(), JobError>
+where
+    F: FnOnce(JobRun) -> Fut,
+    Fut: Future<Output = Result<(), JobError>> + Send + 'static,
+{
+    let run = JobRun::start(queue);
+    let result = tokio::spawn(work(run))
+        .await
+        .unwrap_or_else(|err| Err(JobError::Storage(format!("the job task failed: {err}"))));
+    run.finish(&result);
+    match &result {
+        Ok(()) => {}
+        Err(err) if err.hands_back() => {
+            tracing::warn!(queue, error = %err, "job handed back to the queue");
+            ack.hand_back();
+        }
+        Err(err) => tracing::error!(queue, error = %err, "job gave up; dead-lettering it"),
+    }
+    result
+}
+
 /// Counts a job run in the job metrics: started now, outcome and duration when finished.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub struct JobRun {
     queue: &'static str,
     started: Instant,

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::send_email::TokenSecret;
-use super::{JobError, JobRun, PROVISION_QUEUE, RetryPolicy};
+use super::{JobError, JobRun, PROVISION_QUEUE, RetryPolicy, run_detached};
 use crate::breaker::{Breaker, Permit};
 use crate::broker::{Ack, OutgoingJob};
 use crate::provision::drivers::{
@@ -201,26 +201,12 @@ pub async fn provision_project(
     jobs: Data<Arc<ProvisionJobs>>,
     ack: Data<Ack>,
 ) -> Result<(), JobError> {
-    // Its own task, so that nothing dropping this future (a worker whose broker connection
-    // broke) interrupts a driver between its effect and the record of it.
+    // In its own task: nothing may cut a driver between its effect and the record of it.
     let ctx = Arc::clone(&jobs);
-    let result = tokio::spawn(async move {
-        let run = JobRun::start(PROVISION_QUEUE);
-        let result = run_job(&job, &ctx, &run).await;
-        run.finish(&result);
-        result
+    run_detached(PROVISION_QUEUE, &ack, move |run| async move {
+        run_job(&job, &ctx, &run).await
     })
     .await
-    .unwrap_or_else(|err| Err(JobError::Storage(format!("the job task failed: {err}"))));
-    match &result {
-        Ok(()) => {}
-        Err(err) if err.hands_back() => {
-            tracing::warn!(error = %err, "provisioning job handed back to the queue");
-            ack.hand_back();
-        }
-        Err(err) => tracing::error!(error = %err, "provisioning job gave up; dead-lettering it"),
-    }
-    result
 }
 
 /// What one attempt at a step came to.

@@ -23,7 +23,7 @@ use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{EMAIL_QUEUE, JobError, JobRun, RetryPolicy};
+use super::{EMAIL_QUEUE, JobError, JobRun, RetryPolicy, run_detached};
 use crate::breaker::{Breaker, Permit};
 use crate::broker::{Ack, OutgoingJob};
 use crate::config::EmailConfig;
@@ -209,27 +209,13 @@ pub async fn send_email(
     jobs: Data<Arc<EmailJobs>>,
     ack: Data<Ack>,
 ) -> Result<(), JobError> {
-    // The work runs in its own task, so that nothing dropping this future (a worker whose
-    // broker connection broke) can interrupt an SMTP transaction between its recorded
-    // hand-over and the final dot.
+    // In its own task: nothing may cut an SMTP transaction between its recorded hand-over and
+    // the final dot.
     let ctx = Arc::clone(&jobs);
-    let result = tokio::spawn(async move {
-        let run = JobRun::start(EMAIL_QUEUE);
-        let result = attempt_until_done(&job, &ctx, &run).await;
-        run.finish(&result);
-        result
+    run_detached(EMAIL_QUEUE, &ack, move |run| async move {
+        attempt_until_done(&job, &ctx, &run).await
     })
     .await
-    .unwrap_or_else(|err| Err(JobError::Storage(format!("the job task failed: {err}"))));
-    match &result {
-        Ok(()) => {}
-        Err(err) if err.hands_back() => {
-            tracing::warn!(error = %err, "email job handed back to the queue");
-            ack.hand_back();
-        }
-        Err(err) => tracing::error!(error = %err, "email job gave up; dead-lettering it"),
-    }
-    result
 }
 
 #[tracing::instrument(name = "job.send_email", skip_all, fields(job.id = %job.job_id, cause.id = %job.cause_id, template = ?job.template))]
