@@ -85,6 +85,38 @@ pub struct Profile {
     pub created_at: Option<DateTime<Utc>>,
 }
 
+/// An administrator's lock, as it stands after the request.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct LockOutcome {
+    /// End of the lock (9999-12-31T23:59:59Z: until an administrator unlocks the account).
+    pub locked_until: DateTime<Utc>,
+    /// How many sessions of the account this request ended.
+    pub sessions_revoked: usize,
+}
+
+/// The advisory lock (transaction-level, one fixed key) under which every change that could
+/// leave no administrator who can sign in counts the administrators and appends: demotions and
+/// locks. Two administrators demoting or locking each other at once are thus serialised, and
+/// the second sees the first's change.
+const ADMINS_GUARD: &str = "idp.admin_accounts";
+
+/// The advisory lock of one account's sessions: a sign-in takes it shared, ending all of the
+/// account's sessions takes it exclusively. So a sign-in racing an administrator's lock either
+/// commits first (and its session is ended with the others) or starts after (and sees the lock).
+fn sessions_lock(user_id: Uuid) -> String {
+    format!("idp.sessions.{user_id}")
+}
+
+/// Takes [`sessions_lock`] of `user_id` exclusively until the transaction ends. Taken before
+/// anything else the transaction locks (a sign-in takes it first too), so waits never cross.
+async fn lock_sessions(conn: &mut PgConnection, user_id: Uuid) -> Result<(), ApiError> {
+    sqlx::query("select pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(sessions_lock(user_id))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// Rate limits of the identity endpoints.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -346,6 +378,9 @@ impl Identity {
             .bind(password_hash)
             .execute(&mut *tx)
             .await?;
+        if roles_grant_admin(&events) == Some(true) {
+            set_admin(&mut tx, id, true).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -420,13 +455,21 @@ impl Identity {
             .await
     }
 
-    /// Sends a reset email if the account exists.
+    /// Sends a reset email if the account exists, unless an administrator's lock is in force
+    /// (the reset would be refused).
     pub async fn forgot_password(
         &self,
         ctx: &ClientContext,
         email: &Email,
     ) -> Result<(), ApiError> {
-        self.request_email(ctx, email, user::request_reset).await
+        self.request_email(ctx, email, |account| {
+            if account.is_locked_by_admin(Utc::now()) {
+                Vec::new()
+            } else {
+                user::request_reset(account)
+            }
+        })
+        .await
     }
 
     /// A rate-limited request for an email about an account; nothing happens (and nothing
@@ -633,6 +676,27 @@ impl Identity {
         let expires_at = Utc::now() + self.session_ttl;
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin().await?;
+        sqlx::query("select pg_advisory_xact_lock_shared(hashtextextended($1, 0))")
+            .bind(sessions_lock(account.id))
+            .execute(&mut *tx)
+            .await?;
+        let version: i64 = sqlx::query_scalar(
+            "select coalesce(max(stream_version), 0) from events where stream_id = $1",
+        )
+        .bind(user::stream_id(account.id))
+        .fetch_one(&mut *tx)
+        .await?;
+        // The account changed since the password was checked: maybe an administrator locked it.
+        let reloaded;
+        let account = if version == account.version {
+            account
+        } else {
+            reloaded = self.load_user(account.id).await?;
+            if reloaded.is_locked(Utc::now()) {
+                return Err(ApiError::InvalidCredentials);
+            }
+            &reloaded
+        };
         reset_failures(&mut tx, account.id).await?;
         sqlx::query(
             "with session as (
@@ -754,6 +818,7 @@ impl Identity {
         self.token_pair(user_id, session_id, &account.roles, new_token)
     }
 
+    /// Ends session `session_id` with `events`; false if it had ended already.
     async fn revoke_in(
         &self,
         conn: &mut PgConnection,
@@ -761,7 +826,7 @@ impl Identity {
         events: &[SessionEvent],
         reason: RevokeReason,
         meta: Metadata,
-    ) -> Result<(), ApiError> {
+    ) -> Result<bool, ApiError> {
         let revoked = sqlx::query(
             "update sessions set revoked_at = now(), revoke_reason = $2 where session_id = $1 and revoked_at is null",
         )
@@ -771,7 +836,7 @@ impl Identity {
         .await?
         .rows_affected();
         if revoked == 0 {
-            return Ok(());
+            return Ok(false);
         }
         self.store
             .append_in(
@@ -782,7 +847,7 @@ impl Identity {
                     .metadata(meta),
             )
             .await?;
-        Ok(())
+        Ok(true)
     }
 
     /// Ends the session of a refresh token. Unknown or already ended: nothing to do.
@@ -811,7 +876,8 @@ impl Identity {
         Ok(())
     }
 
-    /// Ends the sessions of `user_id` except `keep`, inside `conn`'s transaction.
+    /// Ends the sessions of `user_id` except `keep`, inside `conn`'s transaction, and says how
+    /// many. Sign-ins of the account wait until the transaction ends (see [`sessions_lock`]).
     async fn revoke_all(
         &self,
         conn: &mut PgConnection,
@@ -819,24 +885,30 @@ impl Identity {
         keep: Option<Uuid>,
         reason: RevokeReason,
         meta: &Metadata,
-    ) -> Result<(), ApiError> {
+    ) -> Result<usize, ApiError> {
+        lock_sessions(conn, user_id).await?;
         let sessions: Vec<Uuid> = sqlx::query_scalar(
             "select session_id from sessions where user_id = $1 and revoked_at is null",
         )
         .bind(user_id)
         .fetch_all(&mut *conn)
         .await?;
+        let mut revoked = 0;
         for sid in sessions.into_iter().filter(|s| Some(*s) != keep) {
-            self.revoke_in(
-                conn,
-                sid,
-                &[SessionEvent::SessionRevoked { reason }],
-                reason,
-                meta.clone(),
-            )
-            .await?;
+            if self
+                .revoke_in(
+                    conn,
+                    sid,
+                    &[SessionEvent::SessionRevoked { reason }],
+                    reason,
+                    meta.clone(),
+                )
+                .await?
+            {
+                revoked += 1;
+            }
         }
-        Ok(())
+        Ok(revoked)
     }
 
     /// Sets a new password with the token from the reset email; every session ends.
@@ -924,6 +996,7 @@ impl Identity {
     ) -> Result<(), ApiError> {
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin().await?;
+        lock_sessions(&mut tx, account.id).await?;
         self.store
             .append_in(
                 &mut tx,
@@ -973,6 +1046,186 @@ impl Identity {
         Ok(())
     }
 
+    /// Locks `user_id` for an administrator (`None`: until an administrator unlocks it): no
+    /// sign-in, and every session of the account ends at once. Refused with a conflict for the
+    /// last administrator who can sign in.
+    pub async fn lock(
+        &self,
+        ctx: &ClientContext,
+        admin: &str,
+        user_id: Uuid,
+        until: Option<DateTime<Utc>>,
+    ) -> Result<LockOutcome, ApiError> {
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        let (account, other_admins) = self.guard_admins(&mut tx, user_id).await?;
+        lock_sessions(&mut tx, user_id).await?;
+        let events = user::lock(&account, until, Utc::now(), other_admins).map_err(domain)?;
+        let meta = ctx.metadata(admin);
+        self.append_user_in(&mut tx, &account, &events, meta.clone())
+            .await?;
+        let sessions_revoked = self
+            .revoke_all(&mut tx, user_id, None, RevokeReason::Admin, &meta)
+            .await?;
+        tx.commit().await?;
+        let locked_until = events
+            .iter()
+            .find_map(|e| match e {
+                UserEvent::AccountLocked { until, .. } => Some(*until),
+                _ => None,
+            })
+            .or(account.locked_until)
+            .unwrap_or_else(user::indefinitely);
+        Ok(LockOutcome {
+            locked_until,
+            sessions_revoked,
+        })
+    }
+
+    /// Replaces the roles of `user_id` for an administrator and returns them as they are now.
+    /// Refused with a conflict when it would leave no administrator who can sign in.
+    pub async fn change_roles(
+        &self,
+        ctx: &ClientContext,
+        admin: &str,
+        user_id: Uuid,
+        roles: &[String],
+    ) -> Result<Vec<String>, ApiError> {
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        let (account, other_admins) = self.guard_admins(&mut tx, user_id).await?;
+        // `change_roles` counts the account itself among the administrators.
+        let events =
+            user::change_roles(&account, roles, other_admins.saturating_add(1)).map_err(domain)?;
+        self.append_user_in(&mut tx, &account, &events, ctx.metadata(admin))
+            .await?;
+        tx.commit().await?;
+        let mut after = account;
+        for event in &events {
+            after.apply(event, Uuid::nil(), Utc::now());
+        }
+        let mut roles = after.roles;
+        roles.sort();
+        Ok(roles)
+    }
+
+    /// Ends every session of `user_id` for an administrator and says how many there were.
+    pub async fn revoke_sessions(
+        &self,
+        ctx: &ClientContext,
+        admin: &str,
+        user_id: Uuid,
+    ) -> Result<usize, ApiError> {
+        self.load_user(user_id).await?;
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        let revoked = self
+            .revoke_all(
+                &mut tx,
+                user_id,
+                None,
+                RevokeReason::Admin,
+                &ctx.metadata(admin),
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(revoked)
+    }
+
+    /// How many sessions of `user_id` are neither revoked nor expired.
+    pub async fn active_sessions(&self, user_id: Uuid) -> Result<i64, ApiError> {
+        Ok(sqlx::query_scalar(
+            "select count(*) from sessions where user_id = $1 and revoked_at is null and expires_at > now()",
+        )
+        .bind(user_id)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Takes [`ADMINS_GUARD`] for the rest of `conn`'s transaction, then reads, inside it,
+    /// account `user_id` and how many other administrators can sign in now (verified, not
+    /// locked). Administrators are listed by `admin_accounts`; only their streams are folded.
+    async fn guard_admins(
+        &self,
+        conn: &mut PgConnection,
+        user_id: Uuid,
+    ) -> Result<(User, usize), ApiError> {
+        sqlx::query("select pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(ADMINS_GUARD)
+            .execute(&mut *conn)
+            .await?;
+        let target = user::stream_id(user_id);
+        let admins: Vec<Uuid> =
+            sqlx::query_scalar("select user_id from admin_accounts where user_id <> $1")
+                .bind(user_id)
+                .fetch_all(&mut *conn)
+                .await?;
+        let mut wanted: Vec<String> = admins.into_iter().map(user::stream_id).collect();
+        wanted.push(target.clone());
+        let rows = sqlx::query(
+            "select position, transaction_id::text::bigint as transaction_id, event_id, stream_id,
+                    stream_version, event_type, schema_version, data, metadata, recorded_at, hash
+               from events
+              where stream_id = any($1)
+              order by stream_id, stream_version",
+        )
+        .bind(&wanted)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut streams: std::collections::BTreeMap<String, Vec<idp_events::RecordedEvent>> =
+            std::collections::BTreeMap::new();
+        for row in &rows {
+            let mut event = idp_events::RecordedEvent::from_row(row)?;
+            self.store.upcasters().apply(&mut event);
+            streams
+                .entry(event.stream_id.clone())
+                .or_default()
+                .push(event);
+        }
+        let account = User::fold(user_id, streams.get(&target).map_or(&[], Vec::as_slice));
+        if !account.exists() {
+            return Err(ApiError::NotFound);
+        }
+        let now = Utc::now();
+        let other_admins = streams
+            .iter()
+            .filter(|(stream, _)| **stream != target)
+            .filter_map(|(stream, events)| {
+                let id = stream.strip_prefix("user-")?.parse().ok()?;
+                Some(User::fold(id, events))
+            })
+            .filter(|a| a.has_role(user::ROLE_ADMIN) && a.email_verified && !a.is_locked(now))
+            .count();
+        Ok((account, other_admins))
+    }
+
+    /// Appends `events` to `account`'s stream inside `conn`'s transaction, keeping
+    /// `admin_accounts` in step with any change of roles.
+    async fn append_user_in(
+        &self,
+        conn: &mut PgConnection,
+        account: &User,
+        events: &[UserEvent],
+        metadata: Metadata,
+    ) -> Result<(), ApiError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.store
+            .append_in(
+                &mut *conn,
+                Append::to(user::stream_id(account.id))
+                    .expecting(exact(account.version))
+                    .events(events.iter().map(UserEvent::to_new_event))
+                    .metadata(metadata),
+            )
+            .await?;
+        if let Some(admin) = roles_grant_admin(events) {
+            set_admin(conn, account.id, admin).await?;
+        }
+        Ok(())
+    }
+
     /// The caller's profile.
     pub async fn profile(&self, user_id: Uuid) -> Result<Profile, ApiError> {
         let account = self.load_user(user_id).await?;
@@ -1004,9 +1257,19 @@ impl Identity {
                         verification_id: None,
                     });
                 }
-                return match self.append_user(&account, &events, meta.clone()).await {
+                let mut conn = self.pool.acquire().await?;
+                let mut tx = conn.begin().await?;
+                return match self
+                    .append_user_in(&mut tx, &account, &events, meta.clone())
+                    .await
+                {
                     Err(ApiError::Conflict(_)) => continue,
-                    other => other,
+                    Err(other) => Err(other),
+                    Ok(()) => {
+                        // Also heals an administrator missing from `admin_accounts`.
+                        set_admin(&mut tx, id, true).await?;
+                        Ok(tx.commit().await?)
+                    }
                 };
             }
             password::validate(password)
@@ -1050,6 +1313,27 @@ async fn reset_failures(conn: &mut PgConnection, user_id: Uuid) -> Result<(), Ap
     Ok(())
 }
 
+/// Whether the last event of `events` that sets roles grants `admin`; `None` if none sets roles.
+fn roles_grant_admin(events: &[UserEvent]) -> Option<bool> {
+    events.iter().rev().find_map(|e| match e {
+        UserEvent::UserRegistered { roles, .. } | UserEvent::RolesChanged { roles } => {
+            Some(roles.iter().any(|r| r == user::ROLE_ADMIN))
+        }
+        _ => None,
+    })
+}
+
+/// Records in `admin_accounts` whether `user_id` is an administrator.
+async fn set_admin(conn: &mut PgConnection, user_id: Uuid, admin: bool) -> Result<(), ApiError> {
+    let sql = if admin {
+        "insert into admin_accounts (user_id, granted_at) values ($1, now()) on conflict (user_id) do nothing"
+    } else {
+        "delete from admin_accounts where user_id = $1"
+    };
+    sqlx::query(sql).bind(user_id).execute(conn).await?;
+    Ok(())
+}
+
 fn exact(version: i64) -> ExpectedVersion {
     if version == 0 {
         ExpectedVersion::NoStream
@@ -1061,7 +1345,7 @@ fn exact(version: i64) -> ExpectedVersion {
 fn domain(err: UserError) -> ApiError {
     match err {
         UserError::NotFound => ApiError::NotFound,
-        UserError::LastAdmin => ApiError::Conflict(err.to_string()),
+        UserError::LastAdmin | UserError::LastActiveAdmin => ApiError::Conflict(err.to_string()),
         other => ApiError::Unprocessable(other.to_string()),
     }
 }

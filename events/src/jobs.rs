@@ -106,7 +106,7 @@ impl JobEvent {
 }
 
 /// A job as its stream tells it.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Job {
     /// Stream version (0 when the stream does not exist).
     pub version: u64,

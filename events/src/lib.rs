@@ -17,6 +17,8 @@ pub mod jobs;
 pub mod migrations;
 mod notifier;
 pub mod project;
+pub mod replay;
+pub mod seal;
 mod store;
 pub mod subscription;
 mod tagged;

@@ -1,11 +1,12 @@
-//! Operator commands of `idp-worker`: `rebuild` and `verify`.
+//! Operator commands of `idp-worker`: `rebuild`, `verify` and `replay`.
 
 use std::io::Write;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use idp_events::EventStore;
-use idp_events::chain::verify_streams;
+use idp_events::seal::{Anchor, PublicKeys, VerifyOptions, verify_log};
 use idp_events::subscription::{self, Handler, Subscription};
 use indicatif::{ProgressBar, ProgressStyle};
 use sqlx::PgPool;
@@ -89,25 +90,116 @@ async fn rebuild_with<H: Handler>(store: &EventStore, sub: Subscription<H>) -> a
     Ok(())
 }
 
-/// Recomputes every stream's hash chain; fails (non-zero exit) on the first broken link.
-pub async fn verify(pool: &PgPool, stream_prefix: Option<&str>) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let report = verify_streams(pool, stream_prefix).await?;
+/// Recomputes every stream's hash chain and every seal (links, signatures against the keys in
+/// `keys_dir`, digests against the events), prints a summary, and fails (non-zero exit) naming
+/// the first problem.
+pub async fn verify(
+    pool: &PgPool,
+    stream_prefix: Option<&str>,
+    keys_dir: &Path,
+    expect_seal: Option<Anchor>,
+) -> anyhow::Result<()> {
+    let keys = PublicKeys::load_dir(keys_dir).with_context(|| {
+        format!(
+            "while reading the seal keys in JWT_KEYS_DIR {}",
+            keys_dir.display()
+        )
+    })?;
+    let options = VerifyOptions {
+        stream_prefix: stream_prefix.map(str::to_owned),
+        expect_seal,
+        batch_size: 0,
+    };
+    let report = verify_log(pool, &keys, &options).await?;
+    let secs = report.duration.as_secs_f64();
+    #[allow(clippy::cast_precision_loss)] // a rate for people to read
+    let rate = report.events as f64 / secs.max(1e-9);
+    let summary = format!(
+        "{} streams, {} events, {} seals ({} events sealed); {}; verified in {secs:.1}s ({rate:.0} events/s)",
+        report.streams,
+        report.events,
+        report.seals,
+        report.sealed_events,
+        report.unsealed_summary(),
+    );
     let mut out = std::io::stdout().lock();
-    match &report.first_break {
-        None => {
-            writeln!(
-                out,
-                "intact: {} streams, {} events verified in {:.1}s",
-                report.streams,
-                report.events,
-                started.elapsed().as_secs_f64()
-            )?;
-            Ok(())
-        }
-        Some(broken) => {
-            writeln!(out, "BROKEN: {broken}")?;
-            bail!("the event log failed verification")
-        }
+    let problems = report.problems();
+    let Some(first) = problems.first() else {
+        writeln!(out, "intact: {summary}")?;
+        return Ok(());
+    };
+    for problem in &problems {
+        writeln!(out, "BROKEN: {}", problem.detail)?;
     }
+    writeln!(out, "checked: {summary}")?;
+    bail!("the event log failed verification: {}", first.detail)
+}
+
+/// Prints the history of `stream_id` (all of it, or up to `until`), one line per event, then the
+/// state of its aggregate folded from those events as pretty JSON. Fails (non-zero exit) if the
+/// stream has no events at all.
+pub async fn replay(
+    pool: &PgPool,
+    stream_id: &str,
+    until: Option<idp_events::replay::Until>,
+) -> anyhow::Result<()> {
+    let store = EventStore::new(pool.clone());
+    let history = store
+        .read_stream(stream_id, 1)
+        .await
+        .with_context(|| format!("while reading stream {stream_id:?}"))?;
+    if history.is_empty() {
+        bail!("no stream named {stream_id:?}: it has no events");
+    }
+    let events = match until {
+        Some(until) => idp_events::replay::events_until(&history, until),
+        None => &history,
+    };
+    let mut out = std::io::stdout().lock();
+    match until {
+        Some(until) => writeln!(
+            out,
+            "stream {stream_id}: {} of {} events, until {until}",
+            events.len(),
+            history.len()
+        )?,
+        None => writeln!(out, "stream {stream_id}: {} events", events.len())?,
+    }
+    writeln!(
+        out,
+        "{:>10}  {:>7}  {:<27}  {:<30}  {:<43}  data",
+        "position", "version", "recorded_at", "type", "actor"
+    )?;
+    for event in events {
+        let actor = event
+            .metadata
+            .get("actor")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("-");
+        writeln!(
+            out,
+            "{:>10}  {:>7}  {:<27}  {:<30}  {:<43}  {}",
+            event.position,
+            event.stream_version,
+            event
+                .recorded_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            event.event_type,
+            actor,
+            event.data
+        )?;
+    }
+    let version = events.last().map_or(0, |e| e.stream_version);
+    match idp_events::replay::state_of(stream_id, events) {
+        Some(state) => {
+            writeln!(out, "\nstate at version {version}:")?;
+            writeln!(out, "{}", serde_json::to_string_pretty(&state)?)?;
+        }
+        None if events.is_empty() => writeln!(out, "\nno state: the stream had no events yet")?,
+        None => writeln!(
+            out,
+            "\nno state: no aggregate is known for streams like this"
+        )?,
+    }
+    Ok(())
 }

@@ -35,6 +35,10 @@ pub struct Config {
     #[command(flatten)]
     pub provision: ProvisionConfig,
 
+    /// Seals: signed checkpoints of the whole log.
+    #[command(flatten)]
+    pub seal: SealConfig,
+
     /// What to do; without a command the worker runs.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -50,11 +54,25 @@ pub enum Command {
         /// The projection, e.g. `event_type_counts`.
         name: String,
     },
-    /// Recompute the hash chain of every stream and report the first broken link.
+    /// Recompute the hash chain of every stream and every seal, and report the first problem.
     Verify {
-        /// Only streams whose id starts with this, e.g. `user-`.
+        /// Only streams whose id starts with this, e.g. `user-` (seals always cover the log).
         #[arg(long)]
         stream_prefix: Option<String>,
+        /// A seal kept outside the database (`GET /v1/admin/audit/seal`) that the log must
+        /// still hold: `<seal number>:<seal hash in hex>`.
+        #[arg(long, value_name = "NUMBER:HASH")]
+        expect_seal: Option<idp_events::seal::Anchor>,
+    },
+    /// Print a stream's history and the state of its aggregate, now or at a point in the past.
+    Replay {
+        /// The stream, e.g. `user-<uuid>` or `project-<uuid>`.
+        #[arg(long, value_parser = idp_events::replay::parse_stream_id)]
+        stream: String,
+        /// Stop after the events recorded at or before this RFC 3339 time
+        /// (`2026-01-31T12:00:00Z`), or at or before this log position (a whole number).
+        #[arg(long)]
+        until: Option<idp_events::replay::Until>,
     },
 }
 
@@ -270,6 +288,20 @@ pub struct ProvisionConfig {
     #[arg(long, env = "PROVISION_CONCURRENCY", value_name = "PROVISION_CONCURRENCY", default_value_t = 16,
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub provision_concurrency: u16,
+}
+
+/// Seals: signed checkpoints of the whole log (tamper evidence).
+#[derive(Debug, Clone, clap::Args)]
+pub struct SealConfig {
+    /// How often the sealer seals the events committed since the last seal, in seconds.
+    #[arg(long, env = "SEAL_INTERVAL_SECS", value_name = "SEAL_INTERVAL_SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub seal_interval_secs: u64,
+
+    /// Most events in one seal; more are sealed in several seals (each keeps 40 bytes per event).
+    #[arg(long, env = "SEAL_MAX_EVENTS", value_name = "SEAL_MAX_EVENTS", default_value_t = 100_000,
+          value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
+    pub seal_max_events: i64,
 }
 
 fn parse_prefix(raw: &str) -> Result<String, String> {

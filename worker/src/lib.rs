@@ -14,4 +14,5 @@ pub mod jobs;
 pub mod lag;
 pub mod projections;
 pub mod provision;
+pub mod sealer;
 pub mod startup;

@@ -22,9 +22,17 @@ async fn main() -> anyhow::Result<()> {
             idp_events::migrations::run(&pool).await?;
             idp_worker::cli::rebuild(&pool, name).await
         }
-        Some(Command::Verify { stream_prefix }) => {
+        Some(Command::Verify {
+            stream_prefix,
+            expect_seal,
+        }) => {
             let pool = connect(&config.common).await?;
-            idp_worker::cli::verify(&pool, stream_prefix.as_deref()).await
+            let keys_dir = &config.email.jwt_keys_dir;
+            idp_worker::cli::verify(&pool, stream_prefix.as_deref(), keys_dir, *expect_seal).await
+        }
+        Some(Command::Replay { stream, until }) => {
+            let pool = connect(&config.common).await?;
+            idp_worker::cli::replay(&pool, stream, *until).await
         }
     }
 }

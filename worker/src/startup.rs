@@ -121,6 +121,12 @@ impl Worker {
 
         let interval = Duration::from_secs(jobs_config.metrics_sample_secs);
         tasks.spawn(lag::run(self.pool.clone(), interval, shutdown.clone()));
+        let sealer = crate::sealer::SealerSettings::from_config(&self.config);
+        tasks.spawn(crate::sealer::run(
+            self.pool.clone(),
+            sealer,
+            shutdown.clone(),
+        ));
         tasks.spawn(sample_breakers(
             self.pool.clone(),
             interval,

@@ -1,34 +1,635 @@
 //! `/v1/admin/users/*`: account administration (admin role required on every request).
+//!
+//! The list comes from the worker's `users_directory` read model (eventually consistent); one
+//! account is folded from its stream (authoritative), with the directory's extra fields when the
+//! worker has caught up. Every change is an event with the administrator as actor.
 
-use axum::Router;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::routing::post;
+use axum::body::Bytes;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use idp_events::identity::user;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sqlx::{FromRow, Postgres, QueryBuilder};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use super::paging;
 use crate::error::ApiError;
-use crate::extract::{AdminUser, ClientContext};
+use crate::extract::{AdminUser, ApiJson, ClientContext};
+use crate::identity::LockOutcome;
 use crate::startup::AppState;
 
 /// The routes of this module.
 pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/admin/users/{id}/unlock", post(unlock))
+    Router::new()
+        .route("/v1/admin/users", get(list_users))
+        .route("/v1/admin/users/{id}", get(get_user))
+        .route("/v1/admin/users/{id}/lock", post(lock))
+        .route("/v1/admin/users/{id}/unlock", post(unlock))
+        .route("/v1/admin/users/{id}/roles", put(set_roles))
+        .route(
+            "/v1/admin/users/{id}/sessions/revoke",
+            post(revoke_sessions),
+        )
+}
+
+/// The account id of the path; anything but a UUID is a 400.
+fn account_id(path: Result<Path<Uuid>, PathRejection>) -> Result<Uuid, ApiError> {
+    let Path(id) = path.map_err(|_| ApiError::BadRequest("id: not a UUID".into()))?;
+    tracing::Span::current().record("user.id", tracing::field::display(id));
+    Ok(id)
+}
+
+/// Where an account stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum UserStatus {
+    /// The address is not verified yet.
+    Unverified,
+    /// Verified and not locked.
+    Active,
+    /// A lock is in force (after failed sign-ins, or by an administrator).
+    Locked,
+}
+
+/// The order of the list.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, ToSchema)]
+pub enum UserSort {
+    /// By email address, A to Z.
+    #[serde(rename = "email")]
+    Email,
+    /// By email address, Z to A.
+    #[serde(rename = "-email")]
+    EmailDesc,
+    /// Oldest first.
+    #[serde(rename = "created_at")]
+    CreatedAt,
+    /// Newest first (the default).
+    #[default]
+    #[serde(rename = "-created_at")]
+    CreatedAtDesc,
+}
+
+impl UserSort {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Email => "email",
+            Self::EmailDesc => "-email",
+            Self::CreatedAt => "created_at",
+            Self::CreatedAtDesc => "-created_at",
+        }
+    }
+
+    fn by_email(self) -> bool {
+        matches!(self, Self::Email | Self::EmailDesc)
+    }
+
+    fn descending(self) -> bool {
+        matches!(self, Self::EmailDesc | Self::CreatedAtDesc)
+    }
+}
+
+/// Search, filters, order and paging of the account list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    /// Part of the email address or display name (case-insensitive), 1 to 100 characters.
+    pub q: Option<String>,
+    /// Only accounts with this role (`user`, `admin`).
+    pub role: Option<String>,
+    /// Only accounts in this status (`locked`: a lock is in force now).
+    pub status: Option<UserStatus>,
+    /// `email`, `-email`, `created_at` or `-created_at` (default: newest first).
+    #[param(value_type = Option<String>)]
+    pub sort: Option<UserSort>,
+    /// Accounts per page, 1 to 200 (default 50).
+    pub limit: Option<i64>,
+    /// The `next_cursor` of the previous page (with the same `sort`).
+    pub cursor: Option<String>,
+}
+
+/// An account as listed.
+#[derive(Debug, Serialize, FromRow, ToSchema)]
+pub struct UserSummary {
+    /// Account id.
+    pub id: Uuid,
+    /// Email address.
+    pub email: String,
+    /// Name to show.
+    pub display_name: Option<String>,
+    /// Roles.
+    pub roles: Vec<String>,
+    /// `unverified`, `active` or `locked`.
+    pub status: UserStatus,
+    /// End of the lock in force, if any.
+    pub locked_until: Option<DateTime<Utc>>,
+    /// When the account was created.
+    pub created_at: DateTime<Utc>,
+    /// The latest sign-in.
+    pub last_login_at: Option<DateTime<Utc>>,
+    /// When the address was verified.
+    pub email_verified_at: Option<DateTime<Utc>>,
+    /// The email sort key, as the database compares it.
+    #[serde(skip)]
+    pub email_key: String,
+}
+
+impl sqlx::Type<Postgres> for UserStatus {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        <String as sqlx::Type<Postgres>>::type_info()
+    }
+}
+
+impl sqlx::Decode<'_, Postgres> for UserStatus {
+    fn decode(value: sqlx::postgres::PgValueRef<'_>) -> Result<Self, sqlx::error::BoxDynError> {
+        match <&str as sqlx::Decode<Postgres>>::decode(value)? {
+            "unverified" => Ok(Self::Unverified),
+            "active" => Ok(Self::Active),
+            "locked" => Ok(Self::Locked),
+            other => Err(format!("unknown account status {other:?}").into()),
+        }
+    }
+}
+
+/// A page of accounts.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserPage {
+    /// The accounts.
+    pub items: Vec<UserSummary>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// The position after an item of a list in `sort` order: its sort key and id.
+#[derive(Debug, Clone, PartialEq)]
+enum After {
+    Email(String, Uuid),
+    CreatedAt(DateTime<Utc>, Uuid),
+}
+
+fn encode_cursor(sort: UserSort, item: &UserSummary) -> String {
+    let key = if sort.by_email() {
+        item.email_key.clone()
+    } else {
+        item.created_at.to_rfc3339()
+    };
+    URL_SAFE_NO_PAD.encode(format!("{}|{}|{key}", sort.as_str(), item.id))
+}
+
+/// The position a cursor names; a cursor of another order, or one this API did not hand out,
+/// is a 400.
+fn decode_cursor(sort: UserSort, raw: &str) -> Result<After, ApiError> {
+    let bad = || ApiError::BadRequest("cursor is not one this API returned".into());
+    let text =
+        String::from_utf8(URL_SAFE_NO_PAD.decode(raw).map_err(|_| bad())?).map_err(|_| bad())?;
+    let (order, rest) = text.split_once('|').ok_or_else(bad)?;
+    let (id, key) = rest.split_once('|').ok_or_else(bad)?;
+    if order != sort.as_str() {
+        return Err(ApiError::BadRequest(format!(
+            "cursor belongs to sort={order}, not sort={}",
+            sort.as_str()
+        )));
+    }
+    let id = id.parse().map_err(|_| bad())?;
+    if sort.by_email() {
+        Ok(After::Email(key.to_owned(), id))
+    } else {
+        let at = DateTime::parse_from_rfc3339(key).map_err(|_| bad())?;
+        Ok(After::CreatedAt(at.with_timezone(&Utc), id))
+    }
+}
+
+/// `%part%` for `like`, with the pattern characters of `part` escaped.
+fn contains_pattern(part: &str) -> String {
+    let mut pattern = String::with_capacity(part.len() + 2);
+    pattern.push('%');
+    for c in part.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+/// A lock that ran out leaves the directory row `locked` (see the migration): the status and
+/// the lock's end are read against the clock here.
+const SELECT_SUMMARIES: &str = "
+select user_id as id, email, display_name, roles,
+       case when status = 'locked' and locked_until <= now()
+            then case when email_verified_at is null then 'unverified' else 'active' end
+            else status end as status,
+       case when locked_until > now() then locked_until end as locked_until,
+       created_at, last_login_at, email_verified_at, lower(email) as email_key
+  from users_directory
+ where true";
+
+/// Lists accounts from the users directory: search, filters, order and cursor paging.
+#[utoipa::path(get, path = "/v1/admin/users", tag = "admin", security(("bearer" = [])),
+    params(ListParams),
+    responses((status = 200, description = "A page of accounts", body = UserPage),
+              (status = 400, description = "Bad search, filter, sort, cursor or limit", body = crate::error::Problem, content_type = "application/problem+json"),
+              (status = 401, description = "Not signed in", body = crate::error::Problem, content_type = "application/problem+json"),
+              (status = 403, description = "Not an administrator", body = crate::error::Problem, content_type = "application/problem+json")))]
+#[tracing::instrument(name = "admin.users.list", skip_all)]
+pub async fn list_users(
+    State(state): State<AppState>,
+    AdminUser(_admin): AdminUser,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Json<UserPage>, ApiError> {
+    let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let limit = paging::limit(params.limit)?;
+    let sort = params.sort.unwrap_or_default();
+    let after = params
+        .cursor
+        .as_deref()
+        .map(|c| decode_cursor(sort, c))
+        .transpose()?;
+    let q = params.q.as_deref().map(str::trim).filter(|q| !q.is_empty());
+    if q.is_some_and(|q| q.chars().count() > 100) {
+        return Err(ApiError::BadRequest("q: at most 100 characters".into()));
+    }
+    if let Some(role) = params.role.as_deref()
+        && !user::ROLES.contains(&role)
+    {
+        return Err(ApiError::BadRequest(format!(
+            "role: one of {}",
+            user::ROLES.join(", ")
+        )));
+    }
+
+    let mut query = QueryBuilder::<Postgres>::new(SELECT_SUMMARIES);
+    if let Some(q) = q {
+        let pattern = contains_pattern(q);
+        query
+            .push(" and (lower(email) like ")
+            .push_bind(pattern.clone())
+            .push(" or lower(display_name) like ")
+            .push_bind(pattern)
+            .push(")");
+    }
+    if let Some(role) = params.role {
+        query
+            .push(" and roles @> array[")
+            .push_bind(role)
+            .push("]::text[]");
+    }
+    query.push(match params.status {
+        None => "",
+        Some(UserStatus::Locked) => " and status = 'locked' and locked_until > now()",
+        Some(UserStatus::Active) => {
+            " and (status = 'active'
+                   or (status = 'locked' and locked_until <= now() and email_verified_at is not null))"
+        }
+        Some(UserStatus::Unverified) => {
+            " and (status = 'unverified'
+                   or (status = 'locked' and locked_until <= now() and email_verified_at is null))"
+        }
+    });
+    let (key, cmp, dir) = match (sort.by_email(), sort.descending()) {
+        (true, false) => ("lower(email)", ">", "asc"),
+        (true, true) => ("lower(email)", "<", "desc"),
+        (false, false) => ("created_at", ">", "asc"),
+        (false, true) => ("created_at", "<", "desc"),
+    };
+    match after {
+        Some(After::Email(email, id)) => {
+            query
+                .push(format!(" and ({key}, user_id) {cmp} ("))
+                .push_bind(email)
+                .push(", ")
+                .push_bind(id)
+                .push(")");
+        }
+        Some(After::CreatedAt(at, id)) => {
+            query
+                .push(format!(" and ({key}, user_id) {cmp} ("))
+                .push_bind(at)
+                .push(", ")
+                .push_bind(id)
+                .push(")");
+        }
+        None => {}
+    }
+    query
+        .push(format!(" order by {key} {dir}, user_id {dir} limit "))
+        .push_bind(limit + 1);
+    let mut items: Vec<UserSummary> = query.build_query_as().fetch_all(state.store.pool()).await?;
+    let next_cursor = if items.len() > usize::try_from(limit).unwrap_or_default() {
+        items.pop();
+        items.last().map(|last| encode_cursor(sort, last))
+    } else {
+        None
+    };
+    Ok(Json(UserPage { items, next_cursor }))
+}
+
+/// One account: folded from its stream, with the directory's fields once the worker has them.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserDetail {
+    /// Account id.
+    pub id: Uuid,
+    /// Email address.
+    pub email: String,
+    /// Name to show.
+    pub display_name: Option<String>,
+    /// Roles.
+    pub roles: Vec<String>,
+    /// `unverified`, `active` or `locked`, now.
+    pub status: UserStatus,
+    /// Whether the address is verified.
+    pub email_verified: bool,
+    /// End of the lock in force, if any (9999-12-31T23:59:59Z: until unlocked).
+    pub locked_until: Option<DateTime<Utc>>,
+    /// Whether the lock in force is an administrator's (a password reset does not lift it).
+    pub locked_by_admin: bool,
+    /// How many times the account was locked after failed sign-ins.
+    pub lock_count: u32,
+    /// When the account was created.
+    pub created_at: Option<DateTime<Utc>>,
+    /// When the password last changed.
+    pub password_changed_at: Option<DateTime<Utc>>,
+    /// Sessions neither revoked nor expired.
+    pub active_sessions: i64,
+    /// The version of the account's stream (`user-<id>`).
+    pub version: i64,
+    /// From the directory: when the address was verified.
+    pub email_verified_at: Option<DateTime<Utc>>,
+    /// From the directory: the latest sign-in.
+    pub last_login_at: Option<DateTime<Utc>>,
+    /// From the directory: wrong passwords since the last sign-in, lock or unlock.
+    pub failed_logins: Option<i32>,
+}
+
+/// What the directory adds to an account's stream.
+#[derive(Debug, FromRow)]
+struct DirectoryFields {
+    email_verified_at: Option<DateTime<Utc>>,
+    last_login_at: Option<DateTime<Utc>>,
+    failed_logins: i32,
+}
+
+/// One account, from its event stream.
+#[utoipa::path(get, path = "/v1/admin/users/{id}", tag = "admin", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The account")),
+    responses((status = 200, description = "The account", body = UserDetail),
+              (status = 401, description = "Not signed in", body = crate::error::Problem, content_type = "application/problem+json"),
+              (status = 403, description = "Not an administrator", body = crate::error::Problem, content_type = "application/problem+json"),
+              (status = 404, description = "No such account", body = crate::error::Problem, content_type = "application/problem+json")))]
+#[tracing::instrument(name = "admin.users.get", skip_all, fields(user.id = tracing::field::Empty))]
+pub async fn get_user(
+    State(state): State<AppState>,
+    AdminUser(_admin): AdminUser,
+    id: Result<Path<Uuid>, PathRejection>,
+) -> Result<Json<UserDetail>, ApiError> {
+    let id = account_id(id)?;
+    let account = state.identity.load_user(id).await?;
+    let directory: Option<DirectoryFields> = sqlx::query_as(
+        "select email_verified_at, last_login_at, failed_logins
+           from users_directory where user_id = $1",
+    )
+    .bind(id)
+    .fetch_optional(state.store.pool())
+    .await?;
+    let active_sessions = state.identity.active_sessions(id).await?;
+    let now = Utc::now();
+    let locked = account.is_locked(now);
+    let status = if locked {
+        UserStatus::Locked
+    } else if account.email_verified {
+        UserStatus::Active
+    } else {
+        UserStatus::Unverified
+    };
+    Ok(Json(UserDetail {
+        id,
+        status,
+        locked_until: account.locked_until.filter(|_| locked),
+        locked_by_admin: account.is_locked_by_admin(now),
+        lock_count: account.lock_count,
+        email_verified: account.email_verified,
+        created_at: account.registered_at,
+        password_changed_at: account.password_changed_at,
+        active_sessions,
+        version: account.version,
+        email_verified_at: directory.as_ref().and_then(|d| d.email_verified_at),
+        last_login_at: directory.as_ref().and_then(|d| d.last_login_at),
+        failed_logins: directory.map(|d| d.failed_logins),
+        email: account.email,
+        display_name: account.display_name,
+        roles: account.roles,
+    }))
+}
+
+/// How long an administrator's lock lasts.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LockRequest {
+    /// End of the lock (RFC 3339, in the future); absent: until an administrator unlocks.
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// An optional JSON body: none (or only whitespace) is the default, anything else must be JSON
+/// of the right shape.
+fn optional_json<T: Default + DeserializeOwned>(
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| {
+            let mime = mime.trim();
+            mime.eq_ignore_ascii_case("application/json")
+                || (mime.starts_with("application/") && mime.ends_with("+json"))
+        });
+    if !json {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        if e.is_data() {
+            ApiError::Unprocessable(e.to_string())
+        } else {
+            ApiError::BadRequest(e.to_string())
+        }
+    })
+}
+
+/// Locks an account: no sign-in until the lock ends or an administrator unlocks it, and every
+/// session of the account ends at once. A password reset does not lift it.
+#[utoipa::path(post, path = "/v1/admin/users/{id}/lock", tag = "admin", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The account")),
+    request_body(content = Option<LockRequest>, description = "Optional; without a body, or without `until`, the lock lasts until an administrator unlocks the account"),
+    responses((status = 200, description = "Locked; its sessions ended", body = LockOutcome),
+              (status = 401, description = "Not signed in", body = crate::error::Problem, content_type = "application/problem+json"),
+              (status = 403, description = "Not an administrator", body = crate::error::Problem, content_type = "application/problem+json"),
+              (status = 404, description = "No such account", body = crate::error::Problem, content_type = "application/problem+json"),
+              (status = 409, description = "The last administrator who can sign in, or the account changed meanwhile", body = crate::error::Problem, content_type = "application/problem+json"),
+              (status = 422, description = "`until` is not in the future", body = crate::error::Problem, content_type = "application/problem+json")))]
+#[tracing::instrument(name = "admin.users.lock", skip_all, fields(user.id = tracing::field::Empty))]
+pub async fn lock(
+    State(state): State<AppState>,
+    ctx: ClientContext,
+    AdminUser(admin): AdminUser,
+    id: Result<Path<Uuid>, PathRejection>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<LockOutcome>, ApiError> {
+    let id = account_id(id)?;
+    let request: LockRequest = optional_json(&headers, &body)?;
+    let outcome = state
+        .identity
+        .lock(&ctx, &admin.actor(), id, request.until)
+        .await?;
+    Ok(Json(outcome))
 }
 
 /// Lifts the lock of an account before it ends.
 #[utoipa::path(post, path = "/v1/admin/users/{id}/unlock", tag = "admin", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "The account")),
     responses((status = 204, description = "Unlocked"),
+              (status = 401, description = "Not signed in", body = crate::error::Problem, content_type = "application/problem+json"),
               (status = 403, description = "Not an administrator", content_type = "application/problem+json"),
               (status = 404, description = "No such account", content_type = "application/problem+json"),
               (status = 422, description = "The account is not locked", content_type = "application/problem+json")))]
-#[tracing::instrument(name = "admin.unlock", skip_all, fields(user.id = %id))]
+#[tracing::instrument(name = "admin.unlock", skip_all, fields(user.id = tracing::field::Empty))]
 pub async fn unlock(
     State(state): State<AppState>,
     ctx: ClientContext,
     AdminUser(admin): AdminUser,
-    Path(id): Path<Uuid>,
+    id: Result<Path<Uuid>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
+    let id = account_id(id)?;
     state.identity.unlock(&ctx, &admin.actor(), id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The roles an account should have.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RolesRequest {
+    /// The complete set (`user`, `admin`); `user` is always kept.
+    pub roles: Vec<String>,
+}
+
+/// The roles an account has now.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RolesOutcome {
+    /// Sorted role names.
+    pub roles: Vec<String>,
+}
+
+/// Replaces the roles of an account. Admin routes check the role on every request, so a granted
+/// or removed `admin` takes effect at once.
+#[utoipa::path(put, path = "/v1/admin/users/{id}/roles", tag = "admin", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The account")),
+    request_body = RolesRequest,
+    responses((status = 200, description = "The roles now", body = RolesOutcome),
+              (status = 401, description = "Not signed in", body = crate::error::Problem, content_type = "application/problem+json"),
+              (status = 403, description = "Not an administrator", body = crate::error::Problem, content_type = "application/problem+json"),
+              (status = 404, description = "No such account", body = crate::error::Problem, content_type = "application/problem+json"),
+              (status = 409, description = "It would leave no administrator who can sign in, or the account changed meanwhile", body = crate::error::Problem, content_type = "application/problem+json"),
+              (status = 422, description = "An unknown role", body = crate::error::Problem, content_type = "application/problem+json")))]
+#[tracing::instrument(name = "admin.users.roles", skip_all, fields(user.id = tracing::field::Empty))]
+pub async fn set_roles(
+    State(state): State<AppState>,
+    ctx: ClientContext,
+    AdminUser(admin): AdminUser,
+    id: Result<Path<Uuid>, PathRejection>,
+    ApiJson(request): ApiJson<RolesRequest>,
+) -> Result<Json<RolesOutcome>, ApiError> {
+    let id = account_id(id)?;
+    let roles = state
+        .identity
+        .change_roles(&ctx, &admin.actor(), id, &request.roles)
+        .await?;
+    Ok(Json(RolesOutcome { roles }))
+}
+
+/// The sessions that were ended.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionsRevoked {
+    /// How many sessions this request ended.
+    pub sessions_revoked: usize,
+}
+
+/// Ends every session of an account: its refresh tokens and access tokens stop working at once.
+#[utoipa::path(post, path = "/v1/admin/users/{id}/sessions/revoke", tag = "admin", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The account")),
+    responses((status = 200, description = "Its sessions ended", body = SessionsRevoked),
+              (status = 401, description = "Not signed in", body = crate::error::Problem, content_type = "application/problem+json"),
+              (status = 403, description = "Not an administrator", body = crate::error::Problem, content_type = "application/problem+json"),
+              (status = 404, description = "No such account", body = crate::error::Problem, content_type = "application/problem+json")))]
+#[tracing::instrument(name = "admin.users.revoke_sessions", skip_all, fields(user.id = tracing::field::Empty))]
+pub async fn revoke_sessions(
+    State(state): State<AppState>,
+    ctx: ClientContext,
+    AdminUser(admin): AdminUser,
+    id: Result<Path<Uuid>, PathRejection>,
+) -> Result<Json<SessionsRevoked>, ApiError> {
+    let id = account_id(id)?;
+    let sessions_revoked = state
+        .identity
+        .revoke_sessions(&ctx, &admin.actor(), id)
+        .await?;
+    Ok(Json(SessionsRevoked { sessions_revoked }))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn summary(email: &str) -> UserSummary {
+        UserSummary {
+            id: Uuid::now_v7(),
+            email: email.to_owned(),
+            display_name: None,
+            roles: vec!["user".into()],
+            status: UserStatus::Active,
+            locked_until: None,
+            created_at: DateTime::parse_from_rfc3339("2026-12-01T10:00:00.123456Z")
+                .unwrap()
+                .with_timezone(&Utc),
+            last_login_at: None,
+            email_verified_at: None,
+            email_key: email.to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_cursor_names_the_sort_key_and_id_of_its_order() {
+        let item = summary("a|b@example.com");
+        let email = encode_cursor(UserSort::Email, &item);
+        assert_eq!(
+            decode_cursor(UserSort::Email, &email).unwrap(),
+            After::Email("a|b@example.com".into(), item.id)
+        );
+        let created = encode_cursor(UserSort::CreatedAtDesc, &item);
+        assert_eq!(
+            decode_cursor(UserSort::CreatedAtDesc, &created).unwrap(),
+            After::CreatedAt(item.created_at, item.id)
+        );
+        assert!(decode_cursor(UserSort::CreatedAt, &created).is_err());
+        assert!(decode_cursor(UserSort::Email, "not a cursor").is_err());
+    }
+
+    #[test]
+    fn search_terms_match_literally() {
+        assert_eq!(contains_pattern("Ada"), "%ada%");
+        assert_eq!(contains_pattern("50%_\\"), "%50\\%\\_\\\\%");
+    }
 }

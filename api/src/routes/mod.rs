@@ -1,6 +1,9 @@
 //! HTTP routes. Each resource module exposes `router()`; [`router`] assembles them.
 
+pub mod admin_audit;
+pub mod admin_events;
 pub mod admin_jobs;
+pub mod admin_streams;
 pub mod admin_users;
 pub mod auth;
 pub mod openapi;
@@ -21,7 +24,10 @@ pub fn router(state: AppState, health: Health) -> Router {
     Router::new()
         .merge(auth::router())
         .merge(admin_users::router())
+        .merge(admin_audit::router())
+        .merge(admin_events::router())
         .merge(admin_jobs::router())
+        .merge(admin_streams::router())
         .merge(templates::router())
         .merge(projects::router())
         .merge(openapi::router())

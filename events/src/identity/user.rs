@@ -80,11 +80,16 @@ pub enum UserEvent {
         /// The new roles.
         roles: Vec<String>,
     },
-    /// Too many failed logins: no login until `until`.
+    /// No login until `until`: after too many failed logins, or by an administrator.
+    ///
+    /// The automatic lock counts itself in `lock_count` (its length escalates with the count);
+    /// an administrator's lock keeps `lock_count` as it was, which is how the two are told
+    /// apart (the administrator is the event's actor). An administrator's lock is not lifted by
+    /// a password reset, and an indefinite one ends at [`indefinitely`].
     AccountLocked {
         /// End of the lock.
         until: DateTime<Utc>,
-        /// How many times the account was locked so far, this one included.
+        /// How many times the account was locked automatically so far, this one included.
         lock_count: u32,
     },
     /// The lock was lifted before its end (by an admin).
@@ -124,8 +129,10 @@ pub struct User {
     pub pending_reset: Option<(Uuid, DateTime<Utc>)>,
     /// End of the current lock, if any.
     pub locked_until: Option<DateTime<Utc>>,
-    /// How many times the account was locked.
+    /// How many times the account was locked automatically.
     pub lock_count: u32,
+    /// Whether the current (or latest) lock is an administrator's.
+    pub locked_by_admin: bool,
     /// When the password last changed (registration, change or reset).
     pub password_changed_at: Option<DateTime<Utc>>,
     /// Stream version (0 = no such user).
@@ -175,6 +182,7 @@ impl User {
                 self.password_changed_at = Some(at);
                 // A reset proves control of the mailbox and ends a lock.
                 self.locked_until = None;
+                self.locked_by_admin = false;
             }
             UserEvent::PasswordChanged => {
                 self.pending_reset = None;
@@ -183,9 +191,14 @@ impl User {
             UserEvent::RolesChanged { roles } => self.roles.clone_from(roles),
             UserEvent::AccountLocked { until, lock_count } => {
                 self.locked_until = Some(*until);
+                // An automatic lock always counts itself; an administrator's does not.
+                self.locked_by_admin = *lock_count == self.lock_count;
                 self.lock_count = *lock_count;
             }
-            UserEvent::AccountUnlocked => self.locked_until = None,
+            UserEvent::AccountUnlocked => {
+                self.locked_until = None;
+                self.locked_by_admin = false;
+            }
             UserEvent::DuplicateRegistrationAttempted { .. } | UserEvent::PasswordRehashed => {}
         }
     }
@@ -198,6 +211,11 @@ impl User {
     /// True while a lock is in force at `now`.
     pub fn is_locked(&self, now: DateTime<Utc>) -> bool {
         self.locked_until.is_some_and(|until| until > now)
+    }
+
+    /// True while an administrator's lock is in force at `now`.
+    pub fn is_locked_by_admin(&self, now: DateTime<Utc>) -> bool {
+        self.locked_by_admin && self.is_locked(now)
     }
 
     /// True if the user has `role`.
@@ -221,6 +239,15 @@ pub enum UserError {
     /// The change would leave no administrator.
     #[error("the last administrator cannot lose the admin role")]
     LastAdmin,
+    /// The lock would leave no administrator who can sign in.
+    #[error("the last administrator who can sign in cannot be locked")]
+    LastActiveAdmin,
+    /// A lock must end in the future.
+    #[error("until: a lock must end in the future")]
+    LockEndsInThePast,
+    /// An administrator's lock is in force; only an administrator can lift it.
+    #[error("the account is locked by an administrator")]
+    LockedByAdmin,
     /// Nothing to do.
     #[error("the account is not locked")]
     NotLocked,
@@ -290,12 +317,16 @@ pub fn request_reset(user: &User) -> Vec<UserEvent> {
     }
 }
 
-/// Sets a new password with the token of `reset_id`.
+/// Sets a new password with the token of `reset_id`. Not while an administrator's lock is in
+/// force: the reset would end the lock.
 pub fn reset_password(
     user: &User,
     reset_id: Uuid,
     now: DateTime<Utc>,
 ) -> Result<Vec<UserEvent>, UserError> {
+    if user.is_locked_by_admin(now) {
+        return Err(UserError::LockedByAdmin);
+    }
     match user.pending_reset {
         Some((id, at)) if id == reset_id && now - at <= RESET_TTL => {
             Ok(vec![UserEvent::PasswordReset { reset_id }])
@@ -327,6 +358,40 @@ pub fn unlock(user: &User, now: DateTime<Utc>) -> Result<Vec<UserEvent>, UserErr
         return Err(UserError::NotLocked);
     }
     Ok(vec![UserEvent::AccountUnlocked])
+}
+
+/// The end of an administrator's lock that has none: 9999-12-31T23:59:59Z, the latest instant
+/// RFC 3339 can write.
+pub fn indefinitely() -> DateTime<Utc> {
+    DateTime::from_timestamp(253_402_300_799, 0).unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// An administrator's lock until `until` (`None`: [`indefinitely`]). `other_active_admins` is
+/// how many administrators besides `user` can sign in now; locking the last of them is refused.
+/// Locking again with the same end changes nothing.
+pub fn lock(
+    user: &User,
+    until: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    other_active_admins: usize,
+) -> Result<Vec<UserEvent>, UserError> {
+    if !user.exists() {
+        return Err(UserError::NotFound);
+    }
+    let until = until.unwrap_or_else(indefinitely);
+    if until <= now {
+        return Err(UserError::LockEndsInThePast);
+    }
+    if user.has_role(ROLE_ADMIN) && other_active_admins == 0 {
+        return Err(UserError::LastActiveAdmin);
+    }
+    if user.is_locked_by_admin(now) && user.locked_until == Some(until) {
+        return Ok(Vec::new());
+    }
+    Ok(vec![UserEvent::AccountLocked {
+        until,
+        lock_count: user.lock_count,
+    }])
 }
 
 /// Replaces the roles; `admins` is how many administrators exist now.
@@ -499,6 +564,137 @@ mod tests {
             Err(UserError::UnknownRole("wizard".into()))
         );
         assert_eq!(change_roles(&user, &["admin".into()], 1), Ok(Vec::new()));
+    }
+
+    fn admin() -> Vec<UserEvent> {
+        register(
+            "root@example.com",
+            None,
+            vec![ROLE_USER.into(), ROLE_ADMIN.into()],
+            true,
+        )
+    }
+
+    #[test]
+    fn an_administrators_lock_keeps_the_lock_count_and_is_told_apart_from_an_automatic_one() {
+        let now = Utc::now();
+        let mut events = registered();
+        events.extend(failed_login(&given(&events), 5, now));
+        events.push(UserEvent::AccountUnlocked);
+        let user = given(&events);
+        assert_eq!(user.lock_count, 1);
+        let until = now + Duration::days(3);
+        let locked = lock(&user, Some(until), now, 0);
+        assert_eq!(
+            locked,
+            Ok(vec![UserEvent::AccountLocked {
+                until,
+                lock_count: 1
+            }])
+        );
+        events.extend(locked.unwrap_or_default());
+        let user = given(&events);
+        assert!(user.is_locked_by_admin(now));
+        assert_eq!(
+            user.lock_count, 1,
+            "an administrator's lock does not escalate"
+        );
+        assert!(!user.is_locked_by_admin(until), "it ends at its end");
+
+        let automatic = given(&{
+            let mut e = registered();
+            e.extend(failed_login(&given(&registered()), 5, now));
+            e
+        });
+        assert!(automatic.is_locked(now));
+        assert!(!automatic.is_locked_by_admin(now));
+    }
+
+    #[test]
+    fn a_lock_without_an_end_lasts_until_an_administrator_lifts_it() {
+        let now = Utc::now();
+        let mut events = registered();
+        let locked = lock(&given(&events), None, now, 0).unwrap_or_default();
+        assert_eq!(
+            locked,
+            vec![UserEvent::AccountLocked {
+                until: indefinitely(),
+                lock_count: 0
+            }]
+        );
+        assert_eq!(indefinitely().to_rfc3339(), "9999-12-31T23:59:59+00:00");
+        events.extend(locked);
+        let user = given(&events);
+        assert!(user.is_locked_by_admin(now + Duration::days(365 * 100)));
+        assert!(
+            failed_login(&user, 5, now).is_empty(),
+            "no automatic lock on top"
+        );
+        events.extend(unlock(&user, now).unwrap_or_default());
+        let user = given(&events);
+        assert!(!user.is_locked(now));
+        assert!(!user.locked_by_admin);
+    }
+
+    #[test]
+    fn locking_again_with_the_same_end_changes_nothing_and_a_past_end_is_refused() {
+        let now = Utc::now();
+        let mut events = registered();
+        events.extend(lock(&given(&events), None, now, 0).unwrap_or_default());
+        let user = given(&events);
+        assert_eq!(lock(&user, None, now, 0), Ok(Vec::new()));
+        let sooner = now + Duration::hours(1);
+        assert_eq!(
+            lock(&user, Some(sooner), now, 0),
+            Ok(vec![UserEvent::AccountLocked {
+                until: sooner,
+                lock_count: 0
+            }])
+        );
+        assert_eq!(
+            lock(&given(&registered()), Some(now), now, 0),
+            Err(UserError::LockEndsInThePast)
+        );
+        assert_eq!(
+            lock(&User::default(), None, now, 3),
+            Err(UserError::NotFound)
+        );
+    }
+
+    #[test]
+    fn the_last_admin_who_can_sign_in_cannot_be_locked() {
+        let now = Utc::now();
+        let root = given(&admin());
+        assert_eq!(lock(&root, None, now, 0), Err(UserError::LastActiveAdmin));
+        assert!(lock(&root, None, now, 1).is_ok_and(|e| e.len() == 1));
+        // A user who is no admin needs no other admin.
+        assert!(lock(&given(&registered()), None, now, 0).is_ok_and(|e| e.len() == 1));
+    }
+
+    #[test]
+    fn a_password_reset_lifts_an_automatic_lock_but_not_an_administrators() {
+        let now = Utc::now();
+        let reset_requested = UserEvent::PasswordResetRequested {
+            email: "ada@example.com".into(),
+        };
+        // Ids in `given` are positions: the reset request is event 3.
+        let reset_id = Uuid::from_u128(3);
+
+        let mut automatic = registered();
+        automatic.push(reset_requested.clone());
+        automatic.extend(failed_login(&given(&automatic), 5, now));
+        let reset = reset_password(&given(&automatic), reset_id, now);
+        assert_eq!(reset, Ok(vec![UserEvent::PasswordReset { reset_id }]));
+        automatic.extend(reset.unwrap_or_default());
+        assert!(!given(&automatic).is_locked(now));
+
+        let mut by_admin = registered();
+        by_admin.push(reset_requested);
+        by_admin.extend(lock(&given(&by_admin), None, now, 0).unwrap_or_default());
+        assert_eq!(
+            reset_password(&given(&by_admin), reset_id, now),
+            Err(UserError::LockedByAdmin)
+        );
     }
 
     #[test]

@@ -1,0 +1,142 @@
+//! `GET /v1/admin/streams/{stream_id}`: one stream's whole history, or its history up to an
+//! instant with the aggregate's state as it was then (admin role required on every request).
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use idp_events::RecordedEvent;
+use idp_events::replay::{self, Until};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::extract::AdminUser;
+use crate::startup::AppState;
+
+/// The routes of this module.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/admin/streams/{stream_id}", get(stream_history))
+}
+
+/// One event of the stream, as stored.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StreamEvent {
+    /// Global position in the log.
+    pub position: i64,
+    /// The event's identity.
+    pub event_id: Uuid,
+    /// Its version within the stream, from 1.
+    pub version: i64,
+    /// Past-tense event name, e.g. `RolesChanged`.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// Version of the payload's shape.
+    pub schema_version: i32,
+    /// The payload.
+    #[schema(value_type = Object)]
+    pub data: Value,
+    /// Actor, request, correlation and causation ids, client ip and user agent.
+    #[schema(value_type = Object)]
+    pub metadata: Value,
+    /// When it was written.
+    pub recorded_at: DateTime<Utc>,
+    /// Link of the stream's hash chain (SHA-256, hex).
+    pub hash: String,
+}
+
+impl From<&RecordedEvent> for StreamEvent {
+    fn from(event: &RecordedEvent) -> Self {
+        Self {
+            position: event.position,
+            event_id: event.event_id,
+            version: event.stream_version,
+            event_type: event.event_type.clone(),
+            schema_version: event.schema_version,
+            data: event.data.clone(),
+            metadata: event.metadata.clone(),
+            recorded_at: event.recorded_at,
+            hash: hex::encode(&event.hash),
+        }
+    }
+}
+
+/// A stream's history and the state folded from it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StreamHistory {
+    /// The stream, e.g. `user-<uuid>`.
+    pub stream_id: String,
+    /// The stream's version at `as_of` (without it: now); 0 if it had no events yet.
+    pub version: i64,
+    /// The instant asked for, if any (UTC).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub as_of: Option<DateTime<Utc>>,
+    /// The events, in stream order: all of them, or those recorded at or before `as_of`.
+    pub events: Vec<StreamEvent>,
+    /// The aggregate's state folded from `events` (users, sessions, logins, projects, jobs and
+    /// breakers); null for other streams, or when the stream had no events yet.
+    #[schema(value_type = Option<Object>)]
+    pub state: Option<Value>,
+}
+
+/// Point in time of the history.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryParams {
+    /// Only events recorded at or before this instant (RFC 3339, e.g. `2026-01-31T12:00:00Z`;
+    /// write a `+` offset as `%2B`), and the state folded from them.
+    pub as_of: Option<String>,
+}
+
+fn parse_as_of(raw: &str) -> Result<DateTime<Utc>, ApiError> {
+    DateTime::parse_from_rfc3339(raw.trim())
+        .map(|at| at.with_timezone(&Utc))
+        .map_err(|_| {
+            ApiError::BadRequest(format!(
+                "as_of {raw:?} is not an RFC 3339 time such as 2026-01-31T12:00:00Z \
+                 (in a URL, write a '+' offset as %2B)"
+            ))
+        })
+}
+
+/// The history of one stream, and its aggregate's state, now or as of an instant.
+#[utoipa::path(get, path = "/v1/admin/streams/{stream_id}", tag = "admin", security(("bearer" = [])),
+    params(("stream_id" = String, Path, description = "The stream, e.g. `user-<uuid>`, `project-<uuid>` (at most 200 printable characters)"),
+           HistoryParams),
+    responses((status = 200, description = "The stream's history and state", body = StreamHistory),
+              (status = 400, description = "Bad stream id or as_of", body = crate::error::Problem, content_type = "application/problem+json"),
+              (status = 401, description = "Not signed in", body = crate::error::Problem, content_type = "application/problem+json"),
+              (status = 403, description = "Not an administrator", body = crate::error::Problem, content_type = "application/problem+json"),
+              (status = 404, description = "No such stream", body = crate::error::Problem, content_type = "application/problem+json")))]
+#[tracing::instrument(name = "admin.streams.history", skip_all, fields(stream.id = tracing::field::Empty))]
+pub async fn stream_history(
+    State(state): State<AppState>,
+    AdminUser(_admin): AdminUser,
+    stream_id: Result<Path<String>, PathRejection>,
+    params: Result<Query<HistoryParams>, QueryRejection>,
+) -> Result<Json<StreamHistory>, ApiError> {
+    let Path(stream_id) = stream_id.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    replay::check_stream_id(&stream_id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    tracing::Span::current().record("stream.id", stream_id.as_str());
+    let as_of = params.as_of.as_deref().map(parse_as_of).transpose()?;
+
+    let history = state.store.read_stream(&stream_id, 1).await?;
+    if history.is_empty() {
+        return Err(ApiError::NotFound);
+    }
+    let events = match as_of {
+        Some(at) => replay::events_until(&history, Until::Time(at)),
+        None => &history,
+    };
+    Ok(Json(StreamHistory {
+        version: events.last().map_or(0, |e| e.stream_version),
+        as_of,
+        state: replay::state_of(&stream_id, events),
+        events: events.iter().map(StreamEvent::from).collect(),
+        stream_id,
+    }))
+}
