@@ -716,15 +716,18 @@ async fn paging_while_appends_run_neither_repeats_nor_skips_an_event(
     // Two readers follow the log to its head and keep following it while the writers go on:
     // at the head a page has no `next`, so the reader resumes after the last event it saw.
     // Then the writers stop and the readers read to the end.
+    // Readers end only once every writer has finished (not merely been told to stop: appends
+    // in flight still commit after that).
+    let writers_done = Arc::new(AtomicBool::new(false));
     let follow = |filter: &'static str| {
         let env = &env;
-        let stop = Arc::clone(&stop);
+        let done = Arc::clone(&writers_done);
         async move {
             let mut seen: Vec<i64> = Vec::new();
             let mut at_head = 0;
             let mut cursor: Option<String> = None;
             loop {
-                let writing = !stop.load(Ordering::Relaxed);
+                let writing = !done.load(Ordering::SeqCst);
                 let mut query = format!("limit=10&{filter}");
                 if let Some(c) = &cursor {
                     query.push_str(&format!("&cursor={c}"));
@@ -754,6 +757,7 @@ async fn paging_while_appends_run_neither_repeats_nor_skips_an_event(
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
+        writers_done.store(true, Ordering::SeqCst);
     };
     let ((first, second), ()) = tokio::join!(readers, stopper);
     for writer in writers {
