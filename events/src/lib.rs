@@ -14,6 +14,7 @@ mod error;
 mod event;
 pub mod identity;
 pub mod jobs;
+pub mod key_dir;
 pub mod migrations;
 mod notifier;
 pub mod project;

@@ -43,6 +43,7 @@ use tokio::sync::mpsc;
 
 use crate::chain::{BreakKind, ChainBreak, canonical_body, link_hash};
 use crate::event::Cursor;
+use crate::key_dir::{self, KeyDirError};
 
 /// Name and version of the seal format; the first bytes of every seal hash and signed message.
 pub const FORMAT: &str = "idp-seal-v1";
@@ -214,7 +215,7 @@ impl SealSigner {
     /// A signer with `key` named `key_id`.
     pub fn new(key_id: impl Into<String>, key: SigningKey) -> Result<Self, SealKeyError> {
         let key_id = key_id.into();
-        if !valid_kid(&key_id) {
+        if !key_dir::valid_kid(&key_id) {
             return Err(SealKeyError::BadKid(key_id));
         }
         Ok(Self { key_id, key })
@@ -329,59 +330,19 @@ impl PublicKeys {
     }
 }
 
-/// A public key as a JSON Web Key (`OKP`/`Ed25519`, `alg` `EdDSA`).
-pub fn public_jwk(key_id: &str, key: &VerifyingKey) -> Value {
-    serde_json::json!({
-        "kty": "OKP",
-        "crv": "Ed25519",
-        "x": URL_SAFE_NO_PAD.encode(key.to_bytes()),
-        "kid": key_id,
-        "alg": "EdDSA",
-        "use": "sig",
-    })
-}
+pub use crate::key_dir::public_jwk;
 
 /// A public key as SPKI PEM (`-----BEGIN PUBLIC KEY-----`).
 pub fn public_pem(key: &VerifyingKey) -> Option<String> {
     key.to_public_key_pem(LineEnding::LF).ok()
 }
 
-/// Whether `kid` matches `[A-Za-z0-9._-]{1,64}` (as the API's key ring requires).
-fn valid_kid(kid: &str) -> bool {
-    (1..=64).contains(&kid.len())
-        && kid
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
 /// The `*.pem` files in `dir` as (kid, path), sorted by kid.
 fn list_pem_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, SealKeyError> {
-    let io_err = |source| SealKeyError::Io {
-        path: dir.to_path_buf(),
-        source,
-    };
-    let read = match std::fs::read_dir(dir) {
-        Ok(read) => read,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io_err(e)),
-    };
-    let mut files = Vec::new();
-    for entry in read {
-        let path = entry.map_err(io_err)?.path();
-        if path.extension().is_none_or(|ext| ext != "pem") || !path.is_file() {
-            continue;
-        }
-        match path.file_stem().and_then(|s| s.to_str()) {
-            Some(kid) if valid_kid(kid) => files.push((kid.to_owned(), path)),
-            other => {
-                return Err(SealKeyError::BadKid(
-                    other.map_or_else(|| path.display().to_string(), str::to_owned),
-                ));
-            }
-        }
-    }
-    files.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(files)
+    key_dir::list_pem_files(dir).map_err(|err| match err {
+        KeyDirError::Io { path, source } => SealKeyError::Io { path, source },
+        KeyDirError::BadKid(kid) => SealKeyError::BadKid(kid),
+    })
 }
 
 fn read_key(path: &Path) -> Result<SigningKey, SealKeyError> {

@@ -100,6 +100,8 @@ pub struct AppendOutcome {
     pub stream_version: i64,
     /// The writing transaction.
     pub transaction_id: i64,
+    /// The events' `recorded_at` (microseconds, as stored).
+    pub recorded_at: DateTime<Utc>,
 }
 
 impl AppendOutcome {
@@ -401,6 +403,7 @@ impl EventStore {
                         positions,
                         stream_version: next,
                         transaction_id,
+                        recorded_at,
                     },
                     (Err(e), _) | (_, Err(e)) => return Some(Err(AppendError::Database(e))),
                 };
@@ -473,6 +476,7 @@ impl EventStore {
             positions: vec![position],
             stream_version: row.try_get(2).map_err(AppendError::Database)?,
             transaction_id: row.try_get(3).map_err(AppendError::Database)?,
+            recorded_at,
         };
         let hash: Vec<u8> = row.try_get(4).map_err(AppendError::Database)?;
         self.heads
@@ -544,6 +548,7 @@ impl EventStore {
             positions: Vec::with_capacity(rows.len()),
             stream_version: 0,
             transaction_id: 0,
+            recorded_at,
         };
         for row in rows {
             outcome

@@ -9,11 +9,10 @@ use std::fmt;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ed25519_dalek::SigningKey;
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
 use ed25519_dalek::pkcs8::{DecodePrivateKey as _, EncodePrivateKey as _};
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use idp_events::key_dir::{self, KeyDirError};
 use jsonwebtoken::{DecodingKey, EncodingKey};
 
 /// Errors loading or generating signing keys. Messages never contain key material.
@@ -174,15 +173,10 @@ impl KeyRing {
         let keys: Vec<serde_json::Value> = self
             .entries
             .iter()
-            .map(|e| {
-                serde_json::json!({
-                    "kty": "OKP",
-                    "crv": "Ed25519",
-                    "x": URL_SAFE_NO_PAD.encode(e.public),
-                    "kid": e.kid,
-                    "alg": "EdDSA",
-                    "use": "sig",
-                })
+            // Every public key came from a signing key, so it is a valid point.
+            .filter_map(|e| {
+                let key = VerifyingKey::from_bytes(&e.public).ok()?;
+                Some(key_dir::public_jwk(&e.kid, &key))
             })
             .collect();
         serde_json::json!({ "keys": keys })
@@ -206,7 +200,7 @@ impl KeyRing {
         let mut entries: Vec<Entry> = Vec::with_capacity(keys.len());
         let mut signing = None;
         for (kid, pem, origin) in keys {
-            if !valid_kid(&kid) {
+            if !key_dir::valid_kid(&kid) {
                 return Err(KeyError::BadKid { kid });
             }
             if entries.iter().any(|e| e.kid == kid) {
@@ -233,54 +227,12 @@ impl KeyRing {
     }
 }
 
-/// Whether `kid` matches `[A-Za-z0-9._-]{1,64}`.
-fn valid_kid(kid: &str) -> bool {
-    (1..=64).contains(&kid.len())
-        && kid
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
 /// The `*.pem` files in `dir` as (kid, path), sorted by kid. A missing directory has none.
 fn list_pem_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, KeyError> {
-    let io_err = |source| KeyError::Io {
-        path: dir.to_path_buf(),
-        source,
-    };
-    let read = match std::fs::read_dir(dir) {
-        Ok(read) => read,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io_err(e)),
-    };
-    let mut files = Vec::new();
-    for entry in read {
-        let entry = entry.map_err(io_err)?;
-        let path = entry.path();
-        if path.extension().is_none_or(|ext| ext != "pem") {
-            continue;
-        }
-        let file_type = std::fs::metadata(&path).map_err(|source| KeyError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        if !file_type.is_file() {
-            continue;
-        }
-        let kid = match path.file_stem().and_then(|s| s.to_str()) {
-            Some(kid) if valid_kid(kid) => kid.to_owned(),
-            other => {
-                return Err(KeyError::BadKid {
-                    kid: other.map_or_else(
-                        || path.display().to_string(),
-                        std::borrow::ToOwned::to_owned,
-                    ),
-                });
-            }
-        };
-        files.push((kid, path));
-    }
-    files.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(files)
+    key_dir::list_pem_files(dir).map_err(|err| match err {
+        KeyDirError::Io { path, source } => KeyError::Io { path, source },
+        KeyDirError::BadKid(kid) => KeyError::BadKid { kid },
+    })
 }
 
 /// Creates `dir` if needed and writes a new key file to it, returning (kid, path).
@@ -370,6 +322,8 @@ fn warn_if_readable_by_others(_path: &Path) {}
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
     /// A temporary directory removed on drop.
     struct TempDir(PathBuf);
@@ -435,7 +389,7 @@ mod tests {
     fn generated_pem_is_pkcs8_with_a_time_kid() {
         let (kid, pem) = KeyRing::generate_pem().unwrap();
         assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"), "{pem}");
-        assert!(valid_kid(&kid));
+        assert!(key_dir::valid_kid(&kid));
         assert!(chrono::NaiveDateTime::parse_from_str(&kid, "%Y-%m-%dT%H%M%SZ").is_ok());
         let (_, other) = KeyRing::generate_pem().unwrap();
         assert_ne!(pem, other);

@@ -7,9 +7,9 @@
 pub mod idempotency;
 pub mod live;
 
-use idp_events::project::read_model::{self, NAME_SCOPE, name_claim};
+use idp_events::project::read_model;
 use idp_events::project::{Project, ProjectEvent, stream_id};
-use idp_events::{Append, AppendError, ExpectedVersion, Metadata, RecordedEvent};
+use idp_events::{AppendError, Metadata, RecordedEvent};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -60,10 +60,8 @@ pub async fn load(state: &AppState, id: Uuid) -> Result<Loaded, ApiError> {
     Ok(Loaded { project, history })
 }
 
-/// Appends `events`, decided on `project` as folded, to its stream at the version it was folded
-/// at (a new stream for version 0, claiming the owner's name for a `ProjectRequested`), and
-/// saves the project as it now is in the `projects` table, both in `tx`. A concurrent change
-/// or a name the owner already uses is a 409.
+/// Records `events`, decided on `project` as folded, with the `projects` table, in `tx`
+/// ([`read_model::record`]). A concurrent change or a name the owner already uses is a 409.
 pub async fn record(
     state: &AppState,
     tx: &mut PgConnection,
@@ -71,47 +69,21 @@ pub async fn record(
     events: &[ProjectEvent],
     metadata: Metadata,
 ) -> Result<Project, ApiError> {
-    let expected = match project.version {
-        0 => ExpectedVersion::NoStream,
-        version => ExpectedVersion::Exact(version),
-    };
-    let mut append = Append::to(stream_id(project.id))
-        .expecting(expected)
-        .events(events.iter().map(ProjectEvent::to_new_event))
-        .metadata(metadata);
-    let mut requested_name = None;
-    for event in events {
-        if let ProjectEvent::ProjectRequested { owner_id, name, .. } = event {
-            append = append.claim(NAME_SCOPE, name_claim(*owner_id, name));
-            requested_name = Some(name.clone());
-        }
-    }
-    let outcome = match state.store.append_in(&mut *tx, append).await {
-        Ok(outcome) => outcome,
+    match read_model::record(&state.store, tx, project, events, metadata).await {
+        Ok(next) => Ok(next),
         Err(AppendError::ReservationTaken { .. }) => {
-            return Err(ApiError::Conflict(format!(
+            let name = events.iter().find_map(|e| match e {
+                ProjectEvent::ProjectRequested { name, .. } => Some(name.as_str()),
+                _ => None,
+            });
+            Err(ApiError::Conflict(format!(
                 "you already have a project named {:?}",
-                requested_name.unwrap_or_default()
-            )));
+                name.unwrap_or_default()
+            )))
         }
-        Err(AppendError::Conflict { .. }) => {
-            return Err(ApiError::Conflict(
-                "the project changed meanwhile; look again".into(),
-            ));
-        }
-        Err(err) => return Err(err.into()),
-    };
-    // The events' own time, so the table agrees with a fold of the stream.
-    let recorded_at: chrono::DateTime<chrono::Utc> =
-        sqlx::query_scalar("select recorded_at from events where position = $1")
-            .bind(outcome.positions.last().copied().unwrap_or_default())
-            .fetch_one(&mut *tx)
-            .await?;
-    let mut next = project.clone();
-    for event in events {
-        next.apply(event, recorded_at);
+        Err(AppendError::Conflict { .. }) => Err(ApiError::Conflict(
+            "the project changed meanwhile; look again".into(),
+        )),
+        Err(err) => Err(err.into()),
     }
-    next.version = u64::try_from(outcome.stream_version).unwrap_or_default();
-    read_model::save(&mut *tx, &next).await?;
-    Ok(next)
 }

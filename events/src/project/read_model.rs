@@ -4,7 +4,8 @@
 
 use sqlx::PgConnection;
 
-use super::project::Project;
+use super::project::{Project, ProjectEvent, stream_id};
+use crate::{Append, AppendError, EventStore, ExpectedVersion, Metadata};
 
 /// The reservation scope that keeps project names unique per owner.
 pub const NAME_SCOPE: &str = "project-name";
@@ -12,6 +13,47 @@ pub const NAME_SCOPE: &str = "project-name";
 /// The reserved value for `owner`'s project `name`.
 pub fn name_claim(owner_id: uuid::Uuid, name: &str) -> String {
     format!("{owner_id}/{name}")
+}
+
+/// Appends `events`, decided on `project` as folded, to its stream at the version it was folded
+/// at (a new stream at version 0), claiming the owner's name with a `ProjectRequested` and
+/// releasing it with `ProjectDeleted`, and saves the project as it now is: both on `conn`, which
+/// the caller runs in a transaction. Returns the project after the events.
+pub async fn record(
+    store: &EventStore,
+    conn: &mut PgConnection,
+    project: &Project,
+    events: &[ProjectEvent],
+    metadata: Metadata,
+) -> Result<Project, AppendError> {
+    let expected = match project.version {
+        0 => ExpectedVersion::NoStream,
+        version => ExpectedVersion::Exact(version),
+    };
+    let mut append = Append::to(stream_id(project.id))
+        .expecting(expected)
+        .events(events.iter().map(ProjectEvent::to_new_event))
+        .metadata(metadata);
+    for event in events {
+        match event {
+            ProjectEvent::ProjectRequested { owner_id, name, .. } => {
+                append = append.claim(NAME_SCOPE, name_claim(*owner_id, name));
+            }
+            ProjectEvent::ProjectDeleted => {
+                append = append.release(NAME_SCOPE, name_claim(project.owner_id, &project.name));
+            }
+            _ => {}
+        }
+    }
+    let outcome = store.append_in(&mut *conn, append).await?;
+    let mut next = project.clone();
+    for event in events {
+        // The events' own time, so the table agrees with a fold of the stream.
+        next.apply(event, outcome.recorded_at);
+    }
+    next.version = u64::try_from(outcome.stream_version).unwrap_or_default();
+    save(conn, &next).await.map_err(AppendError::Database)?;
+    Ok(next)
 }
 
 /// Saves `project` as folded at its version; an older version never overwrites a newer one.

@@ -19,9 +19,9 @@ use std::time::Duration;
 use apalis::prelude::Data;
 use chrono::{DateTime, Utc};
 use idp_events::project::project::{self as decide, Project, ProjectEvent, ProjectStatus};
-use idp_events::project::read_model::{self, NAME_SCOPE, name_claim};
+use idp_events::project::read_model;
 use idp_events::project::{Catalogue, DriverKind, stream_id};
-use idp_events::{Append, AppendError, EventStore, ExpectedVersion, Metadata, RecordedEvent};
+use idp_events::{AppendError, EventStore, Metadata, RecordedEvent};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -480,9 +480,8 @@ async fn run_driver(
     })
 }
 
-/// Appends `events` to the project's stream at the version `project` was folded at, with the
-/// read model in the same transaction; the name is released when the project is deleted.
-/// Returns the project as it now is, or `None` when another delivery wrote first.
+/// Records `events` with the read model ([`read_model::record`]) in one transaction. Returns
+/// the project as it now is, or `None` when another delivery wrote first.
 async fn record(
     ctx: &ProvisionJobs,
     project: &Project,
@@ -492,26 +491,13 @@ async fn record(
     if events.is_empty() {
         return Ok(Some(project.clone()));
     }
-    let mut append = Append::to(stream_id(project.id))
-        .expecting(ExpectedVersion::Exact(project.version))
-        .events(events.iter().map(ProjectEvent::to_new_event))
-        .metadata(metadata.clone());
-    if events.contains(&ProjectEvent::ProjectDeleted) {
-        append = append.release(NAME_SCOPE, name_claim(project.owner_id, &project.name));
-    }
-    let mut next = project.clone();
-    let now = Utc::now();
-    for event in events {
-        next.apply(event, now);
-        next.version += 1;
-    }
     let mut tx = ctx.store.pool().begin().await?;
-    match ctx.store.append_in(&mut tx, append).await {
-        Ok(_) => {}
-        Err(AppendError::Conflict { .. }) => return Ok(None),
-        Err(err) => return Err(err.into()),
-    }
-    read_model::save(&mut tx, &next).await?;
+    let next =
+        match read_model::record(&ctx.store, &mut tx, project, events, metadata.clone()).await {
+            Ok(next) => next,
+            Err(AppendError::Conflict { .. }) => return Ok(None),
+            Err(err) => return Err(err.into()),
+        };
     tx.commit().await?;
     Ok(Some(next))
 }
