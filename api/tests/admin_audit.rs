@@ -18,27 +18,6 @@ use idp_events::{Append, EventStore, NewEvent};
 use serde_json::{Value, json};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
-use uuid::Uuid;
-
-const ADMIN: [&str; 4] = [
-    "--admin-email",
-    "root@example.com",
-    "--admin-password",
-    "the admin passphrase",
-];
-
-async fn token(app: &common::TestApp, email: &str, password: &str) -> String {
-    let pair: Value = app
-        .post(
-            "/v1/auth/login",
-            json!({ "email": email, "password": password }),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    pair["access_token"].as_str().unwrap().to_owned()
-}
 
 /// Seals every committed event with the API's signing key, as the worker's sealer does.
 /// Rounds only seal below the commit-safe horizon, which other tests' transactions may hold
@@ -92,7 +71,7 @@ async fn superuser(conn: &PgConnectOptions) -> PgConnection {
 
 #[sqlx::test(migrations = false)]
 async fn audit_routes_are_for_admins_only(_opts: PgPoolOptions, conn: PgConnectOptions) {
-    let app = spawn_app(&conn, &ADMIN).await;
+    let app = spawn_app(&conn, &common::ADMIN_ARGS).await;
     for path in ["/v1/admin/audit/verify", "/v1/admin/audit/seal"] {
         let anonymous = app.client.get(app.url(path)).send().await.unwrap();
         assert_eq!(anonymous.status(), 401, "{path}");
@@ -103,25 +82,9 @@ async fn audit_routes_are_for_admins_only(_opts: PgPoolOptions, conn: PgConnectO
         .connect_with(conn.clone())
         .await
         .unwrap();
-    app.post(
-        "/v1/auth/register",
-        json!({ "email": "bob@example.com", "password": "a long enough password" }),
-    )
-    .await;
-    let event_id: Uuid = sqlx::query_scalar(
-        "select event_id from events where event_type = 'VerificationRequested' order by position desc limit 1",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    let verify = idp_events::identity::one_time_token::issue(
-        common::TOKEN_SECRET.as_bytes(),
-        idp_events::identity::one_time_token::Purpose::VerifyEmail,
-        event_id,
-    );
-    app.post("/v1/auth/verify-email", json!({ "token": verify }))
+    let user = app
+        .verified_user(&pool, "bob@example.com", "a long enough password")
         .await;
-    let user = token(&app, "bob@example.com", "a long enough password").await;
     for path in ["/v1/admin/audit/verify", "/v1/admin/audit/seal"] {
         assert_eq!(app.get_auth(path, &user).await.status(), 403, "{path}");
     }
@@ -133,8 +96,8 @@ async fn the_seal_route_answers_404_before_the_first_seal_then_a_seal_checkable_
     _opts: PgPoolOptions,
     conn: PgConnectOptions,
 ) {
-    let app = spawn_app(&conn, &ADMIN).await;
-    let admin = token(&app, "root@example.com", "the admin passphrase").await;
+    let app = spawn_app(&conn, &common::ADMIN_ARGS).await;
+    let admin = app.token("root@example.com", "the admin passphrase").await;
     let missing = app.get_auth("/v1/admin/audit/seal", &admin).await;
     assert_eq!(missing.status(), 404);
     assert_eq!(
@@ -216,8 +179,8 @@ async fn verify_reports_an_intact_log_then_names_an_edited_event_and_a_forged_se
     _opts: PgPoolOptions,
     conn: PgConnectOptions,
 ) {
-    let app = spawn_app(&conn, &ADMIN).await;
-    let admin = token(&app, "root@example.com", "the admin passphrase").await;
+    let app = spawn_app(&conn, &common::ADMIN_ARGS).await;
+    let admin = app.token("root@example.com", "the admin passphrase").await;
     let pool = PgPoolOptions::new()
         .connect_with(conn.clone())
         .await

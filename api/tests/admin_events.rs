@@ -26,15 +26,6 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use uuid::Uuid;
 
-const ADMIN_EMAIL: &str = "root@example.com";
-const ADMIN_PASSWORD: &str = "the admin passphrase";
-const ADMIN: [&str; 4] = [
-    "--admin-email",
-    ADMIN_EMAIL,
-    "--admin-password",
-    ADMIN_PASSWORD,
-];
-
 /// The API, an admin's token, and a pool and store on its database.
 struct Env {
     app: TestApp,
@@ -44,7 +35,7 @@ struct Env {
 }
 
 async fn env(conn: &PgConnectOptions, extra: &[&str]) -> Env {
-    let mut args = ADMIN.to_vec();
+    let mut args = common::ADMIN_ARGS.to_vec();
     args.extend_from_slice(extra);
     let app = spawn_app(conn, &args).await;
     let pool = PgPoolOptions::new()
@@ -53,7 +44,7 @@ async fn env(conn: &PgConnectOptions, extra: &[&str]) -> Env {
         .await
         .unwrap();
     let store = EventStore::new(pool.clone());
-    let admin = token(&app, ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    let admin = app.token(common::ADMIN_EMAIL, common::ADMIN_PASSWORD).await;
     Env {
         app,
         admin,
@@ -62,44 +53,11 @@ async fn env(conn: &PgConnectOptions, extra: &[&str]) -> Env {
     }
 }
 
-async fn token(app: &TestApp, email: &str, password: &str) -> String {
-    let pair: Value = app
-        .post(
-            "/v1/auth/login",
-            json!({ "email": email, "password": password }),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    pair["access_token"].as_str().unwrap().to_owned()
-}
-
 /// A signed-in user without the admin role.
 async fn user_token(env: &Env) -> String {
-    let registered = env
-        .app
-        .post(
-            "/v1/auth/register",
-            json!({ "email": "bob@example.com", "password": "a long enough password" }),
-        )
-        .await;
-    assert_eq!(registered.status(), 202);
-    let event_id: Uuid = sqlx::query_scalar(
-        "select event_id from events where event_type = 'VerificationRequested' order by position desc limit 1",
-    )
-    .fetch_one(&env.pool)
-    .await
-    .unwrap();
-    let verify = idp_events::identity::one_time_token::issue(
-        common::TOKEN_SECRET.as_bytes(),
-        idp_events::identity::one_time_token::Purpose::VerifyEmail,
-        event_id,
-    );
     env.app
-        .post("/v1/auth/verify-email", json!({ "token": verify }))
-        .await;
-    token(&env.app, "bob@example.com", "a long enough password").await
+        .verified_user(&env.pool, "bob@example.com", "a long enough password")
+        .await
 }
 
 impl Env {
@@ -1299,15 +1257,7 @@ async fn the_openapi_document_describes_the_event_routes(
     conn: PgConnectOptions,
 ) {
     let app = spawn_app(&conn, &[]).await;
-    let doc: Value = app
-        .client
-        .get(app.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = app.openapi().await;
     let list = &doc["paths"]["/v1/admin/events"]["get"];
     let names: Vec<&str> = list["parameters"]
         .as_array()

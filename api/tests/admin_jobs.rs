@@ -12,32 +12,12 @@ use serde_json::{Value, json};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use uuid::Uuid;
 
-const ADMIN: [&str; 4] = [
-    "--admin-email",
-    "root@example.com",
-    "--admin-password",
-    "the admin passphrase",
-];
-
-async fn token(app: &common::TestApp, email: &str, password: &str) -> String {
-    let pair: Value = app
-        .post(
-            "/v1/auth/login",
-            json!({ "email": email, "password": password }),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    pair["access_token"].as_str().unwrap().to_owned()
-}
-
 #[sqlx::test(migrations = false)]
 async fn dead_jobs_are_for_admins_only_and_bad_paging_is_a_400(
     _opts: PgPoolOptions,
     conn: PgConnectOptions,
 ) {
-    let app = spawn_app(&conn, &ADMIN).await;
+    let app = spawn_app(&conn, &common::ADMIN_ARGS).await;
     let anonymous = app
         .client
         .get(app.url("/v1/admin/jobs/dead"))
@@ -52,29 +32,9 @@ async fn dead_jobs_are_for_admins_only_and_bad_paging_is_a_400(
         .await
         .unwrap();
     let store = EventStore::new(pool.clone());
-    assert_eq!(
-        app.post(
-            "/v1/auth/register",
-            json!({ "email": "bob@example.com", "password": "a long enough password" }),
-        )
-        .await
-        .status(),
-        202
-    );
-    let event_id: Uuid = sqlx::query_scalar(
-        "select event_id from events where event_type = 'VerificationRequested' order by position desc limit 1",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    let verify = idp_events::identity::one_time_token::issue(
-        common::TOKEN_SECRET.as_bytes(),
-        idp_events::identity::one_time_token::Purpose::VerifyEmail,
-        event_id,
-    );
-    app.post("/v1/auth/verify-email", json!({ "token": verify }))
+    let user = app
+        .verified_user(&pool, "bob@example.com", "a long enough password")
         .await;
-    let user = token(&app, "bob@example.com", "a long enough password").await;
     let listed = app.get_auth("/v1/admin/jobs/dead", &user).await;
     assert_eq!(listed.status(), 403);
     let retried = app
@@ -86,7 +46,7 @@ async fn dead_jobs_are_for_admins_only_and_bad_paging_is_a_400(
         .unwrap();
     assert_eq!(retried.status(), 403);
 
-    let admin = token(&app, "root@example.com", "the admin passphrase").await;
+    let admin = app.token("root@example.com", "the admin passphrase").await;
     let empty: Value = app
         .get_auth("/v1/admin/jobs/dead", &admin)
         .await
@@ -145,7 +105,7 @@ async fn dead_jobs_are_for_admins_only_and_bad_paging_is_a_400(
 
 #[sqlx::test(migrations = false)]
 async fn dead_jobs_page_newest_first_with_a_cursor(_opts: PgPoolOptions, conn: PgConnectOptions) {
-    let app = spawn_app(&conn, &ADMIN).await;
+    let app = spawn_app(&conn, &common::ADMIN_ARGS).await;
     let pool = PgPoolOptions::new()
         .connect_with(conn.clone())
         .await
@@ -161,7 +121,7 @@ async fn dead_jobs_page_newest_first_with_a_cursor(_opts: PgPoolOptions, conn: P
         .await
         .unwrap();
     }
-    let admin = token(&app, "root@example.com", "the admin passphrase").await;
+    let admin = app.token("root@example.com", "the admin passphrase").await;
     let first: Value = app
         .get_auth("/v1/admin/jobs/dead?limit=3", &admin)
         .await

@@ -18,30 +18,6 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use uuid::Uuid;
 
-const ADMIN: [&str; 4] = [
-    "--admin-email",
-    "root@example.com",
-    "--admin-password",
-    "the admin passphrase",
-];
-
-async fn token(app: &TestApp, email: &str, password: &str) -> String {
-    let pair: Value = app
-        .post(
-            "/v1/auth/login",
-            json!({ "email": email, "password": password }),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    pair["access_token"].as_str().unwrap().to_owned()
-}
-
-async fn admin_token(app: &TestApp) -> String {
-    token(app, "root@example.com", "the admin passphrase").await
-}
-
 async fn connect(conn: &PgConnectOptions) -> PgPool {
     PgPoolOptions::new()
         .max_connections(2)
@@ -104,8 +80,8 @@ async fn as_of_returns_the_user_before_and_after_a_lock_a_role_change_and_a_pass
     _opts: PgPoolOptions,
     conn: PgConnectOptions,
 ) {
-    let app = spawn_app(&conn, &ADMIN).await;
-    let admin = admin_token(&app).await;
+    let app = spawn_app(&conn, &common::ADMIN_ARGS).await;
+    let admin = app.admin_token().await;
     let store = EventStore::new(connect(&conn).await);
     let id = Uuid::now_v7();
     let stream = format!("user-{id}");
@@ -243,8 +219,8 @@ async fn as_of_returns_a_project_as_it_was_at_a_past_instant(
     _opts: PgPoolOptions,
     conn: PgConnectOptions,
 ) {
-    let app = spawn_app(&conn, &ADMIN).await;
-    let admin = admin_token(&app).await;
+    let app = spawn_app(&conn, &common::ADMIN_ARGS).await;
+    let admin = app.admin_token().await;
     let store = EventStore::new(connect(&conn).await);
     let id = Uuid::now_v7();
     let stream = format!("project-{id}");
@@ -304,8 +280,8 @@ async fn other_streams_have_a_history_without_a_state_and_unknown_streams_are_40
     _opts: PgPoolOptions,
     conn: PgConnectOptions,
 ) {
-    let app = spawn_app(&conn, &ADMIN).await;
-    let admin = admin_token(&app).await;
+    let app = spawn_app(&conn, &common::ADMIN_ARGS).await;
+    let admin = app.admin_token().await;
     let store = EventStore::new(connect(&conn).await);
     append_one_by_one(
         &store,
@@ -338,9 +314,9 @@ async fn stream_history_is_for_admins_only_and_bad_input_is_a_400(
     _opts: PgPoolOptions,
     conn: PgConnectOptions,
 ) {
-    let app = spawn_app(&conn, &ADMIN).await;
+    let app = spawn_app(&conn, &common::ADMIN_ARGS).await;
     let pool = connect(&conn).await;
-    let admin = admin_token(&app).await;
+    let admin = app.admin_token().await;
     // The administrator's own stream exists: every refusal below is about the caller or input.
     let admin_stream: String = sqlx::query_scalar(
         "select stream_id from events where event_type = 'UserRegistered' limit 1",
@@ -354,29 +330,9 @@ async fn stream_history_is_for_admins_only_and_bad_input_is_a_400(
     assert_eq!(anonymous.status(), 401);
 
     // A plain user: register, verify through the log's token, sign in.
-    assert_eq!(
-        app.post(
-            "/v1/auth/register",
-            json!({ "email": "bob@example.com", "password": "a long enough password" }),
-        )
-        .await
-        .status(),
-        202
-    );
-    let event_id: Uuid = sqlx::query_scalar(
-        "select event_id from events where event_type = 'VerificationRequested' order by position desc limit 1",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    let verify = idp_events::identity::one_time_token::issue(
-        common::TOKEN_SECRET.as_bytes(),
-        idp_events::identity::one_time_token::Purpose::VerifyEmail,
-        event_id,
-    );
-    app.post("/v1/auth/verify-email", json!({ "token": verify }))
+    let user = app
+        .verified_user(&pool, "bob@example.com", "a long enough password")
         .await;
-    let user = token(&app, "bob@example.com", "a long enough password").await;
     assert_eq!(app.get_auth(&path, &user).await.status(), 403);
     assert_eq!(
         app.get_auth(&format!("{path}?as_of=2020-01-01T00:00:00Z"), &user)
@@ -424,15 +380,7 @@ async fn the_openapi_document_lists_the_stream_history_route(
     conn: PgConnectOptions,
 ) {
     let app = spawn_app(&conn, &[]).await;
-    let doc: Value = app
-        .client
-        .get(app.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = app.openapi().await;
     let route = &doc["paths"]["/v1/admin/streams/{stream_id}"]["get"];
     assert!(route.is_object(), "{}", doc["paths"]);
     let params: Vec<&str> = route["parameters"]

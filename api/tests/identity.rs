@@ -985,15 +985,7 @@ async fn the_openapi_document_covers_the_routes_and_the_bearer_scheme(
     conn: PgConnectOptions,
 ) {
     let app = spawn_app(&conn, &[]).await;
-    let doc: Value = app
-        .client
-        .get(app.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = app.openapi().await;
     for path in [
         "/v1/auth/register",
         "/v1/auth/verify-email",

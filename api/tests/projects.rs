@@ -15,7 +15,6 @@ use clap::Parser;
 use common::{TOKEN_SECRET, TestApp, spawn_app};
 use idp_api::config::Config;
 use idp_api::startup::Application;
-use idp_events::identity::one_time_token::{self, Purpose};
 use idp_events::project::{Project, ProjectEvent, read_model, stream_id};
 use idp_events::{Append, EventStore, ExpectedVersion, Metadata};
 use serde_json::{Value, json};
@@ -24,14 +23,6 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use uuid::Uuid;
 
 const PASSWORD: &str = "correct horse battery staple";
-const ADMIN_EMAIL: &str = "root@example.com";
-const ADMIN_PASSWORD: &str = "the admin passphrase";
-const ADMIN: [&str; 4] = [
-    "--admin-email",
-    ADMIN_EMAIL,
-    "--admin-password",
-    ADMIN_PASSWORD,
-];
 /// How long a test waits for something that should happen at once.
 const PATIENCE: Duration = Duration::from_secs(10);
 
@@ -43,7 +34,7 @@ struct Env {
 }
 
 async fn env(conn: &PgConnectOptions, extra: &[&str]) -> Env {
-    let mut args = ADMIN.to_vec();
+    let mut args = common::ADMIN_ARGS.to_vec();
     args.extend_from_slice(extra);
     let app = spawn_app(conn, &args).await;
     let pool = PgPoolOptions::new()
@@ -56,48 +47,13 @@ async fn env(conn: &PgConnectOptions, extra: &[&str]) -> Env {
 }
 
 impl Env {
-    async fn login(&self, email: &str, password: &str) -> String {
-        let response = self
-            .app
-            .post(
-                "/v1/auth/login",
-                json!({ "email": email, "password": password }),
-            )
-            .await;
-        assert_eq!(response.status(), 200, "login of {email}");
-        let pair: Value = response.json().await.unwrap();
-        pair["access_token"].as_str().unwrap().to_owned()
-    }
-
     /// Registers, verifies and signs in a user; returns an access token.
     async fn user(&self, email: &str) -> String {
-        let response = self
-            .app
-            .post(
-                "/v1/auth/register",
-                json!({ "email": email, "password": PASSWORD }),
-            )
-            .await;
-        assert_eq!(response.status(), 202);
-        let event_id: Uuid = sqlx::query_scalar(
-            "select event_id from events where event_type = 'VerificationRequested'
-                and data->>'email' = $1 order by position desc limit 1",
-        )
-        .bind(email)
-        .fetch_one(&self.pool)
-        .await
-        .unwrap();
-        let token = one_time_token::issue(TOKEN_SECRET.as_bytes(), Purpose::VerifyEmail, event_id);
-        let response = self
-            .app
-            .post("/v1/auth/verify-email", json!({ "token": token }))
-            .await;
-        assert_eq!(response.status(), 200);
-        self.login(email, PASSWORD).await
+        self.app.verified_user(&self.pool, email, PASSWORD).await
     }
 
     async fn admin(&self) -> String {
-        self.login(ADMIN_EMAIL, ADMIN_PASSWORD).await
+        self.app.admin_token().await
     }
 
     async fn request(&self, token: &str, body: Value, key: Option<&str>) -> reqwest::Response {
@@ -1144,15 +1100,7 @@ async fn the_openapi_document_covers_the_project_routes(
     conn: PgConnectOptions,
 ) {
     let app = spawn_app(&conn, &[]).await;
-    let doc: Value = app
-        .client
-        .get(app.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = app.openapi().await;
     for (path, methods) in [
         ("/v1/templates", &["get"][..]),
         ("/v1/projects", &["get", "post"][..]),

@@ -12,6 +12,16 @@ use tokio_util::sync::CancellationToken;
 
 pub const TOKEN_SECRET: &str = "test-token-secret-0123456789abcdef0123456789";
 
+/// The first administrator of apps started with [`ADMIN_ARGS`].
+pub const ADMIN_EMAIL: &str = "root@example.com";
+pub const ADMIN_PASSWORD: &str = "the admin passphrase";
+pub const ADMIN_ARGS: [&str; 4] = [
+    "--admin-email",
+    ADMIN_EMAIL,
+    "--admin-password",
+    ADMIN_PASSWORD,
+];
+
 pub fn database_url(conn: &PgConnectOptions) -> String {
     format!(
         "postgres://{}@{}:{}/{}",
@@ -98,6 +108,69 @@ impl TestApp {
             .get(self.url(path))
             .bearer_auth(token)
             .send()
+            .await
+            .unwrap()
+    }
+
+    /// Signs in; the access token.
+    pub async fn token(&self, email: &str, password: &str) -> String {
+        let response = self
+            .post(
+                "/v1/auth/login",
+                serde_json::json!({ "email": email, "password": password }),
+            )
+            .await;
+        assert_eq!(response.status(), 200, "login of {email}");
+        let pair: serde_json::Value = response.json().await.unwrap();
+        pair["access_token"].as_str().unwrap().to_owned()
+    }
+
+    /// The token of the administrator of [`ADMIN_ARGS`].
+    pub async fn admin_token(&self) -> String {
+        self.token(ADMIN_EMAIL, ADMIN_PASSWORD).await
+    }
+
+    /// Registers `email`, verifies it with the token the worker would mail (recomputed from
+    /// the log in `pool`) and signs in; the access token.
+    pub async fn verified_user(&self, pool: &sqlx::PgPool, email: &str, password: &str) -> String {
+        let registered = self
+            .post(
+                "/v1/auth/register",
+                serde_json::json!({ "email": email, "password": password }),
+            )
+            .await;
+        assert_eq!(registered.status(), 202);
+        let event_id: uuid::Uuid = sqlx::query_scalar(
+            "select event_id from events where event_type = 'VerificationRequested'
+                and data->>'email' = $1 order by position desc limit 1",
+        )
+        .bind(email)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        let token = idp_events::identity::one_time_token::issue(
+            TOKEN_SECRET.as_bytes(),
+            idp_events::identity::one_time_token::Purpose::VerifyEmail,
+            event_id,
+        );
+        let verified = self
+            .post(
+                "/v1/auth/verify-email",
+                serde_json::json!({ "token": token }),
+            )
+            .await;
+        assert_eq!(verified.status(), 200);
+        self.token(email, password).await
+    }
+
+    /// The OpenAPI document.
+    pub async fn openapi(&self) -> serde_json::Value {
+        self.client
+            .get(self.url("/openapi.json"))
+            .send()
+            .await
+            .unwrap()
+            .json()
             .await
             .unwrap()
     }
