@@ -115,6 +115,13 @@ impl AuthUser {
     pub fn actor(&self) -> String {
         format!("user-{}", self.user_id)
     }
+
+    /// Whether the caller is an administrator now: the account's current state decides, not
+    /// the token's roles, so a role granted or removed takes effect on the next request.
+    pub async fn is_admin(&self, state: &AppState) -> Result<bool, ApiError> {
+        let account = state.identity.load_user(self.user_id).await?;
+        Ok(account.has_role(idp_events::identity::user::ROLE_ADMIN))
+    }
 }
 
 impl FromRequestParts<AppState> for AuthUser {
@@ -165,8 +172,7 @@ impl FromRequestParts<AppState> for AdminUser {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let user = AuthUser::from_request_parts(parts, state).await?;
-        let account = state.identity.load_user(user.user_id).await?;
-        if !account.has_role(idp_events::identity::user::ROLE_ADMIN) {
+        if !user.is_admin(state).await? {
             return Err(ApiError::Forbidden);
         }
         Ok(Self(user))

@@ -17,20 +17,6 @@ use crate::error::ApiError;
 use crate::extract::AuthUser;
 use crate::startup::AppState;
 
-/// Whether `user` is an administrator now. The token's roles only rule the check out cheaply;
-/// the account's current state decides, so a revoked role takes effect at once.
-pub async fn is_admin(state: &AppState, user: &AuthUser) -> Result<bool, ApiError> {
-    use idp_events::identity::user::ROLE_ADMIN;
-    if !user.roles.iter().any(|r| r == ROLE_ADMIN) {
-        return Ok(false);
-    }
-    Ok(state
-        .identity
-        .load_user(user.user_id)
-        .await?
-        .has_role(ROLE_ADMIN))
-}
-
 /// A project with the events it was folded from.
 #[derive(Debug, Clone)]
 pub struct Loaded {
@@ -44,7 +30,7 @@ pub struct Loaded {
 /// otherwise, the same as for a project that does not exist, so ids cannot be probed.
 pub async fn load_visible(state: &AppState, user: &AuthUser, id: Uuid) -> Result<Loaded, ApiError> {
     let loaded = load(state, id).await?;
-    if loaded.project.owner_id != user.user_id && !is_admin(state, user).await? {
+    if loaded.project.owner_id != user.user_id && !user.is_admin(state).await? {
         return Err(ApiError::NotFound);
     }
     Ok(loaded)

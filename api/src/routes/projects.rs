@@ -34,7 +34,7 @@ use crate::error::ApiError;
 use crate::extract::{ApiJson, AuthUser, ClientContext};
 use crate::projects::idempotency::{self, Claim, IdempotencyKey, StoredResponse};
 use crate::projects::live::Follower;
-use crate::projects::{self, is_admin};
+use crate::projects;
 use crate::startup::AppState;
 
 /// How often an idle event stream sends a comment, so proxies do not cut it.
@@ -301,7 +301,7 @@ pub async fn list_projects(
         .as_deref()
         .map(paging::decode_cursor)
         .transpose()?;
-    let owner = if is_admin(&state, &user).await? {
+    let owner = if user.is_admin(&state).await? {
         None
     } else {
         Some(user.user_id)
