@@ -215,11 +215,8 @@ pub fn app(state: AppState, health: Health, config: &Config) -> anyhow::Result<R
 /// The project templates: the built-in ones, with `PROJECT_TEMPLATES_DIR`'s over them. A file
 /// that is not a valid template stops start-up, naming the variable and the file.
 fn catalogue(config: &Config) -> anyhow::Result<Catalogue> {
-    match &config.project_templates_dir {
-        Some(dir) => Catalogue::with_overrides(dir)
-            .map_err(|err| anyhow::anyhow!("PROJECT_TEMPLATES_DIR: {err}")),
-        None => Ok(Catalogue::builtin()),
-    }
+    Catalogue::load(config.project_templates_dir.as_deref())
+        .map_err(|err| anyhow::anyhow!("PROJECT_TEMPLATES_DIR: {err}"))
 }
 
 /// Builds the identity service: signing keys, the one-time token key, the hasher, and the first

@@ -60,7 +60,7 @@ impl Worker {
             .context("while applying database migrations")?;
         let mailer = mailer(&config.email)?;
         let catalogue = catalogue(&config.provision)?;
-        let drivers = drivers(&config.provision, &pool)?;
+        let drivers = drivers(&config.provision, &pool);
         let broker = Arc::new(BrokerProbe::new(config.common.amqp_url.clone()));
         let listener = TcpListener::bind(config.worker_addr)
             .await
@@ -282,16 +282,13 @@ fn mailer(config: &EmailConfig) -> anyhow::Result<Mailer> {
 
 /// The project templates: the built-in ones, with `PROJECT_TEMPLATES_DIR`'s over them.
 fn catalogue(config: &ProvisionConfig) -> anyhow::Result<Catalogue> {
-    match &config.project_templates_dir {
-        Some(dir) => Catalogue::with_overrides(dir)
-            .map_err(|err| anyhow::anyhow!("PROJECT_TEMPLATES_DIR: {err}")),
-        None => Ok(Catalogue::builtin()),
-    }
+    Catalogue::load(config.project_templates_dir.as_deref())
+        .map_err(|err| anyhow::anyhow!("PROJECT_TEMPLATES_DIR: {err}"))
 }
 
 /// The provisioning drivers; the database server's pool connects lazily, so an unreachable
 /// `PROVISION_DATABASE_URL` fails `database` steps (and opens their breaker), not the worker.
-fn drivers(config: &ProvisionConfig, pool: &PgPool) -> anyhow::Result<Drivers> {
+fn drivers(config: &ProvisionConfig, pool: &PgPool) -> Drivers {
     let database_pool = match &config.provision_database_url {
         Some(url) => PgPoolOptions::new()
             .max_connections(4)
@@ -299,7 +296,7 @@ fn drivers(config: &ProvisionConfig, pool: &PgPool) -> anyhow::Result<Drivers> {
             .connect_lazy_with(url.options()),
         None => pool.clone(),
     };
-    Ok(Drivers {
+    Drivers {
         database_pool,
         repository: RepositoryDriver::new(config.provision_repo_root.clone()),
         webhook: WebhookDriver::new(
@@ -310,7 +307,7 @@ fn drivers(config: &ProvisionConfig, pool: &PgPool) -> anyhow::Result<Drivers> {
                 .map(|s| s.as_bytes().to_vec()),
             WEBHOOK_TIMEOUT,
         ),
-    })
+    }
 }
 
 /// Keeps the breaker state gauges current, including breakers this process has not used.

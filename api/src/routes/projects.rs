@@ -32,9 +32,9 @@ use uuid::Uuid;
 use super::paging;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, AuthUser, ClientContext};
+use crate::projects;
 use crate::projects::idempotency::{self, Claim, IdempotencyKey, StoredResponse};
 use crate::projects::live::Follower;
-use crate::projects;
 use crate::startup::AppState;
 
 /// How often an idle event stream sends a comment, so proxies do not cut it.

@@ -381,6 +381,15 @@ impl Catalogue {
         Self { templates }
     }
 
+    /// The catalogue a process runs with: the built-in templates, with those of `dir` (the
+    /// `PROJECT_TEMPLATES_DIR` setting) over them when it is set.
+    pub fn load(dir: Option<&Path>) -> Result<Self, CatalogueError> {
+        match dir {
+            Some(dir) => Self::with_overrides(dir),
+            None => Ok(Self::builtin()),
+        }
+    }
+
     /// The built-in templates, each replaced or joined by the template of the same name from the
     /// `*.json` files in `dir`. This reads files: it is meant to run once, at start-up.
     pub fn with_overrides(dir: &Path) -> Result<Self, CatalogueError> {
