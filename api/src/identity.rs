@@ -517,7 +517,13 @@ impl Identity {
                 self.limits.login_per_account,
             ),
         ])
-        .await?;
+        .await
+        .inspect_err(|err| {
+            if matches!(err, ApiError::TooManyRequests { .. }) {
+                metrics::counter!("idp_auth_logins_total", "outcome" => "rate_limited")
+                    .increment(1);
+            }
+        })?;
         let Some(user_id) = self.user_id_by_email(email).await? else {
             self.refuse_unknown(ctx, email, password).await?;
             metrics::counter!("idp_auth_logins_total", "outcome" => "unknown_account").increment(1);

@@ -148,7 +148,8 @@ async fn sigterm_stops_the_api_gracefully(_opts: PgPoolOptions, conn: PgConnectO
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().port()
     };
-    let mut child = Command::new(env!("CARGO_BIN_EXE_idp-api"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_idp-api"));
+    command
         .env("DATABASE_URL", database_url(&conn))
         .env("AMQP_URL", amqp_url())
         .env("API_ADDR", format!("127.0.0.1:{port}"))
@@ -159,9 +160,9 @@ async fn sigterm_stops_the_api_gracefully(_opts: PgPoolOptions, conn: PgConnectO
         )
         .env("TOKEN_SECRET", common::TOKEN_SECRET)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::null());
+    idp_ops::test_logs::child(&mut command, "idp-api");
+    let mut child = command.spawn().unwrap();
     let url = format!("http://127.0.0.1:{port}/health/live");
     let deadline = Instant::now() + Duration::from_secs(30);
     while reqwest::get(&url).await.is_err() {

@@ -10,3 +10,5 @@ pub mod health;
 pub mod metrics;
 pub mod shutdown;
 pub mod telemetry;
+#[cfg(feature = "test-support")]
+pub mod test_logs;

@@ -75,6 +75,7 @@ impl Route for PingRoute {
             job_id: ping.job_id,
             kind: "bench",
             cause_id: ping.cause_id,
+            correlation_id: None,
             body: serde_json::to_vec(&ping)?,
         }])
     }

@@ -90,6 +90,7 @@ impl Route for RetryRoute {
             job_id,
             kind,
             cause_id,
+            correlation_id: None,
             body: serde_json::to_vec(&payload)?,
         }])
     }
@@ -149,6 +150,14 @@ impl Handler for Dispatcher {
         let mut jobs = Vec::new();
         for route in &self.routes {
             jobs.extend(route.jobs(event)?);
+        }
+        let correlation = event
+            .metadata
+            .get("correlation_id")
+            .and_then(serde_json::Value::as_str)
+            .and_then(|id| id.parse().ok());
+        for job in &mut jobs {
+            job.correlation_id = job.correlation_id.or(correlation);
         }
         if !jobs.is_empty() {
             self.pending().extend(jobs);

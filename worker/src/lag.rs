@@ -7,6 +7,7 @@
 //! count forever an event of an older transaction that committed after newer ones, since the
 //! subscription handles it before them and its checkpoint ends at a lower position.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use idp_events::Cursor;
@@ -91,6 +92,7 @@ pub fn record(lags: &[Lag]) {
 pub async fn run(pool: PgPool, interval: Duration, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut dead_letter_queues = BTreeSet::new();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
@@ -104,5 +106,30 @@ pub async fn run(pool: PgPool, interval: Duration, shutdown: CancellationToken) 
             Ok(lags) => record(&lags),
             Err(err) => tracing::warn!(error = %err, "could not sample projection lag"),
         }
+        match dead_letters(&pool).await {
+            Ok(counts) => record_dead_letters(&counts, &mut dead_letter_queues),
+            Err(err) => tracing::warn!(error = %err, "could not count dead letters"),
+        }
+    }
+}
+
+/// Dead letters waiting for an administrator, per queue.
+async fn dead_letters(pool: &PgPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as("select queue, count(*) from dead_jobs group by queue")
+        .fetch_all(pool)
+        .await
+}
+
+/// Sets `idp_jobs_dead_letters{queue}`; a queue seen before and now empty goes back to 0.
+#[allow(clippy::cast_precision_loss)] // counts are far below 2^52
+fn record_dead_letters(counts: &[(String, i64)], seen: &mut BTreeSet<String>) {
+    for queue in seen.iter() {
+        if !counts.iter().any(|(q, _)| q == queue) {
+            metrics::gauge!("idp_jobs_dead_letters", "queue" => queue.clone()).set(0.0);
+        }
+    }
+    for (queue, count) in counts {
+        metrics::gauge!("idp_jobs_dead_letters", "queue" => queue.clone()).set(*count as f64);
+        seen.insert(queue.clone());
     }
 }

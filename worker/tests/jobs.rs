@@ -98,7 +98,9 @@ async fn a_registration_emails_a_link_that_verifies_the_account_and_then_login_w
             .text()
             .await
             .unwrap();
-        body.contains("idp_projection_lag_events") && body.contains("idp_dispatcher_backlog")
+        body.contains("idp_projection_lag_events")
+            && body.contains("idp_dispatcher_backlog")
+            && body.contains(r#"idp_db_pool_connections{binary="idp-worker",state="idle"}"#)
     })
     .await;
     let body = reqwest::get(&metrics_url)
@@ -113,6 +115,9 @@ async fn a_registration_emails_a_link_that_verifies_the_account_and_then_login_w
         "idp_job_duration_seconds_bucket",
         "idp_circuit_breaker_state{breaker=\"smtp\"} 0",
         "idp_projection_lag_seconds",
+        r#"idp_db_pool_max_connections{binary="idp-worker"}"#,
+        r#"idp_http_requests_total{route="/metrics",method="GET",status="200"}"#,
+        r#"binary="idp-worker"} 1"#,
     ] {
         assert!(body.contains(name), "{name} missing from /metrics");
     }
@@ -138,6 +143,8 @@ async fn a_refusing_mail_server_gets_backed_off_retries_then_the_breaker_opens_t
         &prefix,
         Some(&sink.url()),
         &[
+            "--metrics-sample-secs",
+            "1",
             "--job-max-attempts",
             "4",
             "--job-backoff-base-ms",
@@ -246,6 +253,28 @@ async fn a_refusing_mail_server_gets_backed_off_retries_then_the_breaker_opens_t
     assert_eq!(items[0]["reason"], "rejected");
     assert_eq!(items[0]["attempts"], 4);
     let job_id = items[0]["job_id"].as_str().unwrap().to_owned();
+    // Operators see it waiting on the metrics too (sampled every second here).
+    let metrics_url = format!("http://127.0.0.1:{}/metrics", worker.port);
+    let dead_letters = |expected: &'static str| {
+        let metrics_url = metrics_url.clone();
+        async move {
+            reqwest::get(&metrics_url)
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+                .contains(&format!(
+                    "idp_jobs_dead_letters{{queue=\"email\"}} {expected}"
+                ))
+        }
+    };
+    wait_until(
+        "the dead letter on /metrics",
+        Duration::from_secs(10),
+        || dead_letters("1"),
+    )
+    .await;
 
     sink.accept().await;
     let retried = api
@@ -290,6 +319,12 @@ async fn a_refusing_mail_server_gets_backed_off_retries_then_the_breaker_opens_t
         .await
         .unwrap();
     assert_eq!(remaining, 0);
+    wait_until(
+        "no dead letter on /metrics",
+        Duration::from_secs(10),
+        || dead_letters("0"),
+    )
+    .await;
 
     worker.stop().await;
     let mail = sink.messages().await;

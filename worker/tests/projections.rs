@@ -56,11 +56,10 @@ fn worker(conn: &PgConnectOptions, args: &[&str]) -> Command {
 }
 
 fn spawn_worker(conn: &PgConnectOptions) -> Child {
-    worker(conn, &[])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+    let mut command = worker(conn, &[]);
+    command.stdout(Stdio::null()).stderr(Stdio::null());
+    idp_ops::test_logs::child(&mut command, "idp-worker");
+    command.spawn().unwrap()
 }
 
 async fn last_committed(pool: &PgPool) -> Cursor {

@@ -55,6 +55,10 @@ pub async fn spawn_app_with_keys(
     extra: &[&str],
     keys_dir: PathBuf,
 ) -> TestApp {
+    idp_ops::test_logs::init();
+    idp_ops::test_logs::remember_secret("password", ADMIN_PASSWORD);
+    idp_ops::test_logs::remember_secret("email", ADMIN_EMAIL);
+    idp_ops::test_logs::remember_secret("token secret", TOKEN_SECRET);
     let db = database_url(conn);
     let amqp = amqp_url();
     let keys = keys_dir.display().to_string();
@@ -95,6 +99,7 @@ impl TestApp {
     }
 
     pub async fn post(&self, path: &str, body: serde_json::Value) -> reqwest::Response {
+        idp_ops::test_logs::remember_secrets_in(&body);
         self.client
             .post(self.url(path))
             .json(&body)
@@ -122,6 +127,7 @@ impl TestApp {
             .await;
         assert_eq!(response.status(), 200, "login of {email}");
         let pair: serde_json::Value = response.json().await.unwrap();
+        idp_ops::test_logs::remember_secrets_in(&pair);
         pair["access_token"].as_str().unwrap().to_owned()
     }
 
@@ -153,6 +159,7 @@ impl TestApp {
             idp_events::identity::one_time_token::Purpose::VerifyEmail,
             event_id,
         );
+        idp_ops::test_logs::remember_secret("token", &token);
         let verified = self
             .post(
                 "/v1/auth/verify-email",

@@ -3,11 +3,15 @@
 use std::collections::HashSet;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use super::Topology;
+
+/// The message header carrying [`OutgoingJob::correlation_id`].
+pub const CORRELATION_HEADER: &str = "idp-correlation-id";
 
 /// A job ready to publish: its queue (short name) and its JSON body.
 #[derive(Debug, Clone)]
@@ -20,6 +24,9 @@ pub struct OutgoingJob {
     pub kind: &'static str,
     /// The event that caused the job (correlation id on the wire).
     pub cause_id: Uuid,
+    /// The correlation id of the request behind the cause (header `idp-correlation-id`), so the
+    /// job's log lines carry the same id as the request's.
+    pub correlation_id: Option<Uuid>,
     /// The JSON body.
     pub body: Vec<u8>,
 }
@@ -120,7 +127,15 @@ impl Publisher {
 
         let mut confirms = Vec::with_capacity(jobs.len());
         for job in jobs {
+            let mut headers = FieldTable::default();
+            if let Some(correlation) = job.correlation_id {
+                headers.insert(
+                    CORRELATION_HEADER.into(),
+                    AMQPValue::LongString(correlation.to_string().into()),
+                );
+            }
             let properties = BasicProperties::default()
+                .with_headers(headers)
                 .with_delivery_mode(2)
                 .with_content_type("application/json".into())
                 .with_message_id(job.job_id.to_string().into())

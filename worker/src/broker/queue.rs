@@ -97,6 +97,8 @@ pub struct Envelope {
     /// Why the broker dead-lettered it (`rejected`, `delivery_limit`, `expired`, ...), for
     /// messages read from a dead-letter queue.
     pub death_reason: Option<String>,
+    /// The correlation id of the request behind the job, if the publisher knew it.
+    pub correlation_id: Option<String>,
 }
 
 impl Envelope {
@@ -129,10 +131,19 @@ impl Envelope {
                         _ => None,
                     })
             });
+        let correlation_id = properties
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get(super::publisher::CORRELATION_HEADER).cloned())
+            .and_then(|value| match value {
+                AMQPValue::LongString(s) => Some(s.to_string()),
+                _ => None,
+            });
         Self {
             message_id: properties.message_id().as_ref().map(ToString::to_string),
             kind: properties.kind().as_ref().map(ToString::to_string),
             death_reason,
+            correlation_id,
         }
     }
 }
@@ -385,17 +396,36 @@ where
 
     fn call(&mut self, task: Task<M>) -> Self::Future {
         let ack = task.ctx().data().get::<Ack>().cloned();
-        let future = self.inner.call(task);
-        Box::pin(async move {
-            let result = future.await;
-            if let Some(ack) = ack {
-                match &result {
-                    Ok(_) => ack.ack().await,
-                    Err(_) if ack.hand_back.load(Ordering::Acquire) => ack.requeue().await,
-                    Err(_) => ack.dead_letter().await,
+        // The job's log lines carry its message id and the correlation id of the request
+        // behind it (the job's own spans open inside this one).
+        let envelope = task
+            .ctx()
+            .data()
+            .get::<Envelope>()
+            .cloned()
+            .unwrap_or_default();
+        let span = tracing::info_span!(
+            "delivery",
+            message.id = envelope.message_id.as_deref().unwrap_or(""),
+            correlation_id = tracing::field::Empty,
+        );
+        if let Some(correlation) = &envelope.correlation_id {
+            span.record("correlation_id", correlation.as_str());
+        }
+        let future = span.in_scope(|| self.inner.call(task));
+        Box::pin(tracing::Instrument::instrument(
+            async move {
+                let result = future.await;
+                if let Some(ack) = ack {
+                    match &result {
+                        Ok(_) => ack.ack().await,
+                        Err(_) if ack.hand_back.load(Ordering::Acquire) => ack.requeue().await,
+                        Err(_) => ack.dead_letter().await,
+                    }
                 }
-            }
-            result
-        })
+                result
+            },
+            span,
+        ))
     }
 }

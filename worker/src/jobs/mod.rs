@@ -117,7 +117,9 @@ where
     Fut: Future<Output = Result<(), JobError>> + Send + 'static,
 {
     let run = JobRun::start(queue);
-    let result = tokio::spawn(work(run))
+    // The task keeps the delivery's span (message and correlation ids) for its log lines.
+    let work = tracing::Instrument::instrument(work(run), tracing::Span::current());
+    let result = tokio::spawn(work)
         .await
         .unwrap_or_else(|err| Err(JobError::Storage(format!("the job task failed: {err}"))));
     run.finish(&result);

@@ -85,6 +85,7 @@ impl ProvisionProject {
             job_id: self.job_id,
             kind: KIND,
             cause_id: self.cause_id,
+            correlation_id: None,
             body: serde_json::to_vec(self)?,
         })
     }

@@ -96,6 +96,7 @@ impl SendEmail {
             job_id: self.job_id,
             kind: KIND,
             cause_id: self.cause_id,
+            correlation_id: None,
             body: serde_json::to_vec(self)?,
         })
     }

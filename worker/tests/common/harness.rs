@@ -90,10 +90,7 @@ pub async fn start_worker(
     smtp_url: Option<&str>,
     extra: &[&str],
 ) -> TestWorker {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()))
-        .with_test_writer()
-        .try_init();
+    idp_ops::test_logs::init();
     let mut args = worker_args(conn, prefix, smtp_url);
     args.extend(extra.iter().map(|s| (*s).to_owned()));
     let config = Config::try_parse_from(args).unwrap();
@@ -123,14 +120,15 @@ pub fn spawn_worker_process(
     extra: &[&str],
 ) -> Child {
     let args = worker_args(conn, prefix, smtp_url);
-    Command::new(env!("CARGO_BIN_EXE_idp-worker"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_idp-worker"));
+    command
         .args(&args[1..])
         .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap()
+        .stderr(Stdio::inherit());
+    idp_ops::test_logs::child(&mut command, "idp-worker");
+    command.spawn().unwrap()
 }
 
 /// Sends SIGTERM and waits for a clean exit.
@@ -251,6 +249,10 @@ pub const ADMIN_EMAIL: &str = "admin@idp.test";
 pub const ADMIN_PASSWORD: &str = "an admin password that is long";
 
 pub async fn start_api(conn: &PgConnectOptions) -> TestApi {
+    idp_ops::test_logs::init();
+    idp_ops::test_logs::remember_secret("password", ADMIN_PASSWORD);
+    idp_ops::test_logs::remember_secret("email", ADMIN_EMAIL);
+    idp_ops::test_logs::remember_secret("token secret", TOKEN_SECRET);
     let keys_dir = std::env::temp_dir().join(format!("idp-test-keys-{}", Uuid::now_v7()));
     let db = database_url(conn);
     let amqp = amqp_url();
@@ -292,6 +294,7 @@ impl TestApi {
     }
 
     pub async fn post(&self, path: &str, body: serde_json::Value) -> reqwest::Response {
+        idp_ops::test_logs::remember_secrets_in(&body);
         self.client
             .post(self.url(path))
             .json(&body)
@@ -310,6 +313,7 @@ impl TestApi {
             .await;
         assert_eq!(response.status(), 200, "login of {email}");
         let body: serde_json::Value = response.json().await.unwrap();
+        idp_ops::test_logs::remember_secrets_in(&body);
         body["access_token"].as_str().unwrap().to_owned()
     }
 
