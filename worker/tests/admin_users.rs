@@ -623,6 +623,29 @@ async fn a_lock_refuses_sign_in_and_ends_every_session_until_an_unlock(
         s.emails("status=locked").await == vec!["ada@example.com"]
     })
     .await;
+    // The owner is told an administrator locked the account (not that someone guessed at the
+    // password, which would suggest the reset that cannot lift this lock).
+    let outbox = std::env::temp_dir().join(format!("idp-test-outbox-{}", s.prefix));
+    let subjects = || {
+        std::fs::read_dir(&outbox)
+            .into_iter()
+            .flatten()
+            .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path()).ok())
+            .filter_map(|eml| {
+                eml.lines()
+                    .find_map(|line| line.strip_prefix("Subject: ").map(str::to_owned))
+            })
+            .collect::<Vec<_>>()
+    };
+    wait_until("the lock's email", DEADLINE, || async {
+        subjects().iter().any(|s| s == "Your account is locked")
+    })
+    .await;
+    assert!(
+        !subjects().iter().any(|s| s.contains("temporarily")),
+        "{:?}",
+        subjects()
+    );
 
     // Locking again changes nothing; a lock must end in the future; bodies are checked.
     let (status, body) = s.admin(Method::POST, &lock, Some(json!({}))).await;

@@ -33,10 +33,15 @@ pub enum EmailKind {
         /// `{PUBLIC_BASE_URL}/reset-password?token=...`
         link: String,
     },
-    /// Too many failed sign-ins: the account is locked until `until`.
+    /// The account is locked until `until`: after too many failed sign-ins, or by an
+    /// administrator (`by_admin`), whose lock a password reset does not lift, so that email does
+    /// not offer one.
     AccountLocked {
-        /// When the lock ends; shown in RFC 3339, UTC.
+        /// When the lock ends; shown in RFC 3339, UTC, or as "until an administrator unlocks
+        /// it" for an indefinite lock.
         until: DateTime<Utc>,
+        /// Whether an administrator locked the account.
+        by_admin: bool,
         /// Where to reset the password if the attempts were not the user's.
         reset_link: String,
     },
@@ -72,11 +77,20 @@ impl EmailKind {
                 ("sign_in_link", Value::from(sign_in_link.as_str())),
                 ("reset_link", Value::from(reset_link.as_str())),
             ],
-            Self::AccountLocked { until, reset_link } => vec![
+            Self::AccountLocked {
+                until,
+                by_admin,
+                reset_link,
+            } => vec![
                 (
                     "until",
                     Value::from(until.to_rfc3339_opts(SecondsFormat::Secs, true)),
                 ),
+                (
+                    "indefinite",
+                    Value::from(*until >= idp_events::identity::user::indefinitely()),
+                ),
+                ("by_admin", Value::from(*by_admin)),
                 ("reset_link", Value::from(reset_link.as_str())),
             ],
             Self::PasswordChanged { reset_link } => {
@@ -288,6 +302,7 @@ mod tests {
             (
                 EmailKind::AccountLocked {
                     until: Utc.with_ymd_and_hms(2030, 1, 2, 3, 4, 5).unwrap(),
+                    by_admin: false,
                     reset_link: FORGOT.into(),
                 },
                 vec![FORGOT],
@@ -389,9 +404,38 @@ mod tests {
     }
 
     #[test]
+    fn an_administrators_lock_names_the_administrator_and_offers_no_password_reset() {
+        for (until, shown) in [
+            (
+                Utc.with_ymd_and_hms(2030, 1, 2, 3, 4, 5).unwrap(),
+                "2030-01-02T03:04:05Z",
+            ),
+            (
+                idp_events::identity::user::indefinitely(),
+                "until an administrator unlocks it",
+            ),
+        ] {
+            let kind = EmailKind::AccountLocked {
+                until,
+                by_admin: true,
+                reset_link: FORGOT.into(),
+            };
+            let rendered = render(&kind, None, "Acme ID").unwrap();
+            assert_eq!(rendered.subject, "Your account is locked");
+            for body in [&rendered.text, &rendered.html] {
+                assert!(body.contains("An administrator has locked"), "{body}");
+                assert!(body.contains(shown), "{body}");
+                assert!(!body.contains(FORGOT), "no reset link: {body}");
+                assert!(!body.contains("failed attempts"), "{body}");
+            }
+        }
+    }
+
+    #[test]
     fn a_lock_shows_its_end_in_rfc3339_utc() {
         let kind = EmailKind::AccountLocked {
             until: Utc.with_ymd_and_hms(2030, 1, 2, 3, 4, 5).unwrap(),
+            by_admin: false,
             reset_link: FORGOT.into(),
         };
         let rendered = render(&kind, None, "Acme ID").unwrap();

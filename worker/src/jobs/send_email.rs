@@ -538,10 +538,8 @@ async fn compose(job: &SendEmail, ctx: &EmailJobs) -> Result<OutgoingEmail, Fail
     if !account.exists() {
         return Err(Failure::Permanent("the account does not exist".into()));
     }
-    let cause = events
-        .iter()
-        .find(|e| e.event_id == job.cause_id)
-        .and_then(UserEvent::from_recorded);
+    let cause_index = events.iter().position(|e| e.event_id == job.cause_id);
+    let cause = cause_index.and_then(|i| UserEvent::from_recorded(&events[i]));
     let Some(cause) = cause else {
         return Err(Failure::Permanent(
             "the causing event is not in the account's stream".into(),
@@ -567,13 +565,22 @@ async fn compose(job: &SendEmail, ctx: &EmailJobs) -> Result<OutgoingEmail, Fail
             let link = ctx.links.password_reset(&token);
             (email, EmailKind::PasswordReset { link })
         }
-        (Template::AccountLocked, UserEvent::AccountLocked { until, .. }) => (
-            account.email.clone(),
-            EmailKind::AccountLocked {
-                until,
-                reset_link: ctx.links.forgot_password(),
-            },
-        ),
+        (Template::AccountLocked, UserEvent::AccountLocked { until, .. }) => {
+            // Who locked it is a matter of the account as the lock left it, not as it is now.
+            let locked = cause_index.map_or(&events[..], |i| &events[..=i]);
+            let at_lock = User::fold(job.user_id, locked);
+            let by_admin = locked
+                .last()
+                .is_some_and(|event| at_lock.is_locked_by_admin(event.recorded_at));
+            (
+                account.email.clone(),
+                EmailKind::AccountLocked {
+                    until,
+                    by_admin,
+                    reset_link: ctx.links.forgot_password(),
+                },
+            )
+        }
         (Template::PasswordChanged, UserEvent::PasswordChanged) => (
             account.email.clone(),
             EmailKind::PasswordChanged {
