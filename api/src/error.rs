@@ -27,6 +27,9 @@ pub enum ApiError {
     /// 404: no such route or resource.
     #[error("not found")]
     NotFound,
+    /// 413: the body is larger than `API_BODY_LIMIT_BYTES`.
+    #[error("the request body is too large")]
+    PayloadTooLarge,
     /// 415: the body is not JSON.
     #[error("expected a JSON body (content-type: application/json)")]
     UnsupportedMediaType,
@@ -53,15 +56,23 @@ pub enum ApiError {
     Internal(#[from] anyhow::Error),
 }
 
-/// The problem document (RFC 9457).
+/// The problem document (RFC 9457), the body of every error answer
+/// (`application/problem+json`).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({
+    "type": "https://idp.dev/problems/not-found",
+    "title": "Not Found",
+    "status": 404,
+    "request_id": "0190f4c2-8a1e-7c3b-9d2a-5e6f7a8b9c0d"
+}))]
 pub struct Problem {
-    /// A URI naming the kind of problem.
+    /// A URI naming the kind of problem: `https://idp.dev/problems/<kind>`.
     #[serde(rename = "type")]
     pub kind: String,
-    /// Short summary of the kind.
+    /// Short summary of the kind: the status's reason phrase.
     pub title: String,
     /// The HTTP status.
+    #[schema(minimum = 400, maximum = 599)]
     pub status: u16,
     /// What happened, for this occurrence.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -86,6 +97,7 @@ impl ApiError {
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::NotFound => StatusCode::NOT_FOUND,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Gone(_) => StatusCode::GONE,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -103,6 +115,7 @@ impl ApiError {
             Self::Unprocessable(_) => "unprocessable",
             Self::TooManyRequests { .. } => "too-many-requests",
             Self::NotFound => "not-found",
+            Self::PayloadTooLarge => "payload-too-large",
             Self::Conflict(_) => "conflict",
             Self::Gone(_) => "gone",
             Self::Unavailable => "unavailable",
@@ -149,15 +162,11 @@ impl From<idp_events::AppendError> for ApiError {
     }
 }
 
-/// Connection-level failures mean the database is away, not that the code is wrong.
+/// Connection-level failures mean the database is away, not that the code is wrong: no
+/// connection in time, a broken one, or a server stopping or starting (`terminating connection
+/// due to administrator command` and the like); see [`idp_ops::database::is_unavailable`].
 pub fn is_unavailable(err: &sqlx::Error) -> bool {
-    matches!(
-        err,
-        sqlx::Error::PoolTimedOut
-            | sqlx::Error::Io(_)
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Tls(_)
-    )
+    idp_ops::database::is_unavailable(err)
 }
 
 impl IntoResponse for ApiError {
@@ -184,7 +193,7 @@ impl IntoResponse for ApiError {
             | Self::BadRequest(detail)
             | Self::Unprocessable(detail)
             | Self::Gone(detail) => Some(detail.clone()),
-            Self::UnsupportedMediaType => Some(self.to_string()),
+            Self::UnsupportedMediaType | Self::PayloadTooLarge => Some(self.to_string()),
         };
         let mut response = problem(status, self.slug(), detail);
         match self {

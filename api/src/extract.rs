@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
-use axum::http::header;
 use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
 use idp_events::Metadata;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
@@ -15,7 +15,8 @@ use crate::error::ApiError;
 use crate::startup::AppState;
 
 /// A JSON body. Malformed JSON is 400, a body of the wrong shape (missing or unknown fields,
-/// wrong types) is 422, a missing or wrong content type is 415 — all as problem documents.
+/// wrong types) is 422, a missing or wrong content type is 415, a body over the limit is 413 —
+/// all as problem documents.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ApiJson<T>(pub T);
 
@@ -33,6 +34,9 @@ where
                 JsonRejection::JsonDataError(e) => ApiError::Unprocessable(e.body_text()),
                 JsonRejection::JsonSyntaxError(e) => ApiError::BadRequest(e.body_text()),
                 JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType,
+                other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                    ApiError::PayloadTooLarge
+                }
                 other => ApiError::BadRequest(other.body_text()),
             }),
         }
@@ -151,6 +155,8 @@ impl FromRequestParts<AppState> for AuthUser {
         if !state.identity.session_is_active(claims.sid).await? {
             return Err(ApiError::Unauthorized);
         }
+        // The request's span (see `startup::http_span`) names the caller from here on.
+        tracing::Span::current().record("user.id", tracing::field::display(claims.sub));
         Ok(Self {
             user_id: claims.sub,
             session_id: claims.sid,

@@ -187,3 +187,44 @@ async fn sigterm_stops_the_api_gracefully(_opts: PgPoolOptions, conn: PgConnectO
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[sqlx::test(migrations = false)]
+async fn bodies_over_the_limit_and_wrong_methods_get_problem_documents(
+    _opts: PgPoolOptions,
+    conn: PgConnectOptions,
+) {
+    let app = spawn_app(&conn, &["--body-limit-bytes", "1024"]).await;
+    // Declared too large: refused before the body is read.
+    let large = app
+        .client
+        .post(app.url("/v1/auth/login"))
+        .header("content-type", "application/json")
+        .body(format!(r#"{{"email":"{}@example.com"}}"#, "a".repeat(2048)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(large.status(), 413);
+    assert_eq!(
+        large.headers()["content-type"],
+        "application/problem+json",
+        "a problem document"
+    );
+    let request_id = large.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let body: serde_json::Value = large.json().await.unwrap();
+    assert_eq!(body["status"], 413);
+    assert_eq!(body["type"], "https://idp.dev/problems/payload-too-large");
+    assert_eq!(body["request_id"], request_id.as_str());
+
+    let wrong = app
+        .client
+        .delete(app.url("/v1/auth/login"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 405);
+    assert_eq!(wrong.headers()["allow"], "POST");
+    assert_eq!(wrong.headers()["content-type"], "application/problem+json");
+    let body: serde_json::Value = wrong.json().await.unwrap();
+    assert_eq!(body["type"], "https://idp.dev/problems/method-not-allowed");
+    app.stop().await;
+}

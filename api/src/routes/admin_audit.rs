@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
@@ -40,13 +41,19 @@ pub fn router() -> Router<AppState> {
 
 /// What to verify.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct VerifyParams {
     /// Only walk the chains of streams whose id starts with this, e.g. `user-` (seals always
     /// cover the whole log).
+    #[param(example = "user-")]
     pub stream_prefix: Option<String>,
     /// A seal kept outside the database that the log must still hold:
     /// `<seal number>:<seal hash in hex>` (the `anchor` of `GET /v1/admin/audit/seal`).
+    #[param(
+        pattern = "^\\s*\\+?0*[1-9][0-9]{0,17}\\s*:\\s*[0-9a-fA-F]{64}\\s*$",
+        example = "12:9f2c3b5d2b8e4d6a7f1c0e9d8b7a6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b"
+    )]
     pub expect_seal: Option<String>,
 }
 
@@ -73,6 +80,8 @@ pub struct AuditProblem {
 
 /// The outcome of a verification.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"intact": true, "streams": 120, "events": 5400, "seals": 3, "sealed_events": 5300,
+    "unsealed": 100, "last_seal": 3, "first_problem": null, "problems": [], "duration_ms": 140}))]
 pub struct AuditVerifyReport {
     /// True when every stream chain and every seal holds.
     pub intact: bool,
@@ -129,15 +138,15 @@ impl From<&AuditReport> for AuditVerifyReport {
 #[utoipa::path(get, path = "/v1/admin/audit/verify", tag = "admin", security(("bearer" = [])),
     params(VerifyParams),
     responses((status = 200, description = "The verification report (intact or not)", body = AuditVerifyReport),
-              (status = 400, description = "Bad parameter", body = crate::error::Problem, content_type = "application/problem+json"),
-              (status = 401, description = "Not signed in", body = crate::error::Problem, content_type = "application/problem+json"),
-              (status = 403, description = "Not an administrator", body = crate::error::Problem, content_type = "application/problem+json")))]
+              (status = 400, description = "Bad expect_seal, or an unknown parameter"),
+              (status = 403, description = "Not an administrator")))]
 #[tracing::instrument(name = "admin.audit.verify", skip_all, fields(user.id = %admin.user_id))]
 pub async fn verify(
     State(state): State<AppState>,
     AdminUser(admin): AdminUser,
-    Query(params): Query<VerifyParams>,
+    params: Result<Query<VerifyParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let expect_seal = params
         .expect_seal
         .as_deref()
@@ -232,6 +241,16 @@ pub struct SealPublicKey {
 /// `GET /v1/admin/audit/verify?expect_seal=` or `idp-worker verify --expect-seal` to prove the
 /// log still holds this seal.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"format": "idp-seal-v1", "seal_number": 12,
+    "from": {"transaction_id": 1200, "position": 5001}, "to": {"transaction_id": 1250, "position": 5400},
+    "event_count": 400, "events_digest": "3b5d2b8e4d6a7f1c0e9d8b7a6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b9f2c",
+    "previous_hash": "8e4d6a7f1c0e9d8b7a6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b9f2c3b5d2b",
+    "seal_hash": "9f2c3b5d2b8e4d6a7f1c0e9d8b7a6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b",
+    "signature": "c2lnbmF0dXJlIG9mIHRoZSBzZWFsIGhhc2ggd2l0aCBFZDI1NTE5IChleGFtcGxlKQ==",
+    "key_id": "2026-12-01T100000Z", "created_at": "2026-12-01T11:00:00Z",
+    "anchor": "12:9f2c3b5d2b8e4d6a7f1c0e9d8b7a6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b",
+    "public_key": {"kid": "2026-12-01T100000Z", "jwk": {"kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo", "kid": "2026-12-01T100000Z", "alg": "EdDSA", "use": "sig"},
+                   "pem": "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=\n-----END PUBLIC KEY-----\n"}}))]
 pub struct SignedSeal {
     /// The seal format, `idp-seal-v1`.
     pub format: &'static str,
@@ -264,9 +283,8 @@ pub struct SignedSeal {
 /// The latest signed seal, with the public key that verifies it.
 #[utoipa::path(get, path = "/v1/admin/audit/seal", tag = "admin", security(("bearer" = [])),
     responses((status = 200, description = "The latest seal", body = SignedSeal),
-              (status = 401, description = "Not signed in", body = crate::error::Problem, content_type = "application/problem+json"),
-              (status = 403, description = "Not an administrator", body = crate::error::Problem, content_type = "application/problem+json"),
-              (status = 404, description = "The log has no seal yet", body = crate::error::Problem, content_type = "application/problem+json")))]
+              (status = 403, description = "Not an administrator"),
+              (status = 404, description = "The log has no seal yet")))]
 #[tracing::instrument(name = "admin.audit.seal", skip_all, fields(user.id = %admin.user_id))]
 pub async fn latest_seal(
     State(state): State<AppState>,

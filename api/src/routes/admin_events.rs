@@ -61,7 +61,7 @@ pub const WRITER_WAIT: Duration = Duration::from_secs(3);
 const EXPORT_CHUNK: usize = 256 * 1024;
 /// Encoded chunks buffered between the database reader and the connection.
 const EXPORT_CHUNKS_IN_FLIGHT: usize = 4;
-/// Longest stream id, prefix, type or actor accepted in a filter.
+/// Longest stream id, prefix, type or actor accepted in a filter, in characters.
 const MAX_TEXT: usize = 512;
 /// Most event types in one filter.
 const MAX_TYPES: usize = 100;
@@ -80,16 +80,28 @@ pub fn router() -> Router<AppState> {
 #[derive(Debug, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct EventFilterParams {
-    /// Only the events of this stream (exact), e.g. `user-0190f4c2-8a1e-7c3b-9d2a-5e6f7a8b9c0d`.
+    /// Only the events of this stream (exact), e.g. `user-0190f4c2-8a1e-7c3b-9d2a-5e6f7a8b9c0d`;
+    /// 1 to 512 characters, no NUL.
+    #[param(min_length = 1, max_length = 512, pattern = "^[^\\u0000]*$")]
     pub stream: Option<String>,
-    /// Only the events of streams whose id starts with this, e.g. `user-` or `project-`.
-    #[param(example = "user-")]
+    /// Only the events of streams whose id starts with this, e.g. `user-` or `project-`; 1 to
+    /// 512 characters, no NUL.
+    #[param(
+        example = "user-",
+        min_length = 1,
+        max_length = 512,
+        pattern = "^[^\\u0000]*$"
+    )]
     pub stream_prefix: Option<String>,
     /// Only events of these types: repeat the parameter (`type=A&type=B`) or separate the
-    /// types with commas (`type=A,B`).
-    #[param(rename = "type", style = Form, explode, example = json!(["UserRegistered"]))]
+    /// types with commas (`type=A,B`); each type 1 to 512 characters (blanks around it are
+    /// ignored), no NUL, at most 100 types.
+    #[param(rename = "type", style = Form, explode, example = json!(["UserRegistered"]),
+            value_type = Option<Vec<EventTypeName>>)]
     pub event_types: Option<Vec<String>>,
-    /// Only events whose metadata names this actor, e.g. `user-<uuid>`, `system`, `worker`.
+    /// Only events whose metadata names this actor, e.g. `user-<uuid>`, `system`, `worker`; 1 to
+    /// 512 characters, no NUL.
+    #[param(min_length = 1, max_length = 512, pattern = "^[^\\u0000]*$")]
     pub actor: Option<String>,
     /// Only events whose metadata carries this correlation id.
     pub correlation_id: Option<Uuid>,
@@ -110,17 +122,28 @@ pub struct EventPageParams {
     pub cursor: Option<String>,
 }
 
+/// An event type in a filter: one name, or several separated by commas, none of them blank.
+#[derive(Debug, ToSchema)]
+#[schema(as = EventTypeName, value_type = String, example = "UserRegistered",
+         pattern = "^[^,\\u0000]*[^,\\s\\u0000][^,\\u0000]*(,[^,\\u0000]*[^,\\s\\u0000][^,\\u0000]*)*$")]
+pub struct EventTypeName(pub String);
+
 /// The format of an export.
 #[derive(Debug, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ExportParams {
     /// `csv` or `ndjson`.
-    #[param(example = "ndjson")]
+    #[param(example = "ndjson", pattern = "^(csv|ndjson)$")]
     pub format: String,
 }
 
 /// One event of the log, as stored.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"position": 1, "event_id": "0190f4c2-8a1e-7c3b-9d2a-5e6f7a8b9c0d",
+    "stream_id": "user-0190f4c2-7b00-7c3b-9d2a-111111111111", "stream_version": 1, "event_type": "UserRegistered",
+    "schema_version": 1, "data": {"email": "ada@example.com", "roles": ["user"]},
+    "metadata": {"actor": "user-0190f4c2-7b00-7c3b-9d2a-111111111111", "request_id": "0190f4c2-9c00-7c3b-9d2a-333333333333"},
+    "recorded_at": "2026-12-01T10:00:00Z", "hash": "9f2c3b5d2b8e4d6a7f1c0e9d8b7a6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b"}))]
 pub struct LoggedEvent {
     /// Global position: the log's order.
     pub position: i64,
@@ -165,6 +188,12 @@ impl From<RecordedEvent> for LoggedEvent {
 
 /// A page of events, in ascending position order.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"items": [{"position": 1, "event_id": "0190f4c2-8a1e-7c3b-9d2a-5e6f7a8b9c0d",
+    "stream_id": "user-0190f4c2-7b00-7c3b-9d2a-111111111111", "stream_version": 1, "event_type": "UserRegistered",
+    "schema_version": 1, "data": {"email": "ada@example.com", "roles": ["user"]},
+    "metadata": {"actor": "user-0190f4c2-7b00-7c3b-9d2a-111111111111"},
+    "recorded_at": "2026-12-01T10:00:00Z", "hash": "9f2c3b5d2b8e4d6a7f1c0e9d8b7a6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b"}],
+    "next": "Zjox", "prev": null}))]
 pub struct EventPage {
     /// The events.
     pub items: Vec<LoggedEvent>,
@@ -182,10 +211,9 @@ pub struct EventPage {
 #[utoipa::path(get, path = "/v1/admin/events", tag = "admin", security(("bearer" = [])),
     params(EventFilterParams, EventPageParams),
     responses((status = 200, description = "A page of events", body = EventPage),
-              (status = 400, description = "Bad filter, limit or cursor, or an unknown parameter", body = crate::error::Problem, content_type = "application/problem+json"),
-              (status = 401, description = "Not signed in", body = crate::error::Problem, content_type = "application/problem+json"),
-              (status = 403, description = "Not an administrator", body = crate::error::Problem, content_type = "application/problem+json"),
-              (status = 503, description = "A transaction writing to the log stayed open too long", body = crate::error::Problem, content_type = "application/problem+json")))]
+              (status = 400, description = "Bad filter, limit or cursor, or an unknown parameter"),
+              (status = 403, description = "Not an administrator"),
+              (status = 503, description = "A transaction writing to the log stayed open too long")))]
 #[tracing::instrument(name = "admin.events.list", skip_all, fields(user.id = %admin.user_id))]
 pub async fn list_events(
     State(state): State<AppState>,
@@ -273,11 +301,12 @@ pub async fn list_events(
 #[utoipa::path(get, path = "/v1/admin/events/export", tag = "admin", security(("bearer" = [])),
     params(EventFilterParams, ExportParams),
     responses((status = 200, description = "The matching events, as an attachment `idp-events-<UTC time>.csv` or `.ndjson`",
-               content((String = "text/csv"), (String = "application/x-ndjson"))),
-              (status = 400, description = "Bad filter or format, or an unknown parameter", body = crate::error::Problem, content_type = "application/problem+json"),
-              (status = 401, description = "Not signed in", body = crate::error::Problem, content_type = "application/problem+json"),
-              (status = 403, description = "Not an administrator", body = crate::error::Problem, content_type = "application/problem+json"),
-              (status = 503, description = "A transaction writing to the log stayed open too long", body = crate::error::Problem, content_type = "application/problem+json")))]
+               content((String = "text/csv", example = json!("position,event_id,stream_id,stream_version,event_type,schema_version,recorded_at,hash,data,metadata\r\n1,0190f4c2-8a1e-7c3b-9d2a-5e6f7a8b9c0d,user-0190f4c2-7b00-7c3b-9d2a-111111111111,1,UserRegistered,1,2026-12-01T10:00:00Z,9f2c...,\"{\"\"email\"\":\"\"ada@example.com\"\"}\",{}\r\n")),
+                       (String = "application/x-ndjson", example = json!("{\"position\":1,\"event_id\":\"0190f4c2-8a1e-7c3b-9d2a-5e6f7a8b9c0d\",\"stream_id\":\"user-0190f4c2-7b00-7c3b-9d2a-111111111111\",\"stream_version\":1,\"event_type\":\"UserRegistered\",\"schema_version\":1,\"data\":{\"email\":\"ada@example.com\"},\"metadata\":{},\"recorded_at\":\"2026-12-01T10:00:00Z\",\"hash\":\"9f2c...\"}\n"))),
+               headers(("Content-Disposition" = String, description = "`attachment; filename=\"idp-events-<UTC time>.<csv|ndjson>\"`"))),
+              (status = 400, description = "Bad filter or format, or an unknown parameter"),
+              (status = 403, description = "Not an administrator"),
+              (status = 503, description = "A transaction writing to the log stayed open too long")))]
 #[tracing::instrument(name = "admin.events.export", skip_all, fields(user.id = %admin.user_id))]
 pub async fn export_events(
     State(state): State<AppState>,
@@ -965,9 +994,9 @@ fn text(name: &str, value: String) -> Result<String, ApiError> {
     if value.is_empty() {
         return Err(ApiError::BadRequest(format!("{name} must not be empty")));
     }
-    if value.len() > MAX_TEXT {
+    if value.chars().count() > MAX_TEXT {
         return Err(ApiError::BadRequest(format!(
-            "{name} is longer than {MAX_TEXT} bytes"
+            "{name} is longer than {MAX_TEXT} characters"
         )));
     }
     if value.contains('\0') {

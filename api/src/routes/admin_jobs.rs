@@ -1,6 +1,7 @@
 //! `/v1/admin/jobs/*`: jobs that gave up (dead letters) and sending them back for another
 //! round of attempts (admin role required on every request).
 
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -51,6 +52,10 @@ pub struct DeadJob {
 
 /// A page of dead jobs, newest first.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"items": [{"job_id": "0190f4c2-8a1e-7c3b-9d2a-5e6f7a8b9c0d", "queue": "email", "kind": "send_email", "reason": "rejected",
+    "attempts": 5, "last_error": "smtp: connection refused", "cause_id": "0190f4c2-7b00-7c3b-9d2a-222222222222",
+    "dead_lettered_at": "2026-12-01T10:15:00Z", "payload": {"template": "verify_email", "to": "ada@example.com"}}],
+    "next_cursor": null}))]
 pub struct DeadJobPage {
     /// The jobs.
     pub items: Vec<DeadJob>,
@@ -60,11 +65,13 @@ pub struct DeadJobPage {
 
 /// Paging of the dead jobs.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PageParams {
     /// Jobs per page, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
-    /// The `next_cursor` of the previous page.
+    /// The `next_cursor` of the previous page (opaque: only cursors this API handed out).
     pub cursor: Option<String>,
 }
 
@@ -72,14 +79,15 @@ pub struct PageParams {
 #[utoipa::path(get, path = "/v1/admin/jobs/dead", tag = "admin", security(("bearer" = [])),
     params(PageParams),
     responses((status = 200, description = "A page of dead jobs", body = DeadJobPage),
-              (status = 400, description = "Bad cursor or limit", content_type = "application/problem+json"),
-              (status = 403, description = "Not an administrator", content_type = "application/problem+json")))]
+              (status = 400, description = "Bad cursor or limit, or an unknown parameter"),
+              (status = 403, description = "Not an administrator")))]
 #[tracing::instrument(name = "admin.jobs.dead", skip_all)]
 pub async fn list_dead(
     State(state): State<AppState>,
     AdminUser(_admin): AdminUser,
-    Query(params): Query<PageParams>,
+    params: Result<Query<PageParams>, QueryRejection>,
 ) -> Result<Json<DeadJobPage>, ApiError> {
+    let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let limit = paging::limit(params.limit)?;
     let after = params
         .cursor
@@ -106,10 +114,12 @@ pub async fn list_dead(
 
 /// The retry was accepted.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"job_id": "0190f4c2-8a1e-7c3b-9d2a-5e6f7a8b9c0d", "status": "queued"}))]
 pub struct RetryAccepted {
     /// The job.
     pub job_id: Uuid,
     /// `queued`: the job is sent back to its queue with a fresh round of attempts.
+    #[schema(pattern = "^queued$")]
     pub status: &'static str,
 }
 
@@ -117,16 +127,19 @@ pub struct RetryAccepted {
 #[utoipa::path(post, path = "/v1/admin/jobs/{id}/retry", tag = "admin", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "The job")),
     responses((status = 202, description = "Sent back to its queue", body = RetryAccepted),
-              (status = 403, description = "Not an administrator", content_type = "application/problem+json"),
-              (status = 404, description = "No such job", content_type = "application/problem+json"),
-              (status = 409, description = "The job is not dead-lettered (anymore)", content_type = "application/problem+json")))]
-#[tracing::instrument(name = "admin.jobs.retry", skip_all, fields(job.id = %id))]
+              (status = 400, description = "The id is not a UUID"),
+              (status = 403, description = "Not an administrator"),
+              (status = 404, description = "No such job"),
+              (status = 409, description = "The job is not dead-lettered (anymore)")))]
+#[tracing::instrument(name = "admin.jobs.retry", skip_all, fields(job.id = tracing::field::Empty))]
 pub async fn retry(
     State(state): State<AppState>,
     ctx: ClientContext,
     AdminUser(admin): AdminUser,
-    Path(id): Path<Uuid>,
+    id: Result<Path<Uuid>, PathRejection>,
 ) -> Result<(StatusCode, Json<RetryAccepted>), ApiError> {
+    let Path(id) = id.map_err(|_| ApiError::BadRequest("id: not a UUID".into()))?;
+    tracing::Span::current().record("job.id", tracing::field::display(id));
     let stream = jobs::stream_id(id);
     let history = state.store.read_stream(&stream, 1).await?;
     if history.is_empty() {

@@ -66,6 +66,12 @@ impl From<&RecordedEvent> for StreamEvent {
 
 /// A stream's history and the state folded from it.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"stream_id": "user-0190f4c2-7b00-7c3b-9d2a-111111111111", "version": 1,
+    "events": [{"position": 1, "event_id": "0190f4c2-8a1e-7c3b-9d2a-5e6f7a8b9c0d", "version": 1, "type": "UserRegistered",
+                "schema_version": 1, "data": {"email": "ada@example.com", "roles": ["user"]},
+                "metadata": {"actor": "user-0190f4c2-7b00-7c3b-9d2a-111111111111"},
+                "recorded_at": "2026-12-01T10:00:00Z", "hash": "9f2c3b5d2b8e4d6a7f1c0e9d8b7a6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b"}],
+    "state": {"email": "ada@example.com", "roles": ["user"], "email_verified": false}}))]
 pub struct StreamHistory {
     /// The stream, e.g. `user-<uuid>`.
     pub stream_id: String,
@@ -84,10 +90,12 @@ pub struct StreamHistory {
 
 /// Point in time of the history.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryParams {
     /// Only events recorded at or before this instant (RFC 3339, e.g. `2026-01-31T12:00:00Z`;
     /// write a `+` offset as `%2B`), and the state folded from them.
+    #[param(value_type = Option<DateTime<Utc>>)]
     pub as_of: Option<String>,
 }
 
@@ -104,13 +112,14 @@ fn parse_as_of(raw: &str) -> Result<DateTime<Utc>, ApiError> {
 
 /// The history of one stream, and its aggregate's state, now or as of an instant.
 #[utoipa::path(get, path = "/v1/admin/streams/{stream_id}", tag = "admin", security(("bearer" = [])),
-    params(("stream_id" = String, Path, description = "The stream, e.g. `user-<uuid>`, `project-<uuid>` (at most 200 printable characters)"),
+    params(("stream_id" = String, Path, min_length = 1, max_length = 200, pattern = "^[^\\s\\u0000-\\u001f\\u007f-\\u009f]+$",
+            example = "user-0190f4c2-7b00-7c3b-9d2a-111111111111",
+            description = "The stream, e.g. `user-<uuid>`, `project-<uuid>` (1 to 200 characters, no whitespace or control characters)"),
            HistoryParams),
     responses((status = 200, description = "The stream's history and state", body = StreamHistory),
-              (status = 400, description = "Bad stream id or as_of", body = crate::error::Problem, content_type = "application/problem+json"),
-              (status = 401, description = "Not signed in", body = crate::error::Problem, content_type = "application/problem+json"),
-              (status = 403, description = "Not an administrator", body = crate::error::Problem, content_type = "application/problem+json"),
-              (status = 404, description = "No such stream", body = crate::error::Problem, content_type = "application/problem+json")))]
+              (status = 400, description = "Bad stream id or as_of, or an unknown parameter"),
+              (status = 403, description = "Not an administrator"),
+              (status = 404, description = "No such stream")))]
 #[tracing::instrument(name = "admin.streams.history", skip_all, fields(stream.id = tracing::field::Empty))]
 pub async fn stream_history(
     State(state): State<AppState>,

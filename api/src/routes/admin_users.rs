@@ -5,7 +5,7 @@
 //! worker has caught up. Every change is an event with the administrator as actor.
 
 use axum::body::Bytes;
-use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::{get, post, put};
@@ -98,20 +98,27 @@ impl UserSort {
 
 /// Search, filters, order and paging of the account list.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
-    /// Part of the email address or display name (case-insensitive), 1 to 100 characters.
+    /// Part of the email address or display name (case-insensitive), at most 100 characters;
+    /// blank: no search.
+    #[param(max_length = 100, example = "ada")]
     pub q: Option<String>,
-    /// Only accounts with this role (`user`, `admin`).
-    pub role: Option<String>,
+    /// Only accounts with this role.
+    #[param(inline)]
+    pub role: Option<Role>,
     /// Only accounts in this status (`locked`: a lock is in force now).
+    #[param(inline)]
     pub status: Option<UserStatus>,
     /// `email`, `-email`, `created_at` or `-created_at` (default: newest first).
-    #[param(value_type = Option<String>)]
+    #[param(inline)]
     pub sort: Option<UserSort>,
     /// Accounts per page, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
-    /// The `next_cursor` of the previous page (with the same `sort`).
+    /// The `next_cursor` of the previous page (with the same `sort`; opaque: only cursors this
+    /// API handed out).
     pub cursor: Option<String>,
 }
 
@@ -160,6 +167,9 @@ impl sqlx::Decode<'_, Postgres> for UserStatus {
 
 /// A page of accounts.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"items": [{"id": "0190f4c2-8a1e-7c3b-9d2a-5e6f7a8b9c0d", "email": "ada@example.com", "display_name": "Ada Lovelace",
+    "roles": ["user"], "status": "active", "locked_until": null, "created_at": "2026-12-01T10:00:00Z",
+    "last_login_at": "2026-12-02T08:30:00Z", "email_verified_at": "2026-12-01T10:05:00Z"}], "next_cursor": null}))]
 pub struct UserPage {
     /// The accounts.
     pub items: Vec<UserSummary>,
@@ -236,9 +246,8 @@ select user_id as id, email, display_name, roles,
 #[utoipa::path(get, path = "/v1/admin/users", tag = "admin", security(("bearer" = [])),
     params(ListParams),
     responses((status = 200, description = "A page of accounts", body = UserPage),
-              (status = 400, description = "Bad search, filter, sort, cursor or limit", body = crate::error::Problem, content_type = "application/problem+json"),
-              (status = 401, description = "Not signed in", body = crate::error::Problem, content_type = "application/problem+json"),
-              (status = 403, description = "Not an administrator", body = crate::error::Problem, content_type = "application/problem+json")))]
+              (status = 400, description = "Bad search, filter, sort, cursor or limit, or an unknown parameter"),
+              (status = 403, description = "Not an administrator")))]
 #[tracing::instrument(name = "admin.users.list", skip_all)]
 pub async fn list_users(
     State(state): State<AppState>,
@@ -253,18 +262,10 @@ pub async fn list_users(
         .as_deref()
         .map(|c| decode_cursor(sort, c))
         .transpose()?;
-    let q = params.q.as_deref().map(str::trim).filter(|q| !q.is_empty());
-    if q.is_some_and(|q| q.chars().count() > 100) {
+    if params.q.as_deref().is_some_and(|q| q.chars().count() > 100) {
         return Err(ApiError::BadRequest("q: at most 100 characters".into()));
     }
-    if let Some(role) = params.role.as_deref()
-        && !user::ROLES.contains(&role)
-    {
-        return Err(ApiError::BadRequest(format!(
-            "role: one of {}",
-            user::ROLES.join(", ")
-        )));
-    }
+    let q = params.q.as_deref().map(str::trim).filter(|q| !q.is_empty());
 
     let mut query = QueryBuilder::<Postgres>::new(SELECT_SUMMARIES);
     if let Some(q) = q {
@@ -279,7 +280,7 @@ pub async fn list_users(
     if let Some(role) = params.role {
         query
             .push(" and roles @> array[")
-            .push_bind(role)
+            .push_bind(role.as_str())
             .push("]::text[]");
     }
     query.push(match params.status {
@@ -334,6 +335,10 @@ pub async fn list_users(
 
 /// One account: folded from its stream, with the directory's fields once the worker has them.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"id": "0190f4c2-8a1e-7c3b-9d2a-5e6f7a8b9c0d", "email": "ada@example.com", "display_name": "Ada Lovelace", "roles": ["user"],
+    "status": "active", "email_verified": true, "locked_until": null, "locked_by_admin": false, "lock_count": 0,
+    "created_at": "2026-12-01T10:00:00Z", "password_changed_at": null, "active_sessions": 1, "version": 3,
+    "email_verified_at": "2026-12-01T10:05:00Z", "last_login_at": "2026-12-02T08:30:00Z", "failed_logins": 0}))]
 pub struct UserDetail {
     /// Account id.
     pub id: Uuid,
@@ -381,9 +386,9 @@ struct DirectoryFields {
 #[utoipa::path(get, path = "/v1/admin/users/{id}", tag = "admin", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "The account")),
     responses((status = 200, description = "The account", body = UserDetail),
-              (status = 401, description = "Not signed in", body = crate::error::Problem, content_type = "application/problem+json"),
-              (status = 403, description = "Not an administrator", body = crate::error::Problem, content_type = "application/problem+json"),
-              (status = 404, description = "No such account", body = crate::error::Problem, content_type = "application/problem+json")))]
+              (status = 400, description = "The id is not a UUID"),
+              (status = 403, description = "Not an administrator"),
+              (status = 404, description = "No such account")))]
 #[tracing::instrument(name = "admin.users.get", skip_all, fields(user.id = tracing::field::Empty))]
 pub async fn get_user(
     State(state): State<AppState>,
@@ -432,17 +437,25 @@ pub async fn get_user(
 /// How long an administrator's lock lasts.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"until": "2099-01-01T00:00:00Z"}))]
 pub struct LockRequest {
     /// End of the lock (RFC 3339, in the future); absent: until an administrator unlocks.
     pub until: Option<DateTime<Utc>>,
 }
 
-/// An optional JSON body: none (or only whitespace) is the default, anything else must be JSON
-/// of the right shape.
+/// An optional JSON body: none (or only whitespace) and `null` are the default, anything else
+/// must be JSON of the right shape.
 fn optional_json<T: Default + DeserializeOwned>(
     headers: &HeaderMap,
-    body: &Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<T, ApiError> {
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge
+        } else {
+            ApiError::BadRequest(rejection.body_text())
+        }
+    })?;
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
@@ -458,26 +471,30 @@ fn optional_json<T: Default + DeserializeOwned>(
     if !json {
         return Err(ApiError::UnsupportedMediaType);
     }
-    serde_json::from_slice(body).map_err(|e| {
-        if e.is_data() {
-            ApiError::Unprocessable(e.to_string())
-        } else {
-            ApiError::BadRequest(e.to_string())
-        }
-    })
+    serde_json::from_slice::<Option<T>>(&body)
+        .map(Option::unwrap_or_default)
+        .map_err(|e| {
+            if e.is_data() {
+                ApiError::Unprocessable(e.to_string())
+            } else {
+                ApiError::BadRequest(e.to_string())
+            }
+        })
 }
 
 /// Locks an account: no sign-in until the lock ends or an administrator unlocks it, and every
 /// session of the account ends at once. A password reset does not lift it.
 #[utoipa::path(post, path = "/v1/admin/users/{id}/lock", tag = "admin", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "The account")),
-    request_body(content = Option<LockRequest>, description = "Optional; without a body, or without `until`, the lock lasts until an administrator unlocks the account"),
-    responses((status = 200, description = "Locked; its sessions ended", body = LockOutcome),
-              (status = 401, description = "Not signed in", body = crate::error::Problem, content_type = "application/problem+json"),
-              (status = 403, description = "Not an administrator", body = crate::error::Problem, content_type = "application/problem+json"),
-              (status = 404, description = "No such account", body = crate::error::Problem, content_type = "application/problem+json"),
-              (status = 409, description = "The last administrator who can sign in, or the account changed meanwhile", body = crate::error::Problem, content_type = "application/problem+json"),
-              (status = 422, description = "`until` is not in the future", body = crate::error::Problem, content_type = "application/problem+json")))]
+    request_body(content((Option<LockRequest> = "application/json", example = json!({"until": "2099-01-01T00:00:00Z"}))),
+                 description = "Optional; without a body (or `null`), or without `until`, the lock lasts until an administrator unlocks the account"),
+    responses((status = 200, description = "Locked; its sessions ended", body = LockOutcome,
+               example = json!({"locked_until": "2099-01-01T00:00:00Z", "sessions_revoked": 2})),
+              (status = 400, description = "The id is not a UUID, or the body is not JSON"),
+              (status = 403, description = "Not an administrator"),
+              (status = 404, description = "No such account"),
+              (status = 409, description = "The last administrator who can sign in, or the account changed meanwhile"),
+              (status = 422, description = "`until` is not in the future")))]
 #[tracing::instrument(name = "admin.users.lock", skip_all, fields(user.id = tracing::field::Empty))]
 pub async fn lock(
     State(state): State<AppState>,
@@ -485,10 +502,10 @@ pub async fn lock(
     AdminUser(admin): AdminUser,
     id: Result<Path<Uuid>, PathRejection>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<LockOutcome>, ApiError> {
     let id = account_id(id)?;
-    let request: LockRequest = optional_json(&headers, &body)?;
+    let request: LockRequest = optional_json(&headers, body)?;
     let outcome = state
         .identity
         .lock(&ctx, &admin.actor(), id, request.until)
@@ -499,11 +516,11 @@ pub async fn lock(
 /// Lifts the lock of an account before it ends.
 #[utoipa::path(post, path = "/v1/admin/users/{id}/unlock", tag = "admin", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "The account")),
-    responses((status = 204, description = "Unlocked"),
-              (status = 401, description = "Not signed in", body = crate::error::Problem, content_type = "application/problem+json"),
-              (status = 403, description = "Not an administrator", content_type = "application/problem+json"),
-              (status = 404, description = "No such account", content_type = "application/problem+json"),
-              (status = 422, description = "The account is not locked", content_type = "application/problem+json")))]
+    responses((status = 204, description = "Unlocked (no body)"),
+              (status = 400, description = "The id is not a UUID"),
+              (status = 403, description = "Not an administrator"),
+              (status = 404, description = "No such account"),
+              (status = 422, description = "The account is not locked")))]
 #[tracing::instrument(name = "admin.unlock", skip_all, fields(user.id = tracing::field::Empty))]
 pub async fn unlock(
     State(state): State<AppState>,
@@ -519,13 +536,34 @@ pub async fn unlock(
 /// The roles an account should have.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"roles": ["user", "admin"]}))]
 pub struct RolesRequest {
-    /// The complete set (`user`, `admin`); `user` is always kept.
-    pub roles: Vec<String>,
+    /// The complete set; `user` is always kept.
+    pub roles: Vec<Role>,
+}
+
+/// A role idp knows (`idp_events::identity::user::ROLES`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Every account.
+    User,
+    /// Administration routes.
+    Admin,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::User => user::ROLE_USER,
+            Self::Admin => user::ROLE_ADMIN,
+        }
+    }
 }
 
 /// The roles an account has now.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"roles": ["admin", "user"]}))]
 pub struct RolesOutcome {
     /// Sorted role names.
     pub roles: Vec<String>,
@@ -537,11 +575,11 @@ pub struct RolesOutcome {
     params(("id" = Uuid, Path, description = "The account")),
     request_body = RolesRequest,
     responses((status = 200, description = "The roles now", body = RolesOutcome),
-              (status = 401, description = "Not signed in", body = crate::error::Problem, content_type = "application/problem+json"),
-              (status = 403, description = "Not an administrator", body = crate::error::Problem, content_type = "application/problem+json"),
-              (status = 404, description = "No such account", body = crate::error::Problem, content_type = "application/problem+json"),
-              (status = 409, description = "It would leave no administrator who can sign in, or the account changed meanwhile", body = crate::error::Problem, content_type = "application/problem+json"),
-              (status = 422, description = "An unknown role", body = crate::error::Problem, content_type = "application/problem+json")))]
+              (status = 400, description = "The id is not a UUID, or the body is not JSON"),
+              (status = 403, description = "Not an administrator"),
+              (status = 404, description = "No such account"),
+              (status = 409, description = "It would leave no administrator who can sign in, or the account changed meanwhile"),
+              (status = 422, description = "An unknown role")))]
 #[tracing::instrument(name = "admin.users.roles", skip_all, fields(user.id = tracing::field::Empty))]
 pub async fn set_roles(
     State(state): State<AppState>,
@@ -551,15 +589,21 @@ pub async fn set_roles(
     ApiJson(request): ApiJson<RolesRequest>,
 ) -> Result<Json<RolesOutcome>, ApiError> {
     let id = account_id(id)?;
+    let wanted: Vec<String> = request
+        .roles
+        .iter()
+        .map(|role| role.as_str().to_owned())
+        .collect();
     let roles = state
         .identity
-        .change_roles(&ctx, &admin.actor(), id, &request.roles)
+        .change_roles(&ctx, &admin.actor(), id, &wanted)
         .await?;
     Ok(Json(RolesOutcome { roles }))
 }
 
 /// The sessions that were ended.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"sessions_revoked": 2}))]
 pub struct SessionsRevoked {
     /// How many sessions this request ended.
     pub sessions_revoked: usize,
@@ -569,9 +613,9 @@ pub struct SessionsRevoked {
 #[utoipa::path(post, path = "/v1/admin/users/{id}/sessions/revoke", tag = "admin", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "The account")),
     responses((status = 200, description = "Its sessions ended", body = SessionsRevoked),
-              (status = 401, description = "Not signed in", body = crate::error::Problem, content_type = "application/problem+json"),
-              (status = 403, description = "Not an administrator", body = crate::error::Problem, content_type = "application/problem+json"),
-              (status = 404, description = "No such account", body = crate::error::Problem, content_type = "application/problem+json")))]
+              (status = 400, description = "The id is not a UUID"),
+              (status = 403, description = "Not an administrator"),
+              (status = 404, description = "No such account")))]
 #[tracing::instrument(name = "admin.users.revoke_sessions", skip_all, fields(user.id = tracing::field::Empty))]
 pub async fn revoke_sessions(
     State(state): State<AppState>,

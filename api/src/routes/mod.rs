@@ -6,6 +6,7 @@ pub mod admin_jobs;
 pub mod admin_streams;
 pub mod admin_users;
 pub mod auth;
+pub mod docs;
 pub mod openapi;
 pub mod paging;
 pub mod projects;
@@ -30,7 +31,8 @@ pub fn router(state: AppState, health: Health) -> Router {
         .merge(admin_streams::router())
         .merge(templates::router())
         .merge(projects::router())
-        .merge(openapi::router())
+        .merge(openapi::router(&state.catalogue))
+        .merge(docs::router())
         .with_state(state)
         .merge(idp_ops::health::router(health))
         .fallback(not_found)

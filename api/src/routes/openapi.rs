@@ -1,15 +1,45 @@
 //! `GET /openapi.json`: the OpenAPI document, generated from the handlers and types.
+//!
+//! Handlers declare their own outcomes (`#[utoipa::path]`): the success with its body and the
+//! errors particular to them. What every operation of a kind shares is added here, once, by
+//! `conventions`, so that no handler can forget it:
+//!
+//! - every 4xx/5xx answer is an RFC 9457 problem document (`application/problem+json`,
+//!   [`Problem`]) with an example, unless the handler documents another body for it;
+//! - an operation with a JSON body can answer 400 (not JSON), 413 (too large), 415 (not
+//!   `application/json`) and 422 (wrong shape), as [`crate::extract::ApiJson`] does;
+//! - an operation that declares the bearer scheme can answer 401 (with `WWW-Authenticate`);
+//! - every operation can answer 503 (a dependency is away, or the request took too long);
+//! - 429 answers carry `Retry-After`;
+//! - a JSON body whose schema is a component with an example gets that example, so requests and
+//!   answers are shown with one.
+//!
+//! The health and metrics routes come from `idp-ops`, which knows nothing of OpenAPI; they are
+//! described here by hand (`OperationsRoutes`). The body of `POST /v1/projects` depends on the
+//! templates of this instance, so the document is finished against the catalogue ([`document`]).
 
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use idp_events::project::Catalogue;
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use utoipa::openapi::path::{HttpMethod, OperationBuilder};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
-use utoipa::{Modify, OpenApi};
+use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+use utoipa::{Modify, OpenApi, ToSchema};
 
+use crate::error::Problem;
 use crate::startup::AppState;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "idp", description = "Event-sourced backend for internal developer platforms."),
+    info(title = "idp", description = "Event-sourced backend for internal developer platforms. \
+        Errors are RFC 9457 problem documents (`application/problem+json`) carrying the request id; \
+        authenticated routes take `Authorization: Bearer <access token>` from `POST /v1/auth/login`."),
     paths(
         super::auth::register, super::auth::verify_email, super::auth::resend_verification,
         super::auth::login, super::auth::refresh, super::auth::logout, super::auth::me,
@@ -26,12 +56,16 @@ use crate::startup::AppState;
         super::projects::get_project, super::projects::retry_project,
         super::projects::delete_project, super::projects::issue_credentials,
         super::projects::project_events,
+        openapi_json, super::docs::page, super::docs::script, super::docs::style,
     ),
-    components(schemas(crate::error::Problem)),
-    modifiers(&BearerAuth),
+    components(schemas(Problem, Liveness, Readiness, ReadinessCheck,
+        super::projects::StreamedEvent, super::admin_events::EventTypeName)),
+    modifiers(&BearerAuth, &OperationsRoutes),
     tags((name = "auth", description = "Registration, sign-in, tokens and passwords"),
+         (name = "projects", description = "Project templates, requests, provisioning status and live events"),
          (name = "admin", description = "Administration (admin role)"),
-         (name = "projects", description = "Project templates, requests, provisioning status and live events"))
+         (name = "operations", description = "Liveness, readiness and metrics, for orchestrators and monitoring"),
+         (name = "meta", description = "This document and its reference page"))
 )]
 struct ApiDoc;
 
@@ -42,18 +76,447 @@ impl Modify for BearerAuth {
         if let Some(components) = openapi.components.as_mut() {
             let mut http = Http::new(HttpAuthScheme::Bearer);
             http.bearer_format = Some("JWT".into());
+            http.description =
+                Some("An access token from `POST /v1/auth/login` or `/v1/auth/refresh`".into());
             components.add_security_scheme("bearer", SecurityScheme::Http(http));
         }
     }
 }
 
-/// The document.
-pub fn document() -> utoipa::openapi::OpenApi {
-    ApiDoc::openapi()
+/// `GET /health/live`'s answer.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"status": "live"}))]
+struct Liveness {
+    /// Always `live`.
+    #[schema(pattern = "^live$")]
+    status: String,
 }
 
-/// The route serving it.
-pub fn router() -> Router<AppState> {
-    let doc = document();
-    Router::new().route("/openapi.json", get(move || async move { Json(doc) }))
+/// `GET /health/ready`'s answer, ready or not.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "status": "ready",
+    "checks": [{"name": "database", "status": "up"}, {"name": "broker", "status": "up"}],
+    "breakers": {"webhook": "closed"}
+}))]
+struct Readiness {
+    /// `ready` or `not_ready`.
+    #[schema(pattern = "^(ready|not_ready)$")]
+    status: String,
+    /// Every check, in a stable order.
+    checks: Vec<ReadinessCheck>,
+    /// State of each circuit breaker shared by the workers (`closed`, `open`, `half_open`); an
+    /// open breaker does not make the process unready. Absent when there are none.
+    breakers: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// One dependency of the readiness report.
+#[derive(Debug, Serialize, ToSchema)]
+struct ReadinessCheck {
+    /// What was checked: `database`, `broker`.
+    name: String,
+    /// `up` or `down`.
+    #[schema(pattern = "^(up|down)$")]
+    status: String,
+    /// Why it is down.
+    detail: Option<String>,
+}
+
+/// The routes of `idp_ops::health`, described by hand.
+struct OperationsRoutes;
+
+impl Modify for OperationsRoutes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let json_of = |schema: &str, example: Value| {
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name(schema)))
+                .example(Some(example))
+                .build()
+        };
+        let live = OperationBuilder::new()
+            .tags(Some(vec!["operations"]))
+            .summary(Some("Liveness: 200 while the process runs."))
+            .operation_id(Some("health_live"))
+            .response(
+                "200",
+                ResponseBuilder::new()
+                    .description("The process runs")
+                    .content(
+                        "application/json",
+                        json_of("Liveness", json!({"status": "live"})),
+                    ),
+            )
+            .build();
+        let ready = OperationBuilder::new()
+            .tags(Some(vec!["operations"]))
+            .summary(Some(
+                "Readiness: 200 when the database and the broker answer.",
+            ))
+            .description(Some(
+                "503 names the part that does not answer, in the same report as the 200 (not a \
+                 problem document), so that a probe or a person reads one format either way.",
+            ))
+            .operation_id(Some("health_ready"))
+            .response(
+                "200",
+                ResponseBuilder::new().description("Ready").content(
+                    "application/json",
+                    json_of(
+                        "Readiness",
+                        json!({"status": "ready", "checks": [
+                                {"name": "database", "status": "up"},
+                                {"name": "broker", "status": "up"}]}),
+                    ),
+                ),
+            )
+            .response(
+                "503",
+                ResponseBuilder::new()
+                    .description("Not ready: a dependency does not answer")
+                    .content(
+                        "application/json",
+                        json_of(
+                            "Readiness",
+                            json!({"status": "not_ready", "checks": [
+                                {"name": "database", "status": "up"},
+                                {"name": "broker", "status": "down",
+                                 "detail": "cannot connect: Connection refused (os error 111)"}]}),
+                        ),
+                    ),
+            )
+            .build();
+        let metrics = OperationBuilder::new()
+            .tags(Some(vec!["operations"]))
+            .summary(Some("Prometheus metrics, in the text exposition format."))
+            .operation_id(Some("metrics"))
+            .response(
+                "200",
+                ResponseBuilder::new().description("Metrics").content(
+                    "text/plain",
+                    ContentBuilder::new()
+                        .schema(Some(utoipa::openapi::schema::Object::with_type(
+                            utoipa::openapi::schema::Type::String,
+                        )))
+                        .example(Some(json!(
+                            "# TYPE idp_events_appended_total counter\nidp_events_appended_total 42\n"
+                        )))
+                        .build(),
+                ),
+            )
+            .build();
+        openapi
+            .paths
+            .add_path_operation("/health/live", vec![HttpMethod::Get], live);
+        openapi
+            .paths
+            .add_path_operation("/health/ready", vec![HttpMethod::Get], ready);
+        openapi
+            .paths
+            .add_path_operation("/metrics", vec![HttpMethod::Get], metrics);
+    }
+}
+
+/// The document of an instance serving the templates of `catalogue`.
+pub fn document(catalogue: &Catalogue) -> Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_else(|err| {
+        // The document is plain data; this cannot happen, but an empty document beats a panic.
+        tracing::error!(error = %err, "the OpenAPI document does not serialise");
+        json!({})
+    });
+    describe_templates(&mut doc, catalogue);
+    describe_event_data(&mut doc);
+    conventions(&mut doc);
+    doc
+}
+
+/// The route serving it (the reference page's routes are in `super::docs`).
+pub fn router(catalogue: &Catalogue) -> Router<AppState> {
+    let doc = Arc::new(document(catalogue));
+    Router::new().route("/openapi.json", get(openapi_json).with_state(doc))
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "meta",
+    responses((status = 200, description = "The OpenAPI 3.1 document of this API, with the project templates of this instance",
+               content((Object = "application/json", example = json!({"openapi": "3.1.0", "info": {"title": "idp", "version": "0.1.0"}, "paths": {}}))))))]
+pub async fn openapi_json(State(doc): State<Arc<Value>>) -> Response {
+    Json(&*doc).into_response()
+}
+
+/// Narrows `CreateProjectRequest` to this instance's templates: one variant per template, naming
+/// it in `template` and its parameters in `parameters` (those without a default required, no
+/// others, each value at most 256 characters without control characters). With no templates,
+/// the schema is left as it is.
+fn describe_templates(doc: &mut Value, catalogue: &Catalogue) {
+    use idp_events::project::template::MAX_VALUE_LEN;
+    let Some(schema) = doc.pointer_mut("/components/schemas/CreateProjectRequest") else {
+        return;
+    };
+    let variants: Vec<Value> = catalogue
+        .iter()
+        .map(|template| {
+            let mut properties = Map::new();
+            for p in &template.parameters {
+                let mut value = json!({
+                    "type": "string",
+                    "maxLength": MAX_VALUE_LEN,
+                    // `char::is_control`: C0, DEL and C1.
+                    "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]*$",
+                    "description": p.description,
+                });
+                if let Some(default) = &p.default {
+                    value["default"] = json!(default);
+                }
+                properties.insert(p.name.clone(), value);
+            }
+            let required: Vec<&str> = template
+                .parameters
+                .iter()
+                .filter(|p| p.is_required())
+                .map(|p| p.name.as_str())
+                .collect();
+            let mut parameters = json!({
+                "type": "object",
+                "properties": properties,
+                "additionalProperties": false,
+                "description": format!("Parameters of `{}`", template.name),
+            });
+            let mut variant = json!({
+                "type": "object",
+                "title": template.name,
+                "properties": {
+                    "template": {"type": "string", "enum": [template.name]},
+                    "parameters": parameters.clone(),
+                },
+                "required": ["name", "template"],
+            });
+            if required.is_empty() {
+                // Absent or null: every parameter takes its default.
+                parameters["type"] = json!(["object", "null"]);
+                variant["properties"]["parameters"] = parameters;
+            } else {
+                parameters["required"] = json!(required);
+                variant["properties"]["parameters"] = parameters;
+                variant["required"] = json!(["name", "template", "parameters"]);
+            }
+            variant
+        })
+        .collect();
+    if variants.is_empty() {
+        return;
+    }
+    let names: Vec<&str> = catalogue.iter().map(|t| t.name.as_str()).collect();
+    if let Some(template) = schema.pointer_mut("/properties/template") {
+        template["enum"] = json!(names);
+    }
+    if let Some(parameters) = schema.pointer_mut("/properties/parameters") {
+        // Each variant says which parameters its template takes.
+        *parameters = json!({"type": ["object", "null"], "description": "Values of the template's parameters; those left out take their defaults",
+                             "additionalProperties": {"type": "string"}});
+    }
+    schema["oneOf"] = json!(variants);
+}
+
+/// Says that the `data` of a project's Server-Sent Events is a `StreamedEvent` as JSON
+/// (`contentMediaType`, `contentSchema`), which the schema of a struct field cannot.
+fn describe_event_data(doc: &mut Value) {
+    if let Some(data) = doc.pointer_mut("/components/schemas/ServerSentEvent/properties/data") {
+        data["contentMediaType"] = json!("application/json");
+        data["contentSchema"] = json!({ "$ref": "#/components/schemas/StreamedEvent" });
+    }
+}
+
+/// The shared outcomes and bodies listed in the module documentation.
+fn conventions(doc: &mut Value) {
+    let examples = component_examples(doc);
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for item in paths.values_mut() {
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        for (method, operation) in item.iter_mut() {
+            if !matches!(method.as_str(), "get" | "put" | "post" | "delete" | "patch") {
+                continue;
+            }
+            complete_operation(operation, &examples);
+        }
+    }
+}
+
+/// Examples of the component schemas, by `$ref`.
+fn component_examples(doc: &Value) -> Map<String, Value> {
+    let mut examples = Map::new();
+    if let Some(schemas) = doc
+        .pointer("/components/schemas")
+        .and_then(Value::as_object)
+    {
+        for (name, schema) in schemas {
+            if let Some(example) = schema.get("example").or_else(|| {
+                schema
+                    .get("examples")
+                    .and_then(Value::as_array)
+                    .and_then(|e| e.first())
+            }) {
+                examples.insert(format!("#/components/schemas/{name}"), example.clone());
+            }
+        }
+    }
+    examples
+}
+
+fn complete_operation(operation: &mut Value, examples: &Map<String, Value>) {
+    let json_body = operation
+        .pointer("/requestBody/content/application~1json")
+        .is_some();
+    let secured = operation
+        .get("security")
+        .and_then(Value::as_array)
+        .is_some_and(|s| {
+            s.iter()
+                .any(|r| r.as_object().is_some_and(|r| !r.is_empty()))
+        });
+    if let Some(body) = operation.pointer_mut("/requestBody/content") {
+        add_examples(body, examples);
+    }
+    if !operation.get("responses").is_some_and(Value::is_object) {
+        operation["responses"] = json!({});
+    }
+    let Some(responses) = operation
+        .get_mut("responses")
+        .and_then(Value::as_object_mut)
+    else {
+        return;
+    };
+    let mut shared: Vec<(&str, &str)> = Vec::new();
+    if json_body {
+        shared.extend([
+            ("400", "The body is not JSON"),
+            (
+                "413",
+                "The body is larger than the limit (API_BODY_LIMIT_BYTES)",
+            ),
+            ("415", "The body is not `application/json`"),
+            ("422", "The body does not have the documented shape"),
+        ]);
+    }
+    if secured {
+        shared.push((
+            "401",
+            "No valid access token: missing, malformed, expired, or its session ended",
+        ));
+    }
+    shared.push((
+        "503",
+        "A dependency (database, broker) is unavailable, or the request took too long; try again",
+    ));
+    for (status, description) in shared {
+        responses
+            .entry(status)
+            .or_insert_with(|| json!({ "description": description }));
+    }
+    for (status, response) in responses.iter_mut() {
+        let code: u16 = status.parse().unwrap_or(0);
+        if code >= 400 {
+            problem_content(code, response);
+        }
+        if let Some(content) = response.get_mut("content") {
+            add_examples(content, examples);
+        }
+    }
+}
+
+/// Makes an error answer a problem document unless it documents a body of its own.
+fn problem_content(status: u16, response: &mut Value) {
+    let Some(response) = response.as_object_mut() else {
+        return;
+    };
+    let documents_own_body = response
+        .get("content")
+        .and_then(Value::as_object)
+        .is_some_and(|c| c.values().any(|m| m.get("schema").is_some()));
+    if !documents_own_body {
+        let detail = response
+            .get("description")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        response.insert(
+            "content".into(),
+            json!({ "application/problem+json": {
+                "schema": { "$ref": "#/components/schemas/Problem" },
+                "example": problem_example(status, &detail),
+            }}),
+        );
+    }
+    let header = match status {
+        401 => Some((
+            "WWW-Authenticate",
+            "`Bearer`: the scheme the API expects",
+            "Bearer",
+        )),
+        429 => Some((
+            "Retry-After",
+            "Seconds until the limit lets the request through",
+            "60",
+        )),
+        _ => None,
+    };
+    if let Some((name, description, example)) = header {
+        let headers = response.entry("headers").or_insert_with(|| json!({}));
+        if let Some(headers) = headers.as_object_mut() {
+            headers.entry(name).or_insert_with(|| {
+                json!({ "description": description, "required": true,
+                        "schema": { "type": "string" }, "example": example })
+            });
+        }
+    }
+}
+
+/// A problem document as the API writes one for `status` (see `crate::error::problem`).
+fn problem_example(status: u16, detail: &str) -> Value {
+    let (kind, title) = match status {
+        400 => ("bad-request", "Bad Request"),
+        401 => ("unauthorized", "Unauthorized"),
+        403 => ("forbidden", "Forbidden"),
+        404 => ("not-found", "Not Found"),
+        409 => ("conflict", "Conflict"),
+        410 => ("gone", "Gone"),
+        413 => ("payload-too-large", "Payload Too Large"),
+        415 => ("unsupported-media-type", "Unsupported Media Type"),
+        422 => ("unprocessable", "Unprocessable Entity"),
+        429 => ("too-many-requests", "Too Many Requests"),
+        503 => ("unavailable", "Service Unavailable"),
+        _ => ("internal", "Internal Server Error"),
+    };
+    let mut example = json!({
+        "type": format!("https://idp.dev/problems/{kind}"),
+        "title": title,
+        "status": status,
+        "request_id": "0190f4c2-8a1e-7c3b-9d2a-5e6f7a8b9c0d",
+    });
+    if !detail.is_empty() && !matches!(status, 403 | 404) {
+        example["detail"] = json!(detail);
+    }
+    example
+}
+
+/// Gives each JSON body whose schema is a component with an example that example.
+fn add_examples(content: &mut Value, examples: &Map<String, Value>) {
+    let Some(content) = content.as_object_mut() else {
+        return;
+    };
+    for (media_type, media) in content.iter_mut() {
+        if !media_type.contains("json") || media.get("example").is_some() {
+            continue;
+        }
+        let reference = media
+            .pointer("/schema/$ref")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        if let Some(example) = reference.and_then(|r| examples.get(&r)) {
+            media["example"] = example.clone();
+        }
+    }
 }

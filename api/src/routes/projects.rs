@@ -65,19 +65,19 @@ impl<S: Send + Sync> FromRequestParts<S> for ProjectId {
     }
 }
 
-/// A project to provision.
+/// A project to provision. The document served by an instance lists its templates and, for
+/// each, the parameters it takes (`oneOf`, one variant per template).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "billing-api", "template": "service", "parameters": {"language": "rust"}}))]
 pub struct CreateProjectRequest {
     /// 1 to 63 characters of `a-z`, `0-9` and `-`, starting with a letter and not ending with
     /// `-`; unique among the caller's projects.
-    #[schema(example = "billing-api")]
+    #[schema(pattern = "^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")]
     pub name: String,
     /// The template's name (see `GET /v1/templates`).
-    #[schema(example = "service")]
     pub template: String,
     /// Values of the template's parameters; those left out take their defaults.
-    #[schema(example = json!({"language": "rust"}))]
     pub parameters: Option<BTreeMap<String, String>>,
 }
 
@@ -92,6 +92,7 @@ struct CanonicalRequest<'a> {
 
 /// Where to find a project.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"self": "/v1/projects/0190f4c2-8a1e-7c3b-9d2a-5e6f7a8b9c0d", "events": "/v1/projects/0190f4c2-8a1e-7c3b-9d2a-5e6f7a8b9c0d/events"}))]
 pub struct ProjectLinks {
     /// The project (`GET`).
     #[serde(rename = "self")]
@@ -113,6 +114,8 @@ impl ProjectLinks {
 
 /// A request, retry or deletion was accepted; the worker carries it out.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"id": "0190f4c2-8a1e-7c3b-9d2a-5e6f7a8b9c0d", "name": "billing-api", "template": "service", "status": "requested",
+                          "links": {"self": "/v1/projects/0190f4c2-8a1e-7c3b-9d2a-5e6f7a8b9c0d", "events": "/v1/projects/0190f4c2-8a1e-7c3b-9d2a-5e6f7a8b9c0d/events"}}))]
 pub struct ProjectAccepted {
     /// The project.
     pub id: Uuid,
@@ -121,7 +124,7 @@ pub struct ProjectAccepted {
     /// Its template.
     pub template: String,
     /// Its status now: `requested`, `provisioning` or `deleting`.
-    #[schema(value_type = String, example = "requested")]
+    #[schema(value_type = String, pattern = "^(requested|provisioning|deleting)$")]
     pub status: ProjectStatus,
     /// Where to follow it.
     pub links: ProjectLinks,
@@ -164,14 +167,14 @@ fn accepted(status: StatusCode, body: serde_json::Value, replayed: bool) -> Resp
 /// request is refused.
 #[utoipa::path(post, path = "/v1/projects", tag = "projects", security(("bearer" = [])),
     request_body = CreateProjectRequest,
-    params(("Idempotency-Key" = Option<String>, Header,
-            description = "1 to 255 visible ASCII characters; the same key and request answer the same")),
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", example = "billing-api-1",
+            description = "1 to 255 visible ASCII characters, given once; the same key and request answer the same (per caller)")),
     responses((status = 202, description = "Accepted; provisioning runs in the background", body = ProjectAccepted,
-               headers(("Location" = String, description = "The project"))),
-              (status = 400, description = "Malformed JSON or Idempotency-Key", body = crate::error::Problem, content_type = "application/problem+json"),
-              (status = 401, description = "Not signed in", body = crate::error::Problem, content_type = "application/problem+json"),
-              (status = 409, description = "The caller already has a project of that name", body = crate::error::Problem, content_type = "application/problem+json"),
-              (status = 422, description = "Invalid name, unknown template, bad parameters, or an Idempotency-Key reused with another request", body = crate::error::Problem, content_type = "application/problem+json")))]
+               headers(("Location" = String, description = "The project, as `links.self`"),
+                       ("Idempotent-Replayed" = String, description = "`true` when this is the stored answer to an earlier request with the same key"))),
+              (status = 400, description = "Malformed JSON, or an Idempotency-Key that is not 1 to 255 visible ASCII characters or is given twice"),
+              (status = 409, description = "The caller already has a project of that name"),
+              (status = 422, description = "Invalid name, unknown template, bad parameters, or an Idempotency-Key reused with another request")))]
 #[tracing::instrument(name = "projects.create", skip_all, fields(user.id = %user.user_id))]
 pub async fn create_project(
     State(state): State<AppState>,
@@ -231,6 +234,8 @@ pub async fn create_project(
 
 /// A project in a list.
 #[derive(Debug, Serialize, FromRow, ToSchema)]
+#[schema(example = json!({"id": "0190f4c2-8a1e-7c3b-9d2a-5e6f7a8b9c0d", "owner_id": "0190f4c2-7b00-7c3b-9d2a-111111111111", "name": "billing-api", "template": "service",
+                          "status": "ready", "created_at": "2026-12-01T10:00:00Z", "updated_at": "2026-12-01T10:00:05Z"}))]
 pub struct ProjectSummary {
     /// The project.
     pub id: Uuid,
@@ -242,7 +247,7 @@ pub struct ProjectSummary {
     pub template: String,
     /// `requested`, `provisioning`, `ready`, `failed`, `deleting`, `deleted` or
     /// `deletion_failed`.
-    #[schema(example = "ready")]
+    #[schema(pattern = "^(requested|provisioning|ready|failed|deleting|deleted|deletion_failed)$")]
     pub status: String,
     /// When it was requested.
     pub created_at: DateTime<Utc>,
@@ -252,6 +257,9 @@ pub struct ProjectSummary {
 
 /// A page of projects, newest first.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"items": [{"id": "0190f4c2-8a1e-7c3b-9d2a-5e6f7a8b9c0d", "owner_id": "0190f4c2-7b00-7c3b-9d2a-111111111111", "name": "billing-api", "template": "service",
+                                     "status": "ready", "created_at": "2026-12-01T10:00:00Z", "updated_at": "2026-12-01T10:00:05Z"}],
+                          "next_cursor": null}))]
 pub struct ProjectPage {
     /// The projects.
     pub items: Vec<ProjectSummary>,
@@ -261,14 +269,17 @@ pub struct ProjectPage {
 
 /// Paging and filtering of the project list.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
     /// Projects per page, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
-    /// The `next_cursor` of the previous page.
+    /// The `next_cursor` of the previous page (opaque: only cursors this API handed out).
     pub cursor: Option<String>,
     /// Only projects with this status: `requested`, `provisioning`, `ready`, `failed`,
     /// `deleting`, `deleted` or `deletion_failed`.
+    #[param(pattern = "^(requested|provisioning|ready|failed|deleting|deleted|deletion_failed)$")]
     pub status: Option<String>,
 }
 
@@ -285,8 +296,7 @@ fn parse_status(raw: &str) -> Result<ProjectStatus, ApiError> {
 #[utoipa::path(get, path = "/v1/projects", tag = "projects", security(("bearer" = [])),
     params(ListParams),
     responses((status = 200, description = "A page of projects", body = ProjectPage),
-              (status = 400, description = "Bad cursor, limit or status", body = crate::error::Problem, content_type = "application/problem+json"),
-              (status = 401, description = "Not signed in", body = crate::error::Problem, content_type = "application/problem+json")))]
+              (status = 400, description = "Bad cursor, limit or status, or an unknown parameter")))]
 #[tracing::instrument(name = "projects.list", skip_all, fields(user.id = %user.user_id))]
 pub async fn list_projects(
     State(state): State<AppState>,
@@ -335,7 +345,7 @@ pub struct StepDetail {
     #[schema(example = "database")]
     pub driver: &'static str,
     /// `pending`, `running`, `succeeded`, `failed`, `skipped` or `deprovisioned`.
-    #[schema(value_type = String, example = "succeeded")]
+    #[schema(value_type = String, pattern = "^(pending|running|succeeded|failed|skipped|deprovisioned)$")]
     pub status: StepStatus,
     /// Attempts in the current round (provisioning, a retry, or deletion).
     pub attempts: u32,
@@ -347,12 +357,18 @@ pub struct StepDetail {
     pub finished_at: Option<DateTime<Utc>>,
     /// The driver's non-secret output (database and role name, repository path, webhook
     /// status), or `{"reason": ..}` for a skipped step; `null` before.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub output: serde_json::Value,
 }
 
 /// A project with its steps, as its events tell.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"id": "0190f4c2-8a1e-7c3b-9d2a-5e6f7a8b9c0d", "owner_id": "0190f4c2-7b00-7c3b-9d2a-111111111111", "name": "billing-api", "template": "service",
+    "template_version": 1, "parameters": {"language": "rust"}, "status": "ready", "failure": null,
+    "created_at": "2026-12-01T10:00:00Z", "updated_at": "2026-12-01T10:00:05Z",
+    "steps": [{"name": "database", "driver": "database", "status": "succeeded", "attempts": 1, "last_error": null,
+               "started_at": "2026-12-01T10:00:01Z", "finished_at": "2026-12-01T10:00:02Z",
+               "output": {"database": "p_billing_api", "role": "p_billing_api", "host": "127.0.0.1", "port": 5432}}]}))]
 pub struct ProjectDetail {
     /// The project.
     pub id: Uuid,
@@ -368,7 +384,7 @@ pub struct ProjectDetail {
     pub parameters: BTreeMap<String, String>,
     /// `requested`, `provisioning`, `ready`, `failed`, `deleting`, `deleted` or
     /// `deletion_failed`.
-    #[schema(value_type = String, example = "ready")]
+    #[schema(value_type = String, pattern = "^(requested|provisioning|ready|failed|deleting|deleted|deletion_failed)$")]
     pub status: ProjectStatus,
     /// Why provisioning or deletion failed, while it is failed.
     pub failure: Option<String>,
@@ -416,8 +432,7 @@ impl From<&Project> for ProjectDetail {
 #[utoipa::path(get, path = "/v1/projects/{id}", tag = "projects", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "The project")),
     responses((status = 200, description = "The project", body = ProjectDetail),
-              (status = 401, description = "Not signed in", body = crate::error::Problem, content_type = "application/problem+json"),
-              (status = 404, description = "No such project, or not the caller's", body = crate::error::Problem, content_type = "application/problem+json")))]
+              (status = 404, description = "No such project, or not the caller's (also for an id that is not a UUID)")))]
 #[tracing::instrument(name = "projects.get", skip_all, fields(project.id = %id))]
 pub async fn get_project(
     State(state): State<AppState>,
@@ -461,10 +476,11 @@ async fn act(
 /// Resumes a failed provisioning at the step that failed; the steps that succeeded stay.
 #[utoipa::path(post, path = "/v1/projects/{id}/retry", tag = "projects", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "The project")),
-    responses((status = 202, description = "Provisioning resumes", body = ProjectAccepted),
-              (status = 401, description = "Not signed in", body = crate::error::Problem, content_type = "application/problem+json"),
-              (status = 404, description = "No such project, or not the caller's", body = crate::error::Problem, content_type = "application/problem+json"),
-              (status = 409, description = "The project has not failed, or changed meanwhile", body = crate::error::Problem, content_type = "application/problem+json")))]
+    responses((status = 202, description = "Provisioning resumes", body = ProjectAccepted,
+               example = json!({"id": "0190f4c2-8a1e-7c3b-9d2a-5e6f7a8b9c0d", "name": "billing-api", "template": "service", "status": "provisioning",
+                                "links": {"self": "/v1/projects/0190f4c2-8a1e-7c3b-9d2a-5e6f7a8b9c0d", "events": "/v1/projects/0190f4c2-8a1e-7c3b-9d2a-5e6f7a8b9c0d/events"}})),
+              (status = 404, description = "No such project, or not the caller's (also for an id that is not a UUID)"),
+              (status = 409, description = "The project has not failed, or changed meanwhile")))]
 #[tracing::instrument(name = "projects.retry", skip_all, fields(project.id = %id))]
 pub async fn retry_project(
     State(state): State<AppState>,
@@ -478,10 +494,11 @@ pub async fn retry_project(
 /// Deletes a project: the steps that were provisioned are undone in reverse order.
 #[utoipa::path(delete, path = "/v1/projects/{id}", tag = "projects", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "The project")),
-    responses((status = 202, description = "Deletion runs in the background", body = ProjectAccepted),
-              (status = 401, description = "Not signed in", body = crate::error::Problem, content_type = "application/problem+json"),
-              (status = 404, description = "No such project, or not the caller's", body = crate::error::Problem, content_type = "application/problem+json"),
-              (status = 409, description = "Still being provisioned, already deleted or being deleted, or changed meanwhile", body = crate::error::Problem, content_type = "application/problem+json")))]
+    responses((status = 202, description = "Deletion runs in the background", body = ProjectAccepted,
+               example = json!({"id": "0190f4c2-8a1e-7c3b-9d2a-5e6f7a8b9c0d", "name": "billing-api", "template": "service", "status": "deleting",
+                                "links": {"self": "/v1/projects/0190f4c2-8a1e-7c3b-9d2a-5e6f7a8b9c0d", "events": "/v1/projects/0190f4c2-8a1e-7c3b-9d2a-5e6f7a8b9c0d/events"}})),
+              (status = 404, description = "No such project, or not the caller's (also for an id that is not a UUID)"),
+              (status = 409, description = "Still being provisioned, already deleted or being deleted, or changed meanwhile")))]
 #[tracing::instrument(name = "projects.delete", skip_all, fields(project.id = %id))]
 pub async fn delete_project(
     State(state): State<AppState>,
@@ -494,6 +511,8 @@ pub async fn delete_project(
 
 /// The login to a project's database. Shown once: keep it.
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({"database": "p_billing_api", "role": "p_billing_api", "host": "127.0.0.1", "port": 5432,
+                          "password": "Zk3v9QmX0b7TqL2wYp4sN8rC"}))]
 pub struct DatabaseCredentials {
     /// The database's name.
     pub database: String,
@@ -534,12 +553,12 @@ fn login_of(output: &serde_json::Value) -> Option<(String, String, String, u16)>
 /// even an administrator: the password is never stored, and a second call is 410 Gone.
 #[utoipa::path(post, path = "/v1/projects/{id}/credentials", tag = "projects", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "The project")),
-    responses((status = 200, description = "The login, shown once (Cache-Control: no-store)", body = DatabaseCredentials),
-              (status = 401, description = "Not signed in", body = crate::error::Problem, content_type = "application/problem+json"),
-              (status = 403, description = "An administrator asking for someone else's login", body = crate::error::Problem, content_type = "application/problem+json"),
-              (status = 404, description = "No such project, or not the caller's", body = crate::error::Problem, content_type = "application/problem+json"),
-              (status = 409, description = "No database step, or it has not succeeded", body = crate::error::Problem, content_type = "application/problem+json"),
-              (status = 410, description = "Already handed out", body = crate::error::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "The login, shown once", body = DatabaseCredentials,
+               headers(("Cache-Control" = String, description = "`no-store`"))),
+              (status = 403, description = "An administrator asking for someone else's login"),
+              (status = 404, description = "No such project, or not the caller's (also for an id that is not a UUID)"),
+              (status = 409, description = "No database step, or it has not succeeded"),
+              (status = 410, description = "Already handed out")))]
 #[tracing::instrument(name = "projects.credentials", skip_all, fields(project.id = %id))]
 pub async fn issue_credentials(
     State(state): State<AppState>,
@@ -605,6 +624,9 @@ pub async fn issue_credentials(
 
 /// One event of a project's stream as sent to followers.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"position": 1042, "version": 3, "type": "StepSucceeded",
+                          "data": {"step": "database", "attempt": 1, "output": {"database": "p_billing_api"}},
+                          "recorded_at": "2026-12-01T10:00:02Z"}))]
 pub struct StreamedEvent {
     /// Its position in the log (also the SSE `id`, for `Last-Event-ID`).
     pub position: i64,
@@ -618,6 +640,20 @@ pub struct StreamedEvent {
     pub data: serde_json::Value,
     /// When it was recorded.
     pub recorded_at: DateTime<Utc>,
+}
+
+/// One Server-Sent Event of `GET /v1/projects/{id}/events`, as its fields arrive on the wire.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"id": "1042", "event": "StepSucceeded",
+    "data": "{\"position\":1042,\"version\":3,\"type\":\"StepSucceeded\",\"data\":{\"step\":\"database\"},\"recorded_at\":\"2026-12-01T10:00:02Z\"}"}))]
+pub struct ServerSentEvent {
+    /// The event's position in the log, for `Last-Event-ID`.
+    #[schema(pattern = "^[0-9]+$")]
+    pub id: String,
+    /// The event's type, e.g. `StepSucceeded`.
+    pub event: String,
+    /// A [`StreamedEvent`] as JSON.
+    pub data: String,
 }
 
 fn sse_event(event: &RecordedEvent) -> Event {
@@ -642,13 +678,13 @@ fn sse_event(event: &RecordedEvent) -> Event {
 /// sent; comments every 15 s keep it open meanwhile.
 #[utoipa::path(get, path = "/v1/projects/{id}/events", tag = "projects", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "The project"),
-           ("Last-Event-ID" = Option<String>, Header,
-            description = "The id of the last event received: the stream resumes after it")),
+           ("Last-Event-ID" = Option<String>, Header, example = "1042",
+            description = "The id of the last event received (its log position), which must be an event of this project: the stream resumes after it")),
     responses((status = 200, description = "`text/event-stream`: each event has `id` (its log position), `event` (its type) and `data` (a StreamedEvent as JSON)",
-               body = StreamedEvent, content_type = "text/event-stream"),
-              (status = 400, description = "Last-Event-ID is not an event of this project", body = crate::error::Problem, content_type = "application/problem+json"),
-              (status = 401, description = "Not signed in", body = crate::error::Problem, content_type = "application/problem+json"),
-              (status = 404, description = "No such project, or not the caller's", body = crate::error::Problem, content_type = "application/problem+json")))]
+               content((ServerSentEvent = "text/event-stream",
+                        example = json!("id: 1042\nevent: StepSucceeded\ndata: {\"position\":1042,\"version\":3,\"type\":\"StepSucceeded\",\"data\":{\"step\":\"database\"},\"recorded_at\":\"2026-12-01T10:00:02Z\"}\n\n")))),
+              (status = 400, description = "Last-Event-ID is not an event of this project"),
+              (status = 404, description = "No such project, or not the caller's (also for an id that is not a UUID)")))]
 #[tracing::instrument(name = "projects.events", skip_all, fields(project.id = %id))]
 pub async fn project_events(
     State(state): State<AppState>,

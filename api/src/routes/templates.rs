@@ -19,6 +19,9 @@ pub fn router() -> Router<AppState> {
 
 /// Every template, in name order.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"items": [{"name": "service", "version": 1, "description": "A service with a database, a repository and a webhook",
+    "parameters": [{"name": "language", "description": "Implementation language", "default": "rust", "required": false}],
+    "steps": [{"name": "database", "driver": "database"}, {"name": "repository", "driver": "repository"}, {"name": "webhook", "driver": "webhook"}]}]}))]
 pub struct TemplateList {
     /// The templates.
     pub items: Vec<TemplateView>,
@@ -61,7 +64,7 @@ pub struct StepView {
     #[schema(example = "database")]
     pub name: String,
     /// The driver that runs it: `database`, `repository` or `webhook`.
-    #[schema(example = "database")]
+    #[schema(pattern = "^(database|repository|webhook)$")]
     pub driver: &'static str,
 }
 
@@ -95,8 +98,7 @@ impl From<&Template> for TemplateView {
 
 /// Lists the project templates.
 #[utoipa::path(get, path = "/v1/templates", tag = "projects", security(("bearer" = [])),
-    responses((status = 200, description = "Every template, in name order", body = TemplateList),
-              (status = 401, description = "Not signed in", body = crate::error::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "Every template, in name order", body = TemplateList)))]
 #[tracing::instrument(name = "templates.list", skip_all)]
 pub async fn list_templates(
     State(state): State<AppState>,
