@@ -143,6 +143,12 @@ pub struct JobsConfig {
     #[arg(long, env = "METRICS_SAMPLE_SECS", value_name = "METRICS_SAMPLE_SECS", default_value_t = 5,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub metrics_sample_secs: u64,
+
+    /// How long a `POST /v1/projects` `Idempotency-Key` is remembered, in hours; a request
+    /// repeating an older key is a new request.
+    #[arg(long, env = "IDEMPOTENCY_KEY_TTL_HOURS", value_name = "IDEMPOTENCY_KEY_TTL_HOURS", default_value_t = 24,
+          value_parser = clap::value_parser!(u64).range(1..=8_760))]
+    pub idempotency_key_ttl_hours: u64,
 }
 
 /// Email: where it goes and what it links to.

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod dispatcher;
 pub mod email;
+pub mod housekeeping;
 pub mod jobs;
 pub mod lag;
 pub mod projections;
