@@ -69,6 +69,7 @@ impl Application {
         // Configuration first: a broken template file stops start-up before any connection.
         let catalogue = Arc::new(catalogue(config)?);
         let pool = idp_ops::database::connect(&config.common).await?;
+        idp_ops::metrics::watch_pool(pool.clone(), "idp-api");
         idp_events::migrations::run(&pool)
             .await
             .context("while applying database migrations")?;
@@ -107,17 +108,26 @@ impl Application {
         &self.pool
     }
 
-    /// Serves until `shutdown` is cancelled, then lets in-flight requests finish.
+    /// Serves until `shutdown` is cancelled, then closes the port (later connections are
+    /// refused) and lets in-flight requests finish, including those of connections accepted
+    /// just before; idle keep-alive connections are closed.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = %self.listener.local_addr()?, "idp-api listening");
         let log_watch = self.log_watch;
+        let listener = idp_ops::shutdown::GracefulListener::new(self.listener, shutdown)
+            .context("while reading the API's listening address")?;
+        let stopped = listener.stopped();
+        // Also what makes `ConnectInfo<SocketAddr>` available with a listener of our own.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |connection| {
+            let _ = connection.set_nodelay(true);
+        });
         axum::serve(
-            self.listener,
+            listener,
             self.router
                 .into_make_service_with_connect_info::<std::net::SocketAddr>(),
         )
         .with_graceful_shutdown(async move {
-            shutdown.cancelled().await;
+            stopped.await;
             // Event streams only end when their project settles; end them now, or the
             // graceful shutdown would wait for them (clients resume with Last-Event-ID).
             log_watch.shutdown();
@@ -145,6 +155,9 @@ pub fn app(state: AppState, health: Health, config: &Config) -> anyhow::Result<R
             StatusCode::SERVICE_UNAVAILABLE,
             timeout,
         ))
+        // Outside the layers that answer on their own (timeout, body limit, method not allowed),
+        // so their bare answers become problem documents too.
+        .layer(middleware::from_fn(problem_for_bare_answers))
         .layer(SetResponseHeaderLayer::if_not_present(
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
@@ -196,20 +209,43 @@ pub fn app(state: AppState, health: Health, config: &Config) -> anyhow::Result<R
         );
     }
     Ok(router
+        // Inside the trace layer and outside everything else, so timeouts and refused bodies
+        // count too; a `Router` layer, so the matched route is known.
+        .layer(middleware::from_fn(idp_ops::metrics::track_http))
         .layer(
             TraceLayer::new_for_http()
-                .make_span_with(|request: &Request| {
-                    let request_id = request
-                        .headers()
-                        .get(&REQUEST_ID_HEADER)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("");
-                    tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), request_id)
-                })
-                .on_response(DefaultOnResponse::new().level(Level::INFO).latency_unit(LatencyUnit::Millis)),
+                .make_span_with(http_span)
+                .on_response(
+                    DefaultOnResponse::new()
+                        .level(Level::INFO)
+                        .latency_unit(LatencyUnit::Millis),
+                ),
         )
         .layer(PropagateRequestIdLayer::new(REQUEST_ID_HEADER))
         .layer(SetRequestIdLayer::new(REQUEST_ID_HEADER, MakeRequestUuid)))
+}
+
+/// The span every request's log lines carry: method, path (never the query, which may hold
+/// search terms), request id, the correlation id the request's events get (the request id, when
+/// it is a UUID), and the caller's user id once a token names it (see `AuthUser`).
+fn http_span(request: &Request) -> tracing::Span {
+    let request_id = request
+        .headers()
+        .get(&REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let span = tracing::info_span!(
+        "http",
+        method = %request.method(),
+        path = %request.uri().path(),
+        request_id,
+        correlation_id = tracing::field::Empty,
+        user.id = tracing::field::Empty,
+    );
+    if let Ok(correlation) = uuid::Uuid::parse_str(request_id) {
+        span.record("correlation_id", tracing::field::display(correlation));
+    }
+    span
 }
 
 /// The project templates: the built-in ones, with `PROJECT_TEMPLATES_DIR`'s over them. A file
@@ -300,26 +336,48 @@ fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> 
 
 /// Makes the request id available to error responses built anywhere in the handler.
 async fn scope_request_id(request: Request, next: Next) -> Response {
-    let id = request
+    let id = request_id_of(&request);
+    REQUEST_ID.scope(id, next.run(request)).await
+}
+
+fn request_id_of(request: &Request) -> String {
+    request
         .extensions()
         .get::<RequestId>()
         .and_then(|id| id.header_value().to_str().ok())
         .unwrap_or_default()
-        .to_owned();
-    let response = REQUEST_ID.scope(id.clone(), next.run(request)).await;
-    if response.status() == StatusCode::SERVICE_UNAVAILABLE
-        && response.headers().get("content-type").is_none()
-    {
-        // The timeout layer's bare 503 becomes a problem document too.
-        return REQUEST_ID
-            .scope(id, async {
-                problem(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "timeout",
-                    Some("the request took too long".into()),
-                )
-            })
-            .await;
+        .to_owned()
+}
+
+/// Answers that layers give with no body or a plain-text one (the timeout's 503, the body
+/// limit's 413, the router's 405) become problem documents like every other error; headers such as `Allow`
+/// are kept.
+async fn problem_for_bare_answers(request: Request, next: Next) -> Response {
+    let id = request_id_of(&request);
+    let response = next.run(request).await;
+    // Ours are JSON; theirs are empty or plain text.
+    let bare = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_none_or(|t| t.as_bytes().starts_with(b"text/plain"));
+    if !bare {
+        return response;
     }
-    response
+    let (slug, detail) = match response.status() {
+        StatusCode::SERVICE_UNAVAILABLE => ("timeout", "the request took too long"),
+        StatusCode::PAYLOAD_TOO_LARGE => ("payload-too-large", "the request body is too large"),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method-not-allowed",
+            "this route does not take this method (see the Allow header)",
+        ),
+        _ => return response,
+    };
+    let status = response.status();
+    let mut problem = REQUEST_ID
+        .scope(id, async { problem(status, slug, Some(detail.into())) })
+        .await;
+    if let Some(allow) = response.headers().get(header::ALLOW) {
+        problem.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    problem
 }

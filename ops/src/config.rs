@@ -27,6 +27,13 @@ pub struct CommonConfig {
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub database_max_connections: u32,
 
+    /// Seconds a database operation waits for a pooled connection (including opening a new one)
+    /// before it fails. While the database is unreachable, this bounds how long a request
+    /// waits before it is answered 503; keep it well below `API_REQUEST_TIMEOUT_SECS`.
+    #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT_SECS", value_name = "DATABASE_ACQUIRE_TIMEOUT_SECS", default_value_t = 3,
+          value_parser = clap::value_parser!(u64).range(1..=60))]
+    pub database_acquire_timeout_secs: u64,
+
     /// Log line format: `text` for people, `json` for machines.
     #[arg(long, env = "LOG_FORMAT", value_name = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -15,13 +15,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
-use sqlx::PgPool;
+use sqlx::{Connection, PgPool};
 use tokio::sync::Mutex;
 
 use crate::config::AmqpUrl;
 
-/// How long one readiness check may take before it counts as down.
-const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one readiness check may take before it counts as down. The checks run at once, so
+/// readiness answers within this (plus a little), well inside any request timeout.
+const CHECK_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// Knows how to reach the broker, keeping one connection open between checks.
 pub struct BrokerProbe {
@@ -63,18 +64,46 @@ impl BrokerProbe {
                 Ok(())
             }
             Ok(Err(err)) => Err(format!("cannot connect: {err}")),
-            Err(_) => Err("no answer within 2s".into()),
+            Err(_) => Err(format!("no answer within {CHECK_TIMEOUT:?}")),
         }
     }
 }
 
-/// Checks the database with a trivial query.
+/// How long the database check's query through the pool may take.
+const DATABASE_QUERY_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the database check's own connection attempt may take, when the pool could not run
+/// the query; both together stay within [`CHECK_TIMEOUT`].
+const DATABASE_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Checks the database with a trivial query. When the pool cannot run it (no connection within
+/// a second, or a broken one), the reason comes from a connection attempt of its own, since the
+/// pool only reports that it timed out: `cannot connect: ... Connection refused` while the
+/// server is down, `cannot connect: no answer within 500ms` when the network drops packets.
 pub async fn check_database(pool: &PgPool) -> Result<(), String> {
     let query = sqlx::query("select 1").execute(pool);
-    match tokio::time::timeout(CHECK_TIMEOUT, query).await {
+    match tokio::time::timeout(DATABASE_QUERY_TIMEOUT, query).await {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(err)) => Err(format!("query failed: {err}")),
-        Err(_) => Err("no answer within 2s".into()),
+        Ok(Err(err)) if !crate::database::is_unavailable(&err) => {
+            Err(format!("query failed: {err}"))
+        }
+        Ok(Err(_)) | Err(_) => Err(diagnose_database(pool).await),
+    }
+}
+
+/// Why the pool has no working connection, found with a connection of its own.
+async fn diagnose_database(pool: &PgPool) -> String {
+    let options = pool.connect_options();
+    let connect = sqlx::PgConnection::connect_with(&options);
+    match tokio::time::timeout(DATABASE_CONNECT_TIMEOUT, connect).await {
+        Ok(Err(err)) => format!("cannot connect: {err}"),
+        Err(_) => format!("cannot connect: no answer within {DATABASE_CONNECT_TIMEOUT:?}"),
+        Ok(Ok(conn)) => {
+            let _ = conn.close().await;
+            format!(
+                "the server accepts connections, but no pooled connection answered within \
+                 {DATABASE_QUERY_TIMEOUT:?} (all in use, or broken)"
+            )
+        }
     }
 }
 
@@ -134,7 +163,7 @@ pub struct Readiness {
 /// reports that).
 async fn breaker_states(pool: &PgPool) -> BTreeMap<String, String> {
     let query = sqlx::query_as::<_, (String, String)>("select name, state from circuit_breakers");
-    match tokio::time::timeout(CHECK_TIMEOUT, query.fetch_all(pool)).await {
+    match tokio::time::timeout(DATABASE_QUERY_TIMEOUT, query.fetch_all(pool)).await {
         Ok(Ok(rows)) => rows.into_iter().collect(),
         _ => BTreeMap::new(),
     }

@@ -1,5 +1,17 @@
-//! Graceful shutdown: one token cancelled on Ctrl-C or SIGTERM.
+//! Graceful shutdown: one token cancelled on Ctrl-C or SIGTERM, and an HTTP listener that
+//! stops without resetting anyone's connection.
 
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// A token cancelled when the process receives Ctrl-C (SIGINT) or SIGTERM.
@@ -30,4 +42,294 @@ pub fn on_signal() -> CancellationToken {
         cancel.cancel();
     });
     token
+}
+
+/// How long, once the port is closed, connections accepted just before may take to send their
+/// first bytes before shutdown goes on without them (a client that connects and says nothing
+/// must not hold the process).
+const FIRST_BYTES_GRACE: Duration = Duration::from_secs(1);
+
+/// Most connections taken from the backlog once shutdown began, so a flood of connections
+/// cannot keep the port open.
+const BACKLOG_DRAIN_LIMIT: usize = 1024;
+
+/// A TCP listener for `axum::serve` that stops cleanly when `shutdown` is cancelled.
+///
+/// Closing a listening socket resets every connection still waiting in its backlog, and axum's
+/// graceful shutdown drops accepted connections whose first bytes it has not read yet; a
+/// client that had already sent its request sees `connection reset` either way. This listener
+/// instead, at shutdown: accepts what already waits in the backlog, then closes the port (later
+/// connections are refused, which clients and load balancers handle as "try elsewhere"), and
+/// [`GracefulListener::stopped`] completes only once every accepted connection has been read
+/// from, so each of them is served. Requests in flight then finish; idle keep-alive
+/// connections are closed.
+#[derive(Debug)]
+pub struct GracefulListener {
+    listener: Option<TcpListener>,
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    closed: CancellationToken,
+    unread: Arc<watch::Sender<usize>>,
+    drained: usize,
+}
+
+impl GracefulListener {
+    /// Serves connections of `listener` until `shutdown` is cancelled.
+    pub fn new(listener: TcpListener, shutdown: CancellationToken) -> io::Result<Self> {
+        Ok(Self {
+            addr: listener.local_addr()?,
+            listener: Some(listener),
+            shutdown,
+            closed: CancellationToken::new(),
+            unread: Arc::new(watch::Sender::new(0)),
+            drained: 0,
+        })
+    }
+
+    /// Completes once the port is closed and every connection accepted before has been read
+    /// from (or a second passed without its first bytes): the signal for
+    /// `with_graceful_shutdown`.
+    pub fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        let closed = self.closed.clone();
+        let mut unread = self.unread.subscribe();
+        async move {
+            closed.cancelled().await;
+            let first_bytes = unread.wait_for(|n| *n == 0);
+            if tokio::time::timeout(FIRST_BYTES_GRACE, first_bytes)
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    connections = *unread.borrow(),
+                    "connections sent nothing before shutdown; closing them"
+                );
+            }
+        }
+    }
+
+    fn tracked(&self, stream: TcpStream) -> Connection {
+        self.unread.send_modify(|n| *n += 1);
+        Connection {
+            stream,
+            unread: Some(Arc::clone(&self.unread)),
+        }
+    }
+}
+
+impl axum::serve::Listener for GracefulListener {
+    type Io = Connection;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Some(listener) = self.listener.as_ref() else {
+                // Closed: serve what was accepted until the graceful shutdown ends.
+                return std::future::pending().await;
+            };
+            if self.shutdown.is_cancelled() {
+                // Take what already waits in the backlog without waiting for more, then close.
+                let ready = listener.poll_accept(&mut Context::from_waker(Waker::noop()));
+                if self.drained < BACKLOG_DRAIN_LIMIT {
+                    self.drained += 1;
+                    match ready {
+                        Poll::Ready(Ok((stream, addr))) => return (self.tracked(stream), addr),
+                        Poll::Ready(Err(_)) => continue,
+                        Poll::Pending => {}
+                    }
+                }
+                self.listener = None;
+                self.closed.cancel();
+                tracing::info!(addr = %self.addr, "listener closed; finishing requests in flight");
+                continue;
+            }
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, addr)) => return (self.tracked(stream), addr),
+                    Err(err) => on_accept_error(&err).await,
+                },
+                () = self.shutdown.cancelled() => {}
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        Ok(self.addr)
+    }
+}
+
+/// Like axum's own listener: a connection that failed before it was accepted is skipped; any
+/// other error (out of file descriptors) is logged and waited out.
+async fn on_accept_error(err: &io::Error) {
+    if matches!(
+        err.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(error = %err, "accept failed; retrying in 1 s");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+/// An accepted connection of a [`GracefulListener`], counted until its first bytes are read.
+#[derive(Debug)]
+pub struct Connection {
+    stream: TcpStream,
+    unread: Option<Arc<watch::Sender<usize>>>,
+}
+
+impl Connection {
+    /// Sets `TCP_NODELAY` (responses are written whole; Nagle's delay only adds latency).
+    pub fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
+        self.stream.set_nodelay(nodelay)
+    }
+
+    fn read_from(&mut self) {
+        if let Some(unread) = self.unread.take() {
+            unread.send_modify(|n| *n = n.saturating_sub(1));
+        }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.read_from();
+    }
+}
+
+impl AsyncRead for Connection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if polled.is_ready() {
+            self.read_from();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Connection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::time::Duration;
+
+    use axum::Router;
+    use axum::routing::get;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::sync::Notify;
+    use tokio_util::sync::CancellationToken;
+
+    use super::GracefulListener;
+
+    /// A server whose `/slow` answers after 300 ms (telling `entered` when it starts).
+    async fn serve(
+        shutdown: CancellationToken,
+        entered: std::sync::Arc<Notify>,
+    ) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let listener = GracefulListener::new(listener, shutdown).unwrap();
+        let stopped = listener.stopped();
+        let router = Router::new()
+            .route(
+                "/slow",
+                get(move || async move {
+                    entered.notify_one();
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    "done"
+                }),
+            )
+            .route("/fast", get(|| async { "done" }));
+        let server = tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(stopped)
+                .await
+                .unwrap();
+        });
+        (addr, server)
+    }
+
+    async fn request(stream: &mut TcpStream, path: &str) -> String {
+        let head = format!("GET {path} HTTP/1.1\r\nhost: test\r\n\r\n");
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.unwrap();
+        String::from_utf8(answer).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_request_in_flight_at_shutdown_is_answered_and_later_connections_are_refused() {
+        let shutdown = CancellationToken::new();
+        let entered = std::sync::Arc::new(Notify::new());
+        let (addr, server) = serve(shutdown.clone(), entered.clone()).await;
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let answer = tokio::spawn(async move { request(&mut client, "/slow").await });
+        entered.notified().await;
+        shutdown.cancel();
+
+        let answer = answer.await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains("connection: close"), "{answer}");
+        assert!(answer.ends_with("done"), "{answer}");
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .unwrap()
+            .unwrap();
+        let refused = TcpStream::connect(addr).await.unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    }
+
+    #[tokio::test]
+    async fn a_connection_made_before_shutdown_whose_request_comes_after_is_still_served() {
+        let shutdown = CancellationToken::new();
+        let (addr, server) = serve(shutdown.clone(), std::sync::Arc::new(Notify::new())).await;
+        // Connected (the kernel completed the handshake), nothing sent yet.
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        shutdown.cancel();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+
+        let answer = request(&mut client, "/fast").await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with("done"), "{answer}");
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .unwrap()
+            .unwrap();
+    }
 }

@@ -55,6 +55,7 @@ impl Worker {
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
         idp_ops::metrics::install("idp-worker");
         let pool = idp_ops::database::connect(&config.common).await?;
+        idp_ops::metrics::watch_pool(pool.clone(), "idp-worker");
         idp_events::migrations::run(&pool)
             .await
             .context("while applying database migrations")?;
@@ -93,12 +94,14 @@ impl Worker {
         let topology = Topology::new(self.config.common.amqp_url.clone(), jobs_config);
         let mut tasks = JoinSet::new();
 
-        let http_shutdown = shutdown.clone();
-        let router = idp_ops::health::router(self.health);
-        let listener = self.listener;
+        let router = idp_ops::health::router(self.health)
+            .layer(axum::middleware::from_fn(idp_ops::metrics::track_http));
+        let listener = idp_ops::shutdown::GracefulListener::new(self.listener, shutdown.clone())
+            .context("while reading WORKER_ADDR's listening address")?;
+        let http_stopped = listener.stopped();
         tasks.spawn(async move {
             if let Err(err) = axum::serve(listener, router)
-                .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
+                .with_graceful_shutdown(http_stopped)
                 .await
             {
                 tracing::error!(error = %err, "health listener failed");
@@ -121,6 +124,11 @@ impl Worker {
 
         let interval = Duration::from_secs(jobs_config.metrics_sample_secs);
         tasks.spawn(lag::run(self.pool.clone(), interval, shutdown.clone()));
+        tasks.spawn(crate::housekeeping::run(
+            self.pool.clone(),
+            Duration::from_secs(jobs_config.idempotency_key_ttl_hours * 3600),
+            shutdown.clone(),
+        ));
         let sealer = crate::sealer::SealerSettings::from_config(&self.config);
         tasks.spawn(crate::sealer::run(
             self.pool.clone(),
