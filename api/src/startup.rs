@@ -86,7 +86,11 @@ impl Application {
             catalogue,
             log_watch: log_watch.clone(),
         };
-        let router = app(state, Health::new(pool.clone(), broker), config)?;
+        let router = app(
+            state,
+            Health::new(pool.clone(), broker).with_optional_broker(),
+            config,
+        )?;
         Ok(Self {
             listener,
             router,

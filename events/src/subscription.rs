@@ -212,7 +212,11 @@ impl<H: Handler> Subscription<H> {
             match self.session(&shutdown).await {
                 Ok(()) => break,
                 Err(err) => {
-                    failures = failures.saturating_add(1);
+                    let got_going = matches!(
+                        *self.state.borrow(),
+                        RunnerState::Active | RunnerState::Standby
+                    );
+                    failures = failures_after(failures, got_going);
                     self.set_active(false);
                     tracing::warn!(subscription = %self.name, error = %err, "subscription interrupted; reconnecting");
                     let delay = self.options.retry.delay(failures);
@@ -552,10 +556,34 @@ async fn load_checkpoint(conn: &mut PgConnection, name: &str) -> Result<Cursor, 
     })
 }
 
+/// The failure count after a session failed: a session that got going (it reached standby or
+/// active) starts the count again, so the reconnect after an outage waits the shortest backoff
+/// however many outages came before; failures in a row grow it.
+fn failures_after(failures: u32, got_going: bool) -> u32 {
+    if got_going {
+        1
+    } else {
+        failures.saturating_add(1)
+    }
+}
+
 async fn try_lock(conn: &mut PgConnection, name: &str) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar("select pg_try_advisory_lock($1, hashtext($2))")
         .bind(LOCK_CLASS)
         .bind(name)
         .fetch_one(conn)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::failures_after;
+
+    #[test]
+    fn failures_in_a_row_grow_the_count_and_a_session_that_got_going_starts_it_again() {
+        assert_eq!(failures_after(0, false), 1);
+        assert_eq!(failures_after(3, false), 4);
+        assert_eq!(failures_after(7, true), 1);
+        assert_eq!(failures_after(u32::MAX, false), u32::MAX);
+    }
 }

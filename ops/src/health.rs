@@ -2,7 +2,10 @@
 //!
 //! - `GET /health/live`: 200 while the process runs.
 //! - `GET /health/ready`: 200 when the database and the broker answer, else 503 naming the part
-//!   that does not; other parts (circuit breakers, ...) can add their own checks.
+//!   that does not. A process that can serve without the broker (the API: its writes go to the
+//!   log, which the worker publishes from) marks it optional: the broker down then makes the
+//!   report `degraded`, still 200, so a load balancer keeps the process in rotation. Circuit
+//!   breakers are reported but never make a process unready.
 //! - `GET /metrics`: Prometheus text.
 
 use std::collections::BTreeMap;
@@ -112,12 +115,24 @@ async fn diagnose_database(pool: &PgPool) -> String {
 pub struct Health {
     pool: PgPool,
     broker: Arc<BrokerProbe>,
+    broker_required: bool,
 }
 
 impl Health {
-    /// Health over the given database pool and broker.
+    /// Health over the given database pool and broker; both are needed to be ready.
     pub fn new(pool: PgPool, broker: Arc<BrokerProbe>) -> Self {
-        Self { pool, broker }
+        Self {
+            pool,
+            broker,
+            broker_required: true,
+        }
+    }
+
+    /// The broker is checked and reported, but its absence only makes the report `degraded`.
+    #[must_use]
+    pub fn with_optional_broker(mut self) -> Self {
+        self.broker_required = false;
+        self
     }
 
     /// Runs every readiness check concurrently.
@@ -127,7 +142,10 @@ impl Health {
             self.broker.check(),
             breaker_states(&self.pool)
         );
-        let mut report = Readiness::from_checks(vec![("database", database), ("broker", broker)]);
+        let mut report = Readiness::from_checks(vec![
+            ("database", database, true),
+            ("broker", broker, self.broker_required),
+        ]);
         report.breakers = breakers;
         report
     }
@@ -148,7 +166,7 @@ pub struct Check {
 /// The readiness report.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Readiness {
-    /// `ready` or `not_ready`.
+    /// `ready`; `degraded` (still ready) when only optional checks are down; or `not_ready`.
     pub status: &'static str,
     /// Every check, in a stable order.
     pub checks: Vec<Check>,
@@ -170,11 +188,15 @@ async fn breaker_states(pool: &PgPool) -> BTreeMap<String, String> {
 }
 
 impl Readiness {
-    /// Builds a report from named results.
-    pub fn from_checks(results: Vec<(&'static str, Result<(), String>)>) -> Self {
+    /// Builds a report from named results, each required for readiness or not.
+    pub fn from_checks(results: Vec<(&'static str, Result<(), String>, bool)>) -> Self {
+        let required_down = results
+            .iter()
+            .any(|(_, result, required)| *required && result.is_err());
+        let any_down = results.iter().any(|(_, result, _)| result.is_err());
         let checks: Vec<Check> = results
             .into_iter()
-            .map(|(name, result)| match result {
+            .map(|(name, result, _)| match result {
                 Ok(()) => Check {
                     name,
                     status: "up",
@@ -187,17 +209,22 @@ impl Readiness {
                 },
             })
             .collect();
-        let ready = checks.iter().all(|c| c.status == "up");
         Self {
-            status: if ready { "ready" } else { "not_ready" },
+            status: if required_down {
+                "not_ready"
+            } else if any_down {
+                "degraded"
+            } else {
+                "ready"
+            },
             checks,
             breakers: BTreeMap::new(),
         }
     }
 
-    /// True when every check is up.
+    /// True when every required check is up.
     pub fn is_ready(&self) -> bool {
-        self.status == "ready"
+        self.status != "not_ready"
     }
 }
 
@@ -216,12 +243,12 @@ async fn live() -> Json<serde_json::Value> {
 
 async fn ready(State(health): State<Health>) -> Response {
     let report = health.readiness().await;
+    for check in report.checks.iter().filter(|c| c.status == "down") {
+        tracing::warn!(check = check.name, detail = ?check.detail, "readiness check failed");
+    }
     let status = if report.is_ready() {
         StatusCode::OK
     } else {
-        for check in report.checks.iter().filter(|c| c.status == "down") {
-            tracing::warn!(check = check.name, detail = ?check.detail, "readiness check failed");
-        }
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(report)).into_response()

@@ -10,7 +10,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
-#[path = "common/proxy.rs"]
+// One proxy for both crates' drills; it lives with the API's tests.
+#[path = "../../api/tests/common/proxy.rs"]
 mod proxy;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -298,6 +299,24 @@ async fn a_rabbitmq_outage_keeps_registrations_coming_and_the_dispatcher_catches
     let logged_at_cut = count_events(&pool, "UserRegistered").await;
     // The worker says what is missing; the API keeps taking registrations into the log.
     let worker_detail = wait_down(&client, &worker.url("/health/ready"), "broker").await;
+    // The API only needs the database: it reports the broker down but stays in rotation.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, body) = readiness(&client, &api.url("/health/ready")).await;
+        if check(&body, "broker")["status"] == "down" {
+            assert_eq!(
+                (status, body["status"].as_str()),
+                (200, Some("degraded")),
+                "{body}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the API never saw the broker go: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     tokio::time::sleep(Duration::from_secs(4).saturating_sub(down_at.elapsed())).await;
     let accepted_during = registrations.accepted_since(down_at);
     let logged_during = count_events(&pool, "UserRegistered").await - logged_at_cut;

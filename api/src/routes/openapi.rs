@@ -100,8 +100,9 @@ struct Liveness {
     "breakers": {"webhook": "closed"}
 }))]
 struct Readiness {
-    /// `ready` or `not_ready`.
-    #[schema(pattern = "^(ready|not_ready)$")]
+    /// `ready`; `degraded` (still 200: the API serves without the broker, whose outage only
+    /// delays emails and provisioning); or `not_ready` (503: the database does not answer).
+    #[schema(pattern = "^(ready|degraded|not_ready)$")]
     status: String,
     /// Every check, in a stable order.
     checks: Vec<ReadinessCheck>,
@@ -159,7 +160,7 @@ impl Modify for OperationsRoutes {
             .operation_id(Some("health_ready"))
             .response(
                 "200",
-                ResponseBuilder::new().description("Ready").content(
+                ResponseBuilder::new().description("Ready (`ready`, or `degraded` while the broker is down: requests are served, emails and provisioning wait)").content(
                     "application/json",
                     json_of(
                         "Readiness",
@@ -172,15 +173,15 @@ impl Modify for OperationsRoutes {
             .response(
                 "503",
                 ResponseBuilder::new()
-                    .description("Not ready: a dependency does not answer")
+                    .description("Not ready: the database does not answer")
                     .content(
                         "application/json",
                         json_of(
                             "Readiness",
                             json!({"status": "not_ready", "checks": [
-                                {"name": "database", "status": "up"},
-                                {"name": "broker", "status": "down",
-                                 "detail": "cannot connect: Connection refused (os error 111)"}]}),
+                                {"name": "database", "status": "down",
+                                 "detail": "cannot connect: Connection refused (os error 111)"},
+                                {"name": "broker", "status": "up"}]}),
                         ),
                     ),
             )
