@@ -528,7 +528,8 @@ async fn sigterm_under_load_finishes_requests_in_flight_and_then_refuses_connect
         listener.local_addr().unwrap().port()
     };
     let keys = std::env::temp_dir().join(format!("idp-test-keys-drill-{port}"));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_idp-api"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_idp-api"));
+    command
         .env("DATABASE_URL", database_url(&conn))
         .env("AMQP_URL", amqp_url())
         .env("API_ADDR", format!("127.0.0.1:{port}"))
@@ -537,9 +538,9 @@ async fn sigterm_under_load_finishes_requests_in_flight_and_then_refuses_connect
         .env("RATE_LIMIT_EMAIL_PER_IP", NO_EMAIL_LIMIT)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::inherit());
+    idp_ops::test_logs::child(&mut command, "idp-api");
+    let mut child = command.spawn().unwrap();
     let base = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(30);
     while reqwest::get(format!("{base}/health/live")).await.is_err() {

@@ -57,6 +57,7 @@ impl Running {
 
 /// The worker, on `database` and `amqp` (either may be a proxy), mailing `smtp_url`.
 async fn start_worker(database: &str, amqp: &str, prefix: &str, smtp_url: &str) -> Running {
+    idp_ops::test_logs::init();
     let repos = harness::repo_root(prefix).display().to_string();
     let config = idp_worker::config::Config::try_parse_from([
         "idp-worker",
@@ -87,6 +88,7 @@ async fn start_worker(database: &str, amqp: &str, prefix: &str, smtp_url: &str) 
 
 /// The API, on `database` and `amqp`, without a limit on registrations per address.
 async fn start_api(database: &str, amqp: &str, keys: &str) -> Running {
+    idp_ops::test_logs::init();
     let config = idp_api::config::Config::try_parse_from([
         "idp-api",
         "--database-url",

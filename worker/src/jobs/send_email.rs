@@ -12,6 +12,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use apalis::prelude::Data;
 use idp_events::identity::one_time_token::{self, Purpose};
@@ -349,6 +350,10 @@ async fn attempt_until_done(
     }
 }
 
+/// Waits between attempts to record a delivered message while storage fails: up to 5 s apart.
+const UNRECORDED_RETRY: idp_events::backoff::Backoff =
+    idp_events::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+
 enum Sent {
     Done,
     TakenByAnother,
@@ -400,28 +405,37 @@ async fn send_once(
         }
         Err(SendError::Unrecorded { error, .. }) => {
             // Delivered, but the hand-over's commit failed: record the delivery on whatever the
-            // stream holds now (the commit may have gone through after all).
+            // stream holds now (the commit may have gone through after all). Only this process
+            // knows the message went out, so it keeps trying while the database is away (the
+            // usual reason a commit fails): handing the job back would send the message again.
             tracing::warn!(error = %error, "the message was accepted but its hand-over was not recorded; recording it as sent");
+            let mut waits = 0_u32;
             loop {
-                let version = ctx
-                    .store
-                    .stream_version(stream)
-                    .await
-                    .map_err(|err| Failure::Job(err.into()))?;
-                match record(
-                    ctx,
-                    stream,
-                    u64::try_from(version).unwrap_or_default(),
-                    &sent,
-                    metadata,
-                )
-                .await
-                {
-                    Err(JobError::Conflict(_)) => continue,
-                    other => other.map_err(Failure::Job)?,
+                let recorded = match ctx.store.stream_version(stream).await {
+                    Ok(version) => {
+                        let version = u64::try_from(version).unwrap_or_default();
+                        record(ctx, stream, version, &sent, metadata).await
+                    }
+                    Err(err) => Err(err.into()),
+                };
+                match recorded {
+                    Ok(()) => {
+                        metrics::counter!("idp_emails_sent_total", "template" => template)
+                            .increment(1);
+                        return Ok(Sent::Done);
+                    }
+                    Err(JobError::Conflict(_)) => {}
+                    Err(JobError::Storage(err)) => {
+                        waits = waits.saturating_add(1);
+                        let delay = UNRECORDED_RETRY.delay(waits);
+                        tracing::warn!(error = %err, delay_ms = delay.as_millis() as u64, "could not record a delivered message; trying again");
+                        tokio::select! {
+                            () = ctx.shutdown.cancelled() => return Err(Failure::Job(JobError::Interrupted)),
+                            () = tokio::time::sleep(delay) => {}
+                        }
+                    }
+                    Err(err) => return Err(Failure::Job(err)),
                 }
-                metrics::counter!("idp_emails_sent_total", "template" => template).increment(1);
-                return Ok(Sent::Done);
             }
         }
         Err(SendError::NotCommitted(JobError::Conflict(_))) => Ok(Sent::TakenByAnother),
