@@ -316,22 +316,34 @@ pub async fn list_projects(
     } else {
         Some(user.user_id)
     };
-    let mut items: Vec<ProjectSummary> = sqlx::query_as(
+    // Only the conditions that apply, so each shape of the query gets its own plan: an owner's
+    // list always walks `projects_owner_idx`, whatever a cached generic plan of an
+    // `owner is null or ...` form would have chosen.
+    let mut query = sqlx::QueryBuilder::<sqlx::Postgres>::new(
         "select project_id as id, owner_id, name, template, status, created_at, updated_at
-           from projects
-          where ($1::uuid is null or owner_id = $1)
-            and ($2::text is null or status = $2)
-            and ($3::timestamptz is null or (created_at, project_id) < ($3, $4))
-          order by created_at desc, project_id desc
-          limit $5",
-    )
-    .bind(owner)
-    .bind(status.map(ProjectStatus::as_str))
-    .bind(after.map(|a| a.0))
-    .bind(after.map(|a| a.1))
-    .bind(limit + 1)
-    .fetch_all(state.store.pool())
-    .await?;
+           from projects where true",
+    );
+    if let Some(owner) = owner {
+        query.push(" and owner_id = ").push_bind(owner);
+    }
+    if let Some(status) = status {
+        query.push(" and status = ").push_bind(status.as_str());
+    }
+    if let Some((created_at, project_id)) = after {
+        query
+            .push(" and (created_at, project_id) < (")
+            .push_bind(created_at)
+            .push(", ")
+            .push_bind(project_id)
+            .push(")");
+    }
+    query
+        .push(" order by created_at desc, project_id desc limit ")
+        .push_bind(limit + 1);
+    let mut items: Vec<ProjectSummary> = query
+        .build_query_as()
+        .fetch_all(state.store.pool())
+        .await?;
     let next_cursor = paging::finish_page(&mut items, limit, |last| (last.created_at, last.id));
     Ok(Json(ProjectPage { items, next_cursor }))
 }
