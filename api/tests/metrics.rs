@@ -12,6 +12,18 @@ mod common;
 
 use common::{ADMIN_ARGS, ADMIN_EMAIL, spawn_app};
 
+/// The API's `/metrics` page.
+async fn metrics(app: &common::TestApp) -> String {
+    app.client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// The value of the series whose name and labels are exactly `series` (as rendered).
 fn value(page: &str, series: &str) -> Option<f64> {
     page.lines()
@@ -50,15 +62,7 @@ async fn requests_are_counted_and_timed_by_route_template_method_and_status(
         .await;
     assert_eq!(wrong.status(), 401);
 
-    let page = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = metrics(&app).await;
     let project = r#"route="/v1/projects/{id}",method="GET",status="404""#;
     assert_eq!(
         value(&page, &format!("idp_http_requests_total{{{project}}}")),
@@ -110,20 +114,10 @@ async fn requests_are_counted_and_timed_by_route_template_method_and_status(
 #[sqlx::test(migrations = false)]
 async fn the_database_pool_in_use_is_published(_opts: PgPoolOptions, conn: PgConnectOptions) {
     let app = spawn_app(&conn, &["--database-max-connections", "7"]).await;
-    let metrics = || async {
-        app.client
-            .get(app.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
     // The sampler runs every second; wait for its first round.
     let deadline = Instant::now() + Duration::from_secs(10);
     let page = loop {
-        let page = metrics().await;
+        let page = metrics(&app).await;
         if value(
             &page,
             r#"idp_db_pool_connections{binary="idp-api",state="idle"}"#,
@@ -164,15 +158,7 @@ async fn refused_sign_ins_count_as_rate_limited(_opts: PgPoolOptions, conn: PgCo
         }
     }
     assert!(limited >= 1, "the account limit never refused");
-    let page = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = metrics(&app).await;
     assert_eq!(
         value(&page, r#"idp_auth_logins_total{outcome="rate_limited"}"#),
         Some(f64::from(limited))
