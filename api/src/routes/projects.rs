@@ -340,10 +340,8 @@ pub async fn list_projects(
     query
         .push(" order by created_at desc, project_id desc limit ")
         .push_bind(limit + 1);
-    let mut items: Vec<ProjectSummary> = query
-        .build_query_as()
-        .fetch_all(state.store.pool())
-        .await?;
+    let mut items: Vec<ProjectSummary> =
+        query.build_query_as().fetch_all(state.store.pool()).await?;
     let next_cursor = paging::finish_page(&mut items, limit, |last| (last.created_at, last.id));
     Ok(Json(ProjectPage { items, next_cursor }))
 }
