@@ -151,11 +151,7 @@ impl Handler for Dispatcher {
         for route in &self.routes {
             jobs.extend(route.jobs(event)?);
         }
-        let correlation = event
-            .metadata
-            .get("correlation_id")
-            .and_then(serde_json::Value::as_str)
-            .and_then(|id| id.parse().ok());
+        let correlation = correlation_of(event);
         for job in &mut jobs {
             job.correlation_id = job.correlation_id.or(correlation);
         }
@@ -185,5 +181,54 @@ impl Handler for Dispatcher {
         })?;
         metrics::counter!("idp_dispatcher_jobs_published_total").increment(jobs.len() as u64);
         Ok(())
+    }
+}
+
+/// The correlation id in an event's metadata (the request that caused it), if any.
+fn correlation_of(event: &RecordedEvent) -> Option<uuid::Uuid> {
+    event
+        .metadata
+        .get("correlation_id")
+        .and_then(serde_json::Value::as_str)
+        .and_then(|id| id.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::{Envelope, properties};
+
+    #[test]
+    fn a_jobs_message_carries_the_correlation_id_of_the_request_behind_its_cause() {
+        let correlation = uuid::Uuid::now_v7();
+        let event = RecordedEvent {
+            position: 1,
+            transaction_id: 1,
+            event_id: uuid::Uuid::now_v7(),
+            stream_id: format!("user-{}", uuid::Uuid::now_v7()),
+            stream_version: 1,
+            event_type: "VerificationRequested".into(),
+            schema_version: 1,
+            data: serde_json::json!({ "email": "ada@example.com" }),
+            metadata: serde_json::json!({ "correlation_id": correlation.to_string() }),
+            recorded_at: chrono::Utc::now(),
+            hash: vec![0; 32],
+        };
+        assert_eq!(correlation_of(&event), Some(correlation));
+        let mut jobs = EmailRoute.jobs(&event).unwrap();
+        assert_eq!(jobs.len(), 1);
+        jobs[0].correlation_id = correlation_of(&event);
+        // What the consumer reads back from the message puts it into the job's log lines.
+        let envelope = Envelope::of(&properties(&jobs[0]));
+        assert_eq!(envelope.correlation_id, Some(correlation.to_string()));
+        assert_eq!(envelope.message_id, Some(jobs[0].job_id.to_string()));
+
+        let without = RecordedEvent {
+            metadata: serde_json::json!({ "correlation_id": "not a uuid" }),
+            ..event
+        };
+        assert_eq!(correlation_of(&without), None);
+        jobs[0].correlation_id = None;
+        assert_eq!(Envelope::of(&properties(&jobs[0])).correlation_id, None);
     }
 }

@@ -16,7 +16,7 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 
-pub use publisher::{OutgoingJob, PublishError, Publisher};
+pub use publisher::{OutgoingJob, PublishError, Publisher, properties};
 pub use queue::{Ack, AckLayer, Envelope, QueueBackend, QueueError};
 
 use crate::config::{JobsConfig, QueueType};

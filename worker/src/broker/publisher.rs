@@ -127,20 +127,7 @@ impl Publisher {
 
         let mut confirms = Vec::with_capacity(jobs.len());
         for job in jobs {
-            let mut headers = FieldTable::default();
-            if let Some(correlation) = job.correlation_id {
-                headers.insert(
-                    CORRELATION_HEADER.into(),
-                    AMQPValue::LongString(correlation.to_string().into()),
-                );
-            }
-            let properties = BasicProperties::default()
-                .with_headers(headers)
-                .with_delivery_mode(2)
-                .with_content_type("application/json".into())
-                .with_message_id(job.job_id.to_string().into())
-                .with_correlation_id(job.cause_id.to_string().into())
-                .with_type(job.kind.into());
+            let properties = properties(job);
             let confirm = link
                 .channel
                 .basic_publish(
@@ -168,4 +155,23 @@ impl Publisher {
         metrics::counter!("idp_jobs_published_total").increment(jobs.len() as u64);
         Ok(())
     }
+}
+
+/// The message properties of `job`: persistent, JSON, its id, kind, cause and, if known, the
+/// correlation id of the request behind it.
+pub fn properties(job: &OutgoingJob) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    if let Some(correlation) = job.correlation_id {
+        headers.insert(
+            CORRELATION_HEADER.into(),
+            AMQPValue::LongString(correlation.to_string().into()),
+        );
+    }
+    BasicProperties::default()
+        .with_headers(headers)
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+        .with_message_id(job.job_id.to_string().into())
+        .with_correlation_id(job.cause_id.to_string().into())
+        .with_type(job.kind.into())
 }

@@ -102,7 +102,8 @@ pub struct Envelope {
 }
 
 impl Envelope {
-    fn of(properties: &lapin::BasicProperties) -> Self {
+    /// What `properties` say.
+    pub fn of(properties: &lapin::BasicProperties) -> Self {
         let death_reason = properties
             .headers()
             .as_ref()
