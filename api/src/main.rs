@@ -7,7 +7,7 @@ use idp_api::startup::Application;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    idp_ops::telemetry::init(config.common.log_format)?;
+    let _logs = idp_ops::telemetry::init(config.common.log_format)?;
     let shutdown = idp_ops::shutdown::on_signal();
     let app = Application::build(&config).await?;
     app.run_until_stopped(shutdown).await

@@ -170,6 +170,17 @@ async fn sigterm_stops_the_api_gracefully(_opts: PgPoolOptions, conn: PgConnectO
         assert!(Instant::now() < deadline, "the API never came up");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The binary writes its logs from a thread of its own and says if it ever had to drop any.
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("idp_log_lines_dropped_total 0"),
+        "{metrics}"
+    );
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

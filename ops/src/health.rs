@@ -255,6 +255,7 @@ async fn ready(State(health): State<Health>) -> Response {
 }
 
 async fn metrics() -> Response {
+    crate::telemetry::publish_dropped_lines();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         crate::metrics::handle().render(),

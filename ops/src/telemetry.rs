@@ -13,6 +13,7 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::io::{self, Write};
+use std::sync::OnceLock;
 
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
@@ -41,13 +42,41 @@ pub enum TelemetryError {
     AlreadyInitialised,
 }
 
-/// Installs the global subscriber, writing to standard error. Call once, at start.
-pub fn init(format: LogFormat) -> Result<(), TelemetryError> {
+/// Keeps the log writer running; dropping it (at the end of `main`) writes out what is queued.
+#[must_use = "logs queued when the guard is dropped are written then; keep it until the end"]
+#[derive(Debug)]
+pub struct LogGuard(#[allow(dead_code)] tracing_appender::non_blocking::WorkerGuard);
+
+/// Lines waiting for standard error at most; beyond this, lines are dropped and counted in
+/// `idp_log_lines_dropped_total` rather than making requests wait for a slow log reader.
+const QUEUED_LINES: usize = 128_000;
+
+static DROPPED: OnceLock<tracing_appender::non_blocking::ErrorCounter> = OnceLock::new();
+
+/// Installs the global subscriber, writing to standard error from a thread of its own, so a slow
+/// reader of standard error (a log shipper, a full pipe) never holds up a request or a job. Call
+/// once, at start, and keep the guard until the end of `main`.
+pub fn init(format: LogFormat) -> Result<LogGuard, TelemetryError> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(spec) if !spec.trim().is_empty() => spec,
         _ => DEFAULT_FILTER.to_owned(),
     };
-    init_with(format, &filter, io::stderr)
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(QUEUED_LINES)
+        .lossy(true)
+        .thread_name("idp-log-writer")
+        .finish(io::stderr());
+    let _ = DROPPED.set(writer.error_counter());
+    init_with(format, &filter, writer)?;
+    Ok(LogGuard(guard))
+}
+
+/// Publishes `idp_log_lines_dropped_total`: log lines dropped because standard error did not
+/// keep up. Called before `/metrics` renders.
+pub fn publish_dropped_lines() {
+    if let Some(dropped) = DROPPED.get() {
+        metrics::counter!("idp_log_lines_dropped_total").absolute(dropped.dropped_lines() as u64);
+    }
 }
 
 /// Installs the global subscriber with `filter`, writing each line through [`mask_emails`] to

@@ -8,7 +8,7 @@ use idp_worker::startup::Worker;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    idp_ops::telemetry::init(config.common.log_format)?;
+    let _logs = idp_ops::telemetry::init(config.common.log_format)?;
     match &config.command {
         None | Some(Command::Run) => {
             let shutdown = idp_ops::shutdown::on_signal();
