@@ -65,7 +65,7 @@ pub fn child(command: &mut std::process::Command, name: &str) {
         let path = dir.join(format!(
             "{name}-child-of-{}-{}.jsonl",
             std::process::id(),
-            uuid_like()
+            next_child()
         ));
         File::create(path).ok()
     });
@@ -77,7 +77,7 @@ pub fn child(command: &mut std::process::Command, name: &str) {
     }
 }
 
-fn uuid_like() -> String {
+fn next_child() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
     NEXT.fetch_add(1, Ordering::Relaxed).to_string()

@@ -299,25 +299,12 @@ async fn run_job(
                     delay = delay.max(open_for.min(ctx.retry.backoff.ceiling(attempt)));
                 }
                 let retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
-                let events = match job.action {
-                    Action::Provision => decide::step_failed(
-                        &project,
-                        &step,
-                        &error,
-                        permanent,
-                        Some(retry_in_ms),
-                        last,
-                    ),
-                    Action::Deprovision => decide::deprovision_failed(
-                        &project,
-                        &step,
-                        &error,
-                        permanent,
-                        Some(retry_in_ms),
-                        last,
-                    ),
-                }
-                .map_err(domain)?;
+                let failed = match job.action {
+                    Action::Provision => decide::step_failed,
+                    Action::Deprovision => decide::deprovision_failed,
+                };
+                let events = failed(&project, &step, &error, permanent, Some(retry_in_ms), last)
+                    .map_err(domain)?;
                 tracing::warn!(step, attempt, permanent, error = %error, "provisioning step failed");
                 let gives_up = permanent || last;
                 (events, (!gives_up).then_some(delay))
