@@ -43,6 +43,12 @@ where
     }
 }
 
+/// The correlation id a request's events carry, and its log lines: the request id, when it is a
+/// UUID (the API makes one when the client sent none).
+pub fn correlation_of(request_id: &str) -> Option<Uuid> {
+    Uuid::parse_str(request_id).ok()
+}
+
 /// Who is calling from where: the request id, client address and user agent, as recorded in the
 /// metadata of the events a request causes.
 #[derive(Debug, Clone, Default)]
@@ -61,10 +67,7 @@ impl ClientContext {
         Metadata {
             actor: Some(actor.into()),
             request_id: self.request_id.clone(),
-            correlation_id: self
-                .request_id
-                .as_deref()
-                .and_then(|id| Uuid::parse_str(id).ok()),
+            correlation_id: self.request_id.as_deref().and_then(correlation_of),
             causation_id: None,
             client_ip: self.ip.clone(),
             user_agent: self.user_agent.clone(),

@@ -246,7 +246,7 @@ fn http_span(request: &Request) -> tracing::Span {
         correlation_id = tracing::field::Empty,
         user.id = tracing::field::Empty,
     );
-    if let Ok(correlation) = uuid::Uuid::parse_str(request_id) {
+    if let Some(correlation) = crate::extract::correlation_of(request_id) {
         span.record("correlation_id", tracing::field::display(correlation));
     }
     span

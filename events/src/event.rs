@@ -159,7 +159,7 @@ impl RecordedEvent {
 
     /// The metadata as its typed form; unknown fields are ignored, malformed ones yield defaults.
     pub fn typed_metadata(&self) -> Metadata {
-        serde_json::from_value(self.metadata.clone()).unwrap_or_default()
+        Metadata::deserialize(&self.metadata).unwrap_or_default()
     }
 }
 

@@ -151,7 +151,7 @@ impl Handler for Dispatcher {
         for route in &self.routes {
             jobs.extend(route.jobs(event)?);
         }
-        let correlation = correlation_of(event);
+        let correlation = event.typed_metadata().correlation_id;
         for job in &mut jobs {
             job.correlation_id = job.correlation_id.or(correlation);
         }
@@ -184,15 +184,6 @@ impl Handler for Dispatcher {
     }
 }
 
-/// The correlation id in an event's metadata (the request that caused it), if any.
-fn correlation_of(event: &RecordedEvent) -> Option<uuid::Uuid> {
-    event
-        .metadata
-        .get("correlation_id")
-        .and_then(serde_json::Value::as_str)
-        .and_then(|id| id.parse().ok())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,10 +205,10 @@ mod tests {
             recorded_at: chrono::Utc::now(),
             hash: vec![0; 32],
         };
-        assert_eq!(correlation_of(&event), Some(correlation));
+        assert_eq!(event.typed_metadata().correlation_id, Some(correlation));
         let mut jobs = EmailRoute.jobs(&event).unwrap();
         assert_eq!(jobs.len(), 1);
-        jobs[0].correlation_id = correlation_of(&event);
+        jobs[0].correlation_id = event.typed_metadata().correlation_id;
         // What the consumer reads back from the message puts it into the job's log lines.
         let envelope = Envelope::of(&properties(&jobs[0]));
         assert_eq!(envelope.correlation_id, Some(correlation.to_string()));
@@ -227,7 +218,7 @@ mod tests {
             metadata: serde_json::json!({ "correlation_id": "not a uuid" }),
             ..event
         };
-        assert_eq!(correlation_of(&without), None);
+        assert_eq!(without.typed_metadata().correlation_id, None);
         jobs[0].correlation_id = None;
         assert_eq!(Envelope::of(&properties(&jobs[0])).correlation_id, None);
     }
