@@ -191,8 +191,8 @@ async fn main() -> anyhow::Result<()> {
         "127.0.0.1:0",
         "--jwt-keys-dir",
         &keys_arg,
-        "--token-secret",
-        SECRET,
+        "--email-token-keys",
+        &format!("bench:{SECRET}"),
         "--database-max-connections",
         "20",
         "--rate-limit-login-per-ip",
@@ -219,7 +219,11 @@ async fn main() -> anyhow::Result<()> {
     )
     .fetch_one(&pool)
     .await?;
-    let token = one_time_token::issue(SECRET.as_bytes(), Purpose::VerifyEmail, event_id);
+    let token = one_time_token::issue(
+        &idp_events::secret_keys::SecretKeys::single("bench", SECRET.as_bytes()),
+        Purpose::VerifyEmail,
+        event_id,
+    );
     client
         .post(format!("{base}/v1/auth/verify-email"))
         .json(&json!({ "token": token }))

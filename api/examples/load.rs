@@ -18,7 +18,7 @@
 //!
 //! Accounts: the administrator (`ADMIN_EMAIL`, `ADMIN_PASSWORD`) and `--users` ordinary users
 //! registered for this run. Verifying an address takes the link the worker mails; this
-//! recomputes its token from the log instead (`LOAD_DATABASE_URL`, `LOAD_TOKEN_SECRET`, the
+//! recomputes its token from the log instead (`LOAD_DATABASE_URL`, `LOAD_EMAIL_TOKEN_KEYS`, the
 //! idp's own). Without them the administrator sends every request.
 
 #![allow(clippy::print_stdout, clippy::cast_precision_loss)]
@@ -37,6 +37,7 @@ use futures::StreamExt;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use idp_events::identity::one_time_token::{self, Purpose};
+use idp_events::secret_keys::SecretKeys;
 use idp_ops::config::DatabaseUrl;
 use reqwest::{RequestBuilder, StatusCode, Url};
 use serde_json::{Value, json};
@@ -102,9 +103,9 @@ struct Args {
     /// The idp's database, to find the verification emails' events of new users.
     #[arg(long, env = "LOAD_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
-    /// The idp's `TOKEN_SECRET`, to make the verification tokens of new users.
-    #[arg(long, env = "LOAD_TOKEN_SECRET", hide_env_values = true)]
-    token_secret: Option<String>,
+    /// The idp's `EMAIL_TOKEN_KEYS`, to make the verification tokens of new users.
+    #[arg(long, env = "LOAD_EMAIL_TOKEN_KEYS", hide_env_values = true)]
+    email_token_keys: Option<String>,
 }
 
 /// What a request of the load is.
@@ -533,8 +534,9 @@ async fn ordinary_users(
     run: &str,
     count: usize,
     database_url: &str,
-    token_secret: &str,
+    email_token_keys: &str,
 ) -> anyhow::Result<Vec<Arc<Account>>> {
+    let email_keys = SecretKeys::parse("LOAD_EMAIL_TOKEN_KEYS", email_token_keys)?;
     let options = DatabaseUrl::from_str(database_url)
         .map_err(|e| anyhow::anyhow!("invalid LOAD_DATABASE_URL: {e}"))?
         .options();
@@ -580,13 +582,13 @@ async fn ordinary_users(
         rows.len()
     );
     for (event_id, email) in &rows {
-        let token = one_time_token::issue(token_secret.as_bytes(), Purpose::VerifyEmail, *event_id);
+        let token = one_time_token::issue(&email_keys, Purpose::VerifyEmail, *event_id);
         let request = client
             .post(format!("{base}/v1/auth/verify-email"))
             .json(&json!({ "token": token }));
         exchange(request, StatusCode::OK).await.map_err(|e| {
             anyhow::anyhow!(
-                "verifying {email} failed ({e}); is LOAD_TOKEN_SECRET the idp's TOKEN_SECRET?"
+                "verifying {email} failed ({e}); is LOAD_EMAIL_TOKEN_KEYS the idp's EMAIL_TOKEN_KEYS?"
             )
         })?;
     }
@@ -1002,7 +1004,7 @@ async fn set_up(args: &Args) -> anyhow::Result<Load> {
             .await
             .context("while signing in as the administrator (ADMIN_EMAIL, ADMIN_PASSWORD)")?,
     );
-    let users = match (&args.database_url, &args.token_secret, args.users) {
+    let users = match (&args.database_url, &args.email_token_keys, args.users) {
         (_, _, 0) => vec![Arc::clone(&admin)],
         (Some(db), Some(secret), count) => {
             eprintln!("load: registering, verifying and signing in {count} users ...");
@@ -1010,7 +1012,7 @@ async fn set_up(args: &Args) -> anyhow::Result<Load> {
         }
         _ => {
             eprintln!(
-                "load: LOAD_DATABASE_URL and LOAD_TOKEN_SECRET are not both set: the \
+                "load: LOAD_DATABASE_URL and LOAD_EMAIL_TOKEN_KEYS are not both set: the \
                  administrator sends every request"
             );
             vec![Arc::clone(&admin)]

@@ -62,6 +62,16 @@ pub struct Config {
     )]
     pub project_templates_dir: Option<PathBuf>,
 
+    /// Key ring from which project database passwords are derived (`<key id>:<secret>,...`);
+    /// must equal the worker's. Unset: the development ring `SECRETS_DIR/project-database.keys`.
+    #[arg(
+        long,
+        env = "PROJECT_DATABASE_KEYS",
+        value_name = "PROJECT_DATABASE_KEYS",
+        hide_env_values = true
+    )]
+    pub project_database_keys: Option<String>,
+
     /// Settings of sign-in and tokens.
     #[command(flatten)]
     pub identity: IdentityConfig,
@@ -111,15 +121,26 @@ pub struct IdentityConfig {
           value_parser = clap::value_parser!(u32).range(1..=365))]
     pub session_ttl_days: u32,
 
-    /// Key of the one-time tokens in emails (at least 32 bytes); shared with the worker. When
-    /// unset, a development key is generated and kept in `JWT_KEYS_DIR/token-secret`.
+    /// Key ring of the one-time tokens in emails (`<key id>:<secret>,...`, secrets of at least
+    /// 32 bytes, the last entry makes new tokens); must equal the worker's. Unset: the
+    /// development ring `SECRETS_DIR/email-token.keys`.
     #[arg(
         long,
-        env = "TOKEN_SECRET",
-        value_name = "TOKEN_SECRET",
+        env = "EMAIL_TOKEN_KEYS",
+        value_name = "EMAIL_TOKEN_KEYS",
         hide_env_values = true
     )]
-    pub token_secret: Option<String>,
+    pub email_token_keys: Option<String>,
+
+    /// Key ring of the digest that names the streams of sign-ins to unknown addresses (same
+    /// format). Unset: the development ring `SECRETS_DIR/login-digest.keys`.
+    #[arg(
+        long,
+        env = "LOGIN_DIGEST_KEYS",
+        value_name = "LOGIN_DIGEST_KEYS",
+        hide_env_values = true
+    )]
+    pub login_digest_keys: Option<String>,
 
     /// The first administrator's email, created at start if missing.
     #[arg(long, env = "ADMIN_EMAIL", value_name = "ADMIN_EMAIL")]

@@ -5,12 +5,13 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac};
 use idp_events::identity::login::{self, FailureReason};
 use idp_events::identity::one_time_token::{self, Purpose};
 use idp_events::identity::session::{self, RevokeReason, SessionEvent};
 use idp_events::identity::user::{self, User, UserError, UserEvent};
+use idp_events::secret_keys::SecretKeys;
 use idp_events::{Append, AppendError, EventStore, ExpectedVersion, Metadata};
-use sha2::Digest;
 use sqlx::{Connection, PgConnection, PgPool, Row};
 use uuid::Uuid;
 
@@ -130,6 +131,15 @@ pub struct Limits {
     pub email_per_account: Limit,
 }
 
+/// The symmetric keys of the identity service, one ring per purpose.
+#[derive(Debug)]
+pub struct IdentityKeys {
+    /// MAC of one-time email tokens (`EMAIL_TOKEN_KEYS`).
+    pub email_tokens: SecretKeys,
+    /// Keyed digest naming the streams of sign-ins to unknown addresses (`LOGIN_DIGEST_KEYS`).
+    pub login_digest: SecretKeys,
+}
+
 /// The identity service.
 #[derive(Clone)]
 pub struct Identity {
@@ -138,7 +148,8 @@ pub struct Identity {
     hasher: Hasher,
     tokens: Tokens,
     limiter: RateLimiter,
-    token_secret: Arc<[u8]>,
+    email_keys: Arc<SecretKeys>,
+    login_digest_keys: Arc<SecretKeys>,
     limits: Limits,
     session_ttl: chrono::Duration,
 }
@@ -157,7 +168,7 @@ impl Identity {
         store: EventStore,
         hasher: Hasher,
         tokens: Tokens,
-        token_secret: Vec<u8>,
+        keys: IdentityKeys,
         config: &IdentityConfig,
     ) -> Self {
         let pool = store.pool().clone();
@@ -167,7 +178,8 @@ impl Identity {
             store,
             hasher,
             tokens,
-            token_secret: token_secret.into(),
+            email_keys: Arc::new(keys.email_tokens),
+            login_digest_keys: Arc::new(keys.login_digest),
             limits: Limits {
                 login_per_ip: config.login_per_ip,
                 login_per_account: config.login_per_account,
@@ -188,9 +200,9 @@ impl Identity {
         &self.hasher
     }
 
-    /// The key of one-time tokens.
-    pub fn token_secret(&self) -> &[u8] {
-        &self.token_secret
+    /// The key ring of one-time email tokens.
+    pub fn email_keys(&self) -> &SecretKeys {
+        &self.email_keys
     }
 
     /// Counts one hit on each bucket (one statement) and refuses if any is over its limit.
@@ -388,7 +400,7 @@ impl Identity {
     /// Confirms an address with the token from the verification email.
     pub async fn verify_email(&self, ctx: &ClientContext, token: &str) -> Result<(), ApiError> {
         let invalid = || ApiError::Unprocessable("token: invalid or expired".into());
-        let event_id = one_time_token::open(&self.token_secret, Purpose::VerifyEmail, token)
+        let event_id = one_time_token::open(&self.email_keys, Purpose::VerifyEmail, token)
             .map_err(|_| invalid())?;
         let user_id = self
             .user_of_event(event_id, "VerificationRequested")
@@ -569,7 +581,7 @@ impl Identity {
         email: &Email,
         password: &str,
     ) -> Result<(), ApiError> {
-        let digest = sha2::Sha256::digest(email.as_str().as_bytes());
+        let digest = self.unknown_address_digest(email);
         let digest_hex = hex::encode(digest);
         let stream = login::unknown_stream_id(&digest_hex[..32]);
         let pseudo_id = Uuid::from_slice(&digest[..16]).unwrap_or_default();
@@ -589,6 +601,19 @@ impl Identity {
         count_failure(&mut tx, pseudo_id).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// The keyed digest (HMAC-SHA256 under the current `LOGIN_DIGEST_KEYS` key) that stands for
+    /// an address no account has: a dictionary of addresses cannot reverse it without the key.
+    fn unknown_address_digest(&self, email: &Email) -> [u8; 32] {
+        let Ok(mut mac) =
+            Hmac::<sha2::Sha256>::new_from_slice(self.login_digest_keys.current().secret())
+        else {
+            unreachable!("HMAC accepts keys of any length")
+        };
+        mac.update(b"idp/login-unknown/v1:");
+        mac.update(email.as_str().as_bytes());
+        mac.finalize().into_bytes().into()
     }
 
     async fn record_failure(
@@ -925,7 +950,7 @@ impl Identity {
         new_password: &str,
     ) -> Result<(), ApiError> {
         let invalid = || ApiError::Unprocessable("token: invalid or expired".into());
-        let reset_id = one_time_token::open(&self.token_secret, Purpose::ResetPassword, token)
+        let reset_id = one_time_token::open(&self.email_keys, Purpose::ResetPassword, token)
             .map_err(|_| invalid())?;
         password::validate(new_password)
             .map_err(|e| ApiError::Unprocessable(format!("new_password: {e}")))?;

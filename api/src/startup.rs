@@ -30,7 +30,8 @@ use tracing::Level;
 use crate::auth::keys::KeyRing;
 use crate::auth::password::{HashParams, Hasher};
 use crate::auth::tokens::{TokenConfig, Tokens};
-use crate::identity::Email;
+use crate::identity::{Email, IdentityKeys};
+use idp_events::secret_keys::SecretKeys;
 
 use crate::config::Config;
 use crate::error::{REQUEST_ID, problem};
@@ -51,6 +52,8 @@ pub struct AppState {
     pub catalogue: Arc<Catalogue>,
     /// Wake-ups for the project event streams (one LISTEN connection per process).
     pub log_watch: LogWatch,
+    /// The key ring of project database passwords (`PROJECT_DATABASE_KEYS`).
+    pub database_keys: Arc<SecretKeys>,
 }
 
 /// A built API, bound to its address, not yet serving.
@@ -79,12 +82,19 @@ impl Application {
             .with_context(|| format!("while binding API_ADDR {}", config.api_addr))?;
         let store = EventStore::new(pool.clone());
         let identity = build_identity(config, store.clone()).await?;
+        let database_keys = Arc::new(key_ring(
+            config,
+            "PROJECT_DATABASE_KEYS",
+            config.project_database_keys.as_deref(),
+            "project-database",
+        )?);
         let log_watch = LogWatch::new(pool.clone());
         let state = AppState {
             store,
             identity,
             catalogue,
             log_watch: log_watch.clone(),
+            database_keys,
         };
         let router = app(
             state,
@@ -284,8 +294,21 @@ async fn build_identity(config: &Config, store: EventStore) -> anyhow::Result<Id
     }
     .validated()
     .map_err(|e| anyhow::anyhow!("invalid ARGON2_* setting: {e}"))?;
-    let secret = token_secret(id)?;
-    let identity = Identity::new(store, Hasher::new(params), tokens, secret, id);
+    let keys = IdentityKeys {
+        email_tokens: key_ring(
+            config,
+            "EMAIL_TOKEN_KEYS",
+            id.email_token_keys.as_deref(),
+            "email-token",
+        )?,
+        login_digest: key_ring(
+            config,
+            "LOGIN_DIGEST_KEYS",
+            id.login_digest_keys.as_deref(),
+            "login-digest",
+        )?,
+    };
+    let identity = Identity::new(store, Hasher::new(params), tokens, keys, id);
     match (&id.admin_email, &id.admin_password) {
         (Some(email), Some(password)) => {
             let email = Email::parse(email).map_err(|e| anyhow::anyhow!("ADMIN_EMAIL: {e}"))?;
@@ -303,39 +326,16 @@ async fn build_identity(config: &Config, store: EventStore) -> anyhow::Result<Id
     Ok(identity)
 }
 
-/// `TOKEN_SECRET`, or a development key kept next to the signing keys.
-fn token_secret(id: &crate::config::IdentityConfig) -> anyhow::Result<Vec<u8>> {
-    if let Some(secret) = &id.token_secret {
-        anyhow::ensure!(secret.len() >= 32, "TOKEN_SECRET must be at least 32 bytes");
-        return Ok(secret.as_bytes().to_vec());
-    }
-    anyhow::ensure!(
-        id.jwt_generate_keys,
-        "TOKEN_SECRET is required when JWT_GENERATE_KEYS is false"
-    );
-    let path = id.jwt_keys_dir.join("token-secret");
-    if let Ok(existing) = std::fs::read_to_string(&path) {
-        let existing = existing.trim().to_owned();
-        anyhow::ensure!(existing.len() >= 32, "{} is too short", path.display());
-        return Ok(existing.into_bytes());
-    }
-    std::fs::create_dir_all(&id.jwt_keys_dir)
-        .with_context(|| format!("while creating {}", id.jwt_keys_dir.display()))?;
-    let secret = hex::encode(rand::random::<[u8; 32]>());
-    write_private(&path, &secret).with_context(|| format!("while writing {}", path.display()))?;
-    tracing::info!(path = %path.display(), "generated a development TOKEN_SECRET");
-    Ok(secret.into_bytes())
-}
-
-fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path)?;
-    file.write_all(contents.as_bytes())?;
-    file.sync_all()
+/// The key ring `variable` holds, or else the development ring `SECRETS_DIR/<file>.keys`.
+pub fn key_ring(
+    config: &Config,
+    variable: &str,
+    value: Option<&str>,
+    file: &str,
+) -> anyhow::Result<SecretKeys> {
+    let path = config.common.secrets_dir.join(format!("{file}.keys"));
+    SecretKeys::from_env_or_file(variable, value, &path, config.common.secrets_generate)
+        .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// Makes the request id available to error responses built anywhere in the handler.

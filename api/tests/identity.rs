@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{TOKEN_SECRET, TestApp, spawn_app};
+use common::{TestApp, spawn_app};
 use idp_events::identity::one_time_token::{self, Purpose};
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -34,7 +34,7 @@ async fn token_from_log(pool: &PgPool, event_type: &str, email: &str, purpose: P
     .fetch_one(pool)
     .await
     .unwrap();
-    one_time_token::issue(TOKEN_SECRET.as_bytes(), purpose, event_id)
+    one_time_token::issue(&common::email_keys(), purpose, event_id)
 }
 
 async fn register_and_verify(app: &TestApp, pool: &PgPool, email: &str) {

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use common::{TOKEN_SECRET, TestApp, spawn_app};
+use common::{TestApp, spawn_app};
 use idp_api::config::Config;
 use idp_api::startup::Application;
 use idp_events::project::{Project, ProjectEvent, read_model, stream_id};
@@ -829,7 +829,7 @@ async fn the_database_login_is_handed_to_the_owner_once(
         body,
         json!({
             "database": "p_billing", "role": "p_billing", "host": "db.internal", "port": 5432,
-            "password": idp_events::project::database_password(TOKEN_SECRET.as_bytes(), id),
+            "password": idp_events::project::database_password(common::DATABASE_SECRET.as_bytes(), id),
         })
     );
     // The log records the hand-out, not the password.

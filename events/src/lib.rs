@@ -20,6 +20,7 @@ mod notifier;
 pub mod project;
 pub mod replay;
 pub mod seal;
+pub mod secret_keys;
 mod store;
 pub mod subscription;
 mod tagged;

@@ -34,6 +34,21 @@ pub struct CommonConfig {
           value_parser = clap::value_parser!(u64).range(1..=60))]
     pub database_acquire_timeout_secs: u64,
 
+    /// Where development key rings (`<purpose>.keys`) are kept when their variable
+    /// (`EMAIL_TOKEN_KEYS`, `PROJECT_DATABASE_KEYS`, `LOGIN_DIGEST_KEYS`) is unset.
+    #[arg(
+        long,
+        env = "SECRETS_DIR",
+        value_name = "SECRETS_DIR",
+        default_value = "./var/secrets"
+    )]
+    pub secrets_dir: std::path::PathBuf,
+
+    /// Generate a missing development key ring in `SECRETS_DIR` (development; set `false` in
+    /// production, where every ring comes from its variable).
+    #[arg(long, env = "SECRETS_GENERATE", value_name = "SECRETS_GENERATE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub secrets_generate: bool,
+
     /// Log line format: `text` for people, `json` for machines.
     #[arg(long, env = "LOG_FORMAT", value_name = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

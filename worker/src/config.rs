@@ -201,17 +201,18 @@ pub struct EmailConfig {
     )]
     pub public_base_url: String,
 
-    /// Key of the one-time tokens in email links; must equal the API's. When unset, the
-    /// development key the API keeps in `JWT_KEYS_DIR/token-secret` is read.
+    /// Key ring of the one-time tokens in email links (`<key id>:<secret>,...`, the last entry
+    /// makes new tokens); must equal the API's. Unset: the development ring
+    /// `SECRETS_DIR/email-token.keys`.
     #[arg(
         long,
-        env = "TOKEN_SECRET",
-        value_name = "TOKEN_SECRET",
+        env = "EMAIL_TOKEN_KEYS",
+        value_name = "EMAIL_TOKEN_KEYS",
         hide_env_values = true
     )]
-    pub token_secret: Option<String>,
+    pub email_token_keys: Option<String>,
 
-    /// The API's key directory, where its development `token-secret` is.
+    /// The API's key directory, whose newest key signs seals.
     #[arg(
         long,
         env = "JWT_KEYS_DIR",
@@ -232,6 +233,16 @@ pub struct ProvisionConfig {
         value_name = "PROJECT_TEMPLATES_DIR"
     )]
     pub project_templates_dir: Option<PathBuf>,
+
+    /// Key ring from which project database passwords are derived (`<key id>:<secret>,...`);
+    /// must equal the API's. Unset: the development ring `SECRETS_DIR/project-database.keys`.
+    #[arg(
+        long,
+        env = "PROJECT_DATABASE_KEYS",
+        value_name = "PROJECT_DATABASE_KEYS",
+        hide_env_values = true
+    )]
+    pub project_database_keys: Option<String>,
 
     /// PostgreSQL server on which `database` steps create a database and a login per project,
     /// as a role allowed to create both (default: `DATABASE_URL`).

@@ -25,10 +25,11 @@ use crate::jobs::dead_letters::{DeadLetters, record_dead_letter};
 use crate::jobs::provision_project::{
     Drivers, ProvisionJobs, ProvisionProject, ProvisionSettings, provision_project,
 };
-use crate::jobs::send_email::{EmailJobs, SendEmail, TokenSecret, send_email};
+use crate::jobs::send_email::{EmailJobs, SendEmail, send_email};
 use crate::jobs::{EMAIL_QUEUE, PROVISION_QUEUE, RetryPolicy};
 use crate::provision::drivers::{RepositoryDriver, WebhookDriver};
 use crate::{lag, projections};
+use idp_events::secret_keys::SecretKeys;
 
 /// How long in-flight jobs may take to finish at shutdown before they are abandoned (their
 /// messages go back to the queue when the connection closes).
@@ -156,7 +157,27 @@ impl Worker {
         };
         // Jobs sleeping between attempts stop at shutdown and hand their message back.
         let jobs_shutdown = shutdown.child_token();
-        let token_secret = Arc::new(TokenSecret::new(&self.config.email));
+        let ring = |variable: &str, value: Option<&str>, file: &str| {
+            let path = self.config.common.secrets_dir.join(format!("{file}.keys"));
+            SecretKeys::from_env_or_file(
+                variable,
+                value,
+                &path,
+                self.config.common.secrets_generate,
+            )
+            .map(Arc::new)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+        };
+        let email_keys = ring(
+            "EMAIL_TOKEN_KEYS",
+            self.config.email.email_token_keys.as_deref(),
+            "email-token",
+        )?;
+        let database_keys = ring(
+            "PROJECT_DATABASE_KEYS",
+            self.config.provision.project_database_keys.as_deref(),
+            "project-database",
+        )?;
         let provision_jobs = Arc::new(ProvisionJobs::new(
             store.clone(),
             self.catalogue,
@@ -175,7 +196,7 @@ impl Worker {
                 breaker_threshold: jobs_config.breaker_failure_threshold,
                 breaker_open: Duration::from_millis(jobs_config.breaker_open_ms),
             },
-            token_secret,
+            database_keys,
             jobs_shutdown.clone(),
         ));
         let email_jobs = Arc::new(EmailJobs::new(
@@ -184,6 +205,7 @@ impl Worker {
             breaker,
             retry,
             &self.config.email,
+            email_keys,
             jobs_shutdown.clone(),
         )?);
         let dead_letters = Arc::new(DeadLetters::new(store.clone(), EMAIL_QUEUE));

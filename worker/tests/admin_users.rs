@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use common::harness::{
-    self, ADMIN_EMAIL, ADMIN_PASSWORD, TOKEN_SECRET, TestApi, TestWorker, start_api, start_worker,
-    unique_prefix, wait_until,
+    self, ADMIN_EMAIL, ADMIN_PASSWORD, TestApi, TestWorker, start_api, start_worker, unique_prefix,
+    wait_until,
 };
 use idp_events::identity::one_time_token::{self, Purpose};
 use idp_events::identity::user::{self, User, UserEvent};
@@ -138,7 +138,7 @@ impl Setup {
         .fetch_one(&self.pool)
         .await
         .unwrap();
-        let token = one_time_token::issue(TOKEN_SECRET.as_bytes(), Purpose::VerifyEmail, event_id);
+        let token = one_time_token::issue(&harness::email_keys(), Purpose::VerifyEmail, event_id);
         let (status, body) = self
             .call(
                 Method::POST,

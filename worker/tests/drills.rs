@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use common::harness::{
-    self, TOKEN_SECRET, amqp_url, count_events, database_url, register_user, spawn_worker_process,
-    unique_prefix, wait_until,
+    self, EMAIL_TOKEN_KEYS, LOGIN_DIGEST_KEYS, PROJECT_DATABASE_KEYS, amqp_url, count_events,
+    database_url, register_user, spawn_worker_process, unique_prefix, wait_until,
 };
 use common::smtp::SmtpSink;
 use idp_events::EventStore;
@@ -69,8 +69,10 @@ async fn start_worker(database: &str, amqp: &str, prefix: &str, smtp_url: &str) 
         "127.0.0.1:0",
         "--amqp-prefix",
         prefix,
-        "--token-secret",
-        TOKEN_SECRET,
+        "--email-token-keys",
+        EMAIL_TOKEN_KEYS,
+        "--project-database-keys",
+        PROJECT_DATABASE_KEYS,
         "--public-base-url",
         "http://idp.test",
         "--provision-repo-root",
@@ -99,8 +101,12 @@ async fn start_api(database: &str, amqp: &str, keys: &str) -> Running {
         "127.0.0.1:0",
         "--jwt-keys-dir",
         keys,
-        "--token-secret",
-        TOKEN_SECRET,
+        "--email-token-keys",
+        EMAIL_TOKEN_KEYS,
+        "--project-database-keys",
+        PROJECT_DATABASE_KEYS,
+        "--login-digest-keys",
+        LOGIN_DIGEST_KEYS,
         "--rate-limit-email-per-ip",
         "1000000/60s",
     ])

@@ -623,7 +623,7 @@ pub async fn issue_credentials(
         role,
         host,
         port,
-        password: database_password(state.identity.token_secret(), id),
+        password: database_password(state.database_keys.current().secret(), id),
     };
     let mut response = Json(credentials).into_response();
     response

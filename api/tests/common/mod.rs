@@ -11,6 +11,19 @@ use sqlx::postgres::PgConnectOptions;
 use tokio_util::sync::CancellationToken;
 
 pub const TOKEN_SECRET: &str = "test-token-secret-0123456789abcdef0123456789";
+/// The email-token key ring of test apps: one key whose secret is [`TOKEN_SECRET`].
+pub const EMAIL_TOKEN_KEYS: &str = "test:test-token-secret-0123456789abcdef0123456789";
+/// The secret of the project-database key ring of test apps.
+pub const DATABASE_SECRET: &str = "test-database-secret-0123456789abcdef01234567";
+/// The project-database key ring of test apps: one key whose secret is [`DATABASE_SECRET`].
+pub const PROJECT_DATABASE_KEYS: &str = "test:test-database-secret-0123456789abcdef01234567";
+/// The login-digest key ring of test apps.
+pub const LOGIN_DIGEST_KEYS: &str = "test:test-login-digest-secret-0123456789abcdef";
+
+/// The email-token key ring of test apps.
+pub fn email_keys() -> idp_events::secret_keys::SecretKeys {
+    idp_events::secret_keys::SecretKeys::single("test", TOKEN_SECRET.as_bytes())
+}
 
 /// The first administrator of apps started with [`ADMIN_ARGS`].
 pub const ADMIN_EMAIL: &str = "root@example.com";
@@ -72,8 +85,12 @@ pub async fn spawn_app_with_keys(
         "127.0.0.1:0",
         "--jwt-keys-dir",
         &keys,
-        "--token-secret",
-        TOKEN_SECRET,
+        "--email-token-keys",
+        EMAIL_TOKEN_KEYS,
+        "--project-database-keys",
+        PROJECT_DATABASE_KEYS,
+        "--login-digest-keys",
+        LOGIN_DIGEST_KEYS,
     ];
     args.extend_from_slice(extra);
     let config = Config::try_parse_from(args).unwrap();
@@ -155,7 +172,7 @@ impl TestApp {
         .await
         .unwrap();
         let token = idp_events::identity::one_time_token::issue(
-            TOKEN_SECRET.as_bytes(),
+            &email_keys(),
             idp_events::identity::one_time_token::Purpose::VerifyEmail,
             event_id,
         );

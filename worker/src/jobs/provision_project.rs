@@ -26,13 +26,13 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::send_email::TokenSecret;
 use super::{JobError, JobRun, PROVISION_QUEUE, RetryPolicy, run_detached};
 use crate::breaker::{Breaker, Permit};
 use crate::broker::{Ack, OutgoingJob};
 use crate::provision::drivers::{
     DatabaseDriver, DriverError, RepositoryDriver, StepInput, WebhookDriver,
 };
+use idp_events::secret_keys::SecretKeys;
 
 /// The job kind.
 pub const KIND: &str = "provision_project";
@@ -106,17 +106,13 @@ pub struct Drivers {
 pub struct ProvisionJobs {
     store: EventStore,
     catalogue: Catalogue,
-    database_pool: sqlx::PgPool,
-    /// Built when first needed: its password key may come from the API's development key file,
-    /// which the API may write after the worker started.
-    database: std::sync::OnceLock<DatabaseDriver>,
+    database: DatabaseDriver,
     repository: RepositoryDriver,
     webhook: WebhookDriver,
     database_breaker: Breaker,
     webhook_breaker: Breaker,
     retry: RetryPolicy,
     step_timeout: Duration,
-    token_secret: Arc<TokenSecret>,
     shutdown: CancellationToken,
 }
 
@@ -149,7 +145,7 @@ impl ProvisionJobs {
         catalogue: Catalogue,
         drivers: Drivers,
         settings: ProvisionSettings,
-        token_secret: Arc<TokenSecret>,
+        database_keys: Arc<SecretKeys>,
         shutdown: CancellationToken,
     ) -> Self {
         let breaker = |name| {
@@ -165,25 +161,16 @@ impl ProvisionJobs {
             webhook_breaker: breaker("provision-webhook"),
             store,
             catalogue,
-            database_pool: drivers.database_pool,
-            database: std::sync::OnceLock::new(),
+            database: DatabaseDriver::new(
+                drivers.database_pool,
+                database_keys.current().secret().to_vec(),
+            ),
             repository: drivers.repository,
             webhook: drivers.webhook,
             retry: settings.retry,
             step_timeout: settings.step_timeout,
-            token_secret,
             shutdown,
         }
-    }
-
-    async fn database(&self) -> Result<&DatabaseDriver, JobError> {
-        if let Some(driver) = self.database.get() {
-            return Ok(driver);
-        }
-        let key = self.token_secret.get().await?.to_vec();
-        Ok(self
-            .database
-            .get_or_init(|| DatabaseDriver::new(self.database_pool.clone(), key)))
     }
 
     fn breaker(&self, driver: DriverKind) -> Option<&Breaker> {
@@ -446,13 +433,10 @@ async fn run_driver(
 ) -> Result<Result<serde_json::Value, DriverError>, JobError> {
     let done = serde_json::Value::Null;
     Ok(match (driver, action) {
-        (DriverKind::Database, Action::Provision) => ctx.database().await?.provision(input).await,
-        (DriverKind::Database, Action::Deprovision) => ctx
-            .database()
-            .await?
-            .deprovision(input)
-            .await
-            .map(|()| done),
+        (DriverKind::Database, Action::Provision) => ctx.database.provision(input).await,
+        (DriverKind::Database, Action::Deprovision) => {
+            ctx.database.deprovision(input).await.map(|()| done)
+        }
         (DriverKind::Repository, Action::Provision) => ctx.repository.provision(input).await,
         (DriverKind::Repository, Action::Deprovision) => {
             ctx.repository.deprovision(input).await.map(|()| done)

@@ -18,9 +18,9 @@ use apalis::prelude::Data;
 use idp_events::identity::one_time_token::{self, Purpose};
 use idp_events::identity::user::{self, User, UserEvent};
 use idp_events::jobs::{self, Job, JobEvent};
+use idp_events::secret_keys::SecretKeys;
 use idp_events::{Append, AppendError, EventStore, ExpectedVersion, Metadata, RecordedEvent};
 use serde::{Deserialize, Serialize};
-use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -112,7 +112,7 @@ pub struct EmailJobs {
     links: Links,
     from: String,
     message_id_domain: String,
-    token_secret: TokenSecret,
+    email_keys: Arc<SecretKeys>,
     shutdown: CancellationToken,
 }
 
@@ -133,6 +133,7 @@ impl EmailJobs {
         breaker: Breaker,
         retry: RetryPolicy,
         config: &EmailConfig,
+        email_keys: Arc<SecretKeys>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
         let links = Links::new(&config.public_base_url)
@@ -151,57 +152,9 @@ impl EmailJobs {
             links,
             from: config.email_from.clone(),
             message_id_domain,
-            token_secret: TokenSecret::new(config),
+            email_keys,
             shutdown,
         })
-    }
-}
-
-/// The API's secret key (`TOKEN_SECRET`, or the API's development key file, read when first
-/// needed, since the API may start after the worker): one-time tokens in email links, project
-/// database passwords.
-pub struct TokenSecret {
-    explicit: Option<Vec<u8>>,
-    file: std::path::PathBuf,
-    loaded: OnceCell<Vec<u8>>,
-}
-
-impl std::fmt::Debug for TokenSecret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenSecret")
-            .field("file", &self.file)
-            .finish_non_exhaustive()
-    }
-}
-
-impl TokenSecret {
-    /// The key `config` names.
-    pub fn new(config: &EmailConfig) -> Self {
-        Self {
-            explicit: config.token_secret.as_ref().map(|s| s.as_bytes().to_vec()),
-            file: config.jwt_keys_dir.join("token-secret"),
-            loaded: OnceCell::new(),
-        }
-    }
-
-    /// The key.
-    pub async fn get(&self) -> Result<&[u8], JobError> {
-        if let Some(secret) = &self.explicit {
-            return Ok(secret);
-        }
-        let loaded = self
-            .loaded
-            .get_or_try_init(|| async {
-                match tokio::fs::read_to_string(&self.file).await {
-                    Ok(raw) if raw.trim().len() >= 32 => Ok(raw.trim().as_bytes().to_vec()),
-                    _ => Err(JobError::Storage(format!(
-                        "no TOKEN_SECRET and no development key at {}; set TOKEN_SECRET to the API's",
-                        self.file.display()
-                    ))),
-                }
-            })
-            .await?;
-        Ok(loaded)
     }
 }
 
@@ -561,8 +514,7 @@ async fn compose(job: &SendEmail, ctx: &EmailJobs) -> Result<OutgoingEmail, Fail
     };
     let (to, kind) = match (job.template, cause) {
         (Template::Verification, UserEvent::VerificationRequested { email }) => {
-            let secret = ctx.token_secret.get().await.map_err(Failure::Job)?;
-            let token = one_time_token::issue(secret, Purpose::VerifyEmail, job.cause_id);
+            let token = one_time_token::issue(&ctx.email_keys, Purpose::VerifyEmail, job.cause_id);
             let link = ctx.links.verification(&token);
             (email, EmailKind::Verification { link })
         }
@@ -574,8 +526,8 @@ async fn compose(job: &SendEmail, ctx: &EmailJobs) -> Result<OutgoingEmail, Fail
             },
         ),
         (Template::PasswordReset, UserEvent::PasswordResetRequested { email }) => {
-            let secret = ctx.token_secret.get().await.map_err(Failure::Job)?;
-            let token = one_time_token::issue(secret, Purpose::ResetPassword, job.cause_id);
+            let token =
+                one_time_token::issue(&ctx.email_keys, Purpose::ResetPassword, job.cause_id);
             let link = ctx.links.password_reset(&token);
             (email, EmailKind::PasswordReset { link })
         }

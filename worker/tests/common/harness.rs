@@ -20,6 +20,19 @@ use uuid::Uuid;
 
 /// The key of one-time tokens shared by the test API and worker.
 pub const TOKEN_SECRET: &str = "test-token-secret-0123456789abcdef0123456789";
+/// The email-token key ring of test apps: one key whose secret is [`TOKEN_SECRET`].
+pub const EMAIL_TOKEN_KEYS: &str = "test:test-token-secret-0123456789abcdef0123456789";
+/// The secret of the project-database key ring of test apps.
+pub const DATABASE_SECRET: &str = "test-database-secret-0123456789abcdef01234567";
+/// The project-database key ring of test apps: one key whose secret is [`DATABASE_SECRET`].
+pub const PROJECT_DATABASE_KEYS: &str = "test:test-database-secret-0123456789abcdef01234567";
+/// The login-digest key ring of test apps.
+pub const LOGIN_DIGEST_KEYS: &str = "test:test-login-digest-secret-0123456789abcdef";
+
+/// The email-token key ring of test apps.
+pub fn email_keys() -> idp_events::secret_keys::SecretKeys {
+    idp_events::secret_keys::SecretKeys::single("test", TOKEN_SECRET.as_bytes())
+}
 
 pub fn database_url(conn: &PgConnectOptions) -> String {
     format!(
@@ -57,8 +70,10 @@ fn worker_args(conn: &PgConnectOptions, prefix: &str, smtp_url: Option<&str>) ->
         "127.0.0.1:0".into(),
         "--amqp-prefix".into(),
         prefix.into(),
-        "--token-secret".into(),
-        TOKEN_SECRET.into(),
+        "--email-token-keys".into(),
+        EMAIL_TOKEN_KEYS.into(),
+        "--project-database-keys".into(),
+        PROJECT_DATABASE_KEYS.into(),
         "--public-base-url".into(),
         "http://idp.test".into(),
         "--provision-repo-root".into(),
@@ -267,8 +282,12 @@ pub async fn start_api(conn: &PgConnectOptions) -> TestApi {
         "127.0.0.1:0",
         "--jwt-keys-dir",
         &keys,
-        "--token-secret",
-        TOKEN_SECRET,
+        "--email-token-keys",
+        EMAIL_TOKEN_KEYS,
+        "--project-database-keys",
+        PROJECT_DATABASE_KEYS,
+        "--login-digest-keys",
+        LOGIN_DIGEST_KEYS,
         "--admin-email",
         ADMIN_EMAIL,
         "--admin-password",

@@ -1,0 +1,312 @@
+//! Symmetric server keys, one ring per purpose: the MAC of one-time email tokens
+//! (`EMAIL_TOKEN_KEYS`), the derivation of project database passwords
+//! (`PROJECT_DATABASE_KEYS`), the keyed digest that names streams of sign-ins to unknown
+//! addresses (`LOGIN_DIGEST_KEYS`). No key serves two purposes.
+//!
+//! A ring is a list of `<key id>:<secret>` entries (separated by commas or new lines). The last
+//! entry is current: it makes everything new. Every entry still checks what it made, so a key
+//! is rotated by appending a new entry and, once nothing the old key made is still in use,
+//! removing the old one.
+//!
+//! A ring comes from its environment variable or, in development, from a file of the same
+//! format under `SECRETS_DIR` that the first process to need it generates (each binary that
+//! shares a ring reads the same file).
+
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::key_dir::valid_kid;
+
+/// Shortest secret accepted, in bytes.
+pub const MIN_SECRET_LEN: usize = 32;
+
+/// One key of a ring. `Debug` shows only its id.
+#[derive(Clone)]
+pub struct SecretKey {
+    id: String,
+    secret: Vec<u8>,
+}
+
+impl SecretKey {
+    /// The key id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The key material. Never log it.
+    pub fn secret(&self) -> &[u8] {
+        &self.secret
+    }
+}
+
+impl fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecretKey")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for SecretKey {
+    fn drop(&mut self) {
+        self.secret.iter_mut().for_each(|b| *b = 0);
+    }
+}
+
+/// A non-empty ring of keys for one purpose; the last is current.
+#[derive(Debug, Clone)]
+pub struct SecretKeys {
+    keys: Vec<SecretKey>,
+}
+
+/// A ring could not be read. Messages name the source, never a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretKeysError {
+    /// The ring has no entry.
+    #[error("{source_name}: no key (expected <key id>:<secret>, ...)")]
+    Empty {
+        /// The variable or file.
+        source_name: String,
+    },
+    /// An entry is not `<key id>:<secret>` with a plain id and a long enough secret.
+    #[error(
+        "{source_name}: entry {index} is not <key id>:<secret> with an id of [A-Za-z0-9._-]{{1,64}} and a secret of at least {MIN_SECRET_LEN} bytes"
+    )]
+    BadEntry {
+        /// The variable or file.
+        source_name: String,
+        /// Which entry (1-based).
+        index: usize,
+    },
+    /// Two entries share an id.
+    #[error("{source_name}: key id {id:?} appears twice")]
+    DuplicateId {
+        /// The variable or file.
+        source_name: String,
+        /// The id.
+        id: String,
+    },
+    /// No variable is set and no development file may be generated.
+    #[error("{variable} is required ({file} does not exist and SECRETS_GENERATE is false)", file = file.display())]
+    Missing {
+        /// The variable.
+        variable: String,
+        /// The development file looked for.
+        file: PathBuf,
+    },
+    /// Reading or writing the development file failed.
+    #[error("{path}: {source}", path = path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl SecretKeys {
+    /// Parses `<key id>:<secret>` entries separated by commas or new lines (blank lines and
+    /// lines starting with `#` are skipped); `source_name` names the variable or file in errors.
+    pub fn parse(source_name: &str, spec: &str) -> Result<Self, SecretKeysError> {
+        let mut keys: Vec<SecretKey> = Vec::new();
+        let entries = spec
+            .split(['\n', ','])
+            .map(str::trim)
+            .filter(|e| !e.is_empty() && !e.starts_with('#'));
+        for (i, entry) in entries.enumerate() {
+            let bad = || SecretKeysError::BadEntry {
+                source_name: source_name.to_owned(),
+                index: i + 1,
+            };
+            let (id, secret) = entry.split_once(':').ok_or_else(bad)?;
+            let (id, secret) = (id.trim(), secret.trim());
+            if !valid_kid(id) || secret.len() < MIN_SECRET_LEN {
+                return Err(bad());
+            }
+            if keys.iter().any(|k| k.id == id) {
+                return Err(SecretKeysError::DuplicateId {
+                    source_name: source_name.to_owned(),
+                    id: id.to_owned(),
+                });
+            }
+            keys.push(SecretKey {
+                id: id.to_owned(),
+                secret: secret.as_bytes().to_vec(),
+            });
+        }
+        if keys.is_empty() {
+            return Err(SecretKeysError::Empty {
+                source_name: source_name.to_owned(),
+            });
+        }
+        Ok(Self { keys })
+    }
+
+    /// A ring of one key (tests and tools).
+    pub fn single(id: &str, secret: &[u8]) -> Self {
+        Self {
+            keys: vec![SecretKey {
+                id: id.to_owned(),
+                secret: secret.to_vec(),
+            }],
+        }
+    }
+
+    /// The ring in `value` (the content of `variable`), or else the development file `file`,
+    /// generated with one fresh key if it does not exist and `generate` allows it. Two
+    /// processes generating at once end up with the same file: it is written aside and linked
+    /// into place, and the loser reads the winner's.
+    pub fn from_env_or_file(
+        variable: &str,
+        value: Option<&str>,
+        file: &Path,
+        generate: bool,
+    ) -> Result<Self, SecretKeysError> {
+        if let Some(value) = value {
+            return Self::parse(variable, value);
+        }
+        let io = |source| SecretKeysError::Io {
+            path: file.to_path_buf(),
+            source,
+        };
+        match std::fs::read_to_string(file) {
+            Ok(spec) => return Self::parse(&file.display().to_string(), &spec),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(e)),
+        }
+        if !generate {
+            return Err(SecretKeysError::Missing {
+                variable: variable.to_owned(),
+                file: file.to_path_buf(),
+            });
+        }
+        if let Some(dir) = file.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let aside = file.with_extension(format!("new-{}", uuid::Uuid::now_v7()));
+        write_private(&aside, &format!("{}\n", generate_entry())).map_err(io)?;
+        let linked = std::fs::hard_link(&aside, file);
+        let _ = std::fs::remove_file(&aside);
+        match linked {
+            Ok(()) => tracing::info!(path = %file.display(), "generated a development key ring"),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io(e)),
+        }
+        let spec = std::fs::read_to_string(file).map_err(io)?;
+        Self::parse(&file.display().to_string(), &spec)
+    }
+
+    /// The current key: it makes everything new.
+    pub fn current(&self) -> &SecretKey {
+        // Never empty: `parse` and `single` make at least one.
+        &self.keys[self.keys.len() - 1]
+    }
+
+    /// The key `id`, if the ring has it.
+    pub fn get(&self, id: &str) -> Option<&SecretKey> {
+        self.keys.iter().find(|k| k.id == id)
+    }
+
+    /// Every key, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &SecretKey> {
+        self.keys.iter()
+    }
+}
+
+/// A fresh entry `<UTC time as key id>:<256 random bits in hex>`, as a development file or
+/// `scripts/` would write it.
+pub fn generate_entry() -> String {
+    format!(
+        "{}:{}",
+        chrono::Utc::now().format("%Y-%m-%dT%H%M%SZ"),
+        hex::encode(rand::random::<[u8; 32]>())
+    )
+}
+
+/// Writes a new file readable by its owner only.
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    const LONG: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn the_last_entry_is_current_and_every_entry_is_found_by_id() {
+        let ring = SecretKeys::parse("X", &format!("old:{LONG}x, new:{LONG}y\n")).unwrap();
+        assert_eq!(ring.current().id(), "new");
+        assert_eq!(ring.current().secret(), format!("{LONG}y").as_bytes());
+        assert_eq!(
+            ring.get("old").unwrap().secret(),
+            format!("{LONG}x").as_bytes()
+        );
+        assert!(ring.get("other").is_none());
+        assert_eq!(ring.iter().count(), 2);
+    }
+
+    #[test]
+    fn bad_rings_are_refused_naming_the_source_and_never_the_secret() {
+        let short = SecretKeys::parse("EMAIL_TOKEN_KEYS", "k:tooshort").unwrap_err();
+        assert!(short.to_string().starts_with("EMAIL_TOKEN_KEYS: entry 1"));
+        assert!(!short.to_string().contains("tooshort"));
+        assert!(matches!(
+            SecretKeys::parse("X", LONG),
+            Err(SecretKeysError::BadEntry { index: 1, .. })
+        ));
+        assert!(matches!(
+            SecretKeys::parse("X", &format!("a b:{LONG}")),
+            Err(SecretKeysError::BadEntry { .. })
+        ));
+        assert!(matches!(
+            SecretKeys::parse("X", &format!("a:{LONG},a:{LONG}")),
+            Err(SecretKeysError::DuplicateId { .. })
+        ));
+        assert!(matches!(
+            SecretKeys::parse("X", " ,\n# comment\n"),
+            Err(SecretKeysError::Empty { .. })
+        ));
+        let debug = format!("{:?}", SecretKeys::single("k", LONG.as_bytes()));
+        assert!(debug.contains("\"k\"") && !debug.contains(LONG));
+    }
+
+    #[test]
+    fn a_development_file_is_generated_once_private_and_then_read() {
+        let dir = std::env::temp_dir().join(format!("idp-secrets-{}", uuid::Uuid::now_v7()));
+        let file = dir.join("email-token.keys");
+        assert!(matches!(
+            SecretKeys::from_env_or_file("EMAIL_TOKEN_KEYS", None, &file, false),
+            Err(SecretKeysError::Missing { .. })
+        ));
+        let first = SecretKeys::from_env_or_file("EMAIL_TOKEN_KEYS", None, &file, true).unwrap();
+        let again = SecretKeys::from_env_or_file("EMAIL_TOKEN_KEYS", None, &file, false).unwrap();
+        assert_eq!(first.current().secret(), again.current().secret());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let explicit = SecretKeys::from_env_or_file(
+            "EMAIL_TOKEN_KEYS",
+            Some(&format!("env:{LONG}")),
+            &file,
+            false,
+        )
+        .unwrap();
+        assert_eq!(explicit.current().id(), "env");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
