@@ -189,6 +189,8 @@ async fn main() -> anyhow::Result<()> {
         &url,
         "--api-addr",
         "127.0.0.1:0",
+        "--api-internal-addr",
+        "127.0.0.1:0",
         "--jwt-keys-dir",
         &keys_arg,
         "--email-token-keys",

@@ -7,6 +7,7 @@ use clap::Parser;
 use idp_ops::config::CommonConfig;
 
 use crate::auth::rate_limit::Limit;
+use crate::client_address::TrustedProxies;
 
 /// `idp-api`: the idp REST API.
 #[derive(Debug, Clone, Parser)]
@@ -24,6 +25,26 @@ pub struct Config {
         default_value = "127.0.0.1:8080"
     )]
     pub api_addr: SocketAddr,
+
+    /// Address of the internal listener: `/metrics`, the detailed `/health/ready` and
+    /// `/health/live`. Keep it off the public network (the default is loopback only).
+    #[arg(
+        long,
+        env = "API_INTERNAL_ADDR",
+        value_name = "API_INTERNAL_ADDR",
+        default_value = "127.0.0.1:9080"
+    )]
+    pub api_internal_addr: SocketAddr,
+
+    /// Proxies (comma-separated CIDRs) whose `Forwarded`/`X-Forwarded-For` may name the client;
+    /// empty: those headers are ignored and the connection's peer is the client.
+    #[arg(
+        long,
+        env = "TRUSTED_PROXIES",
+        value_name = "TRUSTED_PROXIES",
+        default_value = ""
+    )]
+    pub trusted_proxies: TrustedProxies,
 
     /// Seconds a request may take before it is answered 503.
     #[arg(long, env = "API_REQUEST_TIMEOUT_SECS", value_name = "API_REQUEST_TIMEOUT_SECS", default_value_t = 10,

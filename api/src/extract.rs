@@ -1,7 +1,8 @@
 //! Extractors: JSON bodies that fail as problem documents, the client's context for event
 //! metadata, and the authenticated caller.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
@@ -11,6 +12,7 @@ use idp_events::Metadata;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
+use crate::client_address::{self, TrustedProxies};
 use crate::error::ApiError;
 use crate::startup::AppState;
 
@@ -43,10 +45,22 @@ where
     }
 }
 
-/// The correlation id a request's events carry, and its log lines: the request id, when it is a
-/// UUID (the API makes one when the client sent none).
-pub fn correlation_of(request_id: &str) -> Option<Uuid> {
-    Uuid::parse_str(request_id).ok()
+/// The correlation id of a request: made by the server for every request (never taken from the
+/// client), carried by the request's events and its log lines. Set by `startup`'s outermost
+/// middleware as a request extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CorrelationId(pub Uuid);
+
+/// Longest client-chosen request id kept; longer or odd ones are replaced by one of ours.
+pub const MAX_CLIENT_REQUEST_ID_LEN: usize = 64;
+
+/// Whether a client's `X-Request-Id` may be kept: a short token of `[A-Za-z0-9._-]`. Anything
+/// else would end up in the log (which never forgets) and in every log line of the request.
+pub fn acceptable_request_id(id: &[u8]) -> bool {
+    (1..=MAX_CLIENT_REQUEST_ID_LEN).contains(&id.len())
+        && id
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// Who is calling from where: the request id, client address and user agent, as recorded in the
@@ -55,8 +69,10 @@ pub fn correlation_of(request_id: &str) -> Option<Uuid> {
 pub struct ClientContext {
     /// The request id.
     pub request_id: Option<String>,
-    /// Client IP as seen by this server.
-    pub ip: Option<String>,
+    /// The request's correlation id (the server's own).
+    pub correlation_id: Option<Uuid>,
+    /// Client IP as this server may believe it (see [`crate::client_address`]).
+    pub ip: Option<IpAddr>,
     /// The `User-Agent` header, shortened.
     pub user_agent: Option<String>,
 }
@@ -67,16 +83,17 @@ impl ClientContext {
         Metadata {
             actor: Some(actor.into()),
             request_id: self.request_id.clone(),
-            correlation_id: self.request_id.as_deref().and_then(correlation_of),
+            correlation_id: self.correlation_id,
             causation_id: None,
-            client_ip: self.ip.clone(),
+            client_ip: self.ip.map(|ip| ip.to_string()),
             user_agent: self.user_agent.clone(),
         }
     }
 
-    /// The key rate limits use for this client.
-    pub fn ip_key(&self) -> &str {
-        self.ip.as_deref().unwrap_or("unknown")
+    /// The key rate limits use for this client: its IPv4 address or its IPv6 /64.
+    pub fn ip_key(&self) -> String {
+        self.ip
+            .map_or_else(|| "unknown".to_owned(), client_address::rate_key)
     }
 }
 
@@ -89,10 +106,18 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientContext {
             .get("x-request-id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        let trusted = parts.extensions.get::<Arc<TrustedProxies>>();
         let ip = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(addr)| addr.ip().to_string());
+            .map(|ConnectInfo(addr)| match trusted {
+                Some(trusted) => trusted.client_ip(addr.ip(), &parts.headers),
+                None => addr.ip(),
+            });
+        let correlation_id = parts
+            .extensions
+            .get::<CorrelationId>()
+            .map(|CorrelationId(id)| *id);
         let user_agent = parts
             .headers
             .get(header::USER_AGENT)
@@ -100,6 +125,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientContext {
             .map(|ua| ua.chars().take(256).collect());
         Ok(Self {
             request_id,
+            correlation_id,
             ip,
             user_agent,
         })

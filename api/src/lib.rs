@@ -4,6 +4,7 @@
 //! same application on a random port.
 
 pub mod auth;
+pub mod client_address;
 pub mod config;
 pub mod error;
 pub mod extract;

@@ -35,6 +35,7 @@ use idp_events::secret_keys::SecretKeys;
 
 use crate::config::Config;
 use crate::error::{REQUEST_ID, problem};
+use crate::extract::CorrelationId;
 use crate::identity::Identity;
 use crate::projects::live::LogWatch;
 use crate::routes;
@@ -61,6 +62,8 @@ pub struct AppState {
 pub struct Application {
     listener: TcpListener,
     router: Router,
+    internal_listener: TcpListener,
+    internal_router: Router,
     pool: PgPool,
     log_watch: LogWatch,
 }
@@ -80,6 +83,14 @@ impl Application {
         let listener = TcpListener::bind(config.api_addr)
             .await
             .with_context(|| format!("while binding API_ADDR {}", config.api_addr))?;
+        let internal_listener = TcpListener::bind(config.api_internal_addr)
+            .await
+            .with_context(|| {
+                format!(
+                    "while binding API_INTERNAL_ADDR {}",
+                    config.api_internal_addr
+                )
+            })?;
         let store = EventStore::new(pool.clone());
         let identity = build_identity(config, store.clone()).await?;
         let database_keys = Arc::new(key_ring(
@@ -96,14 +107,14 @@ impl Application {
             log_watch: log_watch.clone(),
             database_keys,
         };
-        let router = app(
-            state,
-            Health::new(pool.clone(), broker).with_optional_broker(),
-            config,
-        )?;
+        let health = Health::new(pool.clone(), broker).with_optional_broker();
+        let internal_router = idp_ops::health::router(health.clone());
+        let router = app(state, health, config)?;
         Ok(Self {
             listener,
             router,
+            internal_listener,
+            internal_router,
             pool,
             log_watch,
         })
@@ -112,6 +123,14 @@ impl Application {
     /// The port bound (useful when `API_ADDR` asked for port 0).
     pub fn port(&self) -> u16 {
         self.listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or_default()
+    }
+
+    /// The port of the internal listener (`/metrics`, detailed readiness).
+    pub fn internal_port(&self) -> u16 {
+        self.internal_listener
             .local_addr()
             .map(|a| a.port())
             .unwrap_or_default()
@@ -126,8 +145,23 @@ impl Application {
     /// refused) and lets in-flight requests finish, including those of connections accepted
     /// just before; idle keep-alive connections are closed.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        tracing::info!(addr = %self.listener.local_addr()?, "idp-api listening");
+        tracing::info!(
+            addr = %self.listener.local_addr()?,
+            internal_addr = %self.internal_listener.local_addr()?,
+            "idp-api listening"
+        );
         let log_watch = self.log_watch;
+        let internal = idp_ops::shutdown::GracefulListener::new(
+            self.internal_listener,
+            shutdown.clone(),
+        )
+        .context("while reading the API's internal listening address")?;
+        let internal_stopped = internal.stopped();
+        let internal = tokio::spawn(
+            axum::serve(internal, self.internal_router.into_make_service())
+                .with_graceful_shutdown(internal_stopped)
+                .into_future(),
+        );
         let listener = idp_ops::shutdown::GracefulListener::new(self.listener, shutdown)
             .context("while reading the API's listening address")?;
         let stopped = listener.stopped();
@@ -148,6 +182,10 @@ impl Application {
         })
         .await
         .context("while serving HTTP")?;
+        internal
+            .await
+            .context("while serving the internal listener")?
+            .context("while serving the internal listener")?;
         self.pool.close().await;
         tracing::info!("idp-api stopped");
         Ok(())
@@ -236,12 +274,30 @@ pub fn app(state: AppState, health: Health, config: &Config) -> anyhow::Result<R
                 ),
         )
         .layer(PropagateRequestIdLayer::new(REQUEST_ID_HEADER))
-        .layer(SetRequestIdLayer::new(REQUEST_ID_HEADER, MakeRequestUuid)))
+        .layer(SetRequestIdLayer::new(REQUEST_ID_HEADER, MakeRequestUuid))
+        .layer(axum::Extension(Arc::new(config.trusted_proxies.clone())))
+        .layer(middleware::from_fn(identify_request)))
+}
+
+/// Outermost: drops a client's `X-Request-Id` unless it is a short plain token (the next layer
+/// then makes one), and gives the request a correlation id of the server's own.
+async fn identify_request(mut request: Request, next: Next) -> Response {
+    let keep = request
+        .headers()
+        .get(&REQUEST_ID_HEADER)
+        .is_some_and(|id| crate::extract::acceptable_request_id(id.as_bytes()));
+    if !keep {
+        request.headers_mut().remove(&REQUEST_ID_HEADER);
+    }
+    request
+        .extensions_mut()
+        .insert(CorrelationId(uuid::Uuid::now_v7()));
+    next.run(request).await
 }
 
 /// The span every request's log lines carry: method, path (never the query, which may hold
-/// search terms), request id, the correlation id the request's events get (the request id, when
-/// it is a UUID), and the caller's user id once a token names it (see `AuthUser`).
+/// search terms), request id, the correlation id the request's events get (the server's, see
+/// `identify_request`), and the caller's user id once a token names it (see `AuthUser`).
 fn http_span(request: &Request) -> tracing::Span {
     let request_id = request
         .headers()
@@ -256,7 +312,7 @@ fn http_span(request: &Request) -> tracing::Span {
         correlation_id = tracing::field::Empty,
         user.id = tracing::field::Empty,
     );
-    if let Some(correlation) = crate::extract::correlation_of(request_id) {
+    if let Some(CorrelationId(correlation)) = request.extensions().get::<CorrelationId>() {
         span.record("correlation_id", tracing::field::display(correlation));
     }
     span

@@ -403,7 +403,7 @@ async fn a_stopped_database_gets_fast_503_problems_a_named_reason_in_readiness_a
     // Long enough for requests to start and end within it, however long a refusal takes.
     let probes = probe_ready_until(
         &client,
-        &app.base,
+        &app.internal,
         down_at + 2 * ACQUIRE_TIMEOUT + Duration::from_secs(2),
     )
     .await;
@@ -414,7 +414,7 @@ async fn a_stopped_database_gets_fast_503_problems_a_named_reason_in_readiness_a
         .first_success_since(restored_at, Duration::from_secs(10))
         .await
         - restored_at;
-    let ready_again = wait_ready(&client, &app.base, Duration::from_secs(10)).await;
+    let ready_again = wait_ready(&client, &app.internal, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let samples = load.stop().await;
 
@@ -475,7 +475,7 @@ async fn a_database_behind_a_dead_network_gets_503_problems_within_the_request_t
     let down_at = Instant::now();
     // Long enough for requests to start and end within it, however long a timeout takes.
     let until = down_at + 2 * request_timeout + Duration::from_secs(1);
-    let probes = probe_ready_until(&client, &app.base, until).await;
+    let probes = probe_ready_until(&client, &app.internal, until).await;
 
     proxy.restore().await;
     let restored_at = Instant::now();
@@ -483,7 +483,7 @@ async fn a_database_behind_a_dead_network_gets_503_problems_within_the_request_t
         .first_success_since(restored_at, Duration::from_secs(10))
         .await
         - restored_at;
-    let ready_again = wait_ready(&client, &app.base, Duration::from_secs(10)).await;
+    let ready_again = wait_ready(&client, &app.internal, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let samples = load.stop().await;
 
@@ -533,6 +533,7 @@ async fn sigterm_under_load_finishes_requests_in_flight_and_then_refuses_connect
         .env("DATABASE_URL", database_url(&conn))
         .env("AMQP_URL", amqp_url())
         .env("API_ADDR", format!("127.0.0.1:{port}"))
+        .env("API_INTERNAL_ADDR", "127.0.0.1:0")
         .env("JWT_KEYS_DIR", &keys)
         .env("EMAIL_TOKEN_KEYS", common::EMAIL_TOKEN_KEYS)
         .env("PROJECT_DATABASE_KEYS", common::PROJECT_DATABASE_KEYS)

@@ -28,7 +28,7 @@ async fn the_api_applies_migrations_and_reports_live_ready_and_metrics(
     assert_eq!(live.status(), 200);
 
     let ready = client
-        .get(format!("{}/health/ready", app.base))
+        .get(app.internal_url("/health/ready"))
         .send()
         .await
         .unwrap();
@@ -44,7 +44,7 @@ async fn the_api_applies_migrations_and_reports_live_ready_and_metrics(
     assert_eq!(names, ["database", "broker"]);
 
     let metrics = client
-        .get(format!("{}/metrics", app.base))
+        .get(app.internal_url("/metrics"))
         .send()
         .await
         .unwrap();
@@ -74,7 +74,7 @@ async fn readiness_names_the_broker_when_it_is_unreachable_and_the_api_stays_in_
     // Nothing listens on port 1. The API's writes go to the log, not to the broker, so it
     // serves on: degraded, not unready.
     let app = spawn_app(&conn, &["--amqp-url", "amqp://guest:guest@127.0.0.1:1/%2f"]).await;
-    let ready = reqwest::get(format!("{}/health/ready", app.base))
+    let ready = reqwest::get(app.internal_url("/health/ready"))
         .await
         .unwrap();
     assert_eq!(ready.status(), 200);
@@ -145,15 +145,17 @@ fn a_bad_setting_stops_the_binary_with_a_message_naming_the_variable() {
 
 #[sqlx::test(migrations = false)]
 async fn sigterm_stops_the_api_gracefully(_opts: PgPoolOptions, conn: PgConnectOptions) {
-    let port = {
+    let free_port = || {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().port()
     };
+    let (port, internal_port) = (free_port(), free_port());
     let mut command = Command::new(env!("CARGO_BIN_EXE_idp-api"));
     command
         .env("DATABASE_URL", database_url(&conn))
         .env("AMQP_URL", amqp_url())
         .env("API_ADDR", format!("127.0.0.1:{port}"))
+        .env("API_INTERNAL_ADDR", format!("127.0.0.1:{internal_port}"))
         .env("LOG_FORMAT", "json")
         .env(
             "JWT_KEYS_DIR",
@@ -173,7 +175,7 @@ async fn sigterm_stops_the_api_gracefully(_opts: PgPoolOptions, conn: PgConnectO
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // The binary writes its logs from a thread of its own and says if it ever had to drop any.
-    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+    let metrics = reqwest::get(format!("http://127.0.0.1:{internal_port}/metrics"))
         .await
         .unwrap()
         .text()

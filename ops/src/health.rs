@@ -228,13 +228,33 @@ impl Readiness {
     }
 }
 
-/// `/health/live`, `/health/ready` and `/metrics`.
+/// `/health/live`, the detailed `/health/ready` and `/metrics`: for an internal listener only
+/// (the report names what is down and why; the metrics tell sign-in refusals apart).
 pub fn router(health: Health) -> Router {
     Router::new()
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
         .with_state(health)
+}
+
+/// `/health/live` and a bare `/health/ready` (only `{"status": ...}` and the status code), for
+/// load balancers on a public listener.
+pub fn public_router(health: Health) -> Router {
+    Router::new()
+        .route("/health/live", get(live))
+        .route("/health/ready", get(bare_ready))
+        .with_state(health)
+}
+
+async fn bare_ready(State(health): State<Health>) -> Response {
+    let report = health.readiness().await;
+    let status = if report.is_ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(serde_json::json!({ "status": report.status }))).into_response()
 }
 
 async fn live() -> Json<serde_json::Value> {

@@ -149,6 +149,8 @@ async fn main() -> anyhow::Result<()> {
         &amqp,
         "--api-addr",
         "127.0.0.1:0",
+        "--api-internal-addr",
+        "127.0.0.1:0",
         "--jwt-keys-dir",
         &keys,
         "--email-token-keys",

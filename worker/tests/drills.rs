@@ -36,6 +36,8 @@ use uuid::Uuid;
 /// A process under test: the API or the worker, running in this process.
 struct Running {
     port: u16,
+    /// The API's internal listener (the worker serves everything on `port`).
+    internal_port: u16,
     stop: CancellationToken,
     handle: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -43,6 +45,10 @@ struct Running {
 impl Running {
     fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn internal_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.internal_port)
     }
 
     async fn stop(self) {
@@ -85,7 +91,12 @@ async fn start_worker(database: &str, amqp: &str, prefix: &str, smtp_url: &str) 
     let port = worker.port();
     let stop = CancellationToken::new();
     let handle = tokio::spawn(worker.run_until_stopped(stop.clone()));
-    Running { port, stop, handle }
+    Running {
+        port,
+        internal_port: port,
+        stop,
+        handle,
+    }
 }
 
 /// The API, on `database` and `amqp`, without a limit on registrations per address.
@@ -98,6 +109,8 @@ async fn start_api(database: &str, amqp: &str, keys: &str) -> Running {
         "--amqp-url",
         amqp,
         "--api-addr",
+        "127.0.0.1:0",
+        "--api-internal-addr",
         "127.0.0.1:0",
         "--jwt-keys-dir",
         keys,
@@ -113,9 +126,15 @@ async fn start_api(database: &str, amqp: &str, keys: &str) -> Running {
     .unwrap();
     let app = idp_api::startup::Application::build(&config).await.unwrap();
     let port = app.port();
+    let internal_port = app.internal_port();
     let stop = CancellationToken::new();
     let handle = tokio::spawn(app.run_until_stopped(stop.clone()));
-    Running { port, stop, handle }
+    Running {
+        port,
+        internal_port,
+        stop,
+        handle,
+    }
 }
 
 /// `AMQP_URL` with its host and port replaced by the proxy's.
@@ -310,7 +329,7 @@ async fn a_rabbitmq_outage_keeps_registrations_coming_and_the_dispatcher_catches
     // The API only needs the database: it reports the broker down but stays in rotation.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let (status, body) = readiness(&client, &api.url("/health/ready")).await;
+        let (status, body) = readiness(&client, &api.internal_url("/health/ready")).await;
         if check(&body, "broker")["status"] == "down" {
             assert_eq!(
                 (status, body["status"].as_str()),

@@ -34,7 +34,7 @@ pub fn router(state: AppState, health: Health) -> Router {
         .merge(openapi::router(&state.catalogue))
         .merge(docs::router())
         .with_state(state)
-        .merge(idp_ops::health::router(health))
+        .merge(idp_ops::health::public_router(health))
         .fallback(not_found)
 }
 

@@ -58,13 +58,13 @@ use crate::startup::AppState;
         super::projects::project_events,
         openapi_json, super::docs::page, super::docs::script, super::docs::style,
     ),
-    components(schemas(Problem, Liveness, Readiness, ReadinessCheck,
+    components(schemas(Problem, Liveness, Readiness,
         super::projects::StreamedEvent, super::admin_events::EventTypeName)),
     modifiers(&BearerAuth, &OperationsRoutes),
     tags((name = "auth", description = "Registration, sign-in, tokens and passwords"),
          (name = "projects", description = "Project templates, requests, provisioning status and live events"),
          (name = "admin", description = "Administration (admin role)"),
-         (name = "operations", description = "Liveness, readiness and metrics, for orchestrators and monitoring"),
+         (name = "operations", description = "Liveness and readiness, for load balancers and orchestrators (metrics and the detailed readiness report are on the internal listener, `API_INTERNAL_ADDR`)"),
          (name = "meta", description = "This document and its reference page"))
 )]
 struct ApiDoc;
@@ -92,35 +92,15 @@ struct Liveness {
     status: String,
 }
 
-/// `GET /health/ready`'s answer, ready or not.
+/// `GET /health/ready`'s answer on the public listener, ready or not: only the status (the
+/// detailed report, naming what is down and why, is on the internal listener).
 #[derive(Debug, Serialize, ToSchema)]
-#[schema(example = json!({
-    "status": "ready",
-    "checks": [{"name": "database", "status": "up"}, {"name": "broker", "status": "up"}],
-    "breakers": {"webhook": "closed"}
-}))]
+#[schema(example = json!({"status": "ready"}))]
 struct Readiness {
     /// `ready`; `degraded` (still 200: the API serves without the broker, whose outage only
     /// delays emails and provisioning); or `not_ready` (503: the database does not answer).
     #[schema(pattern = "^(ready|degraded|not_ready)$")]
     status: String,
-    /// Every check, in a stable order.
-    checks: Vec<ReadinessCheck>,
-    /// State of each circuit breaker shared by the workers (`closed`, `open`, `half_open`); an
-    /// open breaker does not make the process unready. Absent when there are none.
-    breakers: Option<std::collections::BTreeMap<String, String>>,
-}
-
-/// One dependency of the readiness report.
-#[derive(Debug, Serialize, ToSchema)]
-struct ReadinessCheck {
-    /// What was checked: `database`, `broker`.
-    name: String,
-    /// `up` or `down`.
-    #[schema(pattern = "^(up|down)$")]
-    status: String,
-    /// Why it is down.
-    detail: Option<String>,
 }
 
 /// The routes of `idp_ops::health`, described by hand.
@@ -154,8 +134,8 @@ impl Modify for OperationsRoutes {
                 "Readiness: 200 when the database and the broker answer.",
             ))
             .description(Some(
-                "503 names the part that does not answer, in the same report as the 200 (not a \
-                 problem document), so that a probe or a person reads one format either way.",
+                "Only the status: the detailed report, naming what is down and why, is served on \
+                 the internal listener (`API_INTERNAL_ADDR`), as are the metrics.",
             ))
             .operation_id(Some("health_ready"))
             .response(
@@ -164,9 +144,7 @@ impl Modify for OperationsRoutes {
                     "application/json",
                     json_of(
                         "Readiness",
-                        json!({"status": "ready", "checks": [
-                                {"name": "database", "status": "up"},
-                                {"name": "broker", "status": "up"}]}),
+                        json!({"status": "ready"}),
                     ),
                 ),
             )
@@ -178,31 +156,9 @@ impl Modify for OperationsRoutes {
                         "application/json",
                         json_of(
                             "Readiness",
-                            json!({"status": "not_ready", "checks": [
-                                {"name": "database", "status": "down",
-                                 "detail": "cannot connect: Connection refused (os error 111)"},
-                                {"name": "broker", "status": "up"}]}),
+                            json!({"status": "not_ready"}),
                         ),
                     ),
-            )
-            .build();
-        let metrics = OperationBuilder::new()
-            .tags(Some(vec!["operations"]))
-            .summary(Some("Prometheus metrics, in the text exposition format."))
-            .operation_id(Some("metrics"))
-            .response(
-                "200",
-                ResponseBuilder::new().description("Metrics").content(
-                    "text/plain",
-                    ContentBuilder::new()
-                        .schema(Some(utoipa::openapi::schema::Object::with_type(
-                            utoipa::openapi::schema::Type::String,
-                        )))
-                        .example(Some(json!(
-                            "# TYPE idp_events_appended_total counter\nidp_events_appended_total 42\n"
-                        )))
-                        .build(),
-                ),
             )
             .build();
         openapi
@@ -211,9 +167,6 @@ impl Modify for OperationsRoutes {
         openapi
             .paths
             .add_path_operation("/health/ready", vec![HttpMethod::Get], ready);
-        openapi
-            .paths
-            .add_path_operation("/metrics", vec![HttpMethod::Get], metrics);
     }
 }
 

@@ -51,6 +51,8 @@ pub fn amqp_url() -> String {
 
 pub struct TestApp {
     pub base: String,
+    /// The internal listener: `/metrics`, the detailed `/health/ready`.
+    pub internal: String,
     pub keys_dir: PathBuf,
     pub client: reqwest::Client,
     stop: CancellationToken,
@@ -83,6 +85,8 @@ pub async fn spawn_app_with_keys(
         &amqp,
         "--api-addr",
         "127.0.0.1:0",
+        "--api-internal-addr",
+        "127.0.0.1:0",
         "--jwt-keys-dir",
         &keys,
         "--email-token-keys",
@@ -96,10 +100,12 @@ pub async fn spawn_app_with_keys(
     let config = Config::try_parse_from(args).unwrap();
     let app = Application::build(&config).await.unwrap();
     let base = format!("http://127.0.0.1:{}", app.port());
+    let internal = format!("http://127.0.0.1:{}", app.internal_port());
     let stop = CancellationToken::new();
     let handle = tokio::spawn(app.run_until_stopped(stop.clone()));
     TestApp {
         base,
+        internal,
         keys_dir,
         client: reqwest::Client::builder()
             .user_agent("idp-tests/1.0")
@@ -113,6 +119,11 @@ pub async fn spawn_app_with_keys(
 impl TestApp {
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// `path` on the internal listener.
+    pub fn internal_url(&self, path: &str) -> String {
+        format!("{}{path}", self.internal)
     }
 
     pub async fn post(&self, path: &str, body: serde_json::Value) -> reqwest::Response {

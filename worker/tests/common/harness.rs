@@ -280,6 +280,8 @@ pub async fn start_api(conn: &PgConnectOptions) -> TestApi {
         &amqp,
         "--api-addr",
         "127.0.0.1:0",
+        "--api-internal-addr",
+        "127.0.0.1:0",
         "--jwt-keys-dir",
         &keys,
         "--email-token-keys",
