@@ -46,6 +46,12 @@ pub struct Config {
     )]
     pub trusted_proxies: TrustedProxies,
 
+    /// Event streams (`GET /v1/projects/{id}/events`) one user may have open at once on one API
+    /// process; more are answered 429.
+    #[arg(long, env = "SSE_MAX_STREAMS_PER_USER", value_name = "SSE_MAX_STREAMS_PER_USER", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub sse_max_streams_per_user: u32,
+
     /// Seconds a request may take before it is answered 503.
     #[arg(long, env = "API_REQUEST_TIMEOUT_SECS", value_name = "API_REQUEST_TIMEOUT_SECS", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..=300))]
@@ -154,14 +160,14 @@ pub struct IdentityConfig {
     pub email_token_keys: Option<String>,
 
     /// Key ring of the digest that names the streams of sign-ins to unknown addresses (same
-    /// format). Unset: the development ring `SECRETS_DIR/login-digest.keys`.
+    /// format). Unset: the development ring `SECRETS_DIR/address-digest.keys`.
     #[arg(
         long,
-        env = "LOGIN_DIGEST_KEYS",
-        value_name = "LOGIN_DIGEST_KEYS",
+        env = "ADDRESS_DIGEST_KEYS",
+        value_name = "ADDRESS_DIGEST_KEYS",
         hide_env_values = true
     )]
-    pub login_digest_keys: Option<String>,
+    pub address_digest_keys: Option<String>,
 
     /// The first administrator's email, created at start if missing.
     #[arg(long, env = "ADMIN_EMAIL", value_name = "ADMIN_EMAIL")]
@@ -202,6 +208,12 @@ pub struct IdentityConfig {
         default_value_t = 1
     )]
     pub argon2_parallelism: u32,
+
+    /// Password computations that may wait for a core (beyond those running); more are
+    /// answered 503 with `Retry-After` at once.
+    #[arg(long, env = "ARGON2_MAX_QUEUE", value_name = "ARGON2_MAX_QUEUE", default_value_t = 32,
+          value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub argon2_max_queue: u32,
 
     /// Login attempts per client IP.
     #[arg(

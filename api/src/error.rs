@@ -48,6 +48,13 @@ pub enum ApiError {
     /// 410: the resource was handed out once and is gone for good (e.g. a one-time secret).
     #[error("{0}")]
     Gone(String),
+    /// 503: too much work is waiting (password computations beyond `ARGON2_MAX_QUEUE`); try
+    /// again after the given seconds.
+    #[error("overloaded")]
+    Overloaded {
+        /// Seconds to wait.
+        retry_after_secs: u64,
+    },
     /// 503: a dependency (database, broker) is unavailable; retrying later may work.
     #[error("service unavailable")]
     Unavailable,
@@ -100,7 +107,7 @@ impl ApiError {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Gone(_) => StatusCode::GONE,
-            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable | Self::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -119,6 +126,7 @@ impl ApiError {
             Self::Conflict(_) => "conflict",
             Self::Gone(_) => "gone",
             Self::Unavailable => "unavailable",
+            Self::Overloaded { .. } => "overloaded",
             Self::Internal(_) => "internal",
         }
     }
@@ -126,7 +134,12 @@ impl ApiError {
 
 impl From<crate::auth::password::HashError> for ApiError {
     fn from(err: crate::auth::password::HashError) -> Self {
-        Self::Internal(err.into())
+        match err {
+            crate::auth::password::HashError::Busy => Self::Overloaded {
+                retry_after_secs: 1,
+            },
+            other => Self::Internal(other.into()),
+        }
     }
 }
 
@@ -189,6 +202,9 @@ impl IntoResponse for ApiError {
             Self::TooManyRequests { retry_after_secs } => Some(format!(
                 "too many requests; try again in {retry_after_secs} s"
             )),
+            Self::Overloaded { retry_after_secs } => Some(format!(
+                "too many requests are waiting; try again in {retry_after_secs} s"
+            )),
             Self::Conflict(detail)
             | Self::BadRequest(detail)
             | Self::Unprocessable(detail)
@@ -197,7 +213,7 @@ impl IntoResponse for ApiError {
         };
         let mut response = problem(status, self.slug(), detail);
         match self {
-            Self::TooManyRequests { retry_after_secs } => {
+            Self::TooManyRequests { retry_after_secs } | Self::Overloaded { retry_after_secs } => {
                 if let Ok(value) = HeaderValue::from_str(&retry_after_secs.to_string()) {
                     response.headers_mut().insert(header::RETRY_AFTER, value);
                 }

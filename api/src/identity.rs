@@ -5,8 +5,9 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use hmac::{Hmac, Mac};
+use idp_events::identity::email_request::{self, Requested, Unanswered};
 use idp_events::identity::login::{self, FailureReason};
+use idp_events::identity::address_digest;
 use idp_events::identity::one_time_token::{self, Purpose};
 use idp_events::identity::session::{self, RevokeReason, SessionEvent};
 use idp_events::identity::user::{self, User, UserError, UserEvent};
@@ -136,8 +137,8 @@ pub struct Limits {
 pub struct IdentityKeys {
     /// MAC of one-time email tokens (`EMAIL_TOKEN_KEYS`).
     pub email_tokens: SecretKeys,
-    /// Keyed digest naming the streams of sign-ins to unknown addresses (`LOGIN_DIGEST_KEYS`).
-    pub login_digest: SecretKeys,
+    /// Keyed digest naming the streams of sign-ins to unknown addresses (`ADDRESS_DIGEST_KEYS`).
+    pub address_digest: SecretKeys,
 }
 
 /// The identity service.
@@ -149,7 +150,7 @@ pub struct Identity {
     tokens: Tokens,
     limiter: RateLimiter,
     email_keys: Arc<SecretKeys>,
-    login_digest_keys: Arc<SecretKeys>,
+    address_digest_keys: Arc<SecretKeys>,
     limits: Limits,
     session_ttl: chrono::Duration,
 }
@@ -179,7 +180,7 @@ impl Identity {
             hasher,
             tokens,
             email_keys: Arc::new(keys.email_tokens),
-            login_digest_keys: Arc::new(keys.login_digest),
+            address_digest_keys: Arc::new(keys.address_digest),
             limits: Limits {
                 login_per_ip: config.login_per_ip,
                 login_per_account: config.login_per_account,
@@ -238,7 +239,7 @@ impl Identity {
         match stored {
             Some(hash) => Ok(self.hasher.verify(password, &hash).await?),
             None => {
-                self.hasher.verify_dummy(password).await;
+                self.hasher.verify_dummy(password).await?;
                 Ok(password::Verified {
                     matches: false,
                     needs_rehash: false,
@@ -304,7 +305,9 @@ impl Identity {
         }))
     }
 
-    /// Registers an account; a taken address notifies its owner instead. Both look the same.
+    /// Registers an account. A taken address gets, instead, a pending registration of its own
+    /// if its account is unverified, or a notice to its owner if verified. All three answer the
+    /// same after the same work: the limits, one hash, one lookup and one transaction.
     pub async fn register(
         &self,
         ctx: &ClientContext,
@@ -314,44 +317,78 @@ impl Identity {
     ) -> Result<(), ApiError> {
         password::validate(password)
             .map_err(|e| ApiError::Unprocessable(format!("password: {e}")))?;
-        self.limit(&[(
-            format!("register:ip:{}", ctx.ip_key()),
-            self.limits.email_per_ip,
-        )])
+        self.limit(&[
+            (
+                format!("register:ip:{}", ctx.ip_key()),
+                self.limits.email_per_ip,
+            ),
+            (
+                format!("register:account:{}", email.as_str()),
+                self.limits.email_per_account,
+            ),
+        ])
         .await?;
         let hash = self.hasher.hash(password).await?;
-        let id = Uuid::now_v7();
-        match self
-            .create_account(
-                id,
-                email,
-                display_name,
-                vec![user::ROLE_USER.into()],
-                false,
-                &hash,
-                &ctx.metadata(format!("user-{id}")),
-            )
-            .await
-        {
-            Ok(()) => Ok(()),
-            Err(ApiError::Conflict(_)) => {
-                if let Some(owner) = self.user_id_by_email(email).await? {
-                    let event = UserEvent::DuplicateRegistrationAttempted {
-                        email: email.as_str().to_owned(),
-                    };
-                    self.store
-                        .append(
-                            Append::to(user::stream_id(owner))
-                                .expecting(ExpectedVersion::Any)
-                                .event(event.to_new_event())
-                                .metadata(ctx.metadata("anonymous")),
-                        )
-                        .await?;
+        for _ in 0..3 {
+            let outcome = match self.user_id_by_email(email).await? {
+                None => {
+                    let id = Uuid::now_v7();
+                    self.create_account(
+                        id,
+                        email,
+                        display_name.clone(),
+                        vec![user::ROLE_USER.into()],
+                        false,
+                        &hash,
+                        &ctx.metadata(format!("user-{id}")),
+                    )
+                    .await
                 }
-                Ok(())
+                Some(owner) => {
+                    self.register_again(ctx, owner, display_name.clone(), &hash)
+                        .await
+                }
+            };
+            match outcome {
+                // Someone registered or changed the account meanwhile: decide again.
+                Err(ApiError::Conflict(_)) => continue,
+                other => return other,
             }
-            Err(other) => Err(other),
         }
+        Err(ApiError::Conflict(
+            "the account kept changing; try again".into(),
+        ))
+    }
+
+    /// A registration of the address of account `owner`: see [`user::register_again`]. The
+    /// pending registration's password waits in `pending_registrations`.
+    async fn register_again(
+        &self,
+        ctx: &ClientContext,
+        owner: Uuid,
+        display_name: Option<String>,
+        hash: &str,
+    ) -> Result<(), ApiError> {
+        let account = self.load_user(owner).await?;
+        let registration_id = Uuid::now_v7();
+        let events = user::register_again(&account, registration_id, display_name);
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        self.append_user_in(&mut tx, &account, &events, ctx.metadata("anonymous"))
+            .await?;
+        if !account.email_verified {
+            sqlx::query(
+                "insert into pending_registrations (registration_id, user_id, password_hash)
+                 values ($1, $2, $3)",
+            )
+            .bind(registration_id)
+            .bind(owner)
+            .bind(hash)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -397,7 +434,9 @@ impl Identity {
         Ok(())
     }
 
-    /// Confirms an address with the token from the verification email.
+    /// Confirms an address with the token from the verification email, and with it the
+    /// registration that link was sent for: a pending registration's password replaces the
+    /// account's in the same transaction.
     pub async fn verify_email(&self, ctx: &ClientContext, token: &str) -> Result<(), ApiError> {
         let invalid = || ApiError::Unprocessable("token: invalid or expired".into());
         let event_id = one_time_token::open(&self.email_keys, Purpose::VerifyEmail, token)
@@ -408,15 +447,46 @@ impl Identity {
             .ok_or_else(invalid)?;
         let account = self.load_user(user_id).await?;
         let events = user::verify_email(&account, event_id, Utc::now()).map_err(|_| invalid())?;
-        self.append_user(&account, &events, ctx.metadata(format!("user-{user_id}")))
-            .await
-            .map_err(|e| {
-                if matches!(e, ApiError::Conflict(_)) {
-                    invalid()
-                } else {
-                    e
-                }
-            })
+        let registration = account.registration_of(event_id).flatten();
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        self.append_user_in(
+            &mut tx,
+            &account,
+            &events,
+            ctx.metadata(format!("user-{user_id}")),
+        )
+        .await
+        .map_err(|e| {
+            if matches!(e, ApiError::Conflict(_)) {
+                invalid()
+            } else {
+                e
+            }
+        })?;
+        if let Some(registration) = registration {
+            let moved = sqlx::query(
+                "update credentials c set password_hash = p.password_hash, updated_at = now()
+                   from pending_registrations p
+                  where p.registration_id = $1 and c.user_id = p.user_id and p.user_id = $2",
+            )
+            .bind(registration)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if moved != 1 {
+                return Err(ApiError::Internal(anyhow::anyhow!(
+                    "the password of pending registration {registration} is missing"
+                )));
+            }
+        }
+        sqlx::query("delete from pending_registrations where user_id = $1")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn user_of_event(
@@ -463,7 +533,7 @@ impl Identity {
         ctx: &ClientContext,
         email: &Email,
     ) -> Result<(), ApiError> {
-        self.request_email(ctx, email, user::request_verification)
+        self.request_email(ctx, email, Requested::Verification, user::request_verification)
             .await
     }
 
@@ -474,7 +544,7 @@ impl Identity {
         ctx: &ClientContext,
         email: &Email,
     ) -> Result<(), ApiError> {
-        self.request_email(ctx, email, |account| {
+        self.request_email(ctx, email, Requested::PasswordReset, |account| {
             if account.is_locked_by_admin(Utc::now()) {
                 Vec::new()
             } else {
@@ -484,12 +554,15 @@ impl Identity {
         .await
     }
 
-    /// A rate-limited request for an email about an account; nothing happens (and nothing
-    /// tells) when there is no such account.
+    /// A rate-limited request for an email about an account. Whatever becomes of it (an email,
+    /// or nothing because there is no such account or nothing to send), it does the same work
+    /// (a lookup, a stream read and one append) and answers the same, so that neither tells
+    /// anything about the address.
     async fn request_email(
         &self,
         ctx: &ClientContext,
         email: &Email,
+        requested: Requested,
         decide: fn(&User) -> Vec<UserEvent>,
     ) -> Result<(), ApiError> {
         self.limit(&[
@@ -503,22 +576,59 @@ impl Identity {
             ),
         ])
         .await?;
-        if let Some(id) = self.user_id_by_email(email).await? {
-            let account = self.load_user(id).await?;
-            let events = decide(&account);
-            self.append_user(&account, &events, ctx.metadata("anonymous"))
-                .await?;
+        let (account, events) = match self.user_id_by_email(email).await? {
+            Some(id) => {
+                let account = self.load_user(id).await?;
+                let events = decide(&account);
+                (Some(account), events)
+            }
+            None => (None, Vec::new()),
+        };
+        match account {
+            Some(account) if !events.is_empty() => {
+                self.append_user(&account, &events, ctx.metadata("anonymous"))
+                    .await
+            }
+            account => {
+                let reason = if account.is_some() {
+                    Unanswered::NothingToSend
+                } else {
+                    Unanswered::UnknownAccount
+                };
+                let digest = address_digest::digest(&self.address_digest_keys, email.as_str());
+                let stream =
+                    email_request::unanswered_stream_id(&address_digest::stream_name(&digest));
+                if account.is_none() {
+                    // The read a known account's decision needs.
+                    self.store.stream_version(&stream).await?;
+                }
+                self.store
+                    .append(
+                        Append::to(stream)
+                            .expecting(ExpectedVersion::Any)
+                            .event(email_request::unanswered(
+                                requested,
+                                reason,
+                                &hex::encode(digest),
+                            ))
+                            .metadata(ctx.metadata("anonymous")),
+                    )
+                    .await?;
+                Ok(())
+            }
         }
-        Ok(())
     }
 
     /// Signs in. Every refusal is the same [`ApiError::InvalidCredentials`], after the same work.
+    /// A malformed address is answered at once (the format rule is public; nothing is hashed);
+    /// everything else passes the rate limits before any hashing.
     pub async fn login(
         &self,
         ctx: &ClientContext,
-        email: &Email,
+        email: &str,
         password: &str,
     ) -> Result<TokenPair, ApiError> {
+        let email = &Email::parse(email)?;
         self.limit(&[
             (
                 format!("login:ip:{}", ctx.ip_key()),
@@ -581,9 +691,9 @@ impl Identity {
         email: &Email,
         password: &str,
     ) -> Result<(), ApiError> {
-        let digest = self.unknown_address_digest(email);
+        let digest = address_digest::digest(&self.address_digest_keys, email.as_str());
         let digest_hex = hex::encode(digest);
-        let stream = login::unknown_stream_id(&digest_hex[..32]);
+        let stream = login::unknown_stream_id(&address_digest::stream_name(&digest));
         let pseudo_id = Uuid::from_slice(&digest[..16]).unwrap_or_default();
         self.store.stream_version(&stream).await?;
         self.verify_password(pseudo_id, password).await?;
@@ -601,19 +711,6 @@ impl Identity {
         count_failure(&mut tx, pseudo_id).await?;
         tx.commit().await?;
         Ok(())
-    }
-
-    /// The keyed digest (HMAC-SHA256 under the current `LOGIN_DIGEST_KEYS` key) that stands for
-    /// an address no account has: a dictionary of addresses cannot reverse it without the key.
-    fn unknown_address_digest(&self, email: &Email) -> [u8; 32] {
-        let Ok(mut mac) =
-            Hmac::<sha2::Sha256>::new_from_slice(self.login_digest_keys.current().secret())
-        else {
-            unreachable!("HMAC accepts keys of any length")
-        };
-        mac.update(b"idp/login-unknown/v1:");
-        mac.update(email.as_str().as_bytes());
-        mac.finalize().into_bytes().into()
     }
 
     async fn record_failure(
@@ -1270,41 +1367,26 @@ impl Identity {
         })
     }
 
-    /// Makes sure `email` is a verified administrator who can sign in with `password` (the
-    /// password is only set when the account is created). Safe to run from several instances.
-    pub async fn ensure_admin(&self, email: &Email, password: &str) -> Result<(), ApiError> {
+    /// Makes sure `email` is an administrator: creates a verified administrator who signs in
+    /// with `password` when no account holds the address, and leaves an existing administrator
+    /// alone (only healing `admin_accounts`). Any other account holding the address is refused:
+    /// whoever registered it first must not become administrator, nor keep their password for
+    /// it. Safe to run from several instances.
+    pub async fn ensure_admin(&self, email: &Email, password: &str) -> Result<(), AdminBootstrapError> {
         let meta = Metadata::actor("system");
         for _ in 0..3 {
             if let Some(id) = self.user_id_by_email(email).await? {
                 let account = self.load_user(id).await?;
-                let mut events = Vec::new();
                 if !account.has_role(user::ROLE_ADMIN) {
-                    let mut roles = account.roles.clone();
-                    roles.push(user::ROLE_ADMIN.to_owned());
-                    events.extend(user::change_roles(&account, &roles, 0).map_err(domain)?);
-                }
-                if !account.email_verified {
-                    events.push(UserEvent::EmailVerified {
-                        verification_id: None,
-                    });
+                    return Err(AdminBootstrapError::TakenByAnotherAccount { user_id: id });
                 }
                 let mut conn = self.pool.acquire().await?;
                 let mut tx = conn.begin().await?;
-                return match self
-                    .append_user_in(&mut tx, &account, &events, meta.clone())
-                    .await
-                {
-                    Err(ApiError::Conflict(_)) => continue,
-                    Err(other) => Err(other),
-                    Ok(()) => {
-                        // Also heals an administrator missing from `admin_accounts`.
-                        set_admin(&mut tx, id, true).await?;
-                        Ok(tx.commit().await?)
-                    }
-                };
+                set_admin(&mut tx, id, true).await?;
+                tx.commit().await?;
+                return Ok(());
             }
-            password::validate(password)
-                .map_err(|e| ApiError::Unprocessable(format!("ADMIN_PASSWORD: {e}")))?;
+            password::validate(password).map_err(AdminBootstrapError::WeakPassword)?;
             let hash = self.hasher.hash(password).await?;
             let roles = vec![user::ROLE_USER.to_owned(), user::ROLE_ADMIN.to_owned()];
             match self
@@ -1312,12 +1394,47 @@ impl Identity {
                 .await
             {
                 Err(ApiError::Conflict(_)) => continue,
-                other => return other,
+                other => return other.map_err(AdminBootstrapError::from),
             }
         }
-        Err(ApiError::Conflict(
-            "the admin account kept changing; try again".into(),
-        ))
+        Err(AdminBootstrapError::KeptChanging)
+    }
+}
+
+/// Why the administrator of `ADMIN_EMAIL` could not be ensured at start.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminBootstrapError {
+    /// Another account, not an administrator, holds the address.
+    #[error(
+        "ADMIN_EMAIL names an address that account {user_id} already holds, and that account is \
+         not an administrator (someone may have registered the address first); idp will not make \
+         it one. Set ADMIN_EMAIL to an address no account holds, or have an existing administrator \
+         grant the role (PUT /v1/admin/users/{user_id}/roles) after checking who owns the account"
+    )]
+    TakenByAnotherAccount {
+        /// The account.
+        user_id: Uuid,
+    },
+    /// `ADMIN_PASSWORD` is not an acceptable password.
+    #[error("ADMIN_PASSWORD: {0}")]
+    WeakPassword(password::PasswordError),
+    /// Other instances kept changing the account.
+    #[error("the administrator account kept changing while it was being created; start again")]
+    KeptChanging,
+    /// The database or the hasher failed.
+    #[error("while ensuring the ADMIN_EMAIL administrator: {0}")]
+    Failed(#[from] ApiError),
+}
+
+impl From<sqlx::Error> for AdminBootstrapError {
+    fn from(err: sqlx::Error) -> Self {
+        Self::Failed(err.into())
+    }
+}
+
+impl From<password::HashError> for AdminBootstrapError {
+    fn from(err: password::HashError) -> Self {
+        Self::Failed(err.into())
     }
 }
 

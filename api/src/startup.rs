@@ -99,7 +99,7 @@ impl Application {
             config.project_database_keys.as_deref(),
             "project-database",
         )?);
-        let log_watch = LogWatch::new(pool.clone());
+        let log_watch = LogWatch::new(pool.clone(), config.sse_max_streams_per_user as usize);
         let state = AppState {
             store,
             identity,
@@ -357,21 +357,22 @@ async fn build_identity(config: &Config, store: EventStore) -> anyhow::Result<Id
             id.email_token_keys.as_deref(),
             "email-token",
         )?,
-        login_digest: key_ring(
+        address_digest: key_ring(
             config,
-            "LOGIN_DIGEST_KEYS",
-            id.login_digest_keys.as_deref(),
-            "login-digest",
+            "ADDRESS_DIGEST_KEYS",
+            id.address_digest_keys.as_deref(),
+            "address-digest",
         )?,
     };
-    let identity = Identity::new(store, Hasher::new(params), tokens, keys, id);
+    let hasher = Hasher::new(params).with_max_queue(id.argon2_max_queue as usize);
+    let identity = Identity::new(store, hasher, tokens, keys, id);
     match (&id.admin_email, &id.admin_password) {
         (Some(email), Some(password)) => {
             let email = Email::parse(email).map_err(|e| anyhow::anyhow!("ADMIN_EMAIL: {e}"))?;
             identity
                 .ensure_admin(&email, password)
                 .await
-                .map_err(|e| anyhow::anyhow!("while creating the first admin: {e}"))?;
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             tracing::info!("administrator account ensured");
         }
         (Some(_), None) | (None, Some(_)) => {

@@ -537,7 +537,7 @@ async fn sigterm_under_load_finishes_requests_in_flight_and_then_refuses_connect
         .env("JWT_KEYS_DIR", &keys)
         .env("EMAIL_TOKEN_KEYS", common::EMAIL_TOKEN_KEYS)
         .env("PROJECT_DATABASE_KEYS", common::PROJECT_DATABASE_KEYS)
-        .env("LOGIN_DIGEST_KEYS", common::LOGIN_DIGEST_KEYS)
+        .env("ADDRESS_DIGEST_KEYS", common::ADDRESS_DIGEST_KEYS)
         .env("RATE_LIMIT_EMAIL_PER_IP", NO_EMAIL_LIMIT)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())

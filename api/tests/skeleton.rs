@@ -163,7 +163,7 @@ async fn sigterm_stops_the_api_gracefully(_opts: PgPoolOptions, conn: PgConnectO
         )
         .env("EMAIL_TOKEN_KEYS", common::EMAIL_TOKEN_KEYS)
         .env("PROJECT_DATABASE_KEYS", common::PROJECT_DATABASE_KEYS)
-        .env("LOGIN_DIGEST_KEYS", common::LOGIN_DIGEST_KEYS)
+        .env("ADDRESS_DIGEST_KEYS", common::ADDRESS_DIGEST_KEYS)
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     idp_ops::test_logs::child(&mut command, "idp-api");

@@ -1,7 +1,7 @@
 //! Symmetric server keys, one ring per purpose: the MAC of one-time email tokens
 //! (`EMAIL_TOKEN_KEYS`), the derivation of project database passwords
 //! (`PROJECT_DATABASE_KEYS`), the keyed digest that names streams of sign-ins to unknown
-//! addresses (`LOGIN_DIGEST_KEYS`). No key serves two purposes.
+//! addresses (`ADDRESS_DIGEST_KEYS`). No key serves two purposes.
 //!
 //! A ring is a list of `<key id>:<secret>` entries (separated by commas or new lines). The last
 //! entry is current: it makes everything new. Every entry still checks what it made, so a key

@@ -35,7 +35,7 @@ pub struct CommonConfig {
     pub database_acquire_timeout_secs: u64,
 
     /// Where development key rings (`<purpose>.keys`) are kept when their variable
-    /// (`EMAIL_TOKEN_KEYS`, `PROJECT_DATABASE_KEYS`, `LOGIN_DIGEST_KEYS`) is unset.
+    /// (`EMAIL_TOKEN_KEYS`, `PROJECT_DATABASE_KEYS`, `ADDRESS_DIGEST_KEYS`) is unset.
     #[arg(
         long,
         env = "SECRETS_DIR",

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use common::harness::{
-    self, EMAIL_TOKEN_KEYS, LOGIN_DIGEST_KEYS, PROJECT_DATABASE_KEYS, amqp_url, count_events,
+    self, EMAIL_TOKEN_KEYS, ADDRESS_DIGEST_KEYS, PROJECT_DATABASE_KEYS, amqp_url, count_events,
     database_url, register_user, spawn_worker_process, unique_prefix, wait_until,
 };
 use common::smtp::SmtpSink;
@@ -118,8 +118,8 @@ async fn start_api(database: &str, amqp: &str, keys: &str) -> Running {
         EMAIL_TOKEN_KEYS,
         "--project-database-keys",
         PROJECT_DATABASE_KEYS,
-        "--login-digest-keys",
-        LOGIN_DIGEST_KEYS,
+        "--address-digest-keys",
+        ADDRESS_DIGEST_KEYS,
         "--rate-limit-email-per-ip",
         "1000000/60s",
     ])

@@ -25,6 +25,8 @@ use std::sync::{Arc, LazyLock, Mutex};
 
 use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use tokio::sync::{OnceCell, Semaphore};
 
 /// Why a new password is refused (the caller's fault: HTTP 422).
@@ -142,12 +144,19 @@ impl HashParams {
     }
 }
 
+/// Hashing or verifying could not be done.
 #[derive(Debug, thiserror::Error)]
 pub enum HashError {
+    /// argon2 refused the input or parameters.
     #[error("password hashing failed: {0}")]
     Hash(String),
+    /// The blocking task died.
     #[error("the hashing task failed")]
     Join,
+    /// Every permit is taken and the queue behind them is full (`ARGON2_MAX_QUEUE`): the
+    /// request is shed at once instead of waiting behind a flood.
+    #[error("too many password computations are waiting")]
+    Busy,
 }
 
 /// Outcome of a verification.
@@ -183,14 +192,18 @@ const DUMMY_PASSWORD: &str = "idp dummy password: timing equalization only";
 
 /// Hashes and verifies passwords with argon2id on the blocking thread pool, at most `permits` at
 /// once (a tokio Semaphore sized to the available cores by default) so that a login flood cannot
-/// starve the runtime or exhaust memory.
+/// starve the runtime or exhaust memory, and with at most `max_queue` computations waiting for
+/// a permit: beyond that, [`HashError::Busy`] at once, so that a flood costs its senders a quick
+/// refusal instead of costing everyone a long wait.
 ///
-/// Clones share the semaphore, the cached dummy hash and the working memory.
+/// Clones share the semaphore, the queue, the cached dummy hash and the working memory.
 #[derive(Clone)]
 pub struct Hasher {
     params: HashParams,
     permits: usize,
     semaphore: Arc<Semaphore>,
+    max_queue: usize,
+    admitted: Arc<AtomicUsize>,
     dummy: Arc<OnceCell<String>>,
     scratch: Arc<Scratch>,
 }
@@ -230,6 +243,7 @@ impl fmt::Debug for Hasher {
             .field("params", &self.params)
             .field("permits", &self.permits)
             .field("available_permits", &self.semaphore.available_permits())
+            .field("max_queue", &self.max_queue)
             .finish_non_exhaustive()
     }
 }
@@ -258,12 +272,22 @@ impl Hasher {
             params,
             permits,
             semaphore: Arc::new(Semaphore::new(permits)),
+            max_queue: DEFAULT_MAX_QUEUE,
+            admitted: Arc::default(),
             dummy: Arc::new(OnceCell::new()),
             scratch: Arc::new(Scratch {
                 kept: Mutex::default(),
                 limit: permits,
             }),
         }
+    }
+
+    /// At most `max_queue` computations wait for a permit; more are refused with
+    /// [`HashError::Busy`].
+    #[must_use]
+    pub fn with_max_queue(mut self, max_queue: usize) -> Self {
+        self.max_queue = max_queue;
+        self
     }
 
     /// The parameters new hashes are made with.
@@ -318,7 +342,7 @@ impl Hasher {
                 reason,
                 "stored password hash is malformed; treating it as a mismatch"
             );
-            self.verify_dummy(password).await;
+            self.verify_dummy(password).await?;
             return Ok(Verified::MISMATCH);
         }
         self.verify_phc(password, phc).await
@@ -326,20 +350,14 @@ impl Hasher {
 
     /// Spends the same work as a real verification against a fixed dummy hash made with the
     /// current parameters (computed lazily once, cached), so that unknown accounts take as long
-    /// as wrong passwords. Always returns ().
-    pub async fn verify_dummy(&self, password: &str) {
+    /// as wrong passwords. Fails only as a real verification would (e.g. [`HashError::Busy`]),
+    /// so that an overloaded hasher refuses unknown and known accounts alike.
+    pub async fn verify_dummy(&self, password: &str) -> Result<(), HashError> {
         let dummy = self
             .dummy
             .get_or_try_init(|| self.hash(DUMMY_PASSWORD))
-            .await;
-        match dummy {
-            Ok(dummy) => {
-                if let Err(e) = self.verify_phc(password, dummy).await {
-                    tracing::warn!(error = %e, "dummy password verification failed");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "could not compute the dummy password hash"),
-        }
+            .await?;
+        self.verify_phc(password, dummy).await.map(|_| ())
     }
 
     /// Verifies against a PHC string that [`check_phc`] accepted.
@@ -380,16 +398,45 @@ impl Hasher {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
+        let admitted = Admitted::take(&self.admitted, self.permits + self.max_queue)?;
         let permit = Arc::clone(&self.semaphore)
             .acquire_owned()
             .await
             .map_err(|_| HashError::Join)?;
         tokio::task::spawn_blocking(move || {
-            let _permit = permit;
+            let _held = (permit, admitted);
             work()
         })
         .await
         .map_err(|_| HashError::Join)
+    }
+}
+
+/// Computations waiting for a permit, by default, beyond those running.
+pub const DEFAULT_MAX_QUEUE: usize = 32;
+
+/// One computation counted as running or waiting, until it is dropped: when the computation
+/// ends, or when its caller stops waiting for a permit.
+struct Admitted(Arc<AtomicUsize>);
+
+impl Admitted {
+    /// Counts one more, unless `limit` are counted already.
+    fn take(count: &Arc<AtomicUsize>, limit: usize) -> Result<Self, HashError> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .map_err(|_| {
+                metrics::counter!("idp_auth_hashes_shed_total").increment(1);
+                HashError::Busy
+            })?;
+        Ok(Self(Arc::clone(count)))
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -745,10 +792,10 @@ mod tests {
     async fn dummy_verification_is_cached() {
         let hasher = Hasher::with_permits(WEAK, 1);
         assert!(hasher.dummy.get().is_none());
-        hasher.verify_dummy("some password").await;
+        hasher.verify_dummy("some password").await.unwrap();
         let first = hasher.dummy.get().cloned().unwrap();
         assert_eq!(params_of(&first), Some(WEAK));
-        hasher.clone().verify_dummy("another password").await;
+        hasher.clone().verify_dummy("another password").await.unwrap();
         assert_eq!(hasher.dummy.get(), Some(&first));
     }
 
@@ -763,6 +810,47 @@ mod tests {
         let phc = hasher.hash("abc").await.unwrap();
         assert!(hasher.verify("abc", &phc).await.unwrap().matches);
         assert_eq!(hasher.semaphore.available_permits(), 1);
+    }
+
+    #[tokio::test]
+    async fn computations_beyond_the_queue_are_shed_at_once_and_the_queue_frees_up() {
+        let hasher = Hasher::with_permits(WEAK, 1).with_max_queue(1);
+        // The permit is held by hand, so both computations below wait: they fill the one
+        // permit's place and the one place in the queue.
+        let held = Arc::clone(&hasher.semaphore).acquire_owned().await.unwrap();
+        let waiting: Vec<_> = (0..2)
+            .map(|_| {
+                let hasher = hasher.clone();
+                tokio::spawn(async move { hasher.hash("abc").await })
+            })
+            .collect();
+        while hasher.admitted.load(Ordering::Acquire) < 2 {
+            tokio::task::yield_now().await;
+        }
+        let started = std::time::Instant::now();
+        assert!(matches!(hasher.hash("abc").await, Err(HashError::Busy)));
+        assert!(matches!(
+            hasher.verify_dummy("abc").await,
+            Err(HashError::Busy)
+        ));
+        assert!(started.elapsed() < Duration::from_millis(50), "shed at once");
+        drop(held);
+        for task in waiting {
+            assert!(task.await.unwrap().is_ok());
+        }
+        assert_eq!(hasher.admitted.load(Ordering::Acquire), 0);
+        assert!(hasher.hash("abc").await.is_ok(), "the queue is free again");
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_stops_waiting_leaves_the_queue() {
+        let hasher = Hasher::with_permits(WEAK, 1).with_max_queue(1);
+        let held = Arc::clone(&hasher.semaphore).acquire_owned().await.unwrap();
+        let gave_up = tokio::time::timeout(Duration::from_millis(20), hasher.hash("abc")).await;
+        assert!(gave_up.is_err());
+        assert_eq!(hasher.admitted.load(Ordering::Acquire), 0);
+        drop(held);
+        assert!(hasher.hash("abc").await.is_ok());
     }
 
     #[test]

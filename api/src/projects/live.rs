@@ -1,39 +1,48 @@
-//! Following a project's stream live: one LISTEN connection per API process wakes every open
-//! event stream, each of which then reads its own project's stream again.
+//! Following a project's stream live: one task per API process looks after every open event
+//! stream, so that thousands of open streams cost the database a handful of queries a second,
+//! not one each.
 //!
-//! A notification is only a hint (it names no stream, and one may be lost while the listener
-//! reconnects), so followers also look every [`POLL_INTERVAL`] and read by stream version, which
-//! is the truth.
+//! The task LISTENs for the store's notifications, which announce appended positions (usually
+//! before their transactions commit). Once an announced position is visible, and also every
+//! [`CHECK_INTERVAL`] in case a notification was lost, it reads in one query the current
+//! version of every followed stream and wakes only the followers whose stream moved, which then
+//! read their own new events. In the same round it looks up, in one query, which followed
+//! sessions have ended: their streams close within a round.
+//!
+//! The task also counts streams per user: at most `SSE_MAX_STREAMS_PER_USER` at once per
+//! process.
 
-use std::collections::VecDeque;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use idp_events::project::{Project, ProjectEvent};
 use idp_events::{EventStore, NOTIFY_CHANNEL, RecordedEvent};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
-/// How often a follower looks for new events when no notification woke it.
-pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the followed streams' versions and sessions are checked when no notification
+/// asked for it; also the longest a stream of a revoked session stays open.
+pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// First pause before looking again whether an announced event is committed yet.
 const RECHECK_MIN: Duration = Duration::from_millis(2);
 
-/// Least time between two wake-ups of the followers.
+/// Least time between two checks caused by notifications.
 const WAKE_SPACING: Duration = Duration::from_millis(10);
 
 /// Pause before the listener connects again after losing its connection.
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
-/// Wake-ups for followers of the log, shared by the whole process.
+/// The process's followers of the log.
 ///
-/// The listening task starts with the first follower, so a process nobody follows holds no
-/// extra connection. [`LogWatch::shutdown`] ends the task and every follower (open event streams
-/// would otherwise keep a graceful shutdown waiting forever).
+/// The task starts with the first follower, so a process nobody follows holds no extra
+/// connection. [`LogWatch::shutdown`] ends it and every follower (open event streams would
+/// otherwise keep a graceful shutdown waiting forever).
 #[derive(Debug, Clone)]
 pub struct LogWatch {
     inner: Arc<Inner>,
@@ -42,46 +51,147 @@ pub struct LogWatch {
 #[derive(Debug)]
 struct Inner {
     pool: PgPool,
-    /// Bumped on every notification; followers wait for it to change.
-    wake: watch::Sender<u64>,
+    max_per_user: usize,
+    registry: Mutex<Registry>,
+    /// Asks the checking loop for a round now.
+    check_now: Notify,
     started: AtomicBool,
     stop: CancellationToken,
 }
 
+/// Who follows what.
+#[derive(Debug, Default)]
+struct Registry {
+    /// Per followed stream: the latest version seen (followers wait for it to change) and how
+    /// many follow it.
+    streams: HashMap<String, (watch::Sender<i64>, usize)>,
+    /// Per session with open streams: cancelled when it ends, and how many streams it has.
+    sessions: HashMap<Uuid, (CancellationToken, usize)>,
+    /// Open streams per user.
+    users: HashMap<Uuid, usize>,
+}
+
+/// The user has as many open streams as allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("at most {0} event streams may be open at once")]
+pub struct TooManyStreams(pub usize);
+
+/// One open stream's place in the [`LogWatch`]: its wake-ups and its end. Dropping it gives
+/// the place back.
+#[derive(Debug)]
+pub struct Subscription {
+    inner: Arc<Inner>,
+    user_id: Uuid,
+    session_id: Uuid,
+    stream: String,
+    version: watch::Receiver<i64>,
+    ended: CancellationToken,
+}
+
 impl LogWatch {
-    /// A watch whose listener will use a connection of `pool`.
-    pub fn new(pool: PgPool) -> Self {
+    /// A watch whose task will use connections of `pool`, allowing `max_per_user` open streams
+    /// per user.
+    pub fn new(pool: PgPool, max_per_user: usize) -> Self {
         Self {
             inner: Arc::new(Inner {
                 pool,
-                wake: watch::Sender::new(0),
+                max_per_user: max_per_user.max(1),
+                registry: Mutex::default(),
+                check_now: Notify::new(),
                 started: AtomicBool::new(false),
                 stop: CancellationToken::new(),
             }),
         }
     }
 
-    /// A receiver that changes whenever events may have been appended; starts the listener.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
+    /// Follows `stream` for `user_id` in session `session_id`; starts the task. Subscribe
+    /// before reading the stream, so that no append after the read goes unnoticed.
+    pub fn follow(
+        &self,
+        user_id: Uuid,
+        session_id: Uuid,
+        stream: String,
+    ) -> Result<Subscription, TooManyStreams> {
         if !self.inner.started.swap(true, Ordering::AcqRel) {
             tokio::spawn(listen(Arc::clone(&self.inner)));
+            tokio::spawn(check_rounds(Arc::clone(&self.inner)));
         }
-        self.inner.wake.subscribe()
+        let mut registry = self.inner.lock();
+        let open = registry.users.entry(user_id).or_default();
+        if *open >= self.inner.max_per_user {
+            return Err(TooManyStreams(self.inner.max_per_user));
+        }
+        *open += 1;
+        let (sender, followers) = registry
+            .streams
+            .entry(stream.clone())
+            .or_insert_with(|| (watch::Sender::new(0), 0));
+        *followers += 1;
+        let version = sender.subscribe();
+        let (ended, streams) = registry
+            .sessions
+            .entry(session_id)
+            .or_insert_with(|| (self.inner.stop.child_token(), 0));
+        *streams += 1;
+        let ended = ended.clone();
+        drop(registry);
+        Ok(Subscription {
+            inner: Arc::clone(&self.inner),
+            user_id,
+            session_id,
+            stream,
+            version,
+            ended,
+        })
     }
 
-    /// Ends the listener and every follower.
+    /// Ends the task and every follower.
     pub fn shutdown(&self) {
         self.inner.stop.cancel();
     }
 
-    /// Cancelled once [`LogWatch::shutdown`] was called.
-    pub fn stopping(&self) -> CancellationToken {
-        self.inner.stop.clone()
+    /// How many streams are open (all users).
+    pub fn open_streams(&self) -> usize {
+        self.inner.lock().users.values().sum()
     }
 }
 
-/// LISTENs on the store's channel and bumps the wake-up counter on every notification, until
-/// shutdown or until the pool is closed. Connection losses are logged and retried.
+impl Inner {
+    /// The registry; a panic elsewhere while it was held leaves it usable (it holds counts).
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut registry = self.inner.lock();
+        if let Some(open) = registry.users.get_mut(&self.user_id) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                registry.users.remove(&self.user_id);
+            }
+        }
+        if let Some((_, followers)) = registry.streams.get_mut(&self.stream) {
+            *followers = followers.saturating_sub(1);
+            if *followers == 0 {
+                registry.streams.remove(&self.stream);
+            }
+        }
+        if let Some((_, streams)) = registry.sessions.get_mut(&self.session_id) {
+            *streams = streams.saturating_sub(1);
+            if *streams == 0 {
+                registry.sessions.remove(&self.session_id);
+            }
+        }
+    }
+}
+
+/// LISTENs on the store's channel and asks for a check round once an announced position is
+/// visible, until shutdown or until the pool is closed. Connection losses are logged and
+/// retried; the rounds go on meanwhile.
 async fn listen(inner: Arc<Inner>) {
     loop {
         let outcome = tokio::select! {
@@ -91,7 +201,7 @@ async fn listen(inner: Arc<Inner>) {
         match outcome {
             Err(sqlx::Error::PoolClosed) => return,
             Err(error) => {
-                tracing::warn!(error = %error, "event log listener lost its connection; followers poll meanwhile");
+                tracing::warn!(error = %error, "event log listener lost its connection; event streams are checked every second meanwhile");
             }
             Ok(()) => {}
         }
@@ -105,15 +215,14 @@ async fn listen(inner: Arc<Inner>) {
 async fn listen_once(inner: &Inner) -> Result<(), sqlx::Error> {
     let mut listener = PgListener::connect_with(&inner.pool).await?;
     listener.listen(NOTIFY_CHANNEL).await?;
-    // Notifications sent before LISTEN took effect were missed: have everyone look once.
-    inner.wake_all();
+    // Notifications sent before LISTEN took effect were missed: look once.
+    inner.check_now.notify_one();
     // Appends are announced as they are written, usually before their transaction commits, so
-    // a follower woken at once would find nothing new and sleep until its next poll. Followers
-    // are woken when the announced position is visible instead, looking again at growing
-    // intervals (one query here rather than one per follower).
+    // a check at once would find nothing new. The check waits until the announced position is
+    // visible instead, looking again at growing intervals.
     let mut announced: Option<i64> = None;
     let mut recheck = RECHECK_MIN;
-    let mut last_wake = tokio::time::Instant::now();
+    let mut last_check = tokio::time::Instant::now();
     loop {
         tokio::select! {
             received = listener.try_recv() => match received? {
@@ -121,24 +230,24 @@ async fn listen_once(inner: &Inner) -> Result<(), sqlx::Error> {
                     Ok(position) => {
                         announced = Some(announced.map_or(position, |a| a.max(position)));
                         // Busy logs announce every millisecond; followers need not read as often.
-                        recheck = WAKE_SPACING.saturating_sub(last_wake.elapsed());
+                        recheck = WAKE_SPACING.saturating_sub(last_check.elapsed());
                     }
-                    Err(_) => inner.wake_all(),
+                    Err(_) => inner.check_now.notify_one(),
                 },
                 // The connection was lost and is back: notifications may have been lost.
-                None => inner.wake_all(),
+                None => inner.check_now.notify_one(),
             },
             () = tokio::time::sleep(recheck), if announced.is_some() => {
                 let position = announced.unwrap_or_default();
                 let visible = is_visible(&inner.pool, position).await.unwrap_or(true);
-                if visible || recheck >= POLL_INTERVAL {
-                    // Visible, or never will be (rolled back) as far as waiting here goes:
-                    // followers poll anyway.
-                    inner.wake_all();
-                    last_wake = tokio::time::Instant::now();
+                if visible || recheck >= CHECK_INTERVAL {
+                    // Visible, or never will be (rolled back) as far as waiting here goes: the
+                    // rounds look anyway.
+                    inner.check_now.notify_one();
+                    last_check = tokio::time::Instant::now();
                     announced = None;
                 } else {
-                    recheck = (recheck * 2).clamp(RECHECK_MIN, POLL_INTERVAL);
+                    recheck = (recheck * 2).clamp(RECHECK_MIN, CHECK_INTERVAL);
                 }
             }
         }
@@ -153,20 +262,79 @@ async fn is_visible(pool: &PgPool, position: i64) -> Result<bool, sqlx::Error> {
         .await
 }
 
-impl Inner {
-    fn wake_all(&self) {
-        self.wake.send_modify(|n| *n = n.wrapping_add(1));
+/// Check rounds, every [`CHECK_INTERVAL`] and whenever the listener asks, until shutdown.
+async fn check_rounds(inner: Arc<Inner>) {
+    loop {
+        tokio::select! {
+            () = inner.stop.cancelled() => return,
+            () = inner.check_now.notified() => {}
+            () = tokio::time::sleep(CHECK_INTERVAL) => {}
+        }
+        if let Err(error) = check_round(&inner).await {
+            if matches!(error, sqlx::Error::PoolClosed) {
+                return;
+            }
+            tracing::warn!(error = %error, "event streams could not be checked; trying again");
+        }
     }
 }
 
+/// One round: wakes the followers of every stream that moved, and ends the streams of
+/// sessions that ended (revoked, expired or gone). Two queries, however many streams are open.
+async fn check_round(inner: &Inner) -> Result<(), sqlx::Error> {
+    let (streams, sessions): (Vec<String>, Vec<Uuid>) = {
+        let registry = inner.lock();
+        (
+            registry.streams.keys().cloned().collect(),
+            registry.sessions.keys().copied().collect(),
+        )
+    };
+    if !streams.is_empty() {
+        let versions: Vec<(String, i64)> = sqlx::query_as(
+            "select stream_id, max(stream_version) from events
+              where stream_id = any($1) group by stream_id",
+        )
+        .bind(&streams)
+        .fetch_all(&inner.pool)
+        .await?;
+        let registry = inner.lock();
+        for (stream, version) in versions {
+            if let Some((sender, _)) = registry.streams.get(&stream) {
+                sender.send_if_modified(|seen| {
+                    let moved = version > *seen;
+                    if moved {
+                        *seen = version;
+                    }
+                    moved
+                });
+            }
+        }
+    }
+    if !sessions.is_empty() {
+        let active: Vec<Uuid> = sqlx::query_scalar(
+            "select session_id from sessions
+              where session_id = any($1) and revoked_at is null and expires_at > now()",
+        )
+        .bind(&sessions)
+        .fetch_all(&inner.pool)
+        .await?;
+        let registry = inner.lock();
+        for session in sessions.iter().filter(|s| !active.contains(s)) {
+            if let Some((ended, _)) = registry.sessions.get(session) {
+                ended.cancel();
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A follower of one project's stream: hands out the events after a resume point, then waits
-/// for more, and ends once everything read was handed out and the project is in a final status.
+/// for more, and ends once everything read was handed out and the project is in a final status,
+/// or when its session ends.
 #[derive(Debug)]
 pub struct Follower {
     store: EventStore,
-    stream: String,
-    wake: watch::Receiver<u64>,
-    stop: CancellationToken,
+    subscription: Subscription,
     /// The project as folded from every event read so far.
     project: Project,
     /// The version of the last event read.
@@ -176,13 +344,12 @@ pub struct Follower {
 }
 
 impl Follower {
-    /// A follower of the stream `stream` whose events so far are `history`, handing out those
-    /// from index `resume_at` on. `wake` must have been subscribed before `history` was read, so
-    /// that no append after the read goes unnoticed.
+    /// A follower through `subscription` whose stream's events so far are `history`, handing
+    /// out those from index `resume_at` on. The subscription must have been taken before
+    /// `history` was read.
     pub fn new(
         store: EventStore,
-        watch: &LogWatch,
-        wake: watch::Receiver<u64>,
+        subscription: Subscription,
         project: Project,
         history: Vec<RecordedEvent>,
         resume_at: usize,
@@ -190,9 +357,7 @@ impl Follower {
         let version = history.last().map_or(0, |e| e.stream_version);
         Self {
             store,
-            stream: idp_events::project::stream_id(project.id),
-            wake,
-            stop: watch.stopping(),
+            subscription,
             project,
             version,
             pending: history.into_iter().skip(resume_at).collect(),
@@ -200,24 +365,27 @@ impl Follower {
     }
 
     /// The next event to hand out, or `None` when the stream should end: the project is in a
-    /// final status and every event read was handed out, the process is shutting down, or the
-    /// log cannot be read (the client resumes with `Last-Event-ID`).
+    /// final status and every event read was handed out, the session ended, the process is
+    /// shutting down, or the log cannot be read (the client resumes with `Last-Event-ID`).
     pub async fn next(&mut self) -> Option<RecordedEvent> {
         loop {
+            if self.subscription.ended.is_cancelled() {
+                return None;
+            }
             if let Some(event) = self.pending.pop_front() {
                 return Some(event);
             }
-            if self.project.status.is_final() || self.stop.is_cancelled() {
+            if self.project.status.is_final() {
                 return None;
             }
-            self.wait().await;
-            if self.stop.is_cancelled() {
+            if !self.wait().await {
                 return None;
             }
-            match self.store.read_stream(&self.stream, self.version + 1).await {
+            let stream = &self.subscription.stream;
+            match self.store.read_stream(stream, self.version + 1).await {
                 Ok(events) => self.take(events),
                 Err(error) => {
-                    tracing::warn!(error = %error, stream.id = %self.stream, "ending an event stream: the log cannot be read");
+                    tracing::warn!(error = %error, stream.id = %stream, "ending an event stream: the log cannot be read");
                     return None;
                 }
             }
@@ -239,20 +407,20 @@ impl Follower {
         }
     }
 
-    /// Until a notification, the poll interval, or shutdown.
-    async fn wait(&mut self) {
-        tokio::select! {
-            changed = self.wake.changed() => {
-                if changed.is_err() {
-                    // The listener is gone: fall back to polling alone.
-                    tokio::select! {
-                        () = tokio::time::sleep(POLL_INTERVAL) => {}
-                        () = self.stop.cancelled() => {}
+    /// Until the stream is seen beyond what was read (true), or the stream must end (false).
+    async fn wait(&mut self) -> bool {
+        loop {
+            if *self.subscription.version.borrow_and_update() > self.version {
+                return true;
+            }
+            tokio::select! {
+                changed = self.subscription.version.changed() => {
+                    if changed.is_err() {
+                        return false;
                     }
                 }
+                () = self.subscription.ended.cancelled() => return false,
             }
-            () = tokio::time::sleep(POLL_INTERVAL) => {}
-            () = self.stop.cancelled() => {}
         }
     }
 }
@@ -296,19 +464,24 @@ mod tests {
         }
     }
 
+    fn lazy_pool() -> PgPool {
+        PgPoolOptions::new()
+            .connect_lazy("postgres://127.0.0.1:1/none")
+            .unwrap()
+    }
+
     /// A follower that never reaches the database (the pool connects lazily, and the tests
     /// only take what was handed in).
     fn follower(history: Vec<RecordedEvent>, resume_at: usize) -> Follower {
-        let pool = PgPoolOptions::new()
-            .connect_lazy("postgres://127.0.0.1:1/none")
+        let pool = lazy_pool();
+        let watch = LogWatch::new(pool.clone(), 4);
+        let subscription = watch
+            .follow(Uuid::nil(), Uuid::nil(), idp_events::project::stream_id(Uuid::nil()))
             .unwrap();
-        let watch = LogWatch::new(pool.clone());
-        let (_tx, wake) = watch::channel(0);
         let project = Project::fold(Uuid::nil(), &history);
         Follower::new(
             EventStore::new(pool),
-            &watch,
-            wake,
+            subscription,
             project,
             history,
             resume_at,
@@ -347,9 +520,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn streams_per_user_are_capped_and_a_closed_one_frees_its_place() {
+        let watch = LogWatch::new(lazy_pool(), 2);
+        let (ada, bob) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let first = watch.follow(ada, ada, "project-a".into()).unwrap();
+        let _second = watch.follow(ada, ada, "project-a".into()).unwrap();
+        assert_eq!(
+            watch.follow(ada, ada, "project-b".into()).unwrap_err(),
+            TooManyStreams(2)
+        );
+        let _other = watch.follow(bob, bob, "project-a".into()).unwrap();
+        assert_eq!(watch.open_streams(), 3);
+        drop(first);
+        assert_eq!(watch.open_streams(), 2);
+        assert!(watch.follow(ada, ada, "project-b".into()).is_ok());
+    }
+
+    #[tokio::test]
     async fn shutdown_ends_a_waiting_follower() {
         let mut follower = follower(vec![recorded(1, &requested())], 1);
-        follower.stop.cancel();
+        follower.subscription.inner.stop.cancel();
         assert!(
             tokio::time::timeout(Duration::from_secs(5), follower.next())
                 .await

@@ -12,6 +12,7 @@ use utoipa::ToSchema;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, AuthUser, ClientContext};
 use crate::identity::{Email, Profile, TokenPair};
+use idp_events::identity::display_name::DisplayName;
 use crate::startup::AppState;
 
 /// The routes of this module.
@@ -59,7 +60,8 @@ pub struct RegisterRequest {
     /// 12 to 128 characters, not a common password.
     #[schema(min_length = 12, max_length = 128)]
     pub password: String,
-    /// Name to show, at most 100 characters (blank: none).
+    /// Name to show, at most 100 characters (blank: none), without control, format or line and
+    /// paragraph separator characters.
     #[schema(max_length = 100)]
     pub display_name: Option<String>,
 }
@@ -67,7 +69,7 @@ pub struct RegisterRequest {
 /// Registers an account. The answer is the same whether or not the address is taken.
 #[utoipa::path(post, path = "/v1/auth/register", tag = "auth", request_body = RegisterRequest,
     responses((status = 202, description = "Accepted; check your mailbox", body = Acknowledgement),
-              (status = 422, description = "Invalid email, password or display name"),
+              (status = 422, description = "Invalid email, password or display name (too long, or with control or format characters)"),
               (status = 429, description = "Too many registrations from this address")))]
 #[tracing::instrument(name = "auth.register", skip_all)]
 pub async fn register(
@@ -76,18 +78,11 @@ pub async fn register(
     ApiJson(body): ApiJson<RegisterRequest>,
 ) -> Result<Response, ApiError> {
     let email = Email::parse(&body.email)?;
-    let display_name = body
-        .display_name
-        .map(|n| n.trim().to_owned())
-        .filter(|n| !n.is_empty());
-    if display_name
-        .as_ref()
-        .is_some_and(|n| n.chars().count() > 100)
-    {
-        return Err(ApiError::Unprocessable(
-            "display_name: at most 100 characters".into(),
-        ));
-    }
+    let display_name = match body.display_name.as_deref().map(DisplayName::parse) {
+        None => None,
+        Some(Ok(name)) => name.map(DisplayName::into_inner),
+        Some(Err(e)) => return Err(ApiError::Unprocessable(format!("display_name: {e}"))),
+    };
     state
         .identity
         .register(&ctx, &email, &body.password, display_name)
@@ -162,20 +157,20 @@ pub struct LoginRequest {
                example = json!({"access_token": "eyJ0eXAiOiJhdCtqd3QiLCJhbGciOiJFZERTQSJ9.eyJzdWIiOiIwMTkwZjRjMiJ9.c2lnbmF0dXJl",
                                 "refresh_token": "3q2Vb8yJkq0m1f0S6yWm2Q0Yb0u5Zl9cXw4tR7uI1oP", "token_type": "Bearer", "expires_in": 900})),
               (status = 401, description = "Invalid credentials (the same answer whatever the reason)"),
-              (status = 429, description = "Too many sign-ins from this address or for this account")))]
+              (status = 422, description = "Not a valid email address"),
+              (status = 429, description = "Too many sign-ins from this address or for this account"),
+              (status = 503, description = "Too many sign-ins are waiting to be checked; try again after Retry-After")))]
 #[tracing::instrument(name = "auth.login", skip_all)]
 pub async fn login(
     State(state): State<AppState>,
     ctx: ClientContext,
     ApiJson(body): ApiJson<LoginRequest>,
 ) -> Result<Json<TokenPair>, ApiError> {
-    // A malformed address cannot belong to an account: same answer as an unknown one.
-    let Ok(email) = Email::parse(&body.email) else {
-        state.identity.hasher().verify_dummy(&body.password).await;
-        return Err(ApiError::InvalidCredentials);
-    };
     Ok(Json(
-        state.identity.login(&ctx, &email, &body.password).await?,
+        state
+            .identity
+            .login(&ctx, &body.email, &body.password)
+            .await?,
     ))
 }
 

@@ -694,6 +694,7 @@ fn sse_event(event: &RecordedEvent) -> Event {
                content((ServerSentEvent = "text/event-stream",
                         example = json!("id: 1042\nevent: StepSucceeded\ndata: {\"position\":1042,\"version\":3,\"type\":\"StepSucceeded\",\"data\":{\"step\":\"database\"},\"recorded_at\":\"2026-12-01T10:00:02Z\"}\n\n")))),
               (status = 400, description = "Last-Event-ID is not an event of this project"),
+              (status = 429, description = "The caller has SSE_MAX_STREAMS_PER_USER streams open already"),
               (status = 404, description = "No such project, or not the caller's (also for an id that is not a UUID)")))]
 #[tracing::instrument(name = "projects.events", skip_all, fields(project.id = %id))]
 pub async fn project_events(
@@ -702,9 +703,23 @@ pub async fn project_events(
     ProjectId(id): ProjectId,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    // Subscribed before reading, so an event appended after the read wakes the follower.
-    let wake = state.log_watch.subscribe();
     let loaded = projects::load_visible(&state, &user, id).await?;
+    // Followers compare the stream's version as the watch last saw it with the version they
+    // read, so an event appended between the read above and this subscription is not missed.
+    let subscription = state
+        .log_watch
+        .follow(
+            user.user_id,
+            user.session_id,
+            idp_events::project::stream_id(id),
+        )
+        .map_err(|e| {
+            metrics::counter!("idp_event_streams_refused_total").increment(1);
+            tracing::info!(reason = %e, "event stream refused");
+            ApiError::TooManyRequests {
+                retry_after_secs: 5,
+            }
+        })?;
     let resume_at = match headers.get("last-event-id") {
         None => 0,
         Some(value) => {
@@ -719,8 +734,7 @@ pub async fn project_events(
     };
     let follower = Follower::new(
         state.store.clone(),
-        &state.log_watch,
-        wake,
+        subscription,
         loaded.project,
         loaded.history,
         resume_at,

@@ -18,7 +18,7 @@ pub const DATABASE_SECRET: &str = "test-database-secret-0123456789abcdef01234567
 /// The project-database key ring of test apps: one key whose secret is [`DATABASE_SECRET`].
 pub const PROJECT_DATABASE_KEYS: &str = "test:test-database-secret-0123456789abcdef01234567";
 /// The login-digest key ring of test apps.
-pub const LOGIN_DIGEST_KEYS: &str = "test:test-login-digest-secret-0123456789abcdef";
+pub const ADDRESS_DIGEST_KEYS: &str = "test:test-address-digest-secret-0123456789abcdef";
 
 /// The email-token key ring of test apps.
 pub fn email_keys() -> idp_events::secret_keys::SecretKeys {
@@ -93,8 +93,8 @@ pub async fn spawn_app_with_keys(
         EMAIL_TOKEN_KEYS,
         "--project-database-keys",
         PROJECT_DATABASE_KEYS,
-        "--login-digest-keys",
-        LOGIN_DIGEST_KEYS,
+        "--address-digest-keys",
+        ADDRESS_DIGEST_KEYS,
     ];
     args.extend_from_slice(extra);
     let config = Config::try_parse_from(args).unwrap();

@@ -25,8 +25,8 @@ pub enum FailureReason {
     UnknownAccount,
 }
 
-/// The stream of sign-in attempts for an address no account has, named by a digest of the
-/// address (the log does not keep addresses people may have mistyped).
+/// The stream of sign-in attempts for an address no account has, named by its keyed digest
+/// (see [`super::address_digest`]; the log does not keep addresses people may have mistyped).
 pub fn unknown_stream_id(email_digest: &str) -> String {
     format!("login-unknown-{email_digest}")
 }
@@ -44,10 +44,12 @@ pub fn failed(reason: FailureReason) -> NewEvent {
     NewEvent::new("LoginFailed", serde_json::json!({ "reason": reason }))
 }
 
-/// A failed sign-in for an address no account has.
+/// A failed sign-in for an address no account has; `email_digest` is the address's keyed
+/// digest in hex. (Events recorded before digests were keyed carry `email_sha256`, a plain
+/// SHA-256, instead.)
 pub fn failed_unknown(email_digest: &str) -> NewEvent {
     NewEvent::new(
         "LoginFailed",
-        serde_json::json!({ "reason": FailureReason::UnknownAccount, "email_sha256": email_digest }),
+        serde_json::json!({ "reason": FailureReason::UnknownAccount, "email_digest": email_digest }),
     )
 }

@@ -2,6 +2,9 @@
 //!
 //! Pure types and decisions only; the API performs them against the store.
 
+pub mod address_digest;
+pub mod display_name;
+pub mod email_request;
 pub mod login;
 pub mod one_time_token;
 pub mod session;

@@ -56,6 +56,24 @@ pub enum UserEvent {
         /// The `VerificationRequested` event whose token was used, if any.
         verification_id: Option<Uuid>,
     },
+    /// The address was registered again while the account was still unverified: a pending
+    /// registration of its own, with its own password (kept beside the log, like every hash)
+    /// and its own verification link, which follows in the same append. Only that link makes
+    /// it the account's ([`UserEvent::PendingRegistrationConfirmed`]), so whoever registered
+    /// the address first cannot end up with the owner's account once the owner verifies.
+    RegistrationRepeated {
+        /// Names the pending registration (and its stored password).
+        registration_id: Uuid,
+        /// Optional name to show, should it be confirmed.
+        display_name: Option<String>,
+    },
+    /// A pending registration's link was used: the account takes its password and name.
+    PendingRegistrationConfirmed {
+        /// The registration.
+        registration_id: Uuid,
+        /// Its name to show.
+        display_name: Option<String>,
+    },
     /// Someone tried to register this address again; the owner gets a notice instead.
     DuplicateRegistrationAttempted {
         /// Where to send the notice.
@@ -125,6 +143,12 @@ pub struct User {
     pub registered_at: Option<DateTime<Utc>>,
     /// The latest verification request still waiting, and when it was made.
     pub pending_verification: Option<(Uuid, DateTime<Utc>)>,
+    /// Every verification request still waiting, each with the registration it confirms.
+    pub verifications: Vec<PendingVerification>,
+    /// Registrations made again while unverified, not confirmed yet.
+    pub pending_registrations: Vec<PendingRegistration>,
+    /// The registration that new verification requests confirm (`None`: the first one).
+    pub current_registration: Option<Uuid>,
     /// The latest reset request still waiting, and when it was made.
     pub pending_reset: Option<(Uuid, DateTime<Utc>)>,
     /// End of the current lock, if any.
@@ -137,6 +161,26 @@ pub struct User {
     pub password_changed_at: Option<DateTime<Utc>>,
     /// Stream version (0 = no such user).
     pub version: i64,
+}
+
+/// A verification link still waiting to be used.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PendingVerification {
+    /// The `VerificationRequested` event (its id makes the token).
+    pub id: Uuid,
+    /// The registration the link confirms: `None` for the account's first registration.
+    pub registration: Option<Uuid>,
+    /// When it was asked for.
+    pub at: DateTime<Utc>,
+}
+
+/// A registration made again while the account was unverified.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PendingRegistration {
+    /// Its id.
+    pub id: Uuid,
+    /// Its name to show.
+    pub display_name: Option<String>,
 }
 
 impl User {
@@ -171,10 +215,32 @@ impl User {
             }
             UserEvent::VerificationRequested { .. } => {
                 self.pending_verification = Some((event_id, at));
+                self.verifications.push(PendingVerification {
+                    id: event_id,
+                    registration: self.current_registration,
+                    at,
+                });
+            }
+            UserEvent::RegistrationRepeated {
+                registration_id,
+                display_name,
+            } => {
+                self.pending_registrations.push(PendingRegistration {
+                    id: *registration_id,
+                    display_name: display_name.clone(),
+                });
+                self.current_registration = Some(*registration_id);
+            }
+            UserEvent::PendingRegistrationConfirmed { display_name, .. } => {
+                self.display_name.clone_from(display_name);
+                self.password_changed_at = Some(at);
             }
             UserEvent::EmailVerified { .. } => {
                 self.email_verified = true;
                 self.pending_verification = None;
+                self.verifications.clear();
+                self.pending_registrations.clear();
+                self.current_registration = None;
             }
             UserEvent::PasswordResetRequested { .. } => self.pending_reset = Some((event_id, at)),
             UserEvent::PasswordReset { .. } => {
@@ -201,6 +267,15 @@ impl User {
             }
             UserEvent::DuplicateRegistrationAttempted { .. } | UserEvent::PasswordRehashed => {}
         }
+    }
+
+    /// The registration that verification link `verification_id` confirms, if the link is
+    /// still waiting: `Some(None)` for the first registration.
+    pub fn registration_of(&self, verification_id: Uuid) -> Option<Option<Uuid>> {
+        self.verifications
+            .iter()
+            .find(|v| v.id == verification_id)
+            .map(|v| v.registration)
     }
 
     /// True once the stream has its first event.
@@ -277,21 +352,64 @@ pub fn register(
     events
 }
 
-/// Confirms the address with the token of `verification_id`.
+/// Confirms the address with the token of `verification_id`, and with it the registration
+/// that link was sent for: a pending one brings its password and name (the caller moves the
+/// password). Every waiting link works until it expires, each for its own registration only.
 pub fn verify_email(
     user: &User,
     verification_id: Uuid,
     now: DateTime<Utc>,
 ) -> Result<Vec<UserEvent>, UserError> {
-    match user.pending_verification {
-        Some((id, at))
-            if id == verification_id && !user.email_verified && now - at <= VERIFICATION_TTL =>
-        {
-            Ok(vec![UserEvent::EmailVerified {
-                verification_id: Some(verification_id),
-            }])
-        }
-        _ => Err(UserError::InvalidToken),
+    if user.email_verified {
+        return Err(UserError::InvalidToken);
+    }
+    let Some(link) = user
+        .verifications
+        .iter()
+        .find(|v| v.id == verification_id && now - v.at <= VERIFICATION_TTL)
+    else {
+        return Err(UserError::InvalidToken);
+    };
+    let mut events = Vec::with_capacity(2);
+    if let Some(registration) = link.registration {
+        let pending = user
+            .pending_registrations
+            .iter()
+            .find(|r| r.id == registration)
+            .ok_or(UserError::InvalidToken)?;
+        events.push(UserEvent::PendingRegistrationConfirmed {
+            registration_id: registration,
+            display_name: pending.display_name.clone(),
+        });
+    }
+    events.push(UserEvent::EmailVerified {
+        verification_id: Some(verification_id),
+    });
+    Ok(events)
+}
+
+/// Someone registers the address of `user` again. An unverified account gets a pending
+/// registration of its own (`registration_id`, whose password the caller keeps) with its own
+/// link; a verified one only a notice to its owner.
+pub fn register_again(
+    user: &User,
+    registration_id: Uuid,
+    display_name: Option<String>,
+) -> Vec<UserEvent> {
+    if user.email_verified {
+        vec![UserEvent::DuplicateRegistrationAttempted {
+            email: user.email.clone(),
+        }]
+    } else {
+        vec![
+            UserEvent::RegistrationRepeated {
+                registration_id,
+                display_name,
+            },
+            UserEvent::VerificationRequested {
+                email: user.email.clone(),
+            },
+        ]
     }
 }
 
@@ -479,7 +597,73 @@ mod tests {
     }
 
     #[test]
-    fn the_latest_verification_link_verifies_once() {
+    fn a_link_of_a_repeated_registration_confirms_that_registration_only() {
+        let first_registrant = Uuid::from_u128(100);
+        let owner = Uuid::from_u128(200);
+        let mut events = registered(); // link 2: the first registration
+        events.extend(register_again(
+            &given(&events),
+            first_registrant,
+            Some("Squatter".into()),
+        )); // 3, link 4
+        events.extend(register_again(&given(&events), owner, Some("Ada".into()))); // 5, link 6
+        events.extend(request_verification(&given(&events))); // link 7: a resend, for the latest
+        let user = given(&events);
+        assert_eq!(user.registration_of(Uuid::from_u128(2)), Some(None));
+        assert_eq!(
+            user.registration_of(Uuid::from_u128(4)),
+            Some(Some(first_registrant))
+        );
+        assert_eq!(user.registration_of(Uuid::from_u128(7)), Some(Some(owner)));
+        // The owner's link confirms the owner's registration, name included.
+        let confirmed = verify_email(&user, Uuid::from_u128(6), Utc::now()).unwrap();
+        assert_eq!(
+            confirmed,
+            vec![
+                UserEvent::PendingRegistrationConfirmed {
+                    registration_id: owner,
+                    display_name: Some("Ada".into()),
+                },
+                UserEvent::EmailVerified {
+                    verification_id: Some(Uuid::from_u128(6)),
+                },
+            ]
+        );
+        events.extend(confirmed);
+        let verified = given(&events);
+        assert!(verified.email_verified);
+        assert_eq!(verified.display_name.as_deref(), Some("Ada"));
+        assert!(verified.pending_registrations.is_empty());
+        // Every other link is spent now.
+        for link in [2, 4, 6, 7] {
+            assert_eq!(
+                verify_email(&verified, Uuid::from_u128(link), Utc::now()),
+                Err(UserError::InvalidToken)
+            );
+        }
+        // A verified account's owner only gets a notice.
+        assert_eq!(
+            register_again(&verified, Uuid::from_u128(300), None),
+            vec![UserEvent::DuplicateRegistrationAttempted {
+                email: "ada@example.com".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn the_first_registrations_link_confirms_no_pending_one() {
+        let mut events = registered();
+        events.extend(register_again(&given(&events), Uuid::from_u128(100), None));
+        assert_eq!(
+            verify_email(&given(&events), Uuid::from_u128(2), Utc::now()),
+            Ok(vec![UserEvent::EmailVerified {
+                verification_id: Some(Uuid::from_u128(2))
+            }])
+        );
+    }
+
+    #[test]
+    fn a_verification_link_verifies_once() {
         let user = given(&registered());
         // The VerificationRequested event got id 2 in `given`.
         assert_eq!(

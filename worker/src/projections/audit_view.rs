@@ -192,6 +192,14 @@ fn user_summary(event: &UserEvent) -> String {
         UserEvent::DuplicateRegistrationAttempted { email } => {
             format!("registration attempted again for {email}")
         }
+        UserEvent::RegistrationRepeated { .. } => {
+            "registered again while unverified (a pending registration with its own link)"
+                .to_owned()
+        }
+        UserEvent::PendingRegistrationConfirmed { .. } => {
+            "a pending registration was confirmed with its link (its password and name apply)"
+                .to_owned()
+        }
         UserEvent::PasswordResetRequested { email } => {
             format!("password reset requested for {email}")
         }

@@ -277,6 +277,10 @@ fn apply_user_event(e: &mut Entry, event: &UserEvent, at: DateTime<Utc>) {
             e.password_changed_at = Some(at);
             e.failed_logins = 0;
         }
+        UserEvent::PendingRegistrationConfirmed { display_name, .. } => {
+            e.display_name.clone_from(display_name);
+            e.password_changed_at = Some(at);
+        }
         UserEvent::RolesChanged { roles } => e.roles.clone_from(roles),
         UserEvent::AccountLocked { until, lock_count } => {
             e.locked_until = Some(*until);
@@ -288,6 +292,7 @@ fn apply_user_event(e: &mut Entry, event: &UserEvent, at: DateTime<Utc>) {
             e.failed_logins = 0;
         }
         UserEvent::VerificationRequested { .. }
+        | UserEvent::RegistrationRepeated { .. }
         | UserEvent::DuplicateRegistrationAttempted { .. }
         | UserEvent::PasswordResetRequested { .. }
         | UserEvent::PasswordRehashed => {}

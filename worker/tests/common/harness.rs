@@ -27,7 +27,7 @@ pub const DATABASE_SECRET: &str = "test-database-secret-0123456789abcdef01234567
 /// The project-database key ring of test apps: one key whose secret is [`DATABASE_SECRET`].
 pub const PROJECT_DATABASE_KEYS: &str = "test:test-database-secret-0123456789abcdef01234567";
 /// The login-digest key ring of test apps.
-pub const LOGIN_DIGEST_KEYS: &str = "test:test-login-digest-secret-0123456789abcdef";
+pub const ADDRESS_DIGEST_KEYS: &str = "test:test-address-digest-secret-0123456789abcdef";
 
 /// The email-token key ring of test apps.
 pub fn email_keys() -> idp_events::secret_keys::SecretKeys {
@@ -288,8 +288,8 @@ pub async fn start_api(conn: &PgConnectOptions) -> TestApi {
         EMAIL_TOKEN_KEYS,
         "--project-database-keys",
         PROJECT_DATABASE_KEYS,
-        "--login-digest-keys",
-        LOGIN_DIGEST_KEYS,
+        "--address-digest-keys",
+        ADDRESS_DIGEST_KEYS,
         "--admin-email",
         ADMIN_EMAIL,
         "--admin-password",
