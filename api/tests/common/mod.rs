@@ -51,7 +51,10 @@ pub fn amqp_url() -> String {
 
 pub struct TestApp {
     pub base: String,
+    /// The access-token keys (`JWT_KEYS_DIR`).
     pub keys_dir: PathBuf,
+    /// Where the API reads the keys that verify seals (`SEAL_KEYS_DIR`); empty at start.
+    pub seal_keys_dir: PathBuf,
     pub client: reqwest::Client,
     stop: CancellationToken,
     handle: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -75,6 +78,9 @@ pub async fn spawn_app_with_keys(
     let db = database_url(conn);
     let amqp = amqp_url();
     let keys = keys_dir.display().to_string();
+    let seal_keys_dir =
+        std::env::temp_dir().join(format!("idp-test-seal-keys-{}", uuid::Uuid::now_v7()));
+    let seal_keys = seal_keys_dir.display().to_string();
     let mut args = vec![
         "idp-api",
         "--database-url",
@@ -85,6 +91,8 @@ pub async fn spawn_app_with_keys(
         "127.0.0.1:0",
         "--jwt-keys-dir",
         &keys,
+        "--seal-keys-dir",
+        &seal_keys,
         "--email-token-keys",
         EMAIL_TOKEN_KEYS,
         "--project-database-keys",
@@ -101,6 +109,7 @@ pub async fn spawn_app_with_keys(
     TestApp {
         base,
         keys_dir,
+        seal_keys_dir,
         client: reqwest::Client::builder()
             .user_agent("idp-tests/1.0")
             .build()
@@ -203,5 +212,6 @@ impl TestApp {
         self.stop.cancel();
         self.handle.await.unwrap().unwrap();
         let _ = std::fs::remove_dir_all(&self.keys_dir);
+        let _ = std::fs::remove_dir_all(&self.seal_keys_dir);
     }
 }
