@@ -99,6 +99,17 @@ pub struct Config {
     )]
     pub project_database_keys: Option<String>,
 
+    /// Directory of the keys that verify the log's seals (`<kid>.pem`, Ed25519): SPKI public
+    /// PEMs in production (`idp-worker seal-public-keys` writes them); the worker's private
+    /// PEMs also work, for development. Read at each verification, so a new key counts at once.
+    #[arg(
+        long,
+        env = "SEAL_KEYS_DIR",
+        value_name = "SEAL_KEYS_DIR",
+        default_value = "./var/seal-keys"
+    )]
+    pub seal_keys_dir: PathBuf,
+
     /// Settings of sign-in and tokens.
     #[command(flatten)]
     pub identity: IdentityConfig,

@@ -55,6 +55,8 @@ pub struct AppState {
     pub log_watch: LogWatch,
     /// The key ring of project database passwords (`PROJECT_DATABASE_KEYS`).
     pub database_keys: Arc<SecretKeys>,
+    /// Where the keys that verify seals are (`SEAL_KEYS_DIR`), read at each verification.
+    pub seal_keys_dir: Arc<std::path::Path>,
 }
 
 /// A built API, bound to its address, not yet serving.
@@ -106,6 +108,7 @@ impl Application {
             catalogue,
             log_watch: log_watch.clone(),
             database_keys,
+            seal_keys_dir: Arc::from(config.seal_keys_dir.as_path()),
         };
         let health = Health::new(pool.clone(), broker).with_optional_broker();
         let internal_router = idp_ops::health::router(health.clone());

@@ -1,6 +1,7 @@
 //! `/v1/admin/audit/*` over HTTP: verification of an intact and of a tampered log, the latest
 //! signed seal (checkable without idp), and access control. Seals are made here with the
-//! library's sealing round, as the worker's sealer would, with the API's own key.
+//! library's sealing round, as the worker's sealer would, with a seal key of their own whose
+//! private half the API never sees: its `SEAL_KEYS_DIR` holds the public half only.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -19,15 +20,46 @@ use serde_json::{Value, json};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 
-/// Seals every committed event with the API's signing key, as the worker's sealer does.
+/// The worker's seal key: kept beside the API's `SEAL_KEYS_DIR`, which gets only the public
+/// half (as `idp-worker seal-public-keys` writes it).
+fn worker_seal_key(app: &common::TestApp) -> SealSigner {
+    let private = worker_seal_keys_dir(app);
+    let signer = match SealSigner::load_dir(&private).unwrap() {
+        Some(signer) => signer,
+        None => SealSigner::generate_in(&private).unwrap(),
+    };
+    std::fs::create_dir_all(&app.seal_keys_dir).unwrap();
+    std::fs::write(
+        app.seal_keys_dir.join(format!("{}.pem", signer.key_id())),
+        seal::public_pem(&signer.verifying_key()).unwrap(),
+    )
+    .unwrap();
+    signer
+}
+
+/// Where the worker's private seal key is, away from the API.
+fn worker_seal_keys_dir(app: &common::TestApp) -> std::path::PathBuf {
+    app.seal_keys_dir.with_extension("worker")
+}
+
+/// Stops `app` and removes the worker's seal key beside it.
+async fn stop(app: common::TestApp) {
+    let _ = std::fs::remove_dir_all(worker_seal_keys_dir(&app));
+    app.stop().await;
+}
+
+/// Seals every committed event with the worker's seal key, as the worker's sealer does.
 /// Rounds only seal below the commit-safe horizon, which other tests' transactions may hold
 /// back for a moment.
 async fn seal_all(app: &common::TestApp, pool: &PgPool) {
-    let signer = SealSigner::load_dir(&app.keys_dir).unwrap().unwrap();
+    seal_all_with(&worker_seal_key(app), pool).await;
+}
+
+async fn seal_all_with(signer: &SealSigner, pool: &PgPool) {
     let mut conn = pool.acquire().await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        seal::seal_pending(&mut conn, &signer, 1000).await.unwrap();
+        seal::seal_pending(&mut conn, signer, 1000).await.unwrap();
         let unsealed: i64 = sqlx::query_scalar(
             "select count(*) from events e
               where not exists (select 1 from seals s
@@ -128,6 +160,11 @@ async fn the_seal_route_answers_404_before_the_first_seal_then_a_seal_checkable_
         )
     );
     assert_eq!(body["public_key"]["kid"], body["key_id"]);
+    // ... from a directory of public keys only.
+    for entry in std::fs::read_dir(&app.seal_keys_dir).unwrap() {
+        let pem = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----"), "{pem}");
+    }
 
     // The seal hash follows from the published fields, and the published key signed it.
     let hash: [u8; 32] = hex::decode(body["seal_hash"].as_str().unwrap())
@@ -171,7 +208,7 @@ async fn the_seal_route_answers_404_before_the_first_seal_then_a_seal_checkable_
     from_pem
         .verify(&message, &Signature::from_slice(&signature).unwrap())
         .unwrap();
-    app.stop().await;
+    stop(app).await;
 }
 
 #[sqlx::test(migrations = false)]
@@ -277,5 +314,38 @@ async fn verify_reports_an_intact_log_then_names_an_edited_event_and_a_forged_se
             .await;
         assert_eq!(response.status(), 400, "{bad}");
     }
-    app.stop().await;
+    stop(app).await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_seal_signed_with_the_access_token_key_is_reported_as_an_unknown_key(
+    _opts: PgPoolOptions,
+    conn: PgConnectOptions,
+) {
+    let app = spawn_app(&conn, &common::ADMIN_ARGS).await;
+    let admin = app.token("root@example.com", "the admin passphrase").await;
+    let pool = PgPoolOptions::new()
+        .connect_with(conn.clone())
+        .await
+        .unwrap();
+    // As the worker sealed before seals had keys of their own; the API's seal keys are its
+    // own public ones.
+    let access_token_key = SealSigner::load_dir(&app.keys_dir).unwrap().unwrap();
+    seal_all_with(&access_token_key, &pool).await;
+    let seal_key = worker_seal_key(&app);
+    assert_ne!(seal_key.key_id(), access_token_key.key_id());
+
+    let report = report(&app, &admin, "").await;
+    assert_eq!(report["intact"], false, "{report}");
+    assert_eq!(report["first_problem"]["kind"], "seal_unknown_key");
+    assert_eq!(report["first_problem"]["seal"], 1);
+    let latest = app.get_auth("/v1/admin/audit/seal", &admin).await;
+    let body: Value = latest.json().await.unwrap();
+    assert_eq!(body["key_id"], access_token_key.key_id());
+    assert_eq!(
+        body["public_key"],
+        Value::Null,
+        "the access-token key is no seal key"
+    );
+    stop(app).await;
 }

@@ -1,7 +1,9 @@
-//! The server's key directory (`JWT_KEYS_DIR`): Ed25519 keys as `<kid>.pem` (PKCS#8), the kid
-//! sorting last signs. The API signs access tokens with it and the worker signs the log's
-//! seals, so both read it the same way.
+//! The layout of the servers' key directories: Ed25519 keys as `<kid>.pem`, the kid sorting last
+//! signs. Two directories share it, one per purpose: `JWT_KEYS_DIR`, whose keys sign the API's
+//! access tokens, and `SEAL_KEYS_DIR`, whose keys sign the log's seals ([`crate::seal`]). Keys
+//! made here are private to their owner: files 0600, directories 0700.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
@@ -70,6 +72,50 @@ pub fn list_pem_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, KeyDirError>
     Ok(files)
 }
 
+/// The id of a key made now: the UTC time to the second (`2026-11-22T190000Z`), so that keys made
+/// later sort later and sign.
+pub fn new_kid() -> String {
+    chrono::Utc::now().format("%Y-%m-%dT%H%M%SZ").to_string()
+}
+
+/// Creates `dir` and its missing parents, 0700 on unix. A directory that exists keeps its mode:
+/// it is the operator's.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
+/// Writes `contents` to `path` as a new file readable by its owner only (0600 on unix), unless
+/// a file of that name exists: returns `false` then, leaving it as it is.
+///
+/// The file is written aside, synced and linked into place, so a reader never sees half of it,
+/// a crash leaves no truncated file, and of two processes writing the same name at once, one
+/// wins and the other reads the winner's.
+pub fn write_private_file_once(path: &Path, contents: &[u8]) -> std::io::Result<bool> {
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(format!(".new-{}", uuid::Uuid::now_v7().simple()));
+    let aside = PathBuf::from(aside);
+    let written = (|| {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&aside)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        std::fs::hard_link(&aside, path)
+    })();
+    let _ = std::fs::remove_file(&aside);
+    match written {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// A public key as a JSON Web Key (`OKP`/`Ed25519`, `alg` `EdDSA`, `use` `sig`).
 pub fn public_jwk(kid: &str, key: &VerifyingKey) -> Value {
     serde_json::json!({
@@ -116,5 +162,31 @@ mod tests {
         std::fs::write(dir.join("bad name.pem"), "").unwrap();
         assert!(matches!(list_pem_files(&dir), Err(KeyDirError::BadKid(_))));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_private_file_is_written_once_for_its_owner_only_and_never_replaced() {
+        let dir = std::env::temp_dir().join(format!("idp-key-dir-{}", uuid::Uuid::now_v7()));
+        let nested = dir.join("keys");
+        create_private_dir(&nested).unwrap();
+        let file = nested.join("k.pem");
+        assert!(write_private_file_once(&file, b"first").unwrap());
+        assert!(!write_private_file_once(&file, b"second").unwrap());
+        assert_eq!(std::fs::read(&file).unwrap(), b"first");
+        let names: Vec<_> = std::fs::read_dir(&nested).unwrap().collect();
+        assert_eq!(names.len(), 1, "nothing left aside");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&file), 0o600);
+            assert_eq!(mode(&nested), 0o700);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn new_key_ids_are_valid() {
+        assert!(valid_kid(&new_kid()));
     }
 }

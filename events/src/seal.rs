@@ -9,8 +9,14 @@
 //! - `entries` = for each event: position (8 bytes big-endian) || chain hash (32 bytes);
 //! - `events_digest` = `sha256(previous seal hash || entries)` (32 zero bytes before seal 1);
 //! - `seal_hash` = `sha256` over every field of the seal ([`SealFields::hash`]);
-//! - `signature` = Ed25519 over `"idp-seal-v1" || 0x00 || seal_hash` with the server key named
-//!   `key_id` (the API's access-token keys in `JWT_KEYS_DIR`).
+//! - `signature` = Ed25519 over `"idp-seal-v1" || 0x00 || seal_hash` with the seal key named
+//!   `key_id`.
+//!
+//! Seal keys have a directory of their own, `SEAL_KEYS_DIR`, laid out like the access-token
+//! keys' ([`crate::key_dir`]): `<kid>.pem` files, the private key whose name sorts last signs.
+//! No access-token key signs a seal, so whoever can seal cannot mint access tokens. Verifiers
+//! need only the public halves: [`PublicKeys::load_dir`] reads SPKI public PEMs as well as
+//! private PKCS#8 ones, and [`SealSigner::load_dir`] skips public ones.
 //!
 //! [`verify_log`] recomputes every stream chain and every seal: the seal chain's links, each
 //! seal's hash and signature, and each seal's entries against the events now in its range. It
@@ -31,7 +37,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
-use ed25519_dalek::pkcs8::{DecodePrivateKey as _, EncodePublicKey as _};
+use ed25519_dalek::pkcs8::{
+    DecodePrivateKey as _, DecodePublicKey as _, EncodePrivateKey as _, EncodePublicKey as _,
+};
 use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
 use futures::{Stream, StreamExt as _};
 use serde::Serialize;
@@ -112,7 +120,7 @@ pub struct SealFields {
     pub events_digest: [u8; 32],
     /// The previous seal's `seal_hash`, or [`GENESIS`] for seal 1.
     pub previous_hash: [u8; 32],
-    /// The signing key's id (the file stem of its PEM in `JWT_KEYS_DIR`).
+    /// The signing key's id (the file stem of its PEM in `SEAL_KEYS_DIR`).
     pub key_id: String,
     /// When the seal was made (microsecond precision, as stored).
     pub created_at: DateTime<Utc>,
@@ -172,10 +180,10 @@ impl Seal {
 // ---------------------------------------------------------------------------------------------
 // Keys.
 
-/// Errors loading seal keys. Messages never contain key material.
+/// Errors loading or making seal keys. Messages never contain key material.
 #[derive(Debug, thiserror::Error)]
 pub enum SealKeyError {
-    /// Reading the key directory or a key file failed.
+    /// Reading or writing the key directory or a key file failed.
     #[error("seal key I/O on {path}: {source}", path = path.display())]
     Io {
         /// The file or directory.
@@ -184,7 +192,7 @@ pub enum SealKeyError {
         #[source]
         source: std::io::Error,
     },
-    /// A file is not a PKCS#8 PEM Ed25519 private key.
+    /// A file is neither a PKCS#8 PEM Ed25519 private key nor an SPKI PEM Ed25519 public key.
     #[error("invalid seal key {origin}: {reason}")]
     BadPem {
         /// The file, or `inline key <kid>`.
@@ -195,9 +203,12 @@ pub enum SealKeyError {
     /// A key id (file stem) does not match `[A-Za-z0-9._-]{1,64}`.
     #[error("invalid seal key id {0:?} (expected [A-Za-z0-9._-]{{1,64}})")]
     BadKid(String),
+    /// Encoding a freshly generated key failed.
+    #[error("cannot encode a generated seal key: {0}")]
+    Generate(String),
 }
 
-/// The key that signs new seals: the server's newest access-token key.
+/// The key that signs new seals: the private key in `SEAL_KEYS_DIR` whose name sorts last.
 pub struct SealSigner {
     key_id: String,
     key: SigningKey,
@@ -236,14 +247,41 @@ impl SealSigner {
         Self::new(key_id, SigningKey::from_bytes(&rand::random::<[u8; 32]>()))
     }
 
-    /// The key in `dir` whose file name sorts last (the one that signs access tokens), or
-    /// `None` when the directory has no key (yet).
+    /// The private key in `dir` whose file name sorts last, or `None` when the directory has
+    /// no private key (yet). Public keys (SPKI PEMs) are skipped: they only verify old seals.
     pub fn load_dir(dir: &Path) -> Result<Option<Self>, SealKeyError> {
-        let Some((kid, path)) = list_pem_files(dir)?.pop() else {
-            return Ok(None);
+        for (kid, path) in list_pem_files(dir)?.into_iter().rev() {
+            if let KeyFile::Private(key) = read_key_file(&path)? {
+                return Self::new(kid, key).map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Writes a new private key to `dir` (created 0700 if missing; the file 0600), named
+    /// `seal-<UTC time>` so that it sorts after older seal keys and after access-token keys
+    /// copied in to verify old seals (named by time alone), and returns the signer `dir` then
+    /// has. Two processes generating at once end up with the same key, or with two keys
+    /// of which both sign with the one sorting last.
+    pub fn generate_in(dir: &Path) -> Result<Self, SealKeyError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| SealKeyError::Io { path, source }
         };
-        let key = read_key(&path)?;
-        Self::new(kid, key).map(Some)
+        key_dir::create_private_dir(dir).map_err(io(dir))?;
+        let key = SigningKey::from_bytes(&rand::random::<[u8; 32]>());
+        let pem = key
+            .to_pkcs8_pem(LineEnding::LF)
+            .map_err(|e| SealKeyError::Generate(e.to_string()))?;
+        let path = dir.join(format!("seal-{}.pem", key_dir::new_kid()));
+        key_dir::write_private_file_once(&path, pem.as_bytes()).map_err(io(&path))?;
+        Self::load_dir(dir)?.ok_or_else(|| SealKeyError::Io {
+            path: dir.to_path_buf(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the generated key is not in the directory",
+            ),
+        })
     }
 
     /// The key id.
@@ -271,15 +309,26 @@ impl SealSigner {
 
 /// The public keys that seals may be signed with, by key id.
 #[derive(Debug, Clone, Default)]
-pub struct PublicKeys(BTreeMap<String, VerifyingKey>);
+pub struct PublicKeys {
+    keys: BTreeMap<String, VerifyingKey>,
+    /// The ids of the keys read from private key files.
+    from_private: Vec<String>,
+}
 
 impl PublicKeys {
-    /// The public halves of every key in `dir` (`*.pem`, PKCS#8 Ed25519 private keys named
-    /// `<kid>.pem`). A missing directory has none.
+    /// The keys in `dir` (`<kid>.pem`): SPKI PEM public keys, and the public halves of PKCS#8
+    /// PEM private keys. A missing directory has none. Verifiers in production should be given
+    /// public keys only ([`Self::private_key_ids`] names the others).
     pub fn load_dir(dir: &Path) -> Result<Self, SealKeyError> {
         let mut keys = Self::default();
         for (kid, path) in list_pem_files(dir)? {
-            keys.insert(kid, read_key(&path)?.verifying_key());
+            match read_key_file(&path)? {
+                KeyFile::Public(key) => keys.insert(kid, key),
+                KeyFile::Private(key) => {
+                    keys.insert(kid.clone(), key.verifying_key());
+                    keys.from_private.push(kid);
+                }
+            }
         }
         Ok(keys)
     }
@@ -311,22 +360,35 @@ impl PublicKeys {
 
     /// Adds (or replaces) a key.
     pub fn insert(&mut self, key_id: impl Into<String>, key: VerifyingKey) {
-        self.0.insert(key_id.into(), key);
+        let key_id = key_id.into();
+        self.from_private.retain(|id| *id != key_id);
+        self.keys.insert(key_id, key);
     }
 
     /// The key named `key_id`.
     pub fn get(&self, key_id: &str) -> Option<&VerifyingKey> {
-        self.0.get(key_id)
+        self.keys.get(key_id)
+    }
+
+    /// Every key, by key id.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &VerifyingKey)> {
+        self.keys.iter().map(|(kid, key)| (kid.as_str(), key))
+    }
+
+    /// The ids of the keys that [`Self::load_dir`] read from private key files: a verifier
+    /// holding them could sign seals too.
+    pub fn private_key_ids(&self) -> &[String] {
+        &self.from_private
     }
 
     /// How many keys there are.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.keys.len()
     }
 
     /// True when there is no key.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.keys.is_empty()
     }
 }
 
@@ -345,15 +407,34 @@ fn list_pem_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, SealKeyError> {
     })
 }
 
-fn read_key(path: &Path) -> Result<SigningKey, SealKeyError> {
+/// What a key file holds.
+enum KeyFile {
+    Private(SigningKey),
+    Public(VerifyingKey),
+}
+
+/// The PEM label of SPKI public keys.
+const PUBLIC_KEY_LABEL: &str = "-----BEGIN PUBLIC KEY-----";
+
+fn read_key_file(path: &Path) -> Result<KeyFile, SealKeyError> {
     let pem = std::fs::read_to_string(path).map_err(|source| SealKeyError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    SigningKey::from_pkcs8_pem(&pem).map_err(|e| SealKeyError::BadPem {
+    let bad = |reason: String| SealKeyError::BadPem {
         origin: path.display().to_string(),
-        reason: e.to_string(),
-    })
+        reason,
+    };
+    // The label decides, so that the error names what the file claims to be.
+    if pem.trim_start().starts_with(PUBLIC_KEY_LABEL) {
+        VerifyingKey::from_public_key_pem(&pem)
+            .map(KeyFile::Public)
+            .map_err(|e| bad(format!("not an Ed25519 SPKI public key: {e}")))
+    } else {
+        SigningKey::from_pkcs8_pem(&pem)
+            .map(KeyFile::Private)
+            .map_err(|e| bad(format!("not an Ed25519 PKCS#8 private key: {e}")))
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1683,5 +1764,112 @@ mod tests {
         );
         assert!(SealSigner::generate("bad kid").is_err());
         assert!(format!("{signer:?}").len() < 80);
+    }
+
+    /// A temporary directory, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new() -> Self {
+            Self(std::env::temp_dir().join(format!("idp-seal-keys-{}", uuid::Uuid::now_v7())))
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn private_pem(signer_seed: u8) -> (SigningKey, String) {
+        let key = SigningKey::from_bytes(&[signer_seed; 32]);
+        let pem = key.to_pkcs8_pem(LineEnding::LF).unwrap().to_string();
+        (key, pem)
+    }
+
+    #[test]
+    fn verifiers_read_public_pems_and_the_public_halves_of_private_ones() {
+        let dir = TempDir::new();
+        std::fs::create_dir_all(&dir.0).unwrap();
+        let (old, _) = private_pem(1);
+        let (new, new_pem) = private_pem(2);
+        std::fs::write(
+            dir.0.join("a-old.pem"),
+            public_pem(&old.verifying_key()).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(dir.0.join("b-new.pem"), new_pem).unwrap();
+
+        let keys = PublicKeys::load_dir(&dir.0).unwrap();
+        assert_eq!(keys.get("a-old"), Some(&old.verifying_key()));
+        assert_eq!(keys.get("b-new"), Some(&new.verifying_key()));
+        assert_eq!(keys.private_key_ids(), ["b-new"]);
+        assert_eq!(keys.iter().count(), 2);
+
+        std::fs::write(
+            dir.0.join("c-bad.pem"),
+            "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
+        )
+        .unwrap();
+        let error = PublicKeys::load_dir(&dir.0).unwrap_err().to_string();
+        assert!(
+            error.contains("c-bad.pem") && error.contains("SPKI"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn the_private_key_sorting_last_signs_and_public_keys_never_do() {
+        let dir = TempDir::new();
+        assert!(
+            SealSigner::load_dir(&dir.0).unwrap().is_none(),
+            "no directory"
+        );
+        std::fs::create_dir_all(&dir.0).unwrap();
+        let (signing, signing_pem) = private_pem(3);
+        let (other, _) = private_pem(4);
+        std::fs::write(dir.0.join("2026-01-01T000000Z.pem"), signing_pem).unwrap();
+        std::fs::write(
+            dir.0.join("2027-01-01T000000Z.pem"),
+            public_pem(&other.verifying_key()).unwrap(),
+        )
+        .unwrap();
+        let signer = SealSigner::load_dir(&dir.0).unwrap().unwrap();
+        assert_eq!(signer.key_id(), "2026-01-01T000000Z");
+        assert_eq!(signer.verifying_key(), signing.verifying_key());
+
+        let only_public = TempDir::new();
+        std::fs::create_dir_all(&only_public.0).unwrap();
+        std::fs::write(
+            only_public.0.join("old.pem"),
+            public_pem(&other.verifying_key()).unwrap(),
+        )
+        .unwrap();
+        assert!(SealSigner::load_dir(&only_public.0).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_generated_key_is_private_to_its_owner_and_signs_from_then_on() {
+        let dir = TempDir::new();
+        let keys = dir.0.join("seal-keys");
+        let generated = SealSigner::generate_in(&keys).unwrap();
+        assert!(
+            generated.key_id().starts_with("seal-"),
+            "{}",
+            generated.key_id()
+        );
+        let loaded = SealSigner::load_dir(&keys).unwrap().unwrap();
+        assert_eq!(loaded.key_id(), generated.key_id());
+        assert_eq!(loaded.verifying_key(), generated.verifying_key());
+        let file = keys.join(format!("{}.pem", generated.key_id()));
+        let pem = std::fs::read_to_string(&file).unwrap();
+        assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&file), 0o600);
+            assert_eq!(mode(&keys), 0o700);
+        }
     }
 }

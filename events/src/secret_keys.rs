@@ -13,10 +13,9 @@
 //! shares a ring reads the same file).
 
 use std::fmt;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::key_dir::valid_kid;
+use crate::key_dir::{valid_kid, write_private_file_once};
 
 /// Shortest secret accepted, in bytes.
 pub const MIN_SECRET_LEN: usize = 32;
@@ -185,14 +184,9 @@ impl SecretKeys {
         if let Some(dir) = file.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
-        let aside = file.with_extension(format!("new-{}", uuid::Uuid::now_v7()));
-        write_private(&aside, &format!("{}\n", generate_entry())).map_err(io)?;
-        let linked = std::fs::hard_link(&aside, file);
-        let _ = std::fs::remove_file(&aside);
-        match linked {
-            Ok(()) => tracing::info!(path = %file.display(), "generated a development key ring"),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(io(e)),
+        let entry = format!("{}\n", generate_entry());
+        if write_private_file_once(file, entry.as_bytes()).map_err(io)? {
+            tracing::info!(path = %file.display(), "generated a development key ring");
         }
         let spec = std::fs::read_to_string(file).map_err(io)?;
         Self::parse(&file.display().to_string(), &spec)
@@ -223,17 +217,6 @@ pub fn generate_entry() -> String {
         chrono::Utc::now().format("%Y-%m-%dT%H%M%SZ"),
         hex::encode(rand::random::<[u8; 32]>())
     )
-}
-
-/// Writes a new file readable by its owner only.
-fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path)?;
-    file.write_all(contents.as_bytes())?;
-    file.sync_all()
 }
 
 #[cfg(test)]

@@ -170,6 +170,7 @@ async fn main() -> anyhow::Result<()> {
     let prefix = format!("bench-{}", Uuid::new_v4().simple());
     let repos = scratch.join("repos").display().to_string();
     let outbox = scratch.join("mail").display().to_string();
+    let seal_keys = scratch.join("seal-keys").display().to_string();
     let worker_config = idp_worker::config::Config::try_parse_from([
         "idp-worker",
         "--database-url",
@@ -190,6 +191,8 @@ async fn main() -> anyhow::Result<()> {
         &repos,
         "--email-outbox-dir",
         &outbox,
+        "--seal-keys-dir",
+        &seal_keys,
     ])?;
 
     let client = reqwest::Client::builder()

@@ -1,4 +1,4 @@
-//! Operator commands of `idp-worker`: `rebuild`, `verify` and `replay`.
+//! Operator commands of `idp-worker`: `rebuild`, `verify`, `seal-public-keys` and `replay`.
 
 use std::io::Write;
 use std::path::Path;
@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use idp_events::EventStore;
-use idp_events::seal::{Anchor, PublicKeys, VerifyOptions, verify_log};
+use idp_events::seal::{Anchor, PublicKeys, VerifyOptions, public_pem, verify_log};
 use idp_events::subscription::{self, Handler, Subscription};
 use indicatif::{ProgressBar, ProgressStyle};
 use sqlx::PgPool;
@@ -91,8 +91,8 @@ async fn rebuild_with<H: Handler>(store: &EventStore, sub: Subscription<H>) -> a
 }
 
 /// Recomputes every stream's hash chain and every seal (links, signatures against the keys in
-/// `keys_dir`, digests against the events), prints a summary, and fails (non-zero exit) naming
-/// the first problem.
+/// `keys_dir`, public or private PEMs, digests against the events), prints a summary, and fails
+/// (non-zero exit) naming the first problem.
 pub async fn verify(
     pool: &PgPool,
     stream_prefix: Option<&str>,
@@ -101,7 +101,7 @@ pub async fn verify(
 ) -> anyhow::Result<()> {
     let keys = PublicKeys::load_dir(keys_dir).with_context(|| {
         format!(
-            "while reading the seal keys in JWT_KEYS_DIR {}",
+            "while reading the seal keys in SEAL_KEYS_DIR {}",
             keys_dir.display()
         )
     })?;
@@ -133,6 +133,44 @@ pub async fn verify(
     }
     writeln!(out, "checked: {summary}")?;
     bail!("the event log failed verification: {}", first.detail)
+}
+
+/// Writes the public half of every key in `keys_dir` to `out_dir` as `<kid>.pem` (SPKI PEM),
+/// so verifiers can be given the keys without being able to sign; prints one line per key.
+/// A file already there with the same key is left alone; one with another key is an error,
+/// since it would make the kid ambiguous.
+pub fn seal_public_keys(keys_dir: &Path, out_dir: &Path) -> anyhow::Result<()> {
+    let keys = PublicKeys::load_dir(keys_dir).with_context(|| {
+        format!(
+            "while reading the seal keys in SEAL_KEYS_DIR {}",
+            keys_dir.display()
+        )
+    })?;
+    if keys.is_empty() {
+        bail!("SEAL_KEYS_DIR {} holds no seal key", keys_dir.display());
+    }
+    std::fs::create_dir_all(out_dir)
+        .with_context(|| format!("while creating {}", out_dir.display()))?;
+    let mut out = std::io::stdout().lock();
+    for (kid, key) in keys.iter() {
+        let pem = public_pem(key).with_context(|| format!("while encoding the key {kid}"))?;
+        let path = out_dir.join(format!("{kid}.pem"));
+        match std::fs::read_to_string(&path) {
+            Ok(existing) if existing == pem => {
+                writeln!(out, "{kid}: {} (unchanged)", path.display())?;
+                continue;
+            }
+            Ok(_) => bail!(
+                "{} already holds another key; the key {kid} was not written",
+                path.display()
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("while reading {}", path.display())),
+        }
+        std::fs::write(&path, &pem).with_context(|| format!("while writing {}", path.display()))?;
+        writeln!(out, "{kid}: {}", path.display())?;
+    }
+    Ok(())
 }
 
 /// Prints the history of `stream_id` (all of it, or up to `until`), one line per event, then the

@@ -64,6 +64,13 @@ pub enum Command {
         #[arg(long, value_name = "NUMBER:HASH")]
         expect_seal: Option<idp_events::seal::Anchor>,
     },
+    /// Write the public halves of the keys in `SEAL_KEYS_DIR` to a directory, as `<kid>.pem`
+    /// (SPKI), for verifiers that must not hold the private keys (the API, auditors).
+    SealPublicKeys {
+        /// Where to write them; created if missing. A file there with another key under the
+        /// same name is an error; the same key is left as it is.
+        out_dir: std::path::PathBuf,
+    },
     /// Print a stream's history and the state of its aggregate, now or at a point in the past.
     Replay {
         /// The stream, e.g. `user-<uuid>` or `project-<uuid>`.
@@ -211,15 +218,6 @@ pub struct EmailConfig {
         hide_env_values = true
     )]
     pub email_token_keys: Option<String>,
-
-    /// The API's key directory, whose newest key signs seals.
-    #[arg(
-        long,
-        env = "JWT_KEYS_DIR",
-        value_name = "JWT_KEYS_DIR",
-        default_value = "./var/keys"
-    )]
-    pub jwt_keys_dir: PathBuf,
 }
 
 /// Provisioning: templates, drivers and their retries.
@@ -319,6 +317,22 @@ pub struct SealConfig {
     #[arg(long, env = "SEAL_MAX_EVENTS", value_name = "SEAL_MAX_EVENTS", default_value_t = 100_000,
           value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
     pub seal_max_events: i64,
+
+    /// Directory of the seal signing keys (`<kid>.pem`, Ed25519; the private key whose name
+    /// sorts last signs; public SPKI PEMs only verify). Its own keys, never the API's
+    /// access-token keys. `idp-worker verify` reads the public keys from it.
+    #[arg(
+        long,
+        env = "SEAL_KEYS_DIR",
+        value_name = "SEAL_KEYS_DIR",
+        default_value = "./var/seal-keys"
+    )]
+    pub seal_keys_dir: PathBuf,
+
+    /// Generate a seal key in `SEAL_KEYS_DIR` at start when it holds no private key
+    /// (development); when false, such a start fails.
+    #[arg(long, env = "SEAL_GENERATE_KEYS", value_name = "SEAL_GENERATE_KEYS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub seal_generate_keys: bool,
 }
 
 fn parse_prefix(raw: &str) -> Result<String, String> {

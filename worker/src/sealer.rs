@@ -2,6 +2,11 @@
 //! chained to the one before, so that any later change to the log shows (see
 //! [`idp_events::seal`]).
 //!
+//! Seals are signed with a key of their own, from `SEAL_KEYS_DIR`, never with the API's
+//! access-token keys: a worker that can seal cannot mint access tokens. At start the worker
+//! makes sure that directory has a private key ([`prepare_signing_key`]); each round reads it
+//! again, so a rotated key signs from the next round on.
+//!
 //! Single-active across worker processes: a runner holds a session advisory lock on the
 //! connection it seals on; the others stand by and take over when that connection goes away.
 //! Every round also takes a transaction lock, so even a second sealer (a test, an operator
@@ -15,12 +20,12 @@ use idp_events::seal::{self, RUNNER_LOCK, Seal, SealError, SealKeyError, SealSig
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, SealConfig};
 
 /// How the sealer runs.
 #[derive(Debug, Clone)]
 pub struct SealerSettings {
-    /// Where the signing key is: the API's `JWT_KEYS_DIR` (the name sorting last signs).
+    /// Where the signing key is: `SEAL_KEYS_DIR` (the private key sorting last signs).
     pub keys_dir: PathBuf,
     /// Time between rounds (`SEAL_INTERVAL_SECS`).
     pub interval: Duration,
@@ -32,7 +37,7 @@ impl SealerSettings {
     /// The settings of a configured worker.
     pub fn from_config(config: &Config) -> Self {
         Self {
-            keys_dir: config.email.jwt_keys_dir.clone(),
+            keys_dir: config.seal.seal_keys_dir.clone(),
             interval: Duration::from_secs(config.seal.seal_interval_secs),
             max_events: config.seal.seal_max_events,
         }
@@ -42,8 +47,8 @@ impl SealerSettings {
 /// Why a round made no seal.
 #[derive(Debug, thiserror::Error)]
 pub enum SealRoundError {
-    /// `JWT_KEYS_DIR` has no key yet (the API generates development keys at its first start).
-    #[error("no signing key in {dir} yet", dir = .0.display())]
+    /// `SEAL_KEYS_DIR` holds no private key (it had one at start: someone removed it).
+    #[error("no seal signing key (<kid>.pem, an Ed25519 PKCS#8 private key) in SEAL_KEYS_DIR {dir}", dir = .0.display())]
     NoKey(PathBuf),
     /// The signing key cannot be read.
     #[error(transparent)]
@@ -51,6 +56,41 @@ pub enum SealRoundError {
     /// Sealing failed.
     #[error(transparent)]
     Seal(#[from] SealError),
+}
+
+/// The worker cannot start sealing.
+#[derive(Debug, thiserror::Error)]
+pub enum SealKeySetupError {
+    /// `SEAL_KEYS_DIR` holds no private key and generating one is not allowed.
+    #[error(
+        "SEAL_KEYS_DIR {dir} holds no seal signing key (<kid>.pem, an Ed25519 PKCS#8 private key) \
+         and SEAL_GENERATE_KEYS is false: add one (see docs/audit.md)",
+        dir = .0.display()
+    )]
+    Missing(PathBuf),
+    /// The directory or a key in it cannot be read, or a new key cannot be written.
+    #[error("SEAL_KEYS_DIR: {0}")]
+    Key(#[from] SealKeyError),
+}
+
+/// The key the sealer will sign with: the private key in `SEAL_KEYS_DIR` sorting last, or, when
+/// there is none and `SEAL_GENERATE_KEYS` allows it, a development key generated there (file
+/// 0600, directory 0700). Called at start, so a worker that could never seal does not start.
+pub fn prepare_signing_key(config: &SealConfig) -> Result<SealSigner, SealKeySetupError> {
+    let dir = &config.seal_keys_dir;
+    if let Some(signer) = SealSigner::load_dir(dir)? {
+        return Ok(signer);
+    }
+    if !config.seal_generate_keys {
+        return Err(SealKeySetupError::Missing(dir.clone()));
+    }
+    let signer = SealSigner::generate_in(dir)?;
+    tracing::info!(
+        path = %dir.display(),
+        kid = %signer.key_id(),
+        "generated a development seal signing key"
+    );
+    Ok(signer)
 }
 
 /// One round: seals everything committed since the last seal with the current signing key and

@@ -52,9 +52,17 @@ const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Worker {
     /// Connects to the database (waiting for it up to 30 s), applies migrations, checks the
-    /// mail settings and binds `WORKER_ADDR`.
+    /// mail settings and the seal key (generating a development one if allowed) and binds
+    /// `WORKER_ADDR`.
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
         idp_ops::metrics::install("idp-worker");
+        // Before any connection: a worker that could never seal must not start.
+        let seal_signer = crate::sealer::prepare_signing_key(&config.seal)?;
+        tracing::info!(
+            dir = %config.seal.seal_keys_dir.display(),
+            kid = %seal_signer.key_id(),
+            "seals are signed with the key"
+        );
         let pool = idp_ops::database::connect(&config.common).await?;
         idp_ops::metrics::watch_pool(pool.clone(), "idp-worker");
         idp_events::migrations::run(&pool)

@@ -65,6 +65,7 @@ impl Running {
 async fn start_worker(database: &str, amqp: &str, prefix: &str, smtp_url: &str) -> Running {
     idp_ops::test_logs::init();
     let repos = harness::repo_root(prefix).display().to_string();
+    let seal_keys = harness::seal_keys_dir(prefix).display().to_string();
     let config = idp_worker::config::Config::try_parse_from([
         "idp-worker",
         "--database-url",
@@ -83,6 +84,8 @@ async fn start_worker(database: &str, amqp: &str, prefix: &str, smtp_url: &str) 
         "http://idp.test",
         "--provision-repo-root",
         &repos,
+        "--seal-keys-dir",
+        &seal_keys,
         "--smtp-url",
         smtp_url,
     ])

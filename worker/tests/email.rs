@@ -1,4 +1,6 @@
-//! The mailer against a real SMTP server (`scripts/smtp-sink.py`) and a real outbox directory.
+//! The mailer against a real SMTP server (`scripts/smtp-sink.py`) and a real outbox directory,
+//! and the `send_email` job against names and addresses already in the log that the API would
+//! refuse today.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -8,8 +10,14 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use common::harness::{
+    self, count_events, job_events, register_named_user, start_worker, unique_prefix, wait_until,
+};
 use common::smtp::SmtpSink;
+use idp_events::EventStore;
+use idp_events::jobs::JobEvent;
 use idp_worker::email::{EmailKind, HandOver, Links, Mailer, OutgoingEmail, SendError, render};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::sync::oneshot;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -252,6 +260,19 @@ async fn an_unparseable_recipient_is_permanent_and_never_reaches_the_server() {
 }
 
 #[tokio::test]
+async fn a_name_with_a_line_break_is_left_out_of_the_to_header_and_the_message_arrives() {
+    let sink = SmtpSink::start().await;
+    let mut email = verification(&unique_id(), RECIPIENT);
+    email.to_name = Some("Ada\r\nBcc: eve@example.com".into());
+
+    mailer(&sink).send(&email, committed()).await.unwrap();
+
+    let messages = sink.wait_for_messages(1, WAIT).await;
+    assert_eq!(messages[0].to, RECIPIENT);
+    assert_eq!(messages[0].rcpt_tos, [RECIPIENT]);
+}
+
+#[tokio::test]
 async fn connections_are_reused_so_fifty_messages_open_far_fewer_than_fifty() {
     let sink = SmtpSink::start().await;
     let mailer = mailer(&sink);
@@ -350,8 +371,53 @@ async fn the_outbox_holds_a_parseable_eml_named_after_the_message_id() {
         .send(&verification(&id, RECIPIENT), committed())
         .await
         .unwrap();
-    assert_eq!(eml_files(&dir), [path]);
+    assert_eq!(eml_files(&dir), std::slice::from_ref(&path));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[cfg(unix)]
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn outbox_files_hold_live_tokens_so_only_the_worker_can_read_them() {
+    let dir = outbox_dir().join("nested");
+    let mailer = Mailer::outbox(dir.clone()).unwrap();
+    assert_eq!(mode(&dir), 0o700, "a directory the worker creates");
+    let id = unique_id();
+
+    mailer
+        .send(&verification(&id, RECIPIENT), committed())
+        .await
+        .unwrap();
+    let path = dir.join(format!("{id}.eml"));
+    assert_eq!(mode(&path), 0o600);
+
+    // A replaced file is a new file, just as private.
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    mailer
+        .send(&verification(&id, RECIPIENT), committed())
+        .await
+        .unwrap();
+    assert_eq!(mode(&path), 0o600);
+
+    // A directory that exists keeps the mode its operator chose.
+    let shared = outbox_dir();
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::os::unix::fs::PermissionsExt::from_mode(0o750)).unwrap();
+    let mailer = Mailer::outbox(shared.clone()).unwrap();
+    assert_eq!(mode(&shared), 0o750);
+    let id = unique_id();
+    mailer
+        .send(&verification(&id, RECIPIENT), committed())
+        .await
+        .unwrap();
+    assert_eq!(mode(&shared.join(format!("{id}.eml"))), 0o600);
+    std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
+    std::fs::remove_dir_all(&shared).unwrap();
 }
 
 #[tokio::test]
@@ -401,4 +467,124 @@ async fn a_commit_failing_as_the_message_goes_out_is_reported_as_delivered_but_u
     assert_eq!(error, "the commit was lost");
     let messages = sink.wait_for_messages(1, WAIT).await;
     assert_eq!(messages[0].message_id, format!("<{id}>"));
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_display_name_with_a_line_break_already_in_the_log_is_left_out_and_the_verification_email_still_arrives(
+    opts: PgPoolOptions,
+    conn: PgConnectOptions,
+) {
+    let sink = SmtpSink::start().await;
+    let prefix = unique_prefix();
+    let pool = opts.connect_with(conn.clone()).await.unwrap();
+    let store = EventStore::new(pool.clone());
+    let worker = start_worker(&conn, &prefix, Some(&sink.url()), &[]).await;
+
+    // Straight into the log, as names got there before the API refused them.
+    let (_, cause) =
+        register_named_user(&store, RECIPIENT, Some("Ada\r\nBcc: eve@example.com")).await;
+
+    let messages = sink.wait_for_messages(1, Duration::from_secs(30)).await;
+    let mail = &messages[0];
+    assert_eq!(mail.to, RECIPIENT, "the address alone, no display name");
+    assert_eq!(mail.rcpt_tos, [RECIPIENT]);
+    let text = mail.text.as_deref().expect("a text/plain part");
+    assert!(
+        text.starts_with("Hi,\n"),
+        "greeted without the name: {text}"
+    );
+    assert!(!text.contains("Bcc"), "{text}");
+    assert!(
+        text.contains("http://idp.test/verify-email?token="),
+        "{text}"
+    );
+    wait_until("EmailSent", WAIT, || async {
+        job_events(&store, cause).await.iter().any(|(e, _)| {
+            matches!(
+                e,
+                JobEvent::EmailSent {
+                    confirmed: true,
+                    ..
+                }
+            )
+        })
+    })
+    .await;
+    assert_eq!(count_events(&pool, "EmailDeliveryFailed").await, 0);
+
+    worker.stop().await;
+    harness::delete_queues(&prefix).await;
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn an_address_lettre_refuses_already_in_the_log_is_one_recorded_permanent_failure_not_a_panic_or_a_retry(
+    opts: PgPoolOptions,
+    conn: PgConnectOptions,
+) {
+    let sink = SmtpSink::start().await;
+    let prefix = unique_prefix();
+    let pool = opts.connect_with(conn.clone()).await.unwrap();
+    let store = EventStore::new(pool.clone());
+    let worker = start_worker(
+        &conn,
+        &prefix,
+        Some(&sink.url()),
+        &["--job-backoff-base-ms", "50", "--job-backoff-cap-ms", "100"],
+    )
+    .await;
+
+    // The API's check let this through (no space, a dot inside the domain); lettre refuses it.
+    let (_, cause) = register_named_user(&store, "ada@example..com", Some("Ada")).await;
+
+    wait_until("the dead letter", Duration::from_secs(30), || async {
+        job_events(&store, cause)
+            .await
+            .iter()
+            .any(|(e, _)| matches!(e, JobEvent::JobDeadLettered { .. }))
+    })
+    .await;
+    let events: Vec<JobEvent> = job_events(&store, cause)
+        .await
+        .into_iter()
+        .map(|(e, _)| e)
+        .collect();
+    let failures: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            JobEvent::EmailDeliveryFailed {
+                attempt,
+                permanent,
+                error,
+                retry_in_ms,
+            } => Some((*attempt, *permanent, error.as_str(), *retry_in_ms)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        failures,
+        [(1, true, "the recipient address is not valid", None)],
+        "{events:?}"
+    );
+    assert!(
+        !events.iter().any(|e| matches!(
+            e,
+            JobEvent::EmailSending { .. } | JobEvent::EmailSent { .. }
+        )),
+        "{events:?}"
+    );
+    let Some(JobEvent::JobDeadLettered { reason, .. }) = events.last() else {
+        panic!("the dead letter is the last word: {events:?}");
+    };
+    assert_eq!(reason, "rejected", "the job gave up; it did not crash");
+    assert_eq!(
+        sink.stats().await.connections,
+        0,
+        "the server was never asked"
+    );
+    // Nothing tries again: the stream stays as it is.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(job_events(&store, cause).await.len(), events.len());
+
+    worker.stop().await;
+    harness::delete_queues(&prefix).await;
 }

@@ -1,8 +1,11 @@
 //! Seals against a real PostgreSQL: the sealer seals what was committed into a chain of signed
-//! seals, and verification (library and `idp-worker verify`) names each kind of tampering a
-//! superuser can do behind the log's triggers.
+//! seals with a key of its own (`SEAL_KEYS_DIR`, never the API's access-token keys), and
+//! verification (library and `idp-worker verify`, with private or public-only key files) names
+//! each kind of tampering a superuser can do behind the log's triggers.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,7 +24,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
-/// A key directory like the API's `JWT_KEYS_DIR`, removed on drop.
+/// A seal key directory like `SEAL_KEYS_DIR` with one private key, removed on drop.
 struct KeysDir(PathBuf);
 
 impl KeysDir {
@@ -205,7 +208,8 @@ fn verify_command(conn: &PgConnectOptions, keys: &Path, extra: &[&str]) -> (bool
         .arg("verify")
         .args(extra)
         .env("DATABASE_URL", database_url(conn))
-        .env("JWT_KEYS_DIR", keys)
+        .env("SEAL_KEYS_DIR", keys)
+        .env_remove("JWT_KEYS_DIR")
         .env("RUST_LOG", "warn")
         .output()
         .unwrap();
@@ -739,5 +743,194 @@ async fn removed_seals_are_named_in_the_middle_by_the_chain_and_at_the_end_by_a_
             &seal_problem(&report).kind
         ),
         (2, &SealProblemKind::Missing { found: 3 })
+    );
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_running_worker_seals_with_a_key_of_its_own_never_the_access_token_key(
+    opts: PgPoolOptions,
+    conn: PgConnectOptions,
+) {
+    let pool = pool(opts, &conn).await;
+    let store = EventStore::new(pool.clone());
+    let prefix = common::harness::unique_prefix();
+    let api = common::harness::start_api(&conn).await;
+    let seal_keys = common::harness::seal_keys_dir(&prefix);
+    assert!(!seal_keys.exists());
+    let worker =
+        common::harness::start_worker(&conn, &prefix, None, &["--seal-interval-secs", "1"]).await;
+
+    append(&store, "thing-1", 0, 3).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while unsealed(&pool).await > 0 {
+        assert!(Instant::now() < deadline, "nothing sealed within 60 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    worker.stop().await;
+
+    let seal_key = SealSigner::load_dir(&seal_keys)
+        .unwrap()
+        .expect("a generated seal key");
+    let access_token_key = SealSigner::load_dir(&api.keys_dir).unwrap().unwrap();
+    let latest = seal::latest(&pool).await.unwrap().unwrap();
+    assert_eq!(latest.fields.key_id, seal_key.key_id());
+    assert_ne!(latest.fields.key_id, access_token_key.key_id());
+    assert!(latest.signature_holds(&seal_key.verifying_key()));
+    assert!(!latest.signature_holds(&access_token_key.verifying_key()));
+    let report = seal::verify_log(
+        &pool,
+        &PublicKeys::load_dir(&seal_keys).unwrap(),
+        &VerifyOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert!(report.is_intact(), "{report:?}");
+
+    // Generated for development, readable by the worker's user only.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&seal_keys), 0o700);
+        let file = seal_keys.join(format!("{}.pem", seal_key.key_id()));
+        assert_eq!(mode(&file), 0o600);
+    }
+    api.stop().await;
+    let _ = std::fs::remove_dir_all(&seal_keys);
+    common::harness::delete_queues(&prefix).await;
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn the_worker_has_no_jwt_keys_dir_and_without_a_seal_key_or_leave_to_generate_one_it_does_not_start(
+    _opts: PgPoolOptions,
+    conn: PgConnectOptions,
+) {
+    let prefix = common::harness::unique_prefix();
+    let refused = common::harness::worker_config(&conn, &prefix, &["--jwt-keys-dir", "/tmp/x"]);
+    assert!(refused.is_err(), "the worker takes no JWT_KEYS_DIR");
+
+    let config =
+        common::harness::worker_config(&conn, &prefix, &["--seal-generate-keys", "false"]).unwrap();
+    let error = idp_worker::startup::Worker::build(&config)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("SEAL_KEYS_DIR") && error.contains("SEAL_GENERATE_KEYS is false"),
+        "{error}"
+    );
+    assert!(
+        !common::harness::seal_keys_dir(&prefix).exists(),
+        "nothing generated"
+    );
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_seal_signed_with_the_access_token_key_is_an_unknown_key_until_its_public_half_is_copied_in(
+    opts: PgPoolOptions,
+    conn: PgConnectOptions,
+) {
+    let pool = pool(opts, &conn).await;
+    let store = EventStore::new(pool.clone());
+    // The old scheme: the worker sealed with the API's newest access-token key.
+    let access_tokens =
+        KeysDir(std::env::temp_dir().join(format!("idp-test-jwt-keys-{}", uuid::Uuid::now_v7())));
+    let ring = KeyRing::load_dir(&access_tokens.0, true).unwrap();
+    append(&store, "user-1", 0, 2).await;
+    seal_all(&pool, &access_tokens, 100).await;
+    let seal_keys =
+        KeysDir(std::env::temp_dir().join(format!("idp-test-seal-keys-{}", uuid::Uuid::now_v7())));
+    let seal_key = SealSigner::generate_in(&seal_keys.0).unwrap();
+    assert_ne!(seal_key.key_id(), ring.signing_kid());
+
+    let report = verify(&pool, &seal_keys).await;
+    let problem = seal_problem(&report);
+    assert_eq!(
+        problem.kind,
+        SealProblemKind::UnknownKey {
+            key_id: ring.signing_kid().to_owned()
+        }
+    );
+    assert_eq!(problem.kind_name(), "seal_unknown_key");
+    let (ok, stdout, _) = verify_command(&conn, &seal_keys.0, &[]);
+    assert!(!ok, "{stdout}");
+
+    // Migrating: the old key's public half, under its kid, verifies the old seals; new seals
+    // are signed with the seal key, which sorts after it.
+    let public = seal::public_pem(&access_tokens.signer().verifying_key()).unwrap();
+    std::fs::write(
+        seal_keys.0.join(format!("{}.pem", ring.signing_kid())),
+        public,
+    )
+    .unwrap();
+    append(&store, "user-1", 2, 1).await;
+    let new_seals = seal_all(&pool, &seal_keys, 100).await;
+    assert!(
+        new_seals
+            .iter()
+            .all(|s| s.fields.key_id == seal_key.key_id())
+    );
+    let (ok, stdout, stderr) = verify_command(&conn, &seal_keys.0, &[]);
+    assert!(ok, "{stdout}{stderr}");
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn the_verify_command_needs_only_the_public_halves_the_export_command_writes(
+    opts: PgPoolOptions,
+    conn: PgConnectOptions,
+) {
+    let pool = pool(opts, &conn).await;
+    let store = EventStore::new(pool.clone());
+    let keys = KeysDir::new();
+    append(&store, "user-1", 0, 3).await;
+    seal_all(&pool, &keys, 100).await;
+    let public = KeysDir(
+        std::env::temp_dir().join(format!("idp-test-seal-public-{}", uuid::Uuid::now_v7())),
+    );
+
+    let export = |out: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_idp-worker"))
+            .arg("seal-public-keys")
+            .arg(out)
+            .env("SEAL_KEYS_DIR", &keys.0)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let output = export(&public.0);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    let kid = keys.signer().key_id().to_owned();
+    assert!(stdout.contains(&format!("{kid}: ")), "{stdout}");
+    let files: Vec<_> = std::fs::read_dir(&public.0)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files, [public.0.join(format!("{kid}.pem"))]);
+    let pem = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----"), "{pem}");
+    assert!(!pem.contains("PRIVATE"));
+    assert!(
+        SealSigner::load_dir(&public.0).unwrap().is_none(),
+        "cannot sign"
+    );
+
+    let (ok, stdout, stderr) = verify_command(&conn, &public.0, &[]);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stdout.starts_with("intact: "), "{stdout}");
+
+    // Exporting again changes nothing; another key under the same name is refused.
+    assert!(export(&public.0).status.success());
+    std::fs::write(
+        &files[0],
+        seal::public_pem(&SealSigner::generate("x").unwrap().verifying_key()).unwrap(),
+    )
+    .unwrap();
+    let clash = export(&public.0);
+    assert!(!clash.status.success());
+    assert!(
+        String::from_utf8_lossy(&clash.stderr).contains("already holds another key"),
+        "{}",
+        String::from_utf8_lossy(&clash.stderr)
     );
 }

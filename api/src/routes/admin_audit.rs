@@ -1,9 +1,14 @@
 //! `/v1/admin/audit/*`: is the log complete and untouched? Verification of every stream chain
 //! and every seal, and the latest signed seal to keep outside the database (admin role required
 //! on every request).
+//!
+//! Seals are checked against the seal keys of `SEAL_KEYS_DIR`, never against the access-token
+//! keys: the worker signs seals with keys of their own. The directory is read at each request
+//! (verifications are rare), so a key added by a rotation counts at once without a restart.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -158,7 +163,7 @@ pub async fn verify(
         expect_seal,
         batch_size: 0,
     };
-    let keys = PublicKeys::from_jwks(&state.identity.tokens().keys().jwks());
+    let keys = seal_public_keys(&state).await?;
     let pool = state.store.pool().clone();
     let span = tracing::Span::current();
     let run: Pin<Box<dyn Future<Output = Result<AuditReport, VerifyError>> + Send>> =
@@ -208,6 +213,30 @@ pub async fn verify(
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
+}
+
+/// The public keys seals may be signed with, read from `SEAL_KEYS_DIR` now. A directory that
+/// does not exist holds none (every seal then names an unknown key); one that cannot be read is
+/// a server error.
+async fn seal_public_keys(state: &AppState) -> Result<PublicKeys, ApiError> {
+    static WARNED_ABOUT_PRIVATE_KEYS: Once = Once::new();
+    let dir = Arc::clone(&state.seal_keys_dir);
+    let keys = tokio::task::spawn_blocking(move || PublicKeys::load_dir(&dir))
+        .await
+        .map_err(|err| ApiError::Internal(anyhow::anyhow!("reading SEAL_KEYS_DIR: {err}")))?
+        .map_err(|err| ApiError::Internal(anyhow::anyhow!("SEAL_KEYS_DIR: {err}")))?;
+    if !keys.private_key_ids().is_empty() {
+        // The API only verifies; a private seal key here could forge seals if the API leaked.
+        WARNED_ABOUT_PRIVATE_KEYS.call_once(|| {
+            tracing::warn!(
+                dir = %state.seal_keys_dir.display(),
+                kids = ?keys.private_key_ids(),
+                "SEAL_KEYS_DIR holds private seal keys; outside development give the API only \
+                 their public halves (idp-worker seal-public-keys)"
+            );
+        });
+    }
+    Ok(keys)
 }
 
 /// A place in commit-safe log order.
@@ -276,7 +305,7 @@ pub struct SignedSeal {
     pub created_at: DateTime<Utc>,
     /// `<seal_number>:<seal_hash>`, for `expect_seal`.
     pub anchor: String,
-    /// The signing key, if this server still has it.
+    /// The signing key, if this server's `SEAL_KEYS_DIR` has it.
     pub public_key: Option<SealPublicKey>,
 }
 
@@ -297,7 +326,7 @@ pub async fn latest_seal(
         return Err(ApiError::NotFound);
     };
     let f = &latest.fields;
-    let keys = PublicKeys::from_jwks(&state.identity.tokens().keys().jwks());
+    let keys = seal_public_keys(&state).await?;
     let public_key = keys.get(&f.key_id).map(|key| SealPublicKey {
         kid: f.key_id.clone(),
         jwk: seal::public_jwk(&f.key_id, key),

@@ -17,7 +17,7 @@ pub const EMAIL_TOKEN_KEYS: &str = "test:test-token-secret-0123456789abcdef01234
 pub const DATABASE_SECRET: &str = "test-database-secret-0123456789abcdef01234567";
 /// The project-database key ring of test apps: one key whose secret is [`DATABASE_SECRET`].
 pub const PROJECT_DATABASE_KEYS: &str = "test:test-database-secret-0123456789abcdef01234567";
-/// The login-digest key ring of test apps.
+/// The address-digest key ring of test apps.
 pub const ADDRESS_DIGEST_KEYS: &str = "test:test-address-digest-secret-0123456789abcdef";
 
 /// The email-token key ring of test apps.
@@ -53,7 +53,10 @@ pub struct TestApp {
     pub base: String,
     /// The internal listener: `/metrics`, the detailed `/health/ready`.
     pub internal: String,
+    /// The access-token keys (`JWT_KEYS_DIR`).
     pub keys_dir: PathBuf,
+    /// Where the API reads the keys that verify seals (`SEAL_KEYS_DIR`); empty at start.
+    pub seal_keys_dir: PathBuf,
     pub client: reqwest::Client,
     stop: CancellationToken,
     handle: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -77,6 +80,9 @@ pub async fn spawn_app_with_keys(
     let db = database_url(conn);
     let amqp = amqp_url();
     let keys = keys_dir.display().to_string();
+    let seal_keys_dir =
+        std::env::temp_dir().join(format!("idp-test-seal-keys-{}", uuid::Uuid::now_v7()));
+    let seal_keys = seal_keys_dir.display().to_string();
     let mut args = vec![
         "idp-api",
         "--database-url",
@@ -89,6 +95,8 @@ pub async fn spawn_app_with_keys(
         "127.0.0.1:0",
         "--jwt-keys-dir",
         &keys,
+        "--seal-keys-dir",
+        &seal_keys,
         "--email-token-keys",
         EMAIL_TOKEN_KEYS,
         "--project-database-keys",
@@ -107,6 +115,7 @@ pub async fn spawn_app_with_keys(
         base,
         internal,
         keys_dir,
+        seal_keys_dir,
         client: reqwest::Client::builder()
             .user_agent("idp-tests/1.0")
             .build()
@@ -214,5 +223,6 @@ impl TestApp {
         self.stop.cancel();
         self.handle.await.unwrap().unwrap();
         let _ = std::fs::remove_dir_all(&self.keys_dir);
+        let _ = std::fs::remove_dir_all(&self.seal_keys_dir);
     }
 }

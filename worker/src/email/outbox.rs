@@ -1,5 +1,8 @@
 //! The outbox side of [`super::Mailer`]: messages become `.eml` files in a directory, for
 //! development and for deployments where another program picks mail up from disk.
+//!
+//! The files hold live one-time tokens (verification and reset links), so they are readable by
+//! the worker's user only: each is created 0600, and a directory the worker creates is 0700.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -15,11 +18,19 @@ pub(super) struct OutboxDir {
 }
 
 impl OutboxDir {
+    /// The outbox `dir`, created (0700, parents too) if missing; an existing directory keeps
+    /// its mode, which is the operator's to choose.
     pub(super) fn new(dir: PathBuf) -> Result<Self, MailerConfigError> {
-        std::fs::create_dir_all(&dir).map_err(|source| MailerConfigError::Outbox {
-            dir: dir.clone(),
-            source,
-        })?;
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder
+            .create(&dir)
+            .map_err(|source| MailerConfigError::Outbox {
+                dir: dir.clone(),
+                source,
+            })?;
         Ok(Self { dir })
     }
 
@@ -67,8 +78,14 @@ impl OutboxDir {
     }
 }
 
+/// Writes a new file, 0600 from its creation on (not chmod-ed later: no moment where others
+/// could open it), and syncs it.
 async fn write_synced(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    let mut file = tokio::fs::File::create(path).await?;
+    let mut options = tokio::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut file = options.open(path).await?;
     file.write_all(contents).await?;
     file.sync_all().await
 }

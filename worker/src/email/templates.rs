@@ -121,14 +121,14 @@ pub struct RenderError {
     source: Error,
 }
 
-/// Renders `kind` for a recipient called `display_name` (greeted by name when given).
+/// Renders `kind` for a recipient called `display_name` (greeted by name when given and usable).
 pub fn render(
     kind: &EmailKind,
     display_name: Option<&str>,
     product_name: &str,
 ) -> Result<Rendered, RenderError> {
     let name = kind.name();
-    let display_name = display_name.map(str::trim).filter(|n| !n.is_empty());
+    let display_name = display_name.and_then(super::usable_display_name);
     let mut variables = kind.variables();
     variables.push(("display_name", Value::from(display_name)));
     variables.push(("product_name", Value::from(product_name)));
@@ -381,6 +381,19 @@ mod tests {
         for name in [None, Some(""), Some("   ")] {
             let rendered = render(&kind, name, "Acme ID").unwrap();
             assert!(rendered.text.starts_with("Hi,\n"), "{name:?}");
+            assert!(rendered.html.contains("<p>Hi,</p>"), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn a_display_name_with_a_line_break_or_hidden_formatting_is_not_greeted() {
+        let kind = EmailKind::Verification {
+            link: VERIFY.into(),
+        };
+        for name in ["Ada\r.\r\nMAIL FROM:<x@y>", "Ada\u{202e}", "Ada\u{2028}"] {
+            let rendered = render(&kind, Some(name), "Acme ID").unwrap();
+            assert!(rendered.text.starts_with("Hi,\n"), "{name:?}");
+            assert!(!rendered.text.contains("MAIL FROM"), "{name:?}");
             assert!(rendered.html.contains("<p>Hi,</p>"), "{name:?}");
         }
     }

@@ -39,8 +39,16 @@
 //! [`SendError::Unanswered`]: the server may have accepted it. An address that does not parse is
 //! permanent. Error texts are short, name the SMTP step and reply, and never contain the
 //! recipient's address (they end up in events and logs).
+//!
+//! # Building a message
+//!
+//! [`OutgoingEmail::build`] turns an email into a message and never panics, whatever the log
+//! holds: an address lettre refuses is a [`BuildError`], and a display name that cannot go
+//! into a header ([`super::usable_display_name`], or one lettre cannot write) is left out, so
+//! the message goes to the address alone.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +56,7 @@ use std::time::Duration;
 use lettre::message::{Mailbox, MultiPart};
 use lettre::{Address, Message};
 
+use super::display_name::usable_display_name;
 use super::outbox::OutboxDir;
 use super::smtp::SmtpSender;
 use super::templates::Rendered;
@@ -62,10 +71,36 @@ pub struct OutgoingEmail {
     pub from: String,
     /// The recipient's address.
     pub to: String,
-    /// The recipient's name for the `To` header.
+    /// The recipient's name for the `To` header; left out when it cannot be used there.
     pub to_name: Option<String>,
     /// Subject and bodies.
     pub rendered: Rendered,
+}
+
+/// An email built into a message, ready for [`Mailer::send_built`].
+#[derive(Debug, Clone)]
+pub struct BuiltEmail {
+    message_id: String,
+    recipient: String,
+    message: Message,
+}
+
+/// Why an email cannot be built into a message: retrying cannot help. The texts never contain
+/// an address (they end up in events and logs).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BuildError {
+    /// The `Message-ID` is empty, has no `@`, or has spaces, controls or angle brackets.
+    #[error("the message id is not of the form left@right")]
+    MessageId,
+    /// The sender (`EMAIL_FROM`) is not a mailbox lettre can write.
+    #[error("the sender address is not valid")]
+    Sender,
+    /// The recipient's address is not one lettre accepts.
+    #[error("the recipient address is not valid")]
+    Recipient,
+    /// lettre refused the message (or failed while building it).
+    #[error("the message could not be built: {0}")]
+    Message(String),
 }
 
 /// Sends emails through SMTP or into an outbox directory. Cheap to clone: clones share the SMTP
@@ -205,12 +240,27 @@ impl Mailer {
         email: &OutgoingEmail,
         hand_over: H,
     ) -> Result<Delivered, SendError<H::Error>> {
-        let message = build_message(email).map_err(SendError::Permanent)?;
+        let built = email
+            .build()
+            .map_err(|err| SendError::Permanent(err.to_string()))?;
+        self.send_built(&built, hand_over).await
+    }
+
+    /// Sends an email built beforehand, as [`Mailer::send`] does.
+    pub async fn send_built<H: HandOver>(
+        &self,
+        email: &BuiltEmail,
+        hand_over: H,
+    ) -> Result<Delivered, SendError<H::Error>> {
         match &self.transport {
-            Transport::Smtp(sender) => sender.send(&message, &email.to, hand_over).await,
+            Transport::Smtp(sender) => {
+                sender
+                    .send(&email.message, &email.recipient, hand_over)
+                    .await
+            }
             Transport::Outbox(outbox) => {
                 outbox
-                    .write(&email.message_id, &message.formatted(), hand_over)
+                    .write(&email.message_id, &email.message.formatted(), hand_over)
                     .await
             }
         }
@@ -223,45 +273,86 @@ impl fmt::Debug for Mailer {
     }
 }
 
-/// A multipart/alternative message (text, then HTML) with the caller's `Message-ID`. The error is
-/// the reason for a permanent failure, without the addresses.
-fn build_message(email: &OutgoingEmail) -> Result<Message, String> {
-    let id = &email.message_id;
-    if id.is_empty()
-        || !id.contains('@')
-        || id
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>'))
-    {
-        return Err("the message id is not of the form left@right".into());
+impl OutgoingEmail {
+    /// A multipart/alternative message (text, then HTML) with the caller's `Message-ID`, to
+    /// the recipient's name and address, or to the address alone when the name cannot go into
+    /// a header. Never panics.
+    pub fn build(&self) -> Result<BuiltEmail, BuildError> {
+        let id = &self.message_id;
+        if id.is_empty()
+            || !id.contains('@')
+            || id
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>'))
+        {
+            return Err(BuildError::MessageId);
+        }
+        let from = sender_mailbox(&self.from)?;
+        let to: Address = self.to.trim().parse().map_err(|_| BuildError::Recipient)?;
+        let named = self
+            .to_name
+            .as_deref()
+            .and_then(usable_display_name)
+            .map(|name| Mailbox::new(Some(name.to_owned()), to.clone()))
+            .filter(writes_as_header);
+        let to_mailbox = named.unwrap_or_else(|| Mailbox::new(None, to.clone()));
+        let rendered = &self.rendered;
+        // lettre panics on some input while writing headers (a name with a line break, for one).
+        // The checks above keep such input out; this keeps any other case a refused message
+        // rather than a panic that kills the job and keeps it from ever being recorded.
+        let built = catch_unwind(AssertUnwindSafe(|| {
+            Message::builder()
+                .message_id(Some(format!("<{id}>")))
+                .date_now()
+                .from(from)
+                .to(to_mailbox)
+                .subject(rendered.subject.as_str())
+                .multipart(MultiPart::alternative_plain_html(
+                    rendered.text.clone(),
+                    rendered.html.clone(),
+                ))
+        }));
+        let message = match built {
+            Ok(Ok(message)) => message,
+            Ok(Err(e)) => return Err(BuildError::Message(e.to_string())),
+            Err(_) => {
+                return Err(BuildError::Message(
+                    "lettre failed while building it".into(),
+                ));
+            }
+        };
+        Ok(BuiltEmail {
+            message_id: id.clone(),
+            recipient: to.to_string(),
+            message,
+        })
     }
-    let from: Mailbox = email
-        .from
-        .parse()
-        .map_err(|_| String::from("the sender address is not valid"))?;
-    let to: Address = email
-        .to
-        .trim()
-        .parse()
-        .map_err(|_| String::from("the recipient address is not valid"))?;
-    let to_name = email
-        .to_name
-        .as_deref()
-        .map(str::trim)
-        .filter(|name| !name.is_empty())
-        .map(str::to_owned);
-    let rendered = &email.rendered;
-    Message::builder()
-        .message_id(Some(format!("<{id}>")))
-        .date_now()
-        .from(from)
-        .to(Mailbox::new(to_name, to))
-        .subject(rendered.subject.as_str())
-        .multipart(MultiPart::alternative_plain_html(
-            rendered.text.clone(),
-            rendered.html.clone(),
-        ))
-        .map_err(|e| format!("the message could not be built: {e}"))
+}
+
+/// The domain of the sender `from` (e.g. `idp <no-reply@idp.localhost>`), checked as
+/// [`OutgoingEmail::build`] will use it: a worker checks `EMAIL_FROM` with it at start.
+pub fn sender_domain(from: &str) -> Result<String, BuildError> {
+    sender_mailbox(from).map(|mailbox| mailbox.email.domain().to_owned())
+}
+
+fn sender_mailbox(from: &str) -> Result<Mailbox, BuildError> {
+    from.parse::<Mailbox>()
+        .ok()
+        .filter(|mailbox| {
+            mailbox
+                .name
+                .as_deref()
+                .is_none_or(|name| usable_display_name(name).is_some())
+        })
+        .filter(writes_as_header)
+        .ok_or(BuildError::Sender)
+}
+
+/// Whether lettre can write `mailbox` into a header: its `Display` fails on what it cannot
+/// write, and the header builder turns that failure into a panic.
+fn writes_as_header(mailbox: &Mailbox) -> bool {
+    let mut written = String::new();
+    write!(written, "{mailbox}").is_ok()
 }
 
 /// Replaces every occurrence of `address` (ignoring ASCII case) in `text` with `<recipient>`, and
@@ -307,9 +398,13 @@ mod tests {
         }
     }
 
+    fn formatted(email: &OutgoingEmail) -> String {
+        String::from_utf8(email.build().unwrap().message.formatted()).unwrap()
+    }
+
     #[test]
     fn a_message_carries_the_callers_message_id_and_both_bodies() {
-        let formatted = String::from_utf8(build_message(&email()).unwrap().formatted()).unwrap();
+        let formatted = formatted(&email());
         assert!(formatted.contains("Message-ID: <0190c3e2-7f4e-7c55-9a3e-1d2a3b4c5d6e@idp>\r\n"));
         assert!(formatted.contains("To: \"Ada Lovelace\" <ada@example.com>\r\n"));
         assert!(formatted.contains("From: idp <no-reply@idp.localhost>\r\n"));
@@ -323,12 +418,67 @@ mod tests {
     fn addresses_that_do_not_parse_are_named_without_being_quoted() {
         let mut bad = email();
         bad.to = "not an address".into();
-        let reason = build_message(&bad).unwrap_err();
-        assert_eq!(reason, "the recipient address is not valid");
+        let reason = bad.build().unwrap_err();
+        assert_eq!(reason.to_string(), "the recipient address is not valid");
 
         let mut bad = email();
         bad.message_id = "<x@y>".into();
-        assert!(build_message(&bad).is_err());
+        assert_eq!(bad.build().unwrap_err(), BuildError::MessageId);
+    }
+
+    #[test]
+    fn a_name_that_cannot_go_into_a_header_is_left_out_and_the_message_still_builds() {
+        for name in [
+            "Ada\nBcc: eve@example.com",
+            "Ada\r\nBcc: eve@example.com",
+            "Ada\u{2028}Lovelace",
+            "\u{202e}ecalevoL adA",
+            "Ada\u{0}",
+            " ",
+        ] {
+            let mut named = email();
+            named.to_name = Some(name.into());
+            let formatted = formatted(&named);
+            assert!(formatted.contains("To: ada@example.com\r\n"), "{name:?}");
+            assert!(!formatted.contains("Bcc"), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn names_with_quotes_commas_and_non_ascii_letters_stay_in_the_header() {
+        let mut named = email();
+        named.to_name = Some("Lovelace, \"Ada\" Jānis".into());
+        let formatted = formatted(&named);
+        let to = formatted
+            .lines()
+            .find(|line| line.starts_with("To: "))
+            .unwrap();
+        assert!(to.ends_with("<ada@example.com>"), "{to}");
+        assert!(to.contains("=?utf-8?"), "encoded, not raw: {to}");
+    }
+
+    #[test]
+    fn addresses_the_api_accepted_but_lettre_refuses_are_a_build_error_not_a_panic() {
+        for address in [
+            "ada@example..com",
+            "ada,lovelace@example.com",
+            "a(b)@example.com",
+        ] {
+            let mut bad = email();
+            bad.to = address.into();
+            assert_eq!(bad.build().unwrap_err(), BuildError::Recipient, "{address}");
+        }
+    }
+
+    #[test]
+    fn a_sender_lettre_cannot_write_is_refused_with_its_domain_check() {
+        assert_eq!(
+            sender_domain("idp <no-reply@idp.localhost>").unwrap(),
+            "idp.localhost"
+        );
+        for bad in ["not a mailbox", "idp\r\n <no-reply@idp.localhost>", ""] {
+            assert_eq!(sender_domain(bad), Err(BuildError::Sender), "{bad:?}");
+        }
     }
 
     #[test]

@@ -9,6 +9,11 @@
 //! predecessor died in the middle) records `EmailSent { confirmed: false }` instead of sending
 //! again. Transient failures are retried in place with exponential backoff and full jitter;
 //! after the last attempt, or at a permanent failure, the job gives up and is dead-lettered.
+//!
+//! The message is composed and built before the breaker is asked: an email that cannot be
+//! built (an address lettre refuses, already in the log) is a permanent failure, recorded like
+//! any other, that says nothing about the mail server. A display name that cannot be used in a
+//! header is left out and the email still goes out.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,7 +33,10 @@ use super::{EMAIL_QUEUE, JobError, JobRun, RetryPolicy, run_detached};
 use crate::breaker::{Breaker, Permit};
 use crate::broker::{Ack, OutgoingJob};
 use crate::config::EmailConfig;
-use crate::email::{EmailKind, HandOver, Links, Mailer, OutgoingEmail, SendError, render};
+use crate::email::{
+    BuiltEmail, EmailKind, HandOver, Links, Mailer, OutgoingEmail, SendError, render,
+    sender_domain, usable_display_name,
+};
 
 /// The job kind.
 pub const KIND: &str = "send_email";
@@ -138,12 +146,9 @@ impl EmailJobs {
     ) -> anyhow::Result<Self> {
         let links = Links::new(&config.public_base_url)
             .map_err(|err| anyhow::anyhow!("PUBLIC_BASE_URL: {err}"))?;
-        let message_id_domain = config
-            .email_from
-            .rsplit_once('@')
-            .map(|(_, domain)| domain.trim_end_matches('>').trim().to_owned())
-            .filter(|d| !d.is_empty())
-            .unwrap_or_else(|| "idp.localhost".to_owned());
+        // Checked here, at start: a sender lettre cannot write would fail every email.
+        let message_id_domain = sender_domain(&config.email_from)
+            .map_err(|err| anyhow::anyhow!("EMAIL_FROM {:?}: {err}", config.email_from))?;
         Ok(Self {
             store,
             mailer,
@@ -217,37 +222,54 @@ async fn attempt_until_done(
         // While the breaker is open, the next attempt waits at least until it lets a trial
         // call through: retrying sooner would only spend the job's attempts on refusals.
         let mut breaker_open_until = None;
-        let failure = match ctx.breaker.acquire().await {
-            Err(err) => return Err(JobError::Storage(err.to_string())),
-            Ok(Permit::Refused { retry_at }) => {
-                breaker_open_until = Some(retry_at);
-                Failure::Transient(format!(
-                    "circuit breaker {} is open until {}",
-                    ctx.breaker.name(),
-                    retry_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-                ))
-            }
-            Ok(permit) => {
-                match send_once(job, ctx, &stream, state.version, attempt, &metadata).await {
-                    Ok(Sent::Done) => {
-                        let _ = ctx.breaker.success(permit).await;
-                        return Ok(());
-                    }
-                    Ok(Sent::TakenByAnother) => return Ok(()),
-                    Err(Failure::Transient(error)) => {
-                        if let Err(err) = ctx.breaker.failure(permit, &error).await {
-                            tracing::warn!(error = %err, "circuit breaker not updated");
-                        }
-                        Failure::Transient(error)
-                    }
-                    Err(Failure::Permanent(error)) => {
-                        // The server answered: it is up, the message is the problem.
-                        let _ = ctx.breaker.success(permit).await;
-                        Failure::Permanent(error)
-                    }
-                    Err(Failure::Job(err)) => return Err(err),
+        let failure = match compose(job, ctx).await {
+            // The message is the problem and the server was not asked: the breaker is not told.
+            Err(failure) => failure,
+            Ok((email, built)) => match ctx.breaker.acquire().await {
+                Err(err) => return Err(JobError::Storage(err.to_string())),
+                Ok(Permit::Refused { retry_at }) => {
+                    breaker_open_until = Some(retry_at);
+                    Failure::Transient(format!(
+                        "circuit breaker {} is open until {}",
+                        ctx.breaker.name(),
+                        retry_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                    ))
                 }
-            }
+                Ok(permit) => {
+                    let sent = send_once(
+                        job,
+                        ctx,
+                        Outgoing {
+                            email: &email,
+                            built: &built,
+                        },
+                        &stream,
+                        state.version,
+                        attempt,
+                        &metadata,
+                    )
+                    .await;
+                    match sent {
+                        Ok(Sent::Done) => {
+                            let _ = ctx.breaker.success(permit).await;
+                            return Ok(());
+                        }
+                        Ok(Sent::TakenByAnother) => return Ok(()),
+                        Err(Failure::Transient(error)) => {
+                            if let Err(err) = ctx.breaker.failure(permit, &error).await {
+                                tracing::warn!(error = %err, "circuit breaker not updated");
+                            }
+                            Failure::Transient(error)
+                        }
+                        Err(Failure::Permanent(error)) => {
+                            // The server answered: it is up, the message is the problem.
+                            let _ = ctx.breaker.success(permit).await;
+                            Failure::Permanent(error)
+                        }
+                        Err(Failure::Job(err)) => return Err(err),
+                    }
+                }
+            },
         };
         let version = ctx.store.stream_version(&stream).await?;
         let version = u64::try_from(version).unwrap_or_default();
@@ -318,15 +340,21 @@ enum Failure {
     Job(JobError),
 }
 
+/// The email of one attempt, as composed and as built.
+struct Outgoing<'a> {
+    email: &'a OutgoingEmail,
+    built: &'a BuiltEmail,
+}
+
 async fn send_once(
     job: &SendEmail,
     ctx: &EmailJobs,
+    Outgoing { email, built }: Outgoing<'_>,
     stream: &str,
     version: u64,
     attempt: u32,
     metadata: &Metadata,
 ) -> Result<Sent, Failure> {
-    let email = compose(job, ctx).await?;
     let template = template_name(job.template).to_owned();
     let handed_over = AtomicBool::new(false);
     let sending = JobEvent::EmailSending {
@@ -348,7 +376,7 @@ async fn send_once(
         template: template.clone(),
         confirmed: true,
     };
-    match ctx.mailer.send(&email, hand_over).await {
+    match ctx.mailer.send_built(built, hand_over).await {
         Ok(_) => {
             record(ctx, stream, version + 1, &sent, metadata)
                 .await
@@ -494,8 +522,8 @@ fn template_name(template: Template) -> &'static str {
     }
 }
 
-/// Builds the email from the account's stream and the causing event.
-async fn compose(job: &SendEmail, ctx: &EmailJobs) -> Result<OutgoingEmail, Failure> {
+/// Composes the email from the account's stream and the causing event, and builds its message.
+async fn compose(job: &SendEmail, ctx: &EmailJobs) -> Result<(OutgoingEmail, BuiltEmail), Failure> {
     let events = ctx
         .store
         .read_stream(&user::stream_id(job.user_id), 1)
@@ -506,7 +534,9 @@ async fn compose(job: &SendEmail, ctx: &EmailJobs) -> Result<OutgoingEmail, Fail
         return Err(Failure::Permanent("the account does not exist".into()));
     }
     let cause_index = events.iter().position(|e| e.event_id == job.cause_id);
-    let cause = cause_index.and_then(|i| UserEvent::from_recorded(&events[i]));
+    let cause = cause_index
+        .and_then(|i| events.get(i))
+        .and_then(UserEvent::from_recorded);
     let Some(cause) = cause else {
         return Err(Failure::Permanent(
             "the causing event is not in the account's stream".into(),
@@ -533,7 +563,9 @@ async fn compose(job: &SendEmail, ctx: &EmailJobs) -> Result<OutgoingEmail, Fail
         }
         (Template::AccountLocked, UserEvent::AccountLocked { until, .. }) => {
             // Who locked it is a matter of the account as the lock left it, not as it is now.
-            let locked = cause_index.map_or(&events[..], |i| &events[..=i]);
+            let locked = cause_index
+                .and_then(|i| events.get(..=i))
+                .unwrap_or(&events);
             let at_lock = User::fold(job.user_id, locked);
             let by_admin = locked
                 .last()
@@ -559,13 +591,25 @@ async fn compose(job: &SendEmail, ctx: &EmailJobs) -> Result<OutgoingEmail, Fail
             ));
         }
     };
+    if let Some(name) = account.display_name.as_deref()
+        && !name.trim().is_empty()
+        && usable_display_name(name).is_none()
+    {
+        tracing::info!(
+            "the account's display name cannot be used in an email; addressing it without one"
+        );
+    }
     let rendered = render(&kind, account.display_name.as_deref(), "idp")
         .map_err(|err| Failure::Permanent(err.to_string()))?;
-    Ok(OutgoingEmail {
+    let email = OutgoingEmail {
         message_id: format!("{}@{}", job.job_id, ctx.message_id_domain),
         from: ctx.from.clone(),
         to,
         to_name: account.display_name.clone(),
         rendered,
-    })
+    };
+    let built = email
+        .build()
+        .map_err(|err| Failure::Permanent(err.to_string()))?;
+    Ok((email, built))
 }

@@ -26,7 +26,7 @@ pub const EMAIL_TOKEN_KEYS: &str = "test:test-token-secret-0123456789abcdef01234
 pub const DATABASE_SECRET: &str = "test-database-secret-0123456789abcdef01234567";
 /// The project-database key ring of test apps: one key whose secret is [`DATABASE_SECRET`].
 pub const PROJECT_DATABASE_KEYS: &str = "test:test-database-secret-0123456789abcdef01234567";
-/// The login-digest key ring of test apps.
+/// The address-digest key ring of test apps.
 pub const ADDRESS_DIGEST_KEYS: &str = "test:test-address-digest-secret-0123456789abcdef";
 
 /// The email-token key ring of test apps.
@@ -58,6 +58,12 @@ pub fn repo_root(prefix: &str) -> PathBuf {
     std::env::temp_dir().join(format!("idp-test-repos-{prefix}"))
 }
 
+/// The seal key directory of the workers of the test with queue prefix `prefix` (the first to
+/// start generates a key there).
+pub fn seal_keys_dir(prefix: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("idp-test-seal-keys-{prefix}"))
+}
+
 /// Settings every test worker gets; `extra` flags override them.
 fn worker_args(conn: &PgConnectOptions, prefix: &str, smtp_url: Option<&str>) -> Vec<String> {
     let mut args = vec![
@@ -78,6 +84,8 @@ fn worker_args(conn: &PgConnectOptions, prefix: &str, smtp_url: Option<&str>) ->
         "http://idp.test".into(),
         "--provision-repo-root".into(),
         repo_root(prefix).display().to_string(),
+        "--seal-keys-dir".into(),
+        seal_keys_dir(prefix).display().to_string(),
     ];
     match smtp_url {
         Some(url) => args.extend(["--smtp-url".into(), url.into()]),
@@ -90,6 +98,17 @@ fn worker_args(conn: &PgConnectOptions, prefix: &str, smtp_url: Option<&str>) ->
         ]),
     }
     args
+}
+
+/// The configuration of a test worker without SMTP (mail goes to an outbox), with `extra` flags.
+pub fn worker_config(
+    conn: &PgConnectOptions,
+    prefix: &str,
+    extra: &[&str],
+) -> Result<Config, clap::Error> {
+    let mut args = worker_args(conn, prefix, None);
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    Config::try_parse_from(args)
 }
 
 /// A worker running inside the test process.
@@ -194,10 +213,20 @@ pub async fn delete_queues(prefix: &str) {
 
 /// Registers a user straight in the log (no API), asking for a verification email.
 pub async fn register_user(store: &EventStore, email: &str) -> (Uuid, Uuid) {
+    register_named_user(store, email, None).await
+}
+
+/// Registers a user called `display_name` straight in the log, bypassing whatever the API
+/// would refuse, asking for a verification email; (user id, id of the causing event).
+pub async fn register_named_user(
+    store: &EventStore,
+    email: &str,
+    display_name: Option<&str>,
+) -> (Uuid, Uuid) {
     let id = Uuid::now_v7();
     let registered = UserEvent::UserRegistered {
         email: email.to_owned(),
-        display_name: None,
+        display_name: display_name.map(str::to_owned),
         roles: vec!["user".into()],
     }
     .to_new_event();
@@ -255,7 +284,10 @@ pub async fn count_events(pool: &PgPool, event_type: &str) -> i64 {
 pub struct TestApi {
     pub base: String,
     pub client: reqwest::Client,
-    keys_dir: PathBuf,
+    /// The access-token keys (`JWT_KEYS_DIR`).
+    pub keys_dir: PathBuf,
+    /// Where the API reads the keys that verify seals (`SEAL_KEYS_DIR`).
+    pub seal_keys_dir: PathBuf,
     stop: CancellationToken,
     handle: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -264,6 +296,17 @@ pub const ADMIN_EMAIL: &str = "admin@idp.test";
 pub const ADMIN_PASSWORD: &str = "an admin password that is long";
 
 pub async fn start_api(conn: &PgConnectOptions) -> TestApi {
+    let seal_keys_dir =
+        std::env::temp_dir().join(format!("idp-test-api-seal-keys-{}", Uuid::now_v7()));
+    start_api_verifying_seals_with(conn, seal_keys_dir).await
+}
+
+/// The API, verifying seals with the keys in `seal_keys_dir` (a worker's
+/// [`seal_keys_dir`], say).
+pub async fn start_api_verifying_seals_with(
+    conn: &PgConnectOptions,
+    seal_keys_dir: PathBuf,
+) -> TestApi {
     idp_ops::test_logs::init();
     idp_ops::test_logs::remember_secret("password", ADMIN_PASSWORD);
     idp_ops::test_logs::remember_secret("email", ADMIN_EMAIL);
@@ -272,6 +315,7 @@ pub async fn start_api(conn: &PgConnectOptions) -> TestApi {
     let db = database_url(conn);
     let amqp = amqp_url();
     let keys = keys_dir.display().to_string();
+    let seal_keys = seal_keys_dir.display().to_string();
     let args = vec![
         "idp-api",
         "--database-url",
@@ -284,6 +328,8 @@ pub async fn start_api(conn: &PgConnectOptions) -> TestApi {
         "127.0.0.1:0",
         "--jwt-keys-dir",
         &keys,
+        "--seal-keys-dir",
+        &seal_keys,
         "--email-token-keys",
         EMAIL_TOKEN_KEYS,
         "--project-database-keys",
@@ -304,6 +350,7 @@ pub async fn start_api(conn: &PgConnectOptions) -> TestApi {
         base,
         client: reqwest::Client::new(),
         keys_dir,
+        seal_keys_dir,
         stop,
         handle,
     }
