@@ -30,6 +30,12 @@ async fn main() -> anyhow::Result<()> {
             let keys_dir = &config.email.jwt_keys_dir;
             idp_worker::cli::verify(&pool, stream_prefix.as_deref(), keys_dir, *expect_seal).await
         }
+        Some(Command::HardenDatabases { rotate_passwords }) => {
+            let pool = connect(&config.common).await?;
+            idp_events::migrations::run(&pool).await?;
+            let driver = idp_worker::startup::database_driver(&config, &pool)?;
+            idp_worker::cli::harden_databases(&pool, &driver, *rotate_passwords).await
+        }
         Some(Command::Replay { stream, until }) => {
             let pool = connect(&config.common).await?;
             idp_worker::cli::replay(&pool, stream, *until).await
