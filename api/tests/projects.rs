@@ -147,8 +147,10 @@ fn succeeded(step: &str, output: Value) -> ProjectEvent {
     }
 }
 
+/// A database step's output, its password derived with the test ring's key `test`.
 fn database_output() -> Value {
-    json!({ "database": "p_billing", "role": "p_billing", "host": "db.internal", "port": 5432 })
+    json!({ "database": "p_billing", "role": "p_billing", "host": "db.internal", "port": 5432,
+            "password_key_id": "test" })
 }
 
 /// Every step of a `service` project succeeding, and the project ready.
@@ -872,6 +874,82 @@ async fn the_database_login_is_handed_to_the_owner_once(
     .await;
     assert_eq!(status, 409);
     assert_eq!(body["detail"], "the project has no database step");
+    env.app.stop().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_login_whose_key_is_not_recorded_or_not_configured_is_not_handed_out_until_it_is_rotated(
+    _opts: PgPoolOptions,
+    conn: PgConnectOptions,
+) {
+    let env = env(&conn, &[]).await;
+    let token = env.user("ada@example.com").await;
+    let id = env.create(&token, "billing").await;
+    let path = format!("/v1/projects/{id}/credentials");
+    // As recorded before key ids were: derived from a secret no longer configured.
+    let mut legacy = database_output();
+    legacy.as_object_mut().unwrap().remove("password_key_id");
+    env.simulate(
+        id,
+        &[
+            started("repository"),
+            succeeded("repository", json!({})),
+            started("database"),
+            succeeded("database", legacy),
+        ],
+    )
+    .await;
+
+    let (status, body) = problem(env.send(reqwest::Method::POST, &path, &token).await).await;
+
+    assert_eq!(status, 409);
+    assert_eq!(body["type"], "https://idp.dev/problems/conflict");
+    assert_eq!(
+        body["detail"],
+        "the database login was set up before its password key was recorded, so its password \
+         cannot be handed out; ask an operator to rotate it (idp-worker harden-databases \
+         --rotate-passwords), then ask again"
+    );
+    let history = env.store.read_stream(&stream_id(id), 1).await.unwrap();
+    assert!(
+        history.iter().all(|e| e.event_type != "CredentialsIssued"),
+        "nothing was handed out"
+    );
+
+    // A key that was removed from the ring too early is no better.
+    let rotated = |key_id: &str| ProjectEvent::DatabasePasswordRotated {
+        step: "database".into(),
+        key_id: key_id.into(),
+    };
+    env.simulate(id, &[rotated("retired")]).await;
+    let (status, body) = problem(env.send(reqwest::Method::POST, &path, &token).await).await;
+    assert_eq!(status, 409);
+    assert!(
+        body["detail"].as_str().unwrap().starts_with(
+            "the key \"retired\" that derived the database login's password is no longer configured"
+        ),
+        "{body}"
+    );
+
+    // Rotated to a configured key: handed out, once per rotation.
+    env.simulate(id, &[rotated("test")]).await;
+    let password = idp_events::project::database_password(common::DATABASE_SECRET.as_bytes(), id);
+    let response = env.send(reqwest::Method::POST, &path, &token).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["password"],
+        password
+    );
+    let (status, _) = problem(env.send(reqwest::Method::POST, &path, &token).await).await;
+    assert_eq!(status, 410);
+    assert_eq!(
+        env.detail(&token, id).await["steps"][1]["output"]["password_key_id"],
+        "test"
+    );
+    env.simulate(id, &[rotated("retired"), rotated("test")])
+        .await;
+    let response = env.send(reqwest::Method::POST, &path, &token).await;
+    assert_eq!(response.status(), 200, "a new rotation may be fetched once");
     env.app.stop().await;
 }
 

@@ -1,4 +1,5 @@
-//! Operator commands of `idp-worker`: `rebuild`, `verify`, `seal-public-keys` and `replay`.
+//! Operator commands of `idp-worker`: `rebuild`, `verify`, `seal-public-keys`, `replay` and
+//! `harden-databases`.
 
 use std::io::Write;
 use std::path::Path;
@@ -12,6 +13,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use sqlx::PgPool;
 
 use crate::projections::{self, AuditView, EventTypeCounts, UsersDirectory};
+use crate::provision::drivers::{DatabaseDriver, Password, close_own_database};
+use crate::provision::harden::{self, DatabaseReport, Outcome};
 
 /// Empties projection `name` and replays the log into it, with a progress bar and a summary.
 ///
@@ -240,4 +243,88 @@ pub async fn replay(
         )?,
     }
     Ok(())
+}
+
+/// Applies the `database` driver's isolation to every provisioned project database, and with
+/// `rotate_passwords` sets their passwords with the current key; prints what it finds about
+/// idp's own database, one line per project database and a summary. Fails (non-zero exit) if
+/// any database could not be hardened. Safe to repeat.
+pub async fn harden_databases(
+    pool: &PgPool,
+    driver: &DatabaseDriver,
+    rotate_passwords: bool,
+) -> anyhow::Result<()> {
+    let store = EventStore::new(pool.clone());
+    let own = close_own_database(pool)
+        .await
+        .context("while closing idp's own database to PUBLIC")?;
+    {
+        let mut out = std::io::stdout().lock();
+        if own.closed_now {
+            writeln!(
+                out,
+                "idp's database {:?}: PUBLIC may no longer connect (CONNECT granted to {:?})",
+                own.name, own.role
+            )?;
+        } else if own.public_may_connect {
+            writeln!(
+                out,
+                "WARNING idp's database {:?}: PUBLIC may connect and {:?} may not change that; \
+                 project logins on this server are refused until its owner revokes it",
+                own.name, own.role
+            )?;
+        } else {
+            writeln!(out, "idp's database {:?}: closed to PUBLIC", own.name)?;
+        }
+    }
+    let password = if rotate_passwords {
+        Password::Rotate
+    } else {
+        Password::Keep
+    };
+    let mut write_error = None;
+    let summary = harden::harden_databases(&store, driver, password, |report| {
+        let mut out = std::io::stdout().lock();
+        if let Err(e) = writeln!(out, "{}", describe(report)) {
+            write_error.get_or_insert(e);
+        }
+    })
+    .await?;
+    if let Some(e) = write_error {
+        return Err(e.into());
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{} project databases hardened ({} passwords rotated), {} not on the server, {} failed",
+        summary.hardened, summary.rotated, summary.missing, summary.failed
+    )?;
+    if summary.failed > 0 {
+        bail!(
+            "{} project databases could not be hardened (see above)",
+            summary.failed
+        );
+    }
+    Ok(())
+}
+
+/// One line of `harden-databases`.
+fn describe(report: &DatabaseReport) -> String {
+    let what = match &report.outcome {
+        Outcome::Hardened {
+            rotated_to: Some(key),
+            ..
+        } => format!("hardened; password rotated to key {key:?}"),
+        Outcome::Hardened {
+            rotated_to: None,
+            needs_rotation: Some(why),
+        } => format!("hardened; {why}: run again with --rotate-passwords so the owner can have it"),
+        Outcome::Hardened { .. } => "hardened".to_owned(),
+        Outcome::Missing => "no role or database on the server; nothing to do".to_owned(),
+        Outcome::Failed(reason) => format!("FAILED: {reason}"),
+    };
+    format!(
+        "{} (project {} {:?}): {what}",
+        report.database, report.project_id, report.project_name
+    )
 }

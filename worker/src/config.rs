@@ -71,6 +71,16 @@ pub enum Command {
         /// same name is an error; the same key is left as it is.
         out_dir: std::path::PathBuf,
     },
+    /// Apply the isolation of `database` steps to every provisioned project database (PUBLIC's
+    /// privileges revoked, CONNECT granted to the project's role only, the connection limit,
+    /// idp's own database out of reach), printing one line per database; safe to repeat.
+    HardenDatabases {
+        /// Also set every login's password to the one derived with the current key of
+        /// `PROJECT_DATABASE_KEYS` and record that key (a rotation); each owner may then fetch
+        /// the new password once.
+        #[arg(long)]
+        rotate_passwords: bool,
+    },
     /// Print a stream's history and the state of its aggregate, now or at a point in the past.
     Replay {
         /// The stream, e.g. `user-<uuid>` or `project-<uuid>`.
@@ -251,6 +261,13 @@ pub struct ProvisionConfig {
         hide_env_values = true
     )]
     pub provision_database_url: Option<idp_ops::config::DatabaseUrl>,
+
+    /// Connections each project's database login may have open at once (its role's
+    /// `CONNECTION LIMIT`), so that one owner cannot take the provisioning server's
+    /// connections; applied at the next step run or `idp-worker harden-databases`.
+    #[arg(long, env = "PROVISION_DATABASE_CONNECTION_LIMIT", value_name = "PROVISION_DATABASE_CONNECTION_LIMIT",
+          default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub provision_database_connection_limit: u32,
 
     /// Directory under which `repository` steps create the projects' git repositories.
     #[arg(

@@ -2,7 +2,7 @@
 //!
 //! It hosts the async projections (one subscription each, single-active across worker
 //! processes), serves health and metrics on `WORKER_ADDR`, and offers operator commands
-//! (`rebuild`, `verify`). `main.rs` only parses the command line and calls into here.
+//! (`rebuild`, `verify`, `replay`, `harden-databases`). `main.rs` only parses the command line and calls into here.
 
 pub mod breaker;
 pub mod broker;

@@ -33,6 +33,12 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::SealPublicKeys { out_dir }) => {
             idp_worker::cli::seal_public_keys(&config.seal.seal_keys_dir, out_dir)
         }
+        Some(Command::HardenDatabases { rotate_passwords }) => {
+            let pool = connect(&config.common).await?;
+            idp_events::migrations::run(&pool).await?;
+            let driver = idp_worker::startup::database_driver(&config, &pool)?;
+            idp_worker::cli::harden_databases(&pool, &driver, *rotate_passwords).await
+        }
         Some(Command::Replay { stream, until }) => {
             let pool = connect(&config.common).await?;
             idp_worker::cli::replay(&pool, stream, *until).await

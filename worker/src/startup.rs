@@ -27,7 +27,7 @@ use crate::jobs::provision_project::{
 };
 use crate::jobs::send_email::{EmailJobs, SendEmail, send_email};
 use crate::jobs::{EMAIL_QUEUE, PROVISION_QUEUE, RetryPolicy};
-use crate::provision::drivers::{RepositoryDriver, WebhookDriver};
+use crate::provision::drivers::{DatabaseDriver, RepositoryDriver, WebhookDriver};
 use crate::{lag, projections};
 use idp_events::secret_keys::SecretKeys;
 
@@ -70,7 +70,7 @@ impl Worker {
             .context("while applying database migrations")?;
         let mailer = mailer(&config.email)?;
         let catalogue = catalogue(&config.provision)?;
-        let drivers = drivers(&config.provision, &pool);
+        let drivers = drivers(config, &pool)?;
         let broker = Arc::new(BrokerProbe::new(config.common.amqp_url.clone()));
         let listener = TcpListener::bind(config.worker_addr)
             .await
@@ -165,26 +165,11 @@ impl Worker {
         };
         // Jobs sleeping between attempts stop at shutdown and hand their message back.
         let jobs_shutdown = shutdown.child_token();
-        let ring = |variable: &str, value: Option<&str>, file: &str| {
-            let path = self.config.common.secrets_dir.join(format!("{file}.keys"));
-            SecretKeys::from_env_or_file(
-                variable,
-                value,
-                &path,
-                self.config.common.secrets_generate,
-            )
-            .map(Arc::new)
-            .map_err(|e| anyhow::anyhow!("{e}"))
-        };
-        let email_keys = ring(
+        let email_keys = key_ring(
+            &self.config,
             "EMAIL_TOKEN_KEYS",
             self.config.email.email_token_keys.as_deref(),
             "email-token",
-        )?;
-        let database_keys = ring(
-            "PROJECT_DATABASE_KEYS",
-            self.config.provision.project_database_keys.as_deref(),
-            "project-database",
         )?;
         let provision_jobs = Arc::new(ProvisionJobs::new(
             store.clone(),
@@ -204,7 +189,6 @@ impl Worker {
                 breaker_threshold: jobs_config.breaker_failure_threshold,
                 breaker_open: Duration::from_millis(jobs_config.breaker_open_ms),
             },
-            database_keys,
             jobs_shutdown.clone(),
         ));
         let email_jobs = Arc::new(EmailJobs::new(
@@ -324,18 +308,52 @@ fn catalogue(config: &ProvisionConfig) -> anyhow::Result<Catalogue> {
         .map_err(|err| anyhow::anyhow!("PROJECT_TEMPLATES_DIR: {err}"))
 }
 
-/// The provisioning drivers; the database server's pool connects lazily, so an unreachable
+/// The key ring `variable` (its `value`), or the development ring `SECRETS_DIR/<file>.keys`.
+fn key_ring(
+    config: &Config,
+    variable: &str,
+    value: Option<&str>,
+    file: &str,
+) -> anyhow::Result<Arc<SecretKeys>> {
+    let path = config.common.secrets_dir.join(format!("{file}.keys"));
+    SecretKeys::from_env_or_file(variable, value, &path, config.common.secrets_generate)
+        .map(Arc::new)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// The `database` driver: on `PROVISION_DATABASE_URL`'s server (default: `pool`'s), keeping
+/// project roles out of `pool`'s database (idp's own), with passwords from
+/// `PROJECT_DATABASE_KEYS`. The server's pool connects lazily, so an unreachable
 /// `PROVISION_DATABASE_URL` fails `database` steps (and opens their breaker), not the worker.
-fn drivers(config: &ProvisionConfig, pool: &PgPool) -> Drivers {
-    let database_pool = match &config.provision_database_url {
+pub fn database_driver(config: &Config, pool: &PgPool) -> anyhow::Result<DatabaseDriver> {
+    let provision = &config.provision;
+    let keys = key_ring(
+        config,
+        "PROJECT_DATABASE_KEYS",
+        provision.project_database_keys.as_deref(),
+        "project-database",
+    )?;
+    let admin = match &provision.provision_database_url {
         Some(url) => PgPoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(10))
             .connect_lazy_with(url.options()),
         None => pool.clone(),
     };
-    Drivers {
-        database_pool,
+    Ok(DatabaseDriver::new(
+        admin,
+        pool.clone(),
+        keys,
+        provision.provision_database_connection_limit,
+    ))
+}
+
+/// The provisioning drivers.
+fn drivers(config: &Config, pool: &PgPool) -> anyhow::Result<Drivers> {
+    let database = database_driver(config, pool)?;
+    let config = &config.provision;
+    Ok(Drivers {
+        database,
         repository: RepositoryDriver::new(config.provision_repo_root.clone()),
         webhook: WebhookDriver::new(
             config.provision_webhook_url.clone(),
@@ -345,7 +363,7 @@ fn drivers(config: &ProvisionConfig, pool: &PgPool) -> Drivers {
                 .map(|s| s.as_bytes().to_vec()),
             WEBHOOK_TIMEOUT,
         ),
-    }
+    })
 }
 
 /// Keeps the breaker state gauges current, including breakers this process has not used.

@@ -13,9 +13,10 @@ use axum::http::{HeaderMap, StatusCode};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
+use idp_events::secret_keys::SecretKeys;
 use idp_worker::provision::drivers::{
-    DatabaseDriver, DriverError, RepositoryDriver, StepInput, WebhookDriver, database_password,
-    signature,
+    DatabaseDriver, DriverError, Hardened, Password, RepositoryDriver, StepInput, WebhookDriver,
+    database_password, signature,
 };
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -25,6 +26,24 @@ use url::Url;
 use uuid::Uuid;
 
 const PASSWORD_KEY: &[u8] = b"test-database-password-key-0123456789";
+/// The id of [`PASSWORD_KEY`] in the ring of these tests.
+const PASSWORD_KEY_ID: &str = "test-key";
+/// The connection limit of project roles in these tests.
+const CONNECTION_LIMIT: u32 = 3;
+
+fn password_keys() -> Arc<SecretKeys> {
+    Arc::new(SecretKeys::single(PASSWORD_KEY_ID, PASSWORD_KEY))
+}
+
+/// The driver as the worker builds it: `admin`'s server, whose database stands for idp's own.
+fn database_driver(admin: &PgPool) -> DatabaseDriver {
+    DatabaseDriver::new(
+        admin.clone(),
+        admin.clone(),
+        password_keys(),
+        CONNECTION_LIMIT,
+    )
+}
 
 /// A project's inputs, owned, so that tests can lend them out as a [`StepInput`].
 struct Project {
@@ -37,13 +56,21 @@ struct Project {
 
 impl Project {
     fn new(name: &str) -> Self {
+        Self::with_id(name, Uuid::now_v7())
+    }
+
+    /// Project `name` with id `id` (as the API makes them: UUIDv7) and files of its own.
+    fn with_id(name: &str, id: Uuid) -> Self {
         Self {
-            id: Uuid::new_v4(),
+            id,
             name: name.to_owned(),
             owner_id: Uuid::new_v4(),
             parameters: BTreeMap::from([("language".to_owned(), "rust".to_owned())]),
             files: BTreeMap::from([
-                ("README.md".to_owned(), format!("# {name}\n")),
+                (
+                    "README.md".to_owned(),
+                    format!("# {name}\n\nProject {id}.\n"),
+                ),
                 (
                     "src/main.rs".to_owned(),
                     "fn main() {\n    println!(\"hello\");\n}\n".to_owned(),
@@ -171,7 +198,7 @@ async fn provisioning_a_database_creates_a_role_and_a_database_that_the_derived_
 ) {
     let project = Project::new("billing");
     let name = project.database_name();
-    let driver = DatabaseDriver::new(admin.clone(), PASSWORD_KEY.to_vec());
+    let driver = database_driver(&admin);
 
     let outputs = driver.provision(&project.input()).await.unwrap();
 
@@ -183,6 +210,7 @@ async fn provisioning_a_database_creates_a_role_and_a_database_that_the_derived_
             "role": name,
             "host": options.get_host(),
             "port": options.get_port(),
+            "password_key_id": PASSWORD_KEY_ID,
         })
     );
     let password = database_password(PASSWORD_KEY, project.id);
@@ -220,7 +248,7 @@ async fn provisioning_a_database_creates_a_role_and_a_database_that_the_derived_
 async fn provisioning_a_database_twice_or_concurrently_leaves_one_database_and_one_role(
     admin: PgPool,
 ) {
-    let driver = DatabaseDriver::new(admin.clone(), PASSWORD_KEY.to_vec());
+    let driver = database_driver(&admin);
     let again = Project::new("again");
     let raced = Project::new("raced");
 
@@ -256,7 +284,7 @@ async fn deprovisioning_a_database_removes_it_and_its_role_even_with_sessions_op
 ) {
     let project = Project::new("gone");
     let name = project.database_name();
-    let driver = DatabaseDriver::new(admin.clone(), PASSWORD_KEY.to_vec());
+    let driver = database_driver(&admin);
     driver.provision(&project.input()).await.unwrap();
     let session = connect_as_project(&admin, &project).await;
 
@@ -287,7 +315,7 @@ async fn a_database_server_refusing_the_admin_is_permanent_and_the_error_has_no_
         .await
         .unwrap();
     let project = Project::new("refused");
-    let driver = DatabaseDriver::new(weak.clone(), PASSWORD_KEY.to_vec());
+    let driver = DatabaseDriver::new(weak.clone(), admin.clone(), password_keys(), 10);
 
     let error = assert_permanent(driver.provision(&project.input()).await);
 
@@ -314,11 +342,307 @@ async fn an_unreachable_database_server_is_transient(admin: PgPool) {
                 .host("127.0.0.1")
                 .port(port),
         );
-    let driver = DatabaseDriver::new(unreachable, PASSWORD_KEY.to_vec());
+    let driver = DatabaseDriver::new(unreachable.clone(), unreachable, password_keys(), 10);
     let project = Project::new("offline");
 
     assert_transient(driver.provision(&project.input()).await);
     assert_transient(driver.deprovision(&project.input()).await);
+}
+
+/// Runs each statement on its own (`CREATE DATABASE` refuses to share a transaction).
+async fn run(admin: &PgPool, statements: &[String]) {
+    for statement in statements {
+        sqlx::raw_sql(statement).execute(admin).await.unwrap();
+    }
+}
+
+/// Connects over TCP as project `project`'s role, with its derived password, to `database`.
+async fn connect_as(
+    admin: &PgPool,
+    project: &Project,
+    database: &str,
+) -> Result<PgConnection, sqlx::Error> {
+    let options: PgConnectOptions = (*admin.connect_options())
+        .clone()
+        .host("127.0.0.1")
+        .username(&project.database_name())
+        .password(&database_password(PASSWORD_KEY, project.id))
+        .database(database);
+    PgConnection::connect_with(&options).await
+}
+
+/// The SQLSTATE of a refused connection.
+fn refusal(result: Result<PgConnection, sqlx::Error>) -> String {
+    match result {
+        Err(sqlx::Error::Database(db)) => db.code().unwrap_or_default().into_owned(),
+        Err(other) => panic!("expected the server to refuse, got {other}"),
+        Ok(_) => panic!("expected the server to refuse the connection"),
+    }
+}
+
+async fn own_database(admin: &PgPool) -> String {
+    sqlx::query_scalar("select current_database()::text")
+        .fetch_one(admin)
+        .await
+        .unwrap()
+}
+
+async fn public_may(admin: &PgPool, privilege: &str, database: &str) -> bool {
+    sqlx::query_scalar("select has_database_privilege('public', $1, $2)")
+        .bind(database)
+        .bind(privilege)
+        .fetch_one(admin)
+        .await
+        .unwrap()
+}
+
+async fn connection_limit(admin: &PgPool, role: &str) -> i32 {
+    sqlx::query_scalar("select rolconnlimit from pg_roles where rolname = $1")
+        .bind(role)
+        .fetch_one(admin)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_project_login_reaches_its_own_database_only_neither_another_projects_nor_idps(
+    admin: PgPool,
+) {
+    let idp = own_database(&admin).await;
+    assert!(
+        public_may(&admin, "CONNECT", &idp).await,
+        "a fresh database admits PUBLIC, as idp's does by default"
+    );
+    let driver = database_driver(&admin);
+    let alice = Project::new("alice");
+    let bob = Project::new("bob");
+    driver.provision(&alice.input()).await.unwrap();
+    driver.provision(&bob.input()).await.unwrap();
+
+    connect_as(&admin, &alice, &alice.database_name())
+        .await
+        .unwrap()
+        .close()
+        .await
+        .unwrap();
+    // 42501: insufficient_privilege ("permission denied for database").
+    assert_eq!(
+        refusal(connect_as(&admin, &alice, &bob.database_name()).await),
+        "42501"
+    );
+    assert_eq!(
+        refusal(connect_as(&admin, &bob, &alice.database_name()).await),
+        "42501"
+    );
+    assert_eq!(refusal(connect_as(&admin, &alice, &idp).await), "42501");
+
+    for project in [&alice, &bob] {
+        let name = project.database_name();
+        assert!(!public_may(&admin, "CONNECT", &name).await, "{name}");
+        assert!(!public_may(&admin, "TEMPORARY", &name).await, "{name}");
+        assert_eq!(connection_limit(&admin, &name).await, 3);
+    }
+    // idp keeps its own access: CONNECT was granted to its role before PUBLIC lost it.
+    let idp_role_may_connect: bool = sqlx::query_scalar(
+        "select exists (select from pg_database d, aclexplode(d.datacl) a
+                         where d.datname = current_database() and a.privilege_type = 'CONNECT'
+                           and a.grantee = (select oid from pg_roles where rolname = current_user))",
+    )
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    assert!(idp_role_may_connect);
+    assert!(!public_may(&admin, "CONNECT", &idp).await);
+
+    driver.deprovision(&alice.input()).await.unwrap();
+    driver.deprovision(&bob.input()).await.unwrap();
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_project_login_is_refused_one_connection_beyond_its_limit(admin: PgPool) {
+    let driver = database_driver(&admin);
+    let project = Project::new("greedy");
+    let name = project.database_name();
+    driver.provision(&project.input()).await.unwrap();
+
+    let mut open = Vec::new();
+    for _ in 0..CONNECTION_LIMIT {
+        open.push(connect_as(&admin, &project, &name).await.unwrap());
+    }
+    // 53300: too_many_connections ("too many connections for role").
+    assert_eq!(refusal(connect_as(&admin, &project, &name).await), "53300");
+    open.pop().unwrap().close().await.unwrap();
+    // The server counts a session until its backend has exited.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match connect_as(&admin, &project, &name).await {
+            Ok(connection) => {
+                open.push(connection);
+                break;
+            }
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("a freed slot stays refused: {e}"),
+        }
+    }
+    drop(open);
+    driver.deprovision(&project.input()).await.unwrap();
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_role_that_could_reach_idps_database_is_refused_permanently_and_gets_no_login(
+    admin: PgPool,
+) {
+    // idp's own database, owned by the test's superuser and open to PUBLIC, reached by idp
+    // through a role that may not change who may connect.
+    let suffix = Uuid::new_v4().simple().to_string();
+    let idp_db = format!("own_{suffix}");
+    let idp_role = format!("idp_{suffix}");
+    run(
+        &admin,
+        &[
+            format!("create role {idp_role} login"),
+            format!("create database {idp_db}"),
+        ],
+    )
+    .await;
+    let own = PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(
+            (*admin.connect_options())
+                .clone()
+                .username(&idp_role)
+                .database(&idp_db),
+        )
+        .await
+        .unwrap();
+    let driver = DatabaseDriver::new(admin.clone(), own.clone(), password_keys(), 10);
+    let project = Project::new("intruder");
+    let name = project.database_name();
+
+    let error = assert_permanent(driver.provision(&project.input()).await);
+
+    assert!(
+        error.contains(&format!("could connect to idp's own database \"{idp_db}\"")),
+        "{error}"
+    );
+    assert!(
+        error.contains(&format!(
+            "revoke connect on database \"{idp_db}\" from public"
+        )),
+        "{error}"
+    );
+    let can_login: bool = sqlx::query_scalar("select rolcanlogin from pg_roles where rolname = $1")
+        .bind(&name)
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    assert!(!can_login, "the role never got its login");
+    assert_eq!(databases_named(&admin, &name).await, 0);
+    assert!(
+        public_may(&admin, "CONNECT", &idp_db).await,
+        "left as it was"
+    );
+
+    // Once an operator closes it, the same step succeeds.
+    sqlx::raw_sql(&format!(
+        "grant connect on database {idp_db} to {idp_role};
+         revoke connect on database {idp_db} from public"
+    ))
+    .execute(&admin)
+    .await
+    .unwrap();
+    driver.provision(&project.input()).await.unwrap();
+    assert_eq!(
+        refusal(connect_as(&admin, &project, &idp_db).await),
+        "42501"
+    );
+
+    driver.deprovision(&project.input()).await.unwrap();
+    own.close().await;
+    run(
+        &admin,
+        &[
+            format!("drop database {idp_db} with (force)"),
+            format!("drop role {idp_role}"),
+        ],
+    )
+    .await;
+}
+
+async fn verifier_of(admin: &PgPool, role: &str) -> String {
+    sqlx::query_scalar("select rolpassword from pg_authid where rolname = $1")
+        .bind(role)
+        .fetch_one(admin)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test(migrations = false)]
+async fn hardening_isolates_a_database_made_the_old_way_and_keeps_or_rotates_its_password(
+    admin: PgPool,
+) {
+    let old = Project::new("legacy");
+    let name = old.database_name();
+    let old_password = "an-old-password-from-the-shared-secret";
+    // As earlier versions made it: PUBLIC's defaults, no connection limit.
+    run(
+        &admin,
+        &[
+            format!("create role {name} login password '{old_password}'"),
+            format!("create database {name} owner {name}"),
+        ],
+    )
+    .await;
+    let other = Project::new("neighbour");
+    let driver = database_driver(&admin);
+    driver.provision(&other.input()).await.unwrap();
+    connect_as(&admin, &other, &name)
+        .await
+        .expect("before hardening, another tenant gets in")
+        .close()
+        .await
+        .unwrap();
+    assert_eq!(connection_limit(&admin, &name).await, -1);
+
+    assert_eq!(
+        driver.harden(old.id, Password::Keep).await.unwrap(),
+        Hardened::Done {
+            password_key_id: None
+        }
+    );
+
+    assert_eq!(refusal(connect_as(&admin, &other, &name).await), "42501");
+    assert!(!public_may(&admin, "CONNECT", &name).await);
+    assert_eq!(connection_limit(&admin, &name).await, 3);
+    assert!(scram_verifier_matches(
+        &verifier_of(&admin, &name).await,
+        old_password
+    ));
+
+    assert_eq!(
+        driver.harden(old.id, Password::Rotate).await.unwrap(),
+        Hardened::Done {
+            password_key_id: Some(PASSWORD_KEY_ID.into())
+        }
+    );
+    let rotated = verifier_of(&admin, &name).await;
+    assert!(scram_verifier_matches(
+        &rotated,
+        &database_password(PASSWORD_KEY, old.id)
+    ));
+    assert!(!scram_verifier_matches(&rotated, old_password));
+    assert_eq!(
+        driver
+            .harden(Project::new("never").id, Password::Rotate)
+            .await
+            .unwrap(),
+        Hardened::Missing
+    );
+
+    driver.deprovision(&old.input()).await.unwrap();
+    driver.deprovision(&other.input()).await.unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -381,10 +705,12 @@ async fn provisioning_a_repository_commits_the_rendered_files_once_on_main() {
 
     let outputs = driver.provision(&project.input()).await.unwrap();
 
-    let path = root
-        .0
-        .join(format!("web-app-{}", &project.id.simple().to_string()[..8]));
+    let path = root.0.join(format!("web-app-{}", project.id.simple()));
     assert_eq!(driver.repository_path(&project.input()).unwrap(), path);
+    assert_eq!(
+        std::fs::read_to_string(path.join(".git/idp-project")).unwrap(),
+        format!("{}\n", project.id)
+    );
     let head = git(&path, &["rev-parse", "HEAD"]);
     assert_eq!(
         outputs,
@@ -475,6 +801,169 @@ async fn a_repository_left_broken_by_a_crash_is_rebuilt_and_deprovisioning_remov
                 .into_owned()
         ]
     );
+}
+
+/// Every file under `dir` (`.git` included) with its content, to tell whether anything changed.
+fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    fn walk(base: &Path, dir: &Path, into: &mut BTreeMap<String, Vec<u8>>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(base, &path, into);
+            } else {
+                let relative = path.strip_prefix(base).unwrap().display().to_string();
+                into.insert(relative, std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    let mut files = BTreeMap::new();
+    walk(dir, dir, &mut files);
+    files
+}
+
+/// A repository with one commit made by hand at `path`, marked as `marker`'s if given.
+fn hand_made_repository(path: &Path, marker: Option<Uuid>) {
+    std::fs::create_dir_all(path).unwrap();
+    std::fs::write(path.join("notes.txt"), "someone's work\n").unwrap();
+    git(path, &["init", "--quiet"]);
+    git(path, &["add", "--all"]);
+    git(
+        path,
+        &[
+            "-c",
+            "user.name=someone",
+            "-c",
+            "user.email=someone@localhost",
+            "commit",
+            "--quiet",
+            "-m",
+            "by hand",
+        ],
+    );
+    if let Some(marker) = marker {
+        std::fs::write(path.join(".git/idp-project"), format!("{marker}\n")).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn two_owners_picking_one_name_in_the_same_second_get_two_repositories_and_deleting_one_keeps_the_other()
+ {
+    let root = TempRoot::new();
+    let driver = RepositoryDriver::new(root.0.clone());
+    // Two requests in the same millisecond: their ids share the clock bits, the first 8 hex
+    // digits earlier versions named folders by.
+    let now = uuid::Timestamp::now(uuid::NoContext);
+    let ada = Project::with_id("web", Uuid::new_v7(now));
+    let bob = Project::with_id("web", Uuid::new_v7(now));
+    assert_ne!(ada.owner_id, bob.owner_id);
+    assert_eq!(
+        ada.id.simple().to_string()[..8],
+        bob.id.simple().to_string()[..8]
+    );
+
+    let ada_outputs = driver.provision(&ada.input()).await.unwrap();
+    let bob_outputs = driver.provision(&bob.input()).await.unwrap();
+
+    let ada_path = PathBuf::from(ada_outputs["path"].as_str().unwrap());
+    let bob_path = PathBuf::from(bob_outputs["path"].as_str().unwrap());
+    assert_ne!(ada_path, bob_path);
+    assert_ne!(ada_outputs["commit"], bob_outputs["commit"]);
+    for (project, path) in [(&ada, &ada_path), (&bob, &bob_path)] {
+        assert_eq!(
+            std::fs::read_to_string(path.join("README.md")).unwrap(),
+            project.files["README.md"]
+        );
+        assert_eq!(commit_count(path), 1);
+    }
+
+    driver.deprovision(&ada.input()).await.unwrap();
+
+    assert!(!ada_path.exists());
+    assert_eq!(
+        std::fs::read_to_string(bob_path.join("README.md")).unwrap(),
+        bob.files["README.md"]
+    );
+    assert_eq!(
+        git(&bob_path, &["rev-parse", "HEAD"]),
+        bob_outputs["commit"]
+    );
+    assert_eq!(
+        root.entries(),
+        [bob_path.file_name().unwrap().to_string_lossy().into_owned()]
+    );
+}
+
+#[tokio::test]
+async fn a_folder_marked_as_another_projects_is_neither_adopted_scaffolded_into_nor_removed() {
+    let root = TempRoot::new();
+    let driver = RepositoryDriver::new(root.0.clone());
+    let owner = Project::new("shared");
+    let intruder = Project::new("shared");
+    let path = driver.repository_path(&intruder.input()).unwrap();
+    hand_made_repository(&path, Some(owner.id));
+    // A leftover of the intruder's own is kept too when the deprovisioning is refused.
+    let dir_name = path.file_name().unwrap().to_string_lossy().into_owned();
+    let leftover = root
+        .0
+        .join(format!(".broken-{dir_name}-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&leftover).unwrap();
+    let before = snapshot(&path);
+
+    let error = assert_permanent(driver.provision(&intruder.input()).await);
+
+    assert!(error.contains(&owner.id.to_string()), "{error}");
+    assert!(
+        error.contains("neither adopted, scaffolded into nor removed"),
+        "{error}"
+    );
+    assert_eq!(snapshot(&path), before);
+    assert_eq!(
+        root.entries().len(),
+        2,
+        "nothing built: {:?}",
+        root.entries()
+    );
+
+    let error = assert_permanent(driver.deprovision(&intruder.input()).await);
+
+    assert!(error.contains(&owner.id.to_string()), "{error}");
+    assert_eq!(snapshot(&path), before);
+    assert!(leftover.exists());
+
+    // A marker that names no project at all is no better.
+    std::fs::write(path.join(".git/idp-project"), "who knows\n").unwrap();
+    assert_permanent(driver.provision(&intruder.input()).await);
+    assert!(path.join("notes.txt").exists());
+}
+
+#[tokio::test]
+async fn an_unmarked_repository_at_the_projects_own_path_is_adopted_and_one_at_the_old_shared_path_is_never_touched()
+ {
+    let root = TempRoot::new();
+    let driver = RepositoryDriver::new(root.0.clone());
+    let project = Project::new("older");
+    let path = driver.repository_path(&project.input()).unwrap();
+    hand_made_repository(&path, None);
+    let head = git(&path, &["rev-parse", "HEAD"]);
+    let old_path = root
+        .0
+        .join(format!("older-{}", &project.id.simple().to_string()[..8]));
+    hand_made_repository(&old_path, None);
+    let old_files = snapshot(&old_path);
+
+    let outputs = driver.provision(&project.input()).await.unwrap();
+
+    assert_eq!(outputs["commit"], head.as_str());
+    assert_eq!(
+        std::fs::read_to_string(path.join(".git/idp-project")).unwrap(),
+        format!("{}\n", project.id)
+    );
+    assert!(path.join("notes.txt").exists());
+
+    driver.deprovision(&project.input()).await.unwrap();
+
+    assert!(!path.exists());
+    assert_eq!(snapshot(&old_path), old_files);
 }
 
 #[tokio::test]

@@ -11,17 +11,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::harness::{
-    self, ADMIN_EMAIL, ADMIN_PASSWORD, TestApi, repo_root, spawn_worker_process, start_api,
-    start_worker, unique_prefix, wait_until,
+    self, ADMIN_EMAIL, ADMIN_PASSWORD, TestApi, drop_project_database, repo_root,
+    role_has_password, spawn_worker_process, start_api, start_worker, unique_prefix, wait_until,
 };
 use common::webhook::WebhookServer;
-use hmac::{Hmac, Mac};
 use idp_events::jobs::{BreakerEvent, breaker_stream_id};
 use idp_events::project::{ProjectEvent, stream_id};
 use idp_events::{EventStore, RecordedEvent};
 use idp_worker::provision::drivers::signature;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgPool};
 use uuid::Uuid;
@@ -157,46 +155,6 @@ fn git(repo: &Path, args: &[&str]) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
-/// Whether the server's stored SCRAM verifier of `role` accepts `password`.
-async fn role_has_password(pool: &PgPool, role: &str, password: &str) -> bool {
-    let verifier: String =
-        sqlx::query_scalar("select rolpassword from pg_authid where rolname = $1")
-            .bind(role)
-            .fetch_one(pool)
-            .await
-            .unwrap();
-    // SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>
-    let rest = verifier
-        .strip_prefix("SCRAM-SHA-256$")
-        .expect("a SCRAM verifier");
-    let (params, keys) = rest.split_once('$').unwrap();
-    let (iterations, salt) = params.split_once(':').unwrap();
-    let (stored_key, _) = keys.split_once(':').unwrap();
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let salt = b64.decode(salt).unwrap();
-    let iterations: u32 = iterations.parse().unwrap();
-    let mac = |key: &[u8], data: &[u8]| {
-        let mut m = Hmac::<Sha256>::new_from_slice(key).unwrap();
-        m.update(data);
-        m.finalize().into_bytes().to_vec()
-    };
-    // PBKDF2-HMAC-SHA256 with one output block.
-    let mut u = mac(
-        password.as_bytes(),
-        &[salt.as_slice(), &1_u32.to_be_bytes()].concat(),
-    );
-    let mut salted = u.clone();
-    for _ in 1..iterations {
-        u = mac(password.as_bytes(), &u);
-        for (s, x) in salted.iter_mut().zip(&u) {
-            *s ^= x;
-        }
-    }
-    let client_key = mac(&salted, b"Client Key");
-    b64.encode(Sha256::digest(&client_key)) == stored_key
-}
-
 async fn database_exists(pool: &PgPool, name: &str) -> bool {
     sqlx::query_scalar("select exists (select from pg_database where datname = $1)")
         .bind(name)
@@ -280,6 +238,13 @@ async fn a_service_gets_a_database_a_repository_and_one_signed_webhook_and_delet
         (role.as_str(), database.as_str())
     );
     connection.close().await.unwrap();
+    // The login reaches its own database only: idp's is closed to it.
+    let idp_database = conn.get_database().unwrap().to_owned();
+    match sqlx::PgConnection::connect_with(&login.clone().database(&idp_database)).await {
+        Err(sqlx::Error::Database(e)) => assert_eq!(e.code().as_deref(), Some("42501"), "{e}"),
+        other => panic!("the project's login reached idp's database: {other:?}"),
+    }
+    assert_eq!(project["steps"][1]["output"]["password_key_id"], "test");
     let history_text = serde_json::to_string(
         &sqlx::query_scalar::<_, Value>("select jsonb_agg(data) from events")
             .fetch_one(&pool)
@@ -584,15 +549,4 @@ async fn a_worker_killed_in_the_middle_of_a_step_is_replaced_and_every_effect_ha
     harness::delete_queues(&prefix).await;
     let _ = std::fs::remove_dir_all(repo_root(&prefix));
     drop_project_database(&pool, id).await;
-}
-
-/// Removes what a test left on the shared server (databases and roles outlive test databases).
-async fn drop_project_database(pool: &PgPool, id: Uuid) {
-    let name = format!("p_{}", id.simple());
-    let _ = sqlx::raw_sql(&format!("drop database if exists \"{name}\" with (force)"))
-        .execute(pool)
-        .await;
-    let _ = sqlx::raw_sql(&format!("drop role if exists \"{name}\""))
-        .execute(pool)
-        .await;
 }

@@ -22,7 +22,7 @@ use chrono::{DateTime, Utc};
 use idp_events::RecordedEvent;
 use idp_events::project::project::{self as decide, ProjectError};
 use idp_events::project::{
-    DriverKind, Project, ProjectName, ProjectStatus, StepStatus, database_password,
+    DriverKind, Project, ProjectName, ProjectStatus, StepStatus, recorded_database_password,
 };
 use serde::{Deserialize, Serialize};
 use sqlx::FromRow;
@@ -365,8 +365,9 @@ pub struct StepDetail {
     pub started_at: Option<DateTime<Utc>>,
     /// When the latest attempt ended.
     pub finished_at: Option<DateTime<Utc>>,
-    /// The driver's non-secret output (database and role name, repository path, webhook
-    /// status), or `{"reason": ..}` for a skipped step; `null` before.
+    /// The driver's non-secret output (database and role name and the id of the key that
+    /// derived the login's password, repository path, webhook status), or `{"reason": ..}` for
+    /// a skipped step; `null` before.
     #[schema(value_type = Option<Object>)]
     pub output: serde_json::Value,
 }
@@ -378,7 +379,7 @@ pub struct StepDetail {
     "created_at": "2026-12-01T10:00:00Z", "updated_at": "2026-12-01T10:00:05Z",
     "steps": [{"name": "database", "driver": "database", "status": "succeeded", "attempts": 1, "last_error": null,
                "started_at": "2026-12-01T10:00:01Z", "finished_at": "2026-12-01T10:00:02Z",
-               "output": {"database": "p_billing_api", "role": "p_billing_api", "host": "127.0.0.1", "port": 5432}}]}))]
+               "output": {"database": "p_billing_api", "role": "p_billing_api", "host": "127.0.0.1", "port": 5432, "password_key_id": "2026-12-01T090000Z"}}]}))]
 pub struct ProjectDetail {
     /// The project.
     pub id: Uuid,
@@ -560,14 +561,16 @@ fn login_of(output: &serde_json::Value) -> Option<(String, String, String, u16)>
 }
 
 /// Hands the owner the login to the project's database, once. Only the owner may have it, not
-/// even an administrator: the password is never stored, and a second call is 410 Gone.
+/// even an administrator: the password is never stored, and a second call is 410 Gone. After an
+/// operator rotates the password (`idp-worker harden-databases --rotate-passwords`), the new one
+/// may be fetched once.
 #[utoipa::path(post, path = "/v1/projects/{id}/credentials", tag = "projects", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "The project")),
     responses((status = 200, description = "The login, shown once", body = DatabaseCredentials,
                headers(("Cache-Control" = String, description = "`no-store`"))),
               (status = 403, description = "An administrator asking for someone else's login"),
               (status = 404, description = "No such project, or not the caller's (also for an id that is not a UUID)"),
-              (status = 409, description = "No database step, or it has not succeeded"),
+              (status = 409, description = "No database step, or it has not succeeded, or its password must be rotated by an operator first (a login set up before password key ids were recorded, or whose key was removed)"),
               (status = 410, description = "Already handed out")))]
 #[tracing::instrument(name = "projects.credentials", skip_all, fields(project.id = %id))]
 pub async fn issue_credentials(
@@ -606,6 +609,15 @@ pub async fn issue_credentials(
             "the database step's output lacks database, role, host or port"
         ))
     })?;
+    // With the key the step recorded, which after a rotation of the ring need not be current.
+    let password =
+        recorded_database_password(&state.database_keys, id, &step.output).map_err(|err| {
+            tracing::warn!(reason = %err, "database credentials cannot be derived");
+            ApiError::Conflict(format!(
+                "{err}, so its password cannot be handed out; ask an operator to rotate it \
+                 (idp-worker harden-databases --rotate-passwords), then ask again"
+            ))
+        })?;
     let mut tx = state.store.pool().begin().await?;
     projects::record(
         &state,
@@ -623,7 +635,7 @@ pub async fn issue_credentials(
         role,
         host,
         port,
-        password: database_password(state.database_keys.current().secret(), id),
+        password,
     };
     let mut response = Json(credentials).into_response();
     response

@@ -13,7 +13,10 @@ pub mod project;
 pub mod read_model;
 pub mod template;
 
-pub use credentials::database_password;
+pub use credentials::{
+    PASSWORD_KEY_ID, RecordedPasswordError, database_password, password_key_id,
+    recorded_database_password,
+};
 pub use name::{NameError, ProjectName};
 pub use project::{
     Project, ProjectError, ProjectEvent, ProjectStatus, StepState, StepStatus, stream_id,

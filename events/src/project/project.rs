@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::credentials::{PASSWORD_KEY_ID, password_key_id};
 use super::name::ProjectName;
 use super::template::{DriverKind, StepSpec, Template, TemplateError};
 use crate::{NewEvent, RecordedEvent};
@@ -113,6 +114,14 @@ pub enum ProjectEvent {
     CredentialsIssued {
         /// The step whose login it is.
         step: String,
+    },
+    /// The password of the database step's login was set again, derived with another key of
+    /// the ring (a rotation); the owner may have the new password, once.
+    DatabasePasswordRotated {
+        /// The database step whose login it is.
+        step: String,
+        /// The id of the key that derived the new password (never the password).
+        key_id: String,
     },
     /// Deletion stopped at `step`; the owner may ask to delete again.
     DeletionFailed {
@@ -398,6 +407,18 @@ impl Project {
             ProjectEvent::CredentialsIssued { step } => {
                 self.credentials_issued.insert(step.clone());
             }
+            ProjectEvent::DatabasePasswordRotated { step, key_id } => {
+                if let Some(s) = self.step_mut(step)
+                    && let Some(output) = s.output.as_object_mut()
+                {
+                    output.insert(
+                        PASSWORD_KEY_ID.to_owned(),
+                        serde_json::Value::String(key_id.clone()),
+                    );
+                }
+                // A new password, never handed out yet.
+                self.credentials_issued.remove(step);
+            }
             ProjectEvent::DeletionFailed { reason, .. } => {
                 self.status = ProjectStatus::DeletionFailed;
                 self.failure = Some(reason.clone());
@@ -651,6 +672,36 @@ pub fn issue_credentials(project: &Project, step: &str) -> Result<Vec<ProjectEve
     }
     Ok(vec![ProjectEvent::CredentialsIssued {
         step: step.to_owned(),
+    }])
+}
+
+/// Records that the login of `step` (a succeeded database step) now has the password derived
+/// with key `key_id`; nothing when the step records that key already. Refused while the project
+/// is being deleted or is deleted, as its login is going or gone.
+pub fn rotate_database_password(
+    project: &Project,
+    step: &str,
+    key_id: &str,
+) -> Result<Vec<ProjectEvent>, ProjectError> {
+    let state = project
+        .step(step)
+        .ok_or(ProjectError::UnknownStep(step.to_owned()))?;
+    let deleting = matches!(
+        project.status,
+        ProjectStatus::Deleting | ProjectStatus::Deleted
+    );
+    if deleting || state.driver != DriverKind::Database || state.status != StepStatus::Succeeded {
+        return Err(ProjectError::WrongState {
+            status: project.status,
+            action: "rotate the database password",
+        });
+    }
+    if password_key_id(&state.output) == Some(key_id) {
+        return Ok(Vec::new());
+    }
+    Ok(vec![ProjectEvent::DatabasePasswordRotated {
+        step: step.to_owned(),
+        key_id: key_id.to_owned(),
     }])
 }
 
@@ -1255,6 +1306,10 @@ mod tests {
                 step: "database".into(),
                 reason: "busy".into(),
             },
+            ProjectEvent::DatabasePasswordRotated {
+                step: "database".into(),
+                key_id: "2027-01".into(),
+            },
             ProjectEvent::ProjectDeleted,
         ]);
         for (i, event) in history.iter().enumerate() {
@@ -1342,6 +1397,50 @@ mod credential_tests {
             issue_credentials(&project, "database"),
             Err(ProjectError::CredentialsAlreadyIssued)
         );
+    }
+
+    #[test]
+    fn a_rotation_records_the_new_key_and_lets_the_owner_have_the_new_password_once() {
+        let mut project = provisioned();
+        let issued = issue_credentials(&project, "database").unwrap();
+        project.apply(&issued[0], Utc::now());
+
+        let events = rotate_database_password(&project, "database", "2027-01").unwrap();
+
+        assert_eq!(
+            events,
+            [ProjectEvent::DatabasePasswordRotated {
+                step: "database".into(),
+                key_id: "2027-01".into()
+            }]
+        );
+        project.apply(&events[0], Utc::now());
+        let output = &project.step("database").unwrap().output;
+        assert_eq!(password_key_id(output), Some("2027-01"));
+        assert!(issue_credentials(&project, "database").is_ok());
+        assert_eq!(
+            rotate_database_password(&project, "database", "2027-01"),
+            Ok(Vec::new()),
+            "the same key again records nothing"
+        );
+    }
+
+    #[test]
+    fn no_rotation_for_other_steps_or_while_the_project_is_deleted() {
+        let mut project = provisioned();
+        assert!(matches!(
+            rotate_database_password(&project, "repository", "k"),
+            Err(ProjectError::WrongState { .. })
+        ));
+        assert_eq!(
+            rotate_database_password(&project, "nope", "k"),
+            Err(ProjectError::UnknownStep("nope".into()))
+        );
+        project.apply(&ProjectEvent::DeletionRequested, Utc::now());
+        assert!(matches!(
+            rotate_database_password(&project, "database", "k"),
+            Err(ProjectError::WrongState { .. })
+        ));
     }
 
     #[test]

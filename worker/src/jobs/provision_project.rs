@@ -32,7 +32,6 @@ use crate::broker::{Ack, OutgoingJob};
 use crate::provision::drivers::{
     DatabaseDriver, DriverError, RepositoryDriver, StepInput, WebhookDriver,
 };
-use idp_events::secret_keys::SecretKeys;
 
 /// The job kind.
 pub const KIND: &str = "provision_project";
@@ -94,8 +93,8 @@ impl ProvisionProject {
 /// The drivers and where they reach.
 #[derive(Debug)]
 pub struct Drivers {
-    /// The server on which `database` steps work.
-    pub database_pool: sqlx::PgPool,
+    /// What `database` steps run.
+    pub database: DatabaseDriver,
     /// Where `repository` steps create repositories.
     pub repository: RepositoryDriver,
     /// Where `webhook` steps post.
@@ -145,7 +144,6 @@ impl ProvisionJobs {
         catalogue: Catalogue,
         drivers: Drivers,
         settings: ProvisionSettings,
-        database_keys: Arc<SecretKeys>,
         shutdown: CancellationToken,
     ) -> Self {
         let breaker = |name| {
@@ -161,10 +159,7 @@ impl ProvisionJobs {
             webhook_breaker: breaker("provision-webhook"),
             store,
             catalogue,
-            database: DatabaseDriver::new(
-                drivers.database_pool,
-                database_keys.current().secret().to_vec(),
-            ),
+            database: drivers.database,
             repository: drivers.repository,
             webhook: drivers.webhook,
             retry: settings.retry,

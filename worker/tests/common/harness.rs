@@ -8,11 +8,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use hmac::{Hmac, Mac};
 use idp_events::identity::user::{self, UserEvent};
 use idp_events::jobs::{self, JobEvent};
 use idp_events::{Append, EventStore, ExpectedVersion, RecordedEvent};
 use idp_worker::config::Config;
 use idp_worker::startup::Worker;
+use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
 use tokio_util::sync::CancellationToken;
@@ -390,4 +392,55 @@ impl TestApi {
         self.handle.await.unwrap().unwrap();
         let _ = std::fs::remove_dir_all(&self.keys_dir);
     }
+}
+
+/// Whether the server's stored SCRAM verifier of `role` accepts `password`.
+pub async fn role_has_password(pool: &PgPool, role: &str, password: &str) -> bool {
+    let verifier: String =
+        sqlx::query_scalar("select rolpassword from pg_authid where rolname = $1")
+            .bind(role)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    // SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>
+    let rest = verifier
+        .strip_prefix("SCRAM-SHA-256$")
+        .expect("a SCRAM verifier");
+    let (params, keys) = rest.split_once('$').unwrap();
+    let (iterations, salt) = params.split_once(':').unwrap();
+    let (stored_key, _) = keys.split_once(':').unwrap();
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let salt = b64.decode(salt).unwrap();
+    let iterations: u32 = iterations.parse().unwrap();
+    let mac = |key: &[u8], data: &[u8]| {
+        let mut m = Hmac::<Sha256>::new_from_slice(key).unwrap();
+        m.update(data);
+        m.finalize().into_bytes().to_vec()
+    };
+    // PBKDF2-HMAC-SHA256 with one output block.
+    let mut u = mac(
+        password.as_bytes(),
+        &[salt.as_slice(), &1_u32.to_be_bytes()].concat(),
+    );
+    let mut salted = u.clone();
+    for _ in 1..iterations {
+        u = mac(password.as_bytes(), &u);
+        for (s, x) in salted.iter_mut().zip(&u) {
+            *s ^= x;
+        }
+    }
+    let client_key = mac(&salted, b"Client Key");
+    b64.encode(Sha256::digest(&client_key)) == stored_key
+}
+
+/// Removes what a test left on the shared server (databases and roles outlive test databases).
+pub async fn drop_project_database(pool: &PgPool, id: Uuid) {
+    let name = format!("p_{}", id.simple());
+    let _ = sqlx::raw_sql(&format!("drop database if exists \"{name}\" with (force)"))
+        .execute(pool)
+        .await;
+    let _ = sqlx::raw_sql(&format!("drop role if exists \"{name}\""))
+        .execute(pool)
+        .await;
 }

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 
 use uuid::Uuid;
 
-pub use database::{DatabaseDriver, database_password};
+pub use database::{DatabaseDriver, Hardened, Password, close_own_database, database_password};
 pub use repository::RepositoryDriver;
 pub use webhook::{WebhookDriver, signature};
 

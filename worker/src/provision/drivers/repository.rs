@@ -1,13 +1,30 @@
 //! The `repository` driver: a git repository on local disk for each project, scaffolded with
 //! the template's rendered files in one initial commit on `main`.
 //!
-//! The repository lives at `<root>/<project name>-<first 8 hex digits of the id>`. It is built
-//! in a temporary sibling directory and renamed into place, so the final path either does not
-//! exist or holds a complete repository: a run that finds it (with a commit) is done, a crash
-//! half-way leaves only a temporary directory (removed by `deprovision`), and of two concurrent
-//! runs the second rename fails and that run returns the winner's repository. A final path that
-//! is there but is not a repository with a commit (after a power loss, say) is moved aside to
-//! `.broken-…` and built again.
+//! The repository lives at `<root>/<project name>-<project id as 32 hex digits>`: the whole id,
+//! so two projects never share a folder (the first 8 hex digits of a UUIDv7 are the top of its
+//! millisecond clock, the same for every project requested within about a minute). Each
+//! repository carries a marker, `.git/idp-project`, holding the id of its project: inside
+//! `.git`, so it is not part of the scaffolded tree (never committed, not in `git status`, not
+//! carried by a clone) and git ignores it. The driver never adopts, scaffolds into or removes a
+//! folder whose marker names another project: that is a permanent failure and nothing is
+//! touched. A folder without a marker at the project's own path (left by a power loss, or made
+//! by hand) is the project's, because no other project can have that path: with a commit it is
+//! adopted and marked, without one it is moved aside like any broken repository.
+//!
+//! Repositories made before the marker were named `<name>-<8 hex digits>`, a name two projects
+//! could share, so the driver cannot tell whose such a folder is: it neither adopts nor removes
+//! one (deprovisioning logs that it left it), and an operator removes it by hand once neither
+//! project of that name needs it.
+//!
+//! A repository is built in a temporary sibling directory, marker included, and renamed into
+//! place, so the final path either does not exist or holds a complete repository: a run that
+//! finds it (with a commit) is done, a crash half-way leaves only a temporary directory (removed
+//! by `deprovision`), and of two concurrent runs the second rename fails and that run returns
+//! the winner's repository. A final path that is there but is not a repository with a commit
+//! (after a power loss, say) is moved aside to `.broken-…` and built again. Temporary and
+//! moved-aside directories are named after the full folder name, and so the full id, and carry
+//! their own markers, which `deprovision` checks like the repository's.
 //!
 //! git runs as a command (`tokio::process`), with the system and global configuration ignored
 //! and identity, default branch, signing and hooks set on the command line, so what it builds
@@ -20,6 +37,7 @@ use std::process::Stdio;
 
 use serde_json::json;
 use tokio::fs;
+use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 use uuid::Uuid;
 
@@ -27,6 +45,9 @@ use super::{DriverError, StepInput};
 
 /// The branch of the initial commit.
 const BRANCH: &str = "main";
+
+/// The file in a repository's `.git` that holds the id of the project it belongs to.
+const MARKER: &str = "idp-project";
 
 /// Creates and removes projects' git repositories under one directory.
 #[derive(Debug, Clone)]
@@ -49,6 +70,7 @@ impl RepositoryDriver {
     #[tracing::instrument(skip_all, fields(project.id = %input.project_id))]
     pub async fn provision(&self, input: &StepInput<'_>) -> Result<serde_json::Value, DriverError> {
         let dir_name = dir_name(input)?;
+        let project = input.project_id;
         let files = input
             .files
             .iter()
@@ -59,7 +81,7 @@ impl RepositoryDriver {
             .await
             .map_err(|e| io_failed("creating the repositories directory", &e))?;
 
-        if let Some(commit) = self.existing(&target, &dir_name).await? {
+        if let Some(commit) = self.existing(&target, &dir_name, project).await? {
             return Ok(outputs(&target, &commit));
         }
 
@@ -68,14 +90,16 @@ impl RepositoryDriver {
             "Scaffold {} from template {} v{}",
             input.project_name, input.template, input.template_version
         );
-        if let Err(e) = build(&staging, &files, &message).await {
+        if let Err(e) = build(&staging, &files, &message, project).await {
             let _ = remove_path(&staging).await;
             return Err(e);
         }
         if let Err(e) = fs::rename(&staging, &target).await {
             let _ = remove_path(&staging).await;
             // A concurrent run renamed its repository into place first: use that one.
-            if let Some(commit) = head(&target).await? {
+            if claim_of(&target, project).await? == Claim::Ours
+                && let Some(commit) = head(&target).await?
+            {
                 return Ok(outputs(&target, &commit));
             }
             return Err(io_failed("moving the repository into place", &e));
@@ -90,13 +114,12 @@ impl RepositoryDriver {
     }
 
     /// Removes the project's repository and any temporary or broken leftovers of it; missing
-    /// is fine.
+    /// is fine. Refuses, removing nothing, if any of them is marked as another project's.
     #[tracing::instrument(skip_all, fields(project.id = %input.project_id))]
     pub async fn deprovision(&self, input: &StepInput<'_>) -> Result<(), DriverError> {
         let dir_name = dir_name(input)?;
-        remove_path(&self.root.join(&dir_name))
-            .await
-            .map_err(|e| io_failed("removing the repository", &e))?;
+        let project = input.project_id;
+        let mut doomed = vec![self.root.join(&dir_name)];
         let mut entries = match fs::read_dir(&self.root).await {
             Ok(entries) => entries,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -107,24 +130,59 @@ impl RepositoryDriver {
             .await
             .map_err(|e| io_failed("listing the repositories directory", &e))?
         {
-            let name = entry.file_name();
-            if is_leftover_of(&name, &dir_name) {
-                remove_path(&entry.path())
-                    .await
-                    .map_err(|e| io_failed("removing a leftover of the repository", &e))?;
+            if is_leftover_of(&entry.file_name(), &dir_name) {
+                doomed.push(entry.path());
             }
+        }
+        // Every marker first, so that a refusal leaves everything as it was.
+        for path in &doomed {
+            if let Claim::Other(other) = claim_of(path, project).await? {
+                return Err(foreign(path, &other, project));
+            }
+        }
+        for path in &doomed {
+            remove_path(path)
+                .await
+                .map_err(|e| io_failed("removing the repository or a leftover of it", &e))?;
+        }
+        let legacy = self.root.join(legacy_dir_name(input));
+        if fs::symlink_metadata(&legacy).await.is_ok() {
+            tracing::warn!(
+                repository.path = %legacy.display(),
+                "left a repository at the path of earlier versions in place: it has no marker \
+                 and may be another project's of the same name; remove it by hand once neither \
+                 needs it"
+            );
         }
         Ok(())
     }
 
-    /// The commit of a complete repository at `target`; a broken one is moved aside.
-    async fn existing(&self, target: &Path, dir_name: &str) -> Result<Option<String>, DriverError> {
+    /// The commit of a complete repository of the project at `target`: an unmarked one is
+    /// adopted and marked (no other project can have this path), one without a commit is moved
+    /// aside, and one marked as another project's is refused.
+    async fn existing(
+        &self,
+        target: &Path,
+        dir_name: &str,
+        project: Uuid,
+    ) -> Result<Option<String>, DriverError> {
         match fs::symlink_metadata(target).await {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_failed("looking for the repository", &e)),
             Ok(_) => {}
         }
+        let claim = claim_of(target, project).await?;
+        if let Claim::Other(other) = &claim {
+            return Err(foreign(target, other, project));
+        }
         if let Some(commit) = head(target).await? {
+            if claim == Claim::Unclaimed {
+                tracing::warn!(
+                    repository.path = %target.display(),
+                    "adopting a repository without a marker at the project's own path"
+                );
+                write_marker(target, project).await?;
+            }
             return Ok(Some(commit));
         }
         let aside = self.root.join(sibling_name(".broken", dir_name));
@@ -143,7 +201,78 @@ impl RepositoryDriver {
     }
 }
 
-/// `<project name>-<first 8 hex digits of the id>`; the name is checked once more because it
+/// Whose a folder is, by its marker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Claim {
+    /// The marker names this project.
+    Ours,
+    /// No marker, or an empty one (a power loss before its content reached the disk).
+    Unclaimed,
+    /// The marker names another project, or something that is not a project id: what it says.
+    Other(String),
+}
+
+/// The marker inside a repository's `.git`.
+fn marker_path(repository: &Path) -> PathBuf {
+    repository.join(".git").join(MARKER)
+}
+
+/// Whose the folder `dir` is, for `project`.
+async fn claim_of(dir: &Path, project: Uuid) -> Result<Claim, DriverError> {
+    let text = match fs::read_to_string(marker_path(dir)).await {
+        Ok(text) => text,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+            ) =>
+        {
+            return Ok(Claim::Unclaimed);
+        }
+        // Not UTF-8: written by something else.
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+            return Ok(Claim::Other("unreadable text".into()));
+        }
+        Err(e) => return Err(io_failed("reading the repository's marker", &e)),
+    };
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(Claim::Unclaimed);
+    }
+    Ok(match Uuid::parse_str(text) {
+        Ok(id) if id == project => Claim::Ours,
+        _ => Claim::Other(text.chars().take(64).collect()),
+    })
+}
+
+/// The permanent refusal to touch another project's folder.
+fn foreign(path: &Path, other: &str, project: Uuid) -> DriverError {
+    DriverError::Permanent(format!(
+        "repository: {} is marked as project {other:?}'s, not {project}'s; it is neither \
+         adopted, scaffolded into nor removed",
+        path.display()
+    ))
+}
+
+/// Writes the marker of `project` into the repository at `repository`: aside and renamed into
+/// place, so it is either absent or whole.
+async fn write_marker(repository: &Path, project: Uuid) -> Result<(), DriverError> {
+    let marker = marker_path(repository);
+    let aside = marker.with_extension(format!("tmp-{}", Uuid::new_v4().simple()));
+    let written = async {
+        let mut file = fs::File::create(&aside).await?;
+        file.write_all(format!("{project}\n").as_bytes()).await?;
+        file.sync_all().await?;
+        fs::rename(&aside, &marker).await
+    };
+    if let Err(e) = written.await {
+        let _ = fs::remove_file(&aside).await;
+        return Err(io_failed("writing the repository's marker", &e));
+    }
+    Ok(())
+}
+
+/// `<project name>-<the id as 32 hex digits>`; the name is checked once more because it
 /// becomes a path.
 fn dir_name(input: &StepInput<'_>) -> Result<String, DriverError> {
     let name = input.project_name;
@@ -158,8 +287,14 @@ fn dir_name(input: &StepInput<'_>) -> Result<String, DriverError> {
             "repository: the project name {name:?} is not a DNS label"
         )));
     }
+    Ok(format!("{name}-{}", input.project_id.simple()))
+}
+
+/// The folder name of earlier versions, `<project name>-<first 8 hex digits of the id>`, which
+/// projects of one name requested close together share.
+fn legacy_dir_name(input: &StepInput<'_>) -> String {
     let id = input.project_id.simple().to_string();
-    Ok(format!("{name}-{}", &id[..8]))
+    format!("{}-{}", input.project_name, &id[..8])
 }
 
 /// `<prefix>-<dir name>-<32 random hex digits>`.
@@ -209,11 +344,13 @@ fn relative_path(raw: &str) -> Result<PathBuf, DriverError> {
     Ok(path)
 }
 
-/// Writes the files into a new directory `staging` and commits them.
+/// Writes the files into a new directory `staging`, commits them and marks the repository as
+/// `project`'s.
 async fn build(
     staging: &Path,
     files: &[(PathBuf, &str)],
     message: &str,
+    project: Uuid,
 ) -> Result<(), DriverError> {
     fs::create_dir(staging)
         .await
@@ -230,6 +367,7 @@ async fn build(
             .map_err(|e| write_failed(&e))?;
     }
     git(staging, &["init", "--quiet"]).await?;
+    write_marker(staging, project).await?;
     git(staging, &["add", "--all"]).await?;
     git(
         staging,
@@ -392,14 +530,20 @@ mod tests {
     }
 
     #[test]
-    fn leftovers_are_recognised_only_for_their_own_project() {
+    fn leftovers_are_recognised_by_the_full_folder_name_only() {
         let random = Uuid::new_v4().simple().to_string();
-        let ours = format!(".tmp-web-0123abcd-{random}");
-        let broken = format!(".broken-web-0123abcd-{random}");
-        let other = format!(".tmp-web-0123abcd-x-89abcdef-{random}");
-        assert!(is_leftover_of(OsStr::new(&ours), "web-0123abcd"));
-        assert!(is_leftover_of(OsStr::new(&broken), "web-0123abcd"));
-        assert!(!is_leftover_of(OsStr::new(&other), "web-0123abcd"));
-        assert!(!is_leftover_of(OsStr::new("web-0123abcd"), "web-0123abcd"));
+        let id = "0190f4c28a1e7c3b9d2a5e6f7a8b9c0d";
+        let dir = format!("web-{id}");
+        let ours = format!(".tmp-{dir}-{random}");
+        let broken = format!(".broken-{dir}-{random}");
+        // Another project of the same name, requested in the same millisecond.
+        let same_clock = format!(".tmp-web-0190f4c28a1effffffffffffffffffff-{random}");
+        let longer_name = format!(".tmp-{dir}-x-{id}-{random}");
+        let old_style = format!(".tmp-web-0190f4c2-{random}");
+        assert!(is_leftover_of(OsStr::new(&ours), &dir));
+        assert!(is_leftover_of(OsStr::new(&broken), &dir));
+        for other in [&same_clock, &longer_name, &old_style, &dir] {
+            assert!(!is_leftover_of(OsStr::new(other), &dir), "{other}");
+        }
     }
 }
