@@ -14,9 +14,10 @@ use idp_events::identity::user::{self, User, UserError, UserEvent};
 use idp_events::secret_keys::SecretKeys;
 use idp_events::{Append, AppendError, EventStore, ExpectedVersion, Metadata};
 use sqlx::{Connection, PgConnection, PgPool, Row};
+use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use crate::auth::password::{self, Hasher};
+use crate::auth::password::{self, ClientShares, Hasher};
 use crate::auth::rate_limit::{Decision, Limit, RateLimiter};
 use crate::auth::tokens::{self, Tokens};
 use crate::config::IdentityConfig;
@@ -147,6 +148,9 @@ pub struct Identity {
     store: EventStore,
     pool: PgPool,
     hasher: Hasher,
+    shares: ClientShares,
+    /// Work done after its request was answered (see [`Identity::finish_background_work`]).
+    background: TaskTracker,
     tokens: Tokens,
     limiter: RateLimiter,
     email_keys: Arc<SecretKeys>,
@@ -178,6 +182,8 @@ impl Identity {
             pool,
             store,
             hasher,
+            shares: ClientShares::default(),
+            background: TaskTracker::new(),
             tokens,
             email_keys: Arc::new(keys.email_tokens),
             address_digest_keys: Arc::new(keys.address_digest),
@@ -189,6 +195,13 @@ impl Identity {
             },
             session_ttl: chrono::Duration::days(i64::from(config.session_ttl_days)),
         }
+    }
+
+    /// Waits for the work done after answering (email requests) to finish; new work is still
+    /// taken until this is called.
+    pub async fn finish_background_work(&self) {
+        self.background.close();
+        self.background.wait().await;
     }
 
     /// Access token issuing and checking.
@@ -317,6 +330,7 @@ impl Identity {
     ) -> Result<(), ApiError> {
         password::validate(password)
             .map_err(|e| ApiError::Unprocessable(format!("password: {e}")))?;
+        let turn = self.shares.turn(&ctx.ip_key()).await;
         self.limit(&[
             (
                 format!("register:ip:{}", ctx.ip_key()),
@@ -329,6 +343,7 @@ impl Identity {
         ])
         .await?;
         let hash = self.hasher.hash(password).await?;
+        drop(turn);
         for _ in 0..3 {
             let outcome = match self.user_id_by_email(email).await? {
                 None => {
@@ -554,10 +569,11 @@ impl Identity {
         .await
     }
 
-    /// A rate-limited request for an email about an account. Whatever becomes of it (an email,
-    /// or nothing because there is no such account or nothing to send), it does the same work
-    /// (a lookup, a stream read and one append) and answers the same, so that neither tells
-    /// anything about the address.
+    /// A rate-limited request for an email about an account, answered as soon as it passed
+    /// the limits: what becomes of it (an email; or nothing, because no account has the address
+    /// or it needs no such email) is carried out afterwards, so neither the answer nor its
+    /// timing tells anything about the address. A request that cannot be carried out (the
+    /// database is away) is logged; its sender gets no email and asks again.
     async fn request_email(
         &self,
         ctx: &ClientContext,
@@ -565,6 +581,7 @@ impl Identity {
         requested: Requested,
         decide: fn(&User) -> Vec<UserEvent>,
     ) -> Result<(), ApiError> {
+        let turn = self.shares.turn(&ctx.ip_key()).await;
         self.limit(&[
             (
                 format!("email:ip:{}", ctx.ip_key()),
@@ -576,6 +593,31 @@ impl Identity {
             ),
         ])
         .await?;
+        let this = self.clone();
+        let (ctx, email) = (ctx.clone(), email.clone());
+        self.background.spawn(async move {
+            // The client's turn lasts until its request is carried out.
+            let _turn = turn;
+            if let Err(error) = this
+                .carry_out_email_request(&ctx, &email, requested, decide)
+                .await
+            {
+                tracing::warn!(error = %error, ?requested, "an email request could not be carried out");
+            }
+        });
+        Ok(())
+    }
+
+    /// Carries out an email request: the events `decide` makes for the account, or, when it
+    /// makes none or there is no account, an `EmailRequestUnanswered` under the address's keyed
+    /// digest, so that the log shows every request.
+    async fn carry_out_email_request(
+        &self,
+        ctx: &ClientContext,
+        email: &Email,
+        requested: Requested,
+        decide: fn(&User) -> Vec<UserEvent>,
+    ) -> Result<(), ApiError> {
         let (account, events) = match self.user_id_by_email(email).await? {
             Some(id) => {
                 let account = self.load_user(id).await?;
@@ -598,10 +640,6 @@ impl Identity {
                 let digest = address_digest::digest(&self.address_digest_keys, email.as_str());
                 let stream =
                     email_request::unanswered_stream_id(&address_digest::stream_name(&digest));
-                if account.is_none() {
-                    // The read a known account's decision needs.
-                    self.store.stream_version(&stream).await?;
-                }
                 self.store
                     .append(
                         Append::to(stream)
@@ -629,6 +667,10 @@ impl Identity {
         password: &str,
     ) -> Result<TokenPair, ApiError> {
         let email = &Email::parse(email)?;
+        // One request of this client at a time, from before its limits are counted to the end
+        // (see `ClientShares`): a flood from one address queues behind itself, not in the
+        // database pool or the hasher's queue.
+        let _turn = self.shares.turn(&ctx.ip_key()).await;
         self.limit(&[
             (
                 format!("login:ip:{}", ctx.ip_key()),

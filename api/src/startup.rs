@@ -68,6 +68,7 @@ pub struct Application {
     internal_router: Router,
     pool: PgPool,
     log_watch: LogWatch,
+    identity: Identity,
 }
 
 impl Application {
@@ -110,6 +111,7 @@ impl Application {
             database_keys,
             seal_keys_dir: Arc::from(config.seal_keys_dir.as_path()),
         };
+        let identity_handle = state.identity.clone();
         let health = Health::new(pool.clone(), broker).with_optional_broker();
         let internal_router = idp_ops::health::router(health.clone());
         let router = app(state, health, config)?;
@@ -120,6 +122,7 @@ impl Application {
             internal_router,
             pool,
             log_watch,
+            identity: identity_handle,
         })
     }
 
@@ -189,6 +192,8 @@ impl Application {
             .await
             .context("while serving the internal listener")?
             .context("while serving the internal listener")?;
+        // Email requests answered before they were carried out.
+        self.identity.finish_background_work().await;
         self.pool.close().await;
         tracing::info!("idp-api stopped");
         Ok(())

@@ -25,15 +25,24 @@ async fn pool(conn: &PgConnectOptions) -> PgPool {
 }
 
 /// The token the worker would put in the email caused by the latest `event_type` of `email`.
+/// Waits for it: requests for emails are carried out just after they are answered.
 async fn token_from_log(pool: &PgPool, event_type: &str, email: &str, purpose: Purpose) -> String {
-    let event_id: Uuid = sqlx::query_scalar(
-        "select event_id from events where event_type = $1 and data->>'email' = $2 order by position desc limit 1",
-    )
-    .bind(event_type)
-    .bind(email)
-    .fetch_one(pool)
-    .await
-    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let event_id: Uuid = loop {
+        let found: Option<Uuid> = sqlx::query_scalar(
+            "select event_id from events where event_type = $1 and data->>'email' = $2 order by position desc limit 1",
+        )
+        .bind(event_type)
+        .bind(email)
+        .fetch_optional(pool)
+        .await
+        .unwrap();
+        if let Some(id) = found {
+            break id;
+        }
+        assert!(Instant::now() < deadline, "no {event_type} for {email}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     one_time_token::issue(&common::email_keys(), purpose, event_id)
 }
 

@@ -1215,3 +1215,66 @@ async fn the_openapi_document_covers_the_project_routes(
     );
     app.stop().await;
 }
+
+#[sqlx::test(migrations = false)]
+async fn event_streams_are_capped_per_user_and_end_within_seconds_of_sign_out(
+    _opts: PgPoolOptions,
+    conn: PgConnectOptions,
+) {
+    let env = env(&conn, &["--sse-max-streams-per-user", "2"]).await;
+    let first_session = env.user("ada@example.com").await;
+    let id = env.create(&first_session, "billing").await;
+    let pair: Value = env
+        .app
+        .post(
+            "/v1/auth/login",
+            json!({ "email": "ada@example.com", "password": PASSWORD }),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    idp_ops::test_logs::remember_secrets_in(&pair);
+    let second_session = pair["access_token"].as_str().unwrap();
+
+    let mut a = SseClient::connect(&env, second_session, id, None).await;
+    let mut b = SseClient::connect(&env, second_session, id, None).await;
+    assert_eq!(a.next().await.unwrap().event, "ProjectRequested");
+    assert_eq!(b.next().await.unwrap().event, "ProjectRequested");
+    // The cap is the user's, whichever session asks.
+    let third = env
+        .send(
+            reqwest::Method::GET,
+            &format!("/v1/projects/{id}/events"),
+            &first_session,
+        )
+        .await;
+    assert_eq!(third.status(), 429);
+    assert!(third.headers().contains_key("retry-after"));
+    // Someone else is not limited by Ada's streams.
+    let admin = env.admin().await;
+    let mut other = SseClient::connect(&env, &admin, id, None).await;
+    assert_eq!(other.next().await.unwrap().event, "ProjectRequested");
+
+    let signed_out = env
+        .app
+        .post(
+            "/v1/auth/logout",
+            json!({ "refresh_token": pair["refresh_token"] }),
+        )
+        .await;
+    assert_eq!(signed_out.status(), 204);
+    let started = std::time::Instant::now();
+    assert!(a.next().await.is_none(), "the stream ends");
+    assert!(b.next().await.is_none(), "the stream ends");
+    let ended_after = started.elapsed();
+    assert!(
+        ended_after < Duration::from_secs(3),
+        "streams of an ended session close within seconds: {ended_after:?}"
+    );
+    // Their places are free again.
+    let mut again = SseClient::connect(&env, &first_session, id, None).await;
+    assert_eq!(again.next().await.unwrap().event, "ProjectRequested");
+    drop(other);
+    env.app.stop().await;
+}

@@ -607,6 +607,13 @@ async fn a_lock_refuses_sign_in_and_ends_every_session_until_an_unlock(
         )
         .await;
     assert_eq!(status, 202);
+    // Carried out just after the answer: as a request that sent nothing.
+    wait_until("the request on record", DEADLINE, || async {
+        !s.actors("email-request-%", "EmailRequestUnanswered")
+            .await
+            .is_empty()
+    })
+    .await;
     assert!(
         s.actors(&user::stream_id(ada), "PasswordResetRequested")
             .await

@@ -19,9 +19,9 @@
 //! starving the runtime or allocating unbounded memory (each hash takes `memory_kib` KiB).
 //! Neither passwords nor hashes are ever logged.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 
 use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
@@ -409,6 +409,54 @@ impl Hasher {
         })
         .await
         .map_err(|_| HashError::Join)
+    }
+}
+
+/// Each client's share of the hasher: at most one password computation of one client (its rate
+/// limit key: an IPv4 address or an IPv6 /64) runs or waits for a permit at a time; its other
+/// requests wait their turn without occupying the queue. So a flood from one address costs
+/// that address time, not everyone: another client's sign-in waits behind at most one of the
+/// flood's computations.
+#[derive(Debug, Clone, Default)]
+pub struct ClientShares {
+    clients: Arc<Mutex<HashMap<String, Weak<Semaphore>>>>,
+}
+
+/// A client's turn at the hasher, held until dropped.
+#[derive(Debug)]
+pub struct ClientTurn {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl ClientShares {
+    /// Waits for `client`'s turn.
+    pub async fn turn(&self, client: &str) -> ClientTurn {
+        let semaphore = {
+            let mut clients = self
+                .clients
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(live) = clients.get(client).and_then(Weak::upgrade) {
+                live
+            } else {
+                if clients.len() >= 1024 {
+                    // Forget clients nobody waits for any more.
+                    clients.retain(|_, share| share.strong_count() > 0);
+                }
+                let fresh = Arc::new(Semaphore::new(1));
+                clients.insert(client.to_owned(), Arc::downgrade(&fresh));
+                fresh
+            }
+        };
+        // Never closed, so acquiring cannot fail; a closed one would just mean no turn-taking.
+        match semaphore.clone().acquire_owned().await {
+            Ok(permit) => ClientTurn { _permit: permit },
+            Err(_) => ClientTurn {
+                _permit: Arc::new(Semaphore::new(1))
+                    .try_acquire_owned()
+                    .unwrap_or_else(|_| unreachable!("a fresh semaphore has a permit")),
+            },
+        }
     }
 }
 
@@ -851,6 +899,22 @@ mod tests {
         assert_eq!(hasher.admitted.load(Ordering::Acquire), 0);
         drop(held);
         assert!(hasher.hash("abc").await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn one_client_takes_turns_while_another_goes_at_once() {
+        let shares = ClientShares::default();
+        let first = shares.turn("203.0.113.7").await;
+        let second = tokio::time::timeout(Duration::from_millis(50), shares.turn("203.0.113.7"));
+        assert!(second.await.is_err(), "the same client waits its turn");
+        let other = tokio::time::timeout(Duration::from_millis(50), shares.turn("198.51.100.1"));
+        assert!(other.await.is_ok(), "another client does not wait");
+        drop(first);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), shares.turn("203.0.113.7"))
+                .await
+                .is_ok()
+        );
     }
 
     #[test]
