@@ -71,6 +71,12 @@ fn wrk(
     }
     lua.push_str(
         r#"
+-- Sign-ins come from many addresses, as in production (through the trusted loopback proxy):
+-- one address has one sign-in at a time.
+request = function()
+  wrk.headers["X-Forwarded-For"] = string.format("10.%d.%d.%d", math.random(0, 255), math.random(0, 255), math.random(1, 254))
+  return wrk.format()
+end
 bad = 0
 function response(status, headers, body)
   if status >= 300 then bad = bad + 1 end
@@ -193,6 +199,10 @@ async fn main() -> anyhow::Result<()> {
         "127.0.0.1:0",
         "--jwt-keys-dir",
         &keys_arg,
+        "--secrets-dir",
+        &format!("{keys_arg}/secrets"),
+        "--trusted-proxies",
+        "127.0.0.1/32",
         "--email-token-keys",
         &format!("bench:{SECRET}"),
         "--database-max-connections",
@@ -326,8 +336,8 @@ async fn main() -> anyhow::Result<()> {
         "login throughput vs argon2 in parallel",
         logins.requests_per_sec,
         parallel_hashes,
-        "(reference)",
-        true,
+        ">= 0.90x parallel",
+        logins.requests_per_sec >= 0.90 * parallel_hashes,
     );
     row("login p95 (ms)", logins.p95_ms, f64::NAN, "-", true);
     row(

@@ -191,7 +191,10 @@ mod tests {
             ),
             ("x-forwarded-for", "6.6.6.6"),
         ]);
-        assert_eq!(trusted.client_ip(ip("10.0.0.1"), &h), ip("2001:db8:cafe::17"));
+        assert_eq!(
+            trusted.client_ip(ip("10.0.0.1"), &h),
+            ip("2001:db8:cafe::17")
+        );
         // An obfuscated hop: what lies beyond it cannot be believed.
         let h = headers(&[("forwarded", "for=6.6.6.6, for=_hidden")]);
         assert_eq!(trusted.client_ip(ip("10.0.0.1"), &h), ip("10.0.0.1"));
@@ -204,7 +207,10 @@ mod tests {
             rate_key(ip("2001:db8:1:2:bbbb::9")),
             rate_key(ip("2001:db8:1:2::1"))
         );
-        assert_ne!(rate_key(ip("2001:db8:1:3::1")), rate_key(ip("2001:db8:1:2::1")));
+        assert_ne!(
+            rate_key(ip("2001:db8:1:3::1")),
+            rate_key(ip("2001:db8:1:2::1"))
+        );
         assert_eq!(rate_key(ip("::ffff:198.51.100.4")), "198.51.100.4");
         assert_eq!(rate_key(ip("198.51.100.4")), "198.51.100.4");
     }

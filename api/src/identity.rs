@@ -5,9 +5,9 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use idp_events::identity::address_digest;
 use idp_events::identity::email_request::{self, Requested, Unanswered};
 use idp_events::identity::login::{self, FailureReason};
-use idp_events::identity::address_digest;
 use idp_events::identity::one_time_token::{self, Purpose};
 use idp_events::identity::session::{self, RevokeReason, SessionEvent};
 use idp_events::identity::user::{self, User, UserError, UserEvent};
@@ -548,8 +548,13 @@ impl Identity {
         ctx: &ClientContext,
         email: &Email,
     ) -> Result<(), ApiError> {
-        self.request_email(ctx, email, Requested::Verification, user::request_verification)
-            .await
+        self.request_email(
+            ctx,
+            email,
+            Requested::Verification,
+            user::request_verification,
+        )
+        .await
     }
 
     /// Sends a reset email if the account exists, unless an administrator's lock is in force
@@ -1414,7 +1419,11 @@ impl Identity {
     /// alone (only healing `admin_accounts`). Any other account holding the address is refused:
     /// whoever registered it first must not become administrator, nor keep their password for
     /// it. Safe to run from several instances.
-    pub async fn ensure_admin(&self, email: &Email, password: &str) -> Result<(), AdminBootstrapError> {
+    pub async fn ensure_admin(
+        &self,
+        email: &Email,
+        password: &str,
+    ) -> Result<(), AdminBootstrapError> {
         let meta = Metadata::actor("system");
         for _ in 0..3 {
             if let Some(id) = self.user_id_by_email(email).await? {

@@ -157,11 +157,9 @@ impl Application {
             "idp-api listening"
         );
         let log_watch = self.log_watch;
-        let internal = idp_ops::shutdown::GracefulListener::new(
-            self.internal_listener,
-            shutdown.clone(),
-        )
-        .context("while reading the API's internal listening address")?;
+        let internal =
+            idp_ops::shutdown::GracefulListener::new(self.internal_listener, shutdown.clone())
+                .context("while reading the API's internal listening address")?;
         let internal_stopped = internal.stopped();
         let internal = tokio::spawn(
             axum::serve(internal, self.internal_router.into_make_service())

@@ -82,8 +82,11 @@ impl Load {
                         n += 1;
                         let sample = if n.is_multiple_of(2) {
                             let email = format!("load-{i}-{n}@example.com");
+                            // Each load client is a client address of its own (through the
+                            // trusted loopback proxy): one address has one sign-up at a time.
                             let request = client
                                 .post(format!("{base}/v1/auth/register"))
+                                .header("x-forwarded-for", format!("198.18.0.{}", i + 1))
                                 .json(&serde_json::json!({ "email": email, "password": PASSWORD }));
                             let mut sample = send("register", request).await;
                             sample.email = Some(email);
@@ -265,7 +268,12 @@ async fn wait_successes(load: &Load, n: usize) {
 /// The API with its database behind `proxy`, a signed-in user, and a client for the load.
 async fn app_behind(proxy: &Proxy, conn: &PgConnectOptions, extra: &[&str]) -> (TestApp, String) {
     let via_proxy = conn.clone().host("127.0.0.1").port(proxy.port());
-    let mut args = vec!["--rate-limit-email-per-ip", NO_EMAIL_LIMIT];
+    let mut args = vec![
+        "--rate-limit-email-per-ip",
+        NO_EMAIL_LIMIT,
+        "--trusted-proxies",
+        "127.0.0.1/32",
+    ];
     args.extend_from_slice(extra);
     let app = spawn_app(&via_proxy, &args).await;
     let direct = direct_pool(conn).await;
@@ -539,6 +547,7 @@ async fn sigterm_under_load_finishes_requests_in_flight_and_then_refuses_connect
         .env("PROJECT_DATABASE_KEYS", common::PROJECT_DATABASE_KEYS)
         .env("ADDRESS_DIGEST_KEYS", common::ADDRESS_DIGEST_KEYS)
         .env("RATE_LIMIT_EMAIL_PER_IP", NO_EMAIL_LIMIT)
+        .env("TRUSTED_PROXIES", "127.0.0.1/32")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());

@@ -127,7 +127,11 @@ async fn an_admin_email_registered_by_someone_else_stops_start_up_and_hands_over
 
     let pool = pool(&conn).await;
     assert_eq!(count(&pool, "RolesChanged").await, 0, "no role was granted");
-    assert_eq!(count(&pool, "EmailVerified").await, 0, "nothing was verified");
+    assert_eq!(
+        count(&pool, "EmailVerified").await,
+        0,
+        "nothing was verified"
+    );
     let admins: i64 = sqlx::query_scalar("select count(*) from admin_accounts")
         .fetch_one(&pool)
         .await
@@ -158,9 +162,16 @@ async fn the_public_listener_serves_no_metrics_and_only_a_bare_readiness(
         .json()
         .await
         .unwrap();
-    assert_eq!(ready, json!({ "status": "ready" }), "nothing but the status");
     assert_eq!(
-        reqwest::get(app.url("/health/live")).await.unwrap().status(),
+        ready,
+        json!({ "status": "ready" }),
+        "nothing but the status"
+    );
+    assert_eq!(
+        reqwest::get(app.url("/health/live"))
+            .await
+            .unwrap()
+            .status(),
         200
     );
 
@@ -263,7 +274,10 @@ async fn computations_beyond_the_hashing_queue_are_shed_with_a_quick_503(
     });
     let answers = futures::future::join_all(attempts).await;
     let shed: Vec<_> = answers.iter().filter(|a| a.0 == 503).collect();
-    assert!(!shed.is_empty(), "with no queue, concurrent sign-ins are shed");
+    assert!(
+        !shed.is_empty(),
+        "with no queue, concurrent sign-ins are shed"
+    );
     assert!(
         answers.iter().all(|a| a.0 == 503 || a.0 == 401),
         "{:?}",
@@ -282,7 +296,8 @@ async fn a_flood_from_one_address_does_not_slow_another_addresss_sign_ins(
     _opts: PgPoolOptions,
     conn: PgConnectOptions,
 ) {
-    let app = spawn_app(
+    // On a runtime of its own, as in production: the flood's client is not the server's.
+    let app = common::spawn_app_on_own_runtime(
         &conn,
         &[
             "--trusted-proxies",
@@ -295,7 +310,8 @@ async fn a_flood_from_one_address_does_not_slow_another_addresss_sign_ins(
     )
     .await;
     let pool = pool(&conn).await;
-    app.verified_user(&pool, "legit@example.com", PASSWORD).await;
+    app.verified_user(&pool, "legit@example.com", PASSWORD)
+        .await;
     let mut quiet = Vec::new();
     // RATE_LIMIT_LOGIN_PER_IP (30/60s) holds for the legitimate address too: 5 + 24 sign-ins.
     for _ in 0..5 {
@@ -307,27 +323,34 @@ async fn a_flood_from_one_address_does_not_slow_another_addresss_sign_ins(
         .build()
         .unwrap();
     let base = app.base.clone();
-    let flood = tokio::spawn(async move {
-        let attempts = (0..400).map(|i| {
-            let client = client.clone();
-            let base = base.clone();
-            async move {
-                let email = if i % 2 == 0 {
-                    format!("victim{i}@example.com")
-                } else {
-                    "not an address".to_owned()
-                };
-                client
-                    .post(format!("{base}/v1/auth/login"))
-                    .header("x-forwarded-for", "203.0.113.66")
-                    .json(&json!({ "email": email, "password": "guessing 123456" }))
-                    .send()
-                    .await
-                    .map(|r| r.status().as_u16())
-                    .unwrap_or(0)
-            }
-        });
-        futures::future::join_all(attempts).await
+    // The attacker is another client: its own thread, not this test's one.
+    let flood = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let attempts = (0..400).map(|i| {
+                let client = client.clone();
+                let base = base.clone();
+                async move {
+                    let email = if i % 2 == 0 {
+                        format!("victim{i}@example.com")
+                    } else {
+                        "not an address".to_owned()
+                    };
+                    client
+                        .post(format!("{base}/v1/auth/login"))
+                        .header("x-forwarded-for", "203.0.113.66")
+                        .json(&json!({ "email": email, "password": "guessing 123456" }))
+                        .send()
+                        .await
+                        .map(|r| r.status().as_u16())
+                        .unwrap_or(0)
+                }
+            });
+            futures::future::join_all(attempts).await
+        })
     });
     let mut loaded = Vec::new();
     let started = Instant::now();
@@ -337,9 +360,11 @@ async fn a_flood_from_one_address_does_not_slow_another_addresss_sign_ins(
             break;
         }
     }
-    let statuses = flood.await.unwrap();
+    let statuses = tokio::task::spawn_blocking(move || flood.join().unwrap())
+        .await
+        .unwrap();
+    eprintln!("during the flood, in order: {loaded:?}");
     loaded.sort();
-    eprintln!("during the flood: {loaded:?}");
     let p99 = loaded[(loaded.len() * 99).div_ceil(100) - 1];
     eprintln!(
         "legitimate sign-ins: median {:.1} ms alone, {:.1} ms during the flood, p99 {p99:?} ({} samples)",
@@ -365,7 +390,12 @@ async fn display_names_with_control_or_format_characters_are_refused_naming_the_
     conn: PgConnectOptions,
 ) {
     let app = spawn_app(&conn, &["--rate-limit-email-per-ip", "100/60s"]).await;
-    for name in ["Ada\nBcc: eve@example.com", "Ada\u{202e}", "zero\u{200b}width", "a\u{2028}b"] {
+    for name in [
+        "Ada\nBcc: eve@example.com",
+        "Ada\u{202e}",
+        "zero\u{200b}width",
+        "a\u{2028}b",
+    ] {
         let response = app
             .post(
                 "/v1/auth/register",
@@ -429,8 +459,14 @@ async fn a_huge_or_odd_request_id_is_replaced_and_correlation_ids_are_always_the
     let huge = "a".repeat(200_000);
     let response = register("huge@example.com", huge.clone()).await;
     assert_eq!(response.status(), 202);
-    let answered = response.headers()["x-request-id"].to_str().unwrap().to_owned();
-    assert!(Uuid::parse_str(&answered).is_ok(), "replaced by one of ours");
+    let answered = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        Uuid::parse_str(&answered).is_ok(),
+        "replaced by one of ours"
+    );
     let metadata = metadata_of("huge@example.com").await;
     assert_eq!(metadata["request_id"], answered);
     assert!(metadata.to_string().len() < 1_000, "nothing huge is stored");
@@ -442,14 +478,21 @@ async fn a_huge_or_odd_request_id_is_replaced_and_correlation_ids_are_always_the
 
     let limit = "r".repeat(64);
     let kept = register("kept@example.com", limit.clone()).await;
-    assert_eq!(kept.headers()["x-request-id"], limit.as_str(), "64 is allowed");
+    assert_eq!(
+        kept.headers()["x-request-id"],
+        limit.as_str(),
+        "64 is allowed"
+    );
     let over = register("over@example.com", "r".repeat(65)).await;
     assert_ne!(over.headers()["x-request-id"], "r".repeat(65).as_str());
 
     // A client's UUID is kept as its request id but never becomes the correlation id.
     let chosen = Uuid::now_v7();
     let response = register("chosen@example.com", chosen.to_string()).await;
-    assert_eq!(response.headers()["x-request-id"], chosen.to_string().as_str());
+    assert_eq!(
+        response.headers()["x-request-id"],
+        chosen.to_string().as_str()
+    );
     let metadata = metadata_of("chosen@example.com").await;
     assert_eq!(metadata["request_id"], chosen.to_string());
     let correlation = metadata["correlation_id"].as_str().unwrap();
@@ -524,7 +567,11 @@ async fn an_address_registered_by_someone_else_first_gets_its_owners_password_on
             .await
         }
     };
-    assert_eq!(login(squatter).await.status(), 401, "the squatter's password");
+    assert_eq!(
+        login(squatter).await.status(),
+        401,
+        "the squatter's password"
+    );
     let pair: Value = login(PASSWORD).await.json().await.unwrap();
     let me: Value = app
         .get_auth("/v1/auth/me", pair["access_token"].as_str().unwrap())
@@ -566,7 +613,8 @@ async fn register_resend_and_forgot_password_take_as_long_for_known_and_unknown_
     )
     .await;
     let pool = pool(&conn).await;
-    app.verified_user(&pool, "known@example.com", PASSWORD).await;
+    app.verified_user(&pool, "known@example.com", PASSWORD)
+        .await;
     let unverified = app
         .post(
             "/v1/auth/register",
@@ -627,7 +675,10 @@ async fn register_resend_and_forgot_password_take_as_long_for_known_and_unknown_
             k * 1e3,
             u * 1e3
         );
-        assert!((u / k - 1.0).abs() <= 0.2, "{path}: known {k:.4}s vs unknown {u:.4}s");
+        assert!(
+            (u / k - 1.0).abs() <= 0.2,
+            "{path}: known {k:.4}s vs unknown {u:.4}s"
+        );
     }
     busy.abort();
     // Requests that sent nothing are still on record (once carried out, just after their
@@ -674,7 +725,10 @@ async fn forwarded_addresses_count_only_from_trusted_proxies_and_ipv6_by_its_64(
     .fetch_one(&pool)
     .await
     .unwrap();
-    assert_eq!(ip, "127.0.0.1", "X-Forwarded-For is ignored from anyone not trusted");
+    assert_eq!(
+        ip, "127.0.0.1",
+        "X-Forwarded-For is ignored from anyone not trusted"
+    );
     untrusted.stop().await;
 
     let trusted = spawn_app(

@@ -543,13 +543,15 @@ async fn concurrent_registrations_of_one_email_create_one_account(
             .unwrap();
     assert_eq!(accounts, 1);
     // The account is unverified: each other attempt is a pending registration of its own.
-    let pending: i64 = sqlx::query_scalar(
-        "select count(*) from events where event_type = 'RegistrationRepeated'",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    assert_eq!(pending, 5, "each other attempt is a registration of its own");
+    let pending: i64 =
+        sqlx::query_scalar("select count(*) from events where event_type = 'RegistrationRepeated'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        pending, 5,
+        "each other attempt is a registration of its own"
+    );
     app.stop().await;
 }
 

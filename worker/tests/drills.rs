@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use common::harness::{
-    self, EMAIL_TOKEN_KEYS, ADDRESS_DIGEST_KEYS, PROJECT_DATABASE_KEYS, amqp_url, count_events,
+    self, ADDRESS_DIGEST_KEYS, EMAIL_TOKEN_KEYS, PROJECT_DATABASE_KEYS, amqp_url, count_events,
     database_url, register_user, spawn_worker_process, unique_prefix, wait_until,
 };
 use common::smtp::SmtpSink;

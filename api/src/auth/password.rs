@@ -843,7 +843,11 @@ mod tests {
         hasher.verify_dummy("some password").await.unwrap();
         let first = hasher.dummy.get().cloned().unwrap();
         assert_eq!(params_of(&first), Some(WEAK));
-        hasher.clone().verify_dummy("another password").await.unwrap();
+        hasher
+            .clone()
+            .verify_dummy("another password")
+            .await
+            .unwrap();
         assert_eq!(hasher.dummy.get(), Some(&first));
     }
 
@@ -881,7 +885,10 @@ mod tests {
             hasher.verify_dummy("abc").await,
             Err(HashError::Busy)
         ));
-        assert!(started.elapsed() < Duration::from_millis(50), "shed at once");
+        assert!(
+            started.elapsed() < Duration::from_millis(50),
+            "shed at once"
+        );
         drop(held);
         for task in waiting {
             assert!(task.await.unwrap().is_ok());

@@ -476,7 +476,11 @@ mod tests {
         let pool = lazy_pool();
         let watch = LogWatch::new(pool.clone(), 4);
         let subscription = watch
-            .follow(Uuid::nil(), Uuid::nil(), idp_events::project::stream_id(Uuid::nil()))
+            .follow(
+                Uuid::nil(),
+                Uuid::nil(),
+                idp_events::project::stream_id(Uuid::nil()),
+            )
             .unwrap();
         let project = Project::fold(Uuid::nil(), &history);
         Follower::new(

@@ -12,8 +12,8 @@ use utoipa::ToSchema;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, AuthUser, ClientContext};
 use crate::identity::{Email, Profile, TokenPair};
-use idp_events::identity::display_name::DisplayName;
 use crate::startup::AppState;
+use idp_events::identity::display_name::DisplayName;
 
 /// The routes of this module.
 pub fn router() -> Router<AppState> {

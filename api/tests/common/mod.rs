@@ -73,6 +73,23 @@ pub async fn spawn_app_with_keys(
     extra: &[&str],
     keys_dir: PathBuf,
 ) -> TestApp {
+    spawn(conn, extra, keys_dir, false).await
+}
+
+/// Like [`spawn_app`], but the API runs on a multi-threaded runtime of its own, as the binary
+/// does, instead of on the test's one thread: for tests whose own clients would otherwise
+/// take turns with the server.
+pub async fn spawn_app_on_own_runtime(conn: &PgConnectOptions, extra: &[&str]) -> TestApp {
+    let keys_dir = std::env::temp_dir().join(format!("idp-test-keys-{}", uuid::Uuid::now_v7()));
+    spawn(conn, extra, keys_dir, true).await
+}
+
+async fn spawn(
+    conn: &PgConnectOptions,
+    extra: &[&str],
+    keys_dir: PathBuf,
+    own_runtime: bool,
+) -> TestApp {
     idp_ops::test_logs::init();
     idp_ops::test_logs::remember_secret("password", ADMIN_PASSWORD);
     idp_ops::test_logs::remember_secret("email", ADMIN_EMAIL);
@@ -106,11 +123,33 @@ pub async fn spawn_app_with_keys(
     ];
     args.extend_from_slice(extra);
     let config = Config::try_parse_from(args).unwrap();
-    let app = Application::build(&config).await.unwrap();
-    let base = format!("http://127.0.0.1:{}", app.port());
-    let internal = format!("http://127.0.0.1:{}", app.internal_port());
     let stop = CancellationToken::new();
-    let handle = tokio::spawn(app.run_until_stopped(stop.clone()));
+    let (ports, handle) = if own_runtime {
+        let (ports_tx, ports_rx) = tokio::sync::oneshot::channel();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let stopping = stop.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let outcome = runtime.block_on(async move {
+                let app = Application::build(&config).await?;
+                let _ = ports_tx.send((app.port(), app.internal_port()));
+                app.run_until_stopped(stopping).await
+            });
+            let _ = done_tx.send(outcome);
+        });
+        let ports = ports_rx.await.expect("the API starts");
+        let handle = tokio::spawn(async move { done_rx.await? });
+        (ports, handle)
+    } else {
+        let app = Application::build(&config).await.unwrap();
+        let ports = (app.port(), app.internal_port());
+        (ports, tokio::spawn(app.run_until_stopped(stop.clone())))
+    };
+    let base = format!("http://127.0.0.1:{}", ports.0);
+    let internal = format!("http://127.0.0.1:{}", ports.1);
     TestApp {
         base,
         internal,

@@ -72,7 +72,10 @@ mod tests {
     #[test]
     fn names_are_trimmed_and_blank_means_none() {
         assert_eq!(
-            DisplayName::parse("  Ada Lovelace ").unwrap().unwrap().as_str(),
+            DisplayName::parse("  Ada Lovelace ")
+                .unwrap()
+                .unwrap()
+                .as_str(),
             "Ada Lovelace"
         );
         assert_eq!(DisplayName::parse("   ").unwrap(), None);
