@@ -70,7 +70,8 @@ pub struct RegisterRequest {
 #[utoipa::path(post, path = "/v1/auth/register", tag = "auth", request_body = RegisterRequest,
     responses((status = 202, description = "Accepted; check your mailbox", body = Acknowledgement),
               (status = 422, description = "Invalid email, password or display name (too long, or with control or format characters)"),
-              (status = 429, description = "Too many registrations from this address")))]
+              (status = 429, description = "Too many registrations from this client address or of this email address"),
+              (status = 503, description = "Too many passwords are waiting to be hashed; try again after Retry-After")))]
 #[tracing::instrument(name = "auth.register", skip_all)]
 pub async fn register(
     State(state): State<AppState>,
