@@ -40,21 +40,22 @@ idp_export_connection_defaults() {
     export PGUSER="${PGUSER:-$(id -un)}"
 }
 
-# idp_apt_install WHY PACKAGE...: installs Debian packages that WHY needs, as root (directly or
-# through password-less sudo); where it cannot, stops with the command to run. (Each command is
-# checked: callers may run this where errexit does not apply.)
+# idp_apt_install WHY PACKAGE...: installs Debian packages, as root (directly or through
+# password-less sudo); where it cannot, stops with the command to run. WHY says what needs them
+# ("building idp needs a C compiler"). Each command is checked: callers may run this where
+# errexit does not apply.
 idp_apt_install() {
     local why="$1"
     shift
     local -a sudo=()
     command -v apt-get >/dev/null ||
-        idp_die "$why needs what these Debian packages provide: $* (install them with this system's package manager)"
+        idp_die "$why: install it with this system's package manager (on Debian: apt-get install $*)"
     if [[ $EUID -ne 0 ]]; then
         { command -v sudo >/dev/null && sudo -n true 2>/dev/null; } ||
-            idp_die "$why needs Debian packages that are missing; install them with:  sudo apt-get install $*"
+            idp_die "$why, which only root can install: run  sudo apt-get install $*  and try again"
         sudo=(sudo -n)
     fi
-    idp_say "installing $* from Debian packages ($why)"
+    idp_say "installing $* from Debian packages: $why"
     "${sudo[@]}" apt-get update -qq || idp_die "apt-get update failed"
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null ||
         idp_die "could not install $*; try:  sudo apt-get install $*"
@@ -64,7 +65,7 @@ idp_apt_install() {
 # aws-lc-sys) compile C. No dependency needs pkg-config or cmake.
 idp_ensure_build_tools() {
     command -v cc >/dev/null && return 0
-    idp_apt_install "building idp (a C compiler and linker, cc)" gcc libc6-dev
+    idp_apt_install "building idp needs a C compiler and linker (cc)" gcc libc6-dev
 }
 
 # idp_test_python: sets IDP_TEST_PYTHON to a Python interpreter that has the tests' packages
@@ -83,7 +84,7 @@ idp_test_python() {
     "$IDP_TEST_PYTHON" -c 'import aiosmtpd' 2>/dev/null && return 0
     if ! "$base" -c 'import ensurepip, venv' 2>/dev/null; then
         [[ $base == python3 ]] || idp_die "$base cannot make a virtualenv (no venv or ensurepip module)"
-        idp_apt_install "the tests' SMTP server (Python 3 with venv)" python3 python3-venv
+        idp_apt_install "the tests' SMTP server needs Python 3 with venv" python3 python3-venv
     fi
     idp_say "installing $(grep -v '^#' "$requirements" | tr '\n' ' ')into $venv"
     rm -rf "$venv"
