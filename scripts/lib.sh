@@ -40,6 +40,59 @@ idp_export_connection_defaults() {
     export PGUSER="${PGUSER:-$(id -un)}"
 }
 
+# idp_apt_install WHY PACKAGE...: installs Debian packages, as root (directly or through
+# password-less sudo); where it cannot, stops with the command to run. WHY says what needs them
+# ("building idp needs a C compiler"). Each command is checked: callers may run this where
+# errexit does not apply.
+idp_apt_install() {
+    local why="$1"
+    shift
+    local -a sudo=()
+    command -v apt-get >/dev/null ||
+        idp_die "$why: install it with this system's package manager (on Debian: apt-get install $*)"
+    if [[ $EUID -ne 0 ]]; then
+        { command -v sudo >/dev/null && sudo -n true 2>/dev/null; } ||
+            idp_die "$why, which only root can install: run  sudo apt-get install $*  and try again"
+        sudo=(sudo -n)
+    fi
+    idp_say "installing $* from Debian packages: $why"
+    "${sudo[@]}" apt-get update -qq || idp_die "apt-get update failed"
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null ||
+        idp_die "could not install $*; try:  sudo apt-get install $*"
+}
+
+# Makes sure the build has a C toolchain: rustc links through `cc`, and build scripts (ring,
+# aws-lc-sys) compile C. No dependency needs pkg-config or cmake.
+idp_ensure_build_tools() {
+    command -v cc >/dev/null && return 0
+    idp_apt_install "building idp needs a C compiler and linker (cc)" gcc libc6-dev
+}
+
+# idp_test_python: sets IDP_TEST_PYTHON to a Python interpreter that has the tests' packages
+# (scripts/requirements-test.txt): $PYTHON if it has them already, else that of a virtualenv
+# under ~/.cache/idp (or IDP_TEST_VENV) made from ${PYTHON:-python3} and kept across runs
+# (Debian's Python refuses system-wide pip installs). Installs python3 and python3-venv from
+# Debian packages if they are missing.
+idp_test_python() {
+    local base="${PYTHON:-python3}" requirements="$IDP_ROOT/scripts/requirements-test.txt" venv
+    if [[ -n ${PYTHON:-} ]] && "$PYTHON" -c 'import aiosmtpd' 2>/dev/null; then
+        IDP_TEST_PYTHON="$PYTHON"
+        return 0
+    fi
+    venv="${IDP_TEST_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/idp/test-venv-$(sha256sum "$requirements" | cut -c1-12)}"
+    IDP_TEST_PYTHON="$venv/bin/python"
+    "$IDP_TEST_PYTHON" -c 'import aiosmtpd' 2>/dev/null && return 0
+    if ! "$base" -c 'import ensurepip, venv' 2>/dev/null; then
+        [[ $base == python3 ]] || idp_die "$base cannot make a virtualenv (no venv or ensurepip module)"
+        idp_apt_install "the tests' SMTP server needs Python 3 with venv" python3 python3-venv
+    fi
+    idp_say "installing $(grep -v '^#' "$requirements" | tr '\n' ' ')into $venv"
+    rm -rf "$venv"
+    "$base" -m venv "$venv" || idp_die "could not make a virtualenv at $venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements" ||
+        idp_die "could not install $requirements into $venv"
+}
+
 # Splits a URL (scheme://[user[:password]@]host[:port][/path][?query]) into the globals
 # URL_SCHEME, URL_USERINFO, URL_USER, URL_HOST, URL_PORT, URL_PATH and URL_QUERY.
 # URL_HOST has no brackets for IPv6 literals; URL_PORT is empty when the URL has none.

@@ -14,7 +14,7 @@ mod common;
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -677,9 +677,14 @@ async fn paging_while_appends_run_neither_repeats_nor_skips_an_event(
     // Readers end only once every writer has finished (not merely been told to stop: appends
     // in flight still commit after that).
     let writers_done = Arc::new(AtomicBool::new(false));
-    let follow = |filter: &'static str| {
+    // How often each reader has reached the head so far: the writers go on until both have
+    // reached it often enough, however slow the machine (tests share it, and under `cargo test`
+    // this binary's tests run at once).
+    let heads = [Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0))];
+    let follow = |filter: &'static str, heads: &Arc<AtomicUsize>| {
         let env = &env;
         let done = Arc::clone(&writers_done);
+        let heads = Arc::clone(heads);
         async move {
             let mut seen: Vec<i64> = Vec::new();
             let mut at_head = 0;
@@ -696,6 +701,7 @@ async fn paging_while_appends_run_neither_repeats_nor_skips_an_event(
                     Some(next) => cursor = Some(next.to_owned()),
                     None if writing => {
                         at_head += 1;
+                        heads.store(at_head, Ordering::Relaxed);
                         if let Some(&last) = seen.last() {
                             cursor = Some(after(last));
                         }
@@ -706,9 +712,22 @@ async fn paging_while_appends_run_neither_repeats_nor_skips_an_event(
             }
         }
     };
-    let readers = async { tokio::join!(follow(""), follow("stream_prefix=conc-&type=Ticked")) };
+    let readers = async {
+        tokio::join!(
+            follow("", &heads[0]),
+            follow("stream_prefix=conc-&type=Ticked", &heads[1])
+        )
+    };
     let stopper = async {
-        tokio::time::sleep(Duration::from_millis(2500)).await;
+        // At least 2.5 s of appends, and until each reader has been at the head 20 times
+        // (asserted below), for at most a minute.
+        let started = Instant::now();
+        while (started.elapsed() < Duration::from_millis(2500)
+            || heads.iter().any(|h| h.load(Ordering::Relaxed) < 20))
+            && started.elapsed() < Duration::from_secs(60)
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         stop.store(true, Ordering::Relaxed);
         for writer in &writers {
             while !writer.is_finished() {

@@ -1,5 +1,9 @@
 //! `/metrics` of the API: HTTP requests by route, method and status with their latency, sign-in
 //! outcomes, events appended by type, the database pool and the build.
+//!
+//! The registry is the process's: each test holds it ([`common::exclusive_metrics`]) and checks
+//! what its own requests added to a page fetched before them, so the tests hold whether they
+//! share one process (`cargo test`) or not (nextest).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -10,7 +14,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 mod common;
 
-use common::{ADMIN_ARGS, ADMIN_EMAIL, spawn_app};
+use common::{ADMIN_ARGS, ADMIN_EMAIL, exclusive_metrics, spawn_app};
 
 /// The API's `/metrics` page.
 async fn metrics(app: &common::TestApp) -> String {
@@ -34,12 +38,20 @@ fn value(page: &str, series: &str) -> Option<f64> {
         })
 }
 
+/// How much the series `series` grew from page `before` to page `after` (a series not yet on a
+/// page counts as 0).
+fn delta(before: &str, after: &str, series: &str) -> f64 {
+    value(after, series).unwrap_or(0.0) - value(before, series).unwrap_or(0.0)
+}
+
 #[sqlx::test(migrations = false)]
 async fn requests_are_counted_and_timed_by_route_template_method_and_status(
     _opts: PgPoolOptions,
     conn: PgConnectOptions,
 ) {
+    let _registry = exclusive_metrics().await;
     let app = spawn_app(&conn, &ADMIN_ARGS).await;
+    let before = metrics(&app).await;
     let admin = app.admin_token().await;
     let missing = uuid::Uuid::now_v7();
     for _ in 0..3 {
@@ -65,8 +77,12 @@ async fn requests_are_counted_and_timed_by_route_template_method_and_status(
     let page = metrics(&app).await;
     let project = r#"route="/v1/projects/{id}",method="GET",status="404""#;
     assert_eq!(
-        value(&page, &format!("idp_http_requests_total{{{project}}}")),
-        Some(3.0),
+        delta(
+            &before,
+            &page,
+            &format!("idp_http_requests_total{{{project}}}")
+        ),
+        3.0,
         "requests are labelled with the route template, not the raw path:\n{page}"
     );
     assert!(
@@ -74,11 +90,12 @@ async fn requests_are_counted_and_timed_by_route_template_method_and_status(
         "no series carries an id from a path"
     );
     assert_eq!(
-        value(
+        delta(
+            &before,
             &page,
             &format!("idp_http_request_duration_seconds_count{{{project}}}")
         ),
-        Some(3.0)
+        3.0
     );
     assert!(
         page.contains(&format!(
@@ -97,10 +114,10 @@ async fn requests_are_counted_and_timed_by_route_template_method_and_status(
         r#"idp_events_appended_total{event_type="LoginSucceeded"}"#,
         r#"idp_events_appended_total{event_type="LoginFailed"}"#,
     ] {
-        assert_eq!(value(&page, series), Some(1.0), "{series}:\n{page}");
+        assert_eq!(delta(&before, &page, series), 1.0, "{series}:\n{page}");
     }
     // Nothing is in flight while the page renders: the internal listener's own requests are
-    // not API traffic and are not counted.
+    // not API traffic and are not counted (and no other app of the process runs).
     assert_eq!(value(&page, "idp_http_requests_in_flight"), Some(0.0));
     assert!(
         page.contains(&format!(
@@ -114,26 +131,27 @@ async fn requests_are_counted_and_timed_by_route_template_method_and_status(
 
 #[sqlx::test(migrations = false)]
 async fn the_database_pool_in_use_is_published(_opts: PgPoolOptions, conn: PgConnectOptions) {
+    let _registry = exclusive_metrics().await;
     let app = spawn_app(&conn, &["--database-max-connections", "7"]).await;
-    // The sampler runs every second; wait for its first round.
+    // The sampler publishes the size at once, then the use every second. An app that ran
+    // before in this process may have left its gauges: wait for this app's size.
     let deadline = Instant::now() + Duration::from_secs(10);
     let page = loop {
         let page = metrics(&app).await;
-        if value(
+        let max = value(&page, r#"idp_db_pool_max_connections{binary="idp-api"}"#);
+        let idle = value(
             &page,
             r#"idp_db_pool_connections{binary="idp-api",state="idle"}"#,
-        )
-        .is_some()
-        {
+        );
+        if max == Some(7.0) && idle.is_some() {
             break page;
         }
-        assert!(Instant::now() < deadline, "no pool gauges:\n{page}");
+        assert!(
+            Instant::now() < deadline,
+            "no pool gauges of a pool of 7:\n{page}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(
-        value(&page, r#"idp_db_pool_max_connections{binary="idp-api"}"#),
-        Some(7.0)
-    );
     let in_use = value(
         &page,
         r#"idp_db_pool_connections{binary="idp-api",state="in_use"}"#,
@@ -145,7 +163,9 @@ async fn the_database_pool_in_use_is_published(_opts: PgPoolOptions, conn: PgCon
 
 #[sqlx::test(migrations = false)]
 async fn refused_sign_ins_count_as_rate_limited(_opts: PgPoolOptions, conn: PgConnectOptions) {
+    let _registry = exclusive_metrics().await;
     let app = spawn_app(&conn, &["--rate-limit-login-per-account", "2/60s"]).await;
+    let before = metrics(&app).await;
     let mut limited = 0;
     for _ in 0..4 {
         let response = app
@@ -161,8 +181,12 @@ async fn refused_sign_ins_count_as_rate_limited(_opts: PgPoolOptions, conn: PgCo
     assert!(limited >= 1, "the account limit never refused");
     let page = metrics(&app).await;
     assert_eq!(
-        value(&page, r#"idp_auth_logins_total{outcome="rate_limited"}"#),
-        Some(f64::from(limited))
+        delta(
+            &before,
+            &page,
+            r#"idp_auth_logins_total{outcome="rate_limited"}"#
+        ),
+        f64::from(limited)
     );
     app.stop().await;
 }

@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::harness::{
-    self, ADMIN_EMAIL, ADMIN_PASSWORD, count_events, job_events, register_user, start_api,
-    start_worker, unique_prefix, wait_until,
+    self, ADMIN_EMAIL, ADMIN_PASSWORD, count_events, exclusive_metrics, job_events, register_user,
+    start_api, start_worker, unique_prefix, wait_until,
 };
 use common::smtp::SmtpSink;
 use idp_events::EventStore;
@@ -33,6 +33,7 @@ async fn a_registration_emails_a_link_that_verifies_the_account_and_then_login_w
     _opts: PgPoolOptions,
     conn: PgConnectOptions,
 ) {
+    let _registry = exclusive_metrics().await;
     let sink = SmtpSink::start().await;
     let prefix = unique_prefix();
     let api = start_api(&conn).await;
@@ -89,19 +90,25 @@ async fn a_registration_emails_a_link_that_verifies_the_account_and_then_login_w
     })
     .await;
 
-    // The job, lag and breaker metrics are exported.
+    // The job, lag and breaker metrics are exported. (Sampled gauges are waited for: a worker
+    // that ran before in this process may have left its own values.)
     let metrics_url = format!("http://127.0.0.1:{}/metrics", worker.port);
-    wait_until("lag metrics", Duration::from_secs(10), || async {
-        let body = reqwest::get(&metrics_url)
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        body.contains("idp_projection_lag_events")
-            && body.contains("idp_dispatcher_backlog")
-            && body.contains(r#"idp_db_pool_connections{binary="idp-worker",state="idle"}"#)
-    })
+    wait_until(
+        "lag and breaker metrics",
+        Duration::from_secs(10),
+        || async {
+            let body = reqwest::get(&metrics_url)
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            body.contains("idp_projection_lag_events")
+                && body.contains("idp_dispatcher_backlog")
+                && body.contains(r#"idp_db_pool_connections{binary="idp-worker",state="idle"}"#)
+                && body.contains("idp_circuit_breaker_state{breaker=\"smtp\"} 0")
+        },
+    )
     .await;
     let body = reqwest::get(&metrics_url)
         .await
@@ -132,6 +139,7 @@ async fn a_refusing_mail_server_gets_backed_off_retries_then_the_breaker_opens_t
     opts: PgPoolOptions,
     conn: PgConnectOptions,
 ) {
+    let _registry = exclusive_metrics().await;
     let sink = SmtpSink::start().await;
     sink.refuse(451, None).await;
     let prefix = unique_prefix();

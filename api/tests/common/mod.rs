@@ -35,6 +35,17 @@ pub const ADMIN_ARGS: [&str; 4] = [
     ADMIN_PASSWORD,
 ];
 
+/// Holds the process's metrics registry for one test. `idp_ops::metrics` installs one recorder
+/// per process, shared by every app a test binary starts: `cargo test` runs a binary's tests as
+/// threads of one process (nextest gives each test a process of its own). A test that reads
+/// `/metrics` holds this for its whole run, so that no other app of the process counts or
+/// publishes meanwhile, and compares counters with a page fetched before its own requests,
+/// since earlier tests of the process have counted too.
+pub async fn exclusive_metrics() -> tokio::sync::MutexGuard<'static, ()> {
+    static REGISTRY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    REGISTRY.lock().await
+}
+
 pub fn database_url(conn: &PgConnectOptions) -> String {
     format!(
         "postgres://{}@{}:{}/{}",

@@ -36,6 +36,16 @@ pub fn email_keys() -> idp_events::secret_keys::SecretKeys {
     idp_events::secret_keys::SecretKeys::single("test", TOKEN_SECRET.as_bytes())
 }
 
+/// Holds the process's metrics registry for one test. `idp_ops::metrics` installs one recorder
+/// per process, shared by every worker and API a test binary starts in process: `cargo test`
+/// runs a binary's tests as threads of one process (nextest gives each test a process of its
+/// own), and gauges sampled from one test's database (breaker states, dead letters) would be
+/// overwritten by another's. A test that reads `/metrics` holds this for its whole run.
+pub async fn exclusive_metrics() -> tokio::sync::MutexGuard<'static, ()> {
+    static REGISTRY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    REGISTRY.lock().await
+}
+
 pub fn database_url(conn: &PgConnectOptions) -> String {
     format!(
         "postgres://{}@{}:{}/{}",
