@@ -27,12 +27,12 @@ use uuid::Uuid;
 
 const PASSWORD_KEY: &[u8] = b"test-database-password-key-0123456789";
 /// The id of [`PASSWORD_KEY`] in the ring of these tests.
-const PASSWORD_KEY_ID: &str = "test-key";
+const DATABASE_KEY_ID: &str = "drivers-key";
 /// The connection limit of project roles in these tests.
 const CONNECTION_LIMIT: u32 = 3;
 
 fn password_keys() -> Arc<SecretKeys> {
-    Arc::new(SecretKeys::single(PASSWORD_KEY_ID, PASSWORD_KEY))
+    Arc::new(SecretKeys::single(DATABASE_KEY_ID, PASSWORD_KEY))
 }
 
 /// The driver as the worker builds it: `admin`'s server, whose database stands for idp's own.
@@ -210,7 +210,7 @@ async fn provisioning_a_database_creates_a_role_and_a_database_that_the_derived_
             "role": name,
             "host": options.get_host(),
             "port": options.get_port(),
-            "password_key_id": PASSWORD_KEY_ID,
+            "password_key_id": DATABASE_KEY_ID,
         })
     );
     let password = database_password(PASSWORD_KEY, project.id);
@@ -624,7 +624,7 @@ async fn hardening_isolates_a_database_made_the_old_way_and_keeps_or_rotates_its
     assert_eq!(
         driver.harden(old.id, Password::Rotate).await.unwrap(),
         Hardened::Done {
-            password_key_id: Some(PASSWORD_KEY_ID.into())
+            password_key_id: Some(DATABASE_KEY_ID.into())
         }
     );
     let rotated = verifier_of(&admin, &name).await;
