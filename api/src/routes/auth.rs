@@ -146,7 +146,8 @@ pub async fn resend_verification(
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"email": "ada@example.com", "password": "correct horse battery staple"}))]
 pub struct LoginRequest {
-    /// Email address.
+    /// Email address (a malformed one is refused at once, 422).
+    #[schema(format = Email, min_length = 3, max_length = 254)]
     pub email: String,
     /// Password.
     pub password: String,
