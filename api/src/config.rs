@@ -89,16 +89,6 @@ pub struct Config {
     )]
     pub project_templates_dir: Option<PathBuf>,
 
-    /// Key ring from which project database passwords are derived (`<key id>:<secret>,...`);
-    /// must equal the worker's. Unset: the development ring `SECRETS_DIR/project-database.keys`.
-    #[arg(
-        long,
-        env = "PROJECT_DATABASE_KEYS",
-        value_name = "PROJECT_DATABASE_KEYS",
-        hide_env_values = true
-    )]
-    pub project_database_keys: Option<String>,
-
     /// Directory of the keys that verify the log's seals (`<kid>.pem`, Ed25519): SPKI public
     /// PEMs in production (`idp-worker seal-public-keys` writes them); the worker's private
     /// PEMs also work, for development. Read at each verification, so a new key counts at once.
@@ -158,17 +148,6 @@ pub struct IdentityConfig {
     #[arg(long, env = "SESSION_TTL_DAYS", value_name = "SESSION_TTL_DAYS", default_value_t = 30,
           value_parser = clap::value_parser!(u32).range(1..=365))]
     pub session_ttl_days: u32,
-
-    /// Key ring of the one-time tokens in emails (`<key id>:<secret>,...`, secrets of at least
-    /// 32 bytes, the last entry makes new tokens); must equal the worker's. Unset: the
-    /// development ring `SECRETS_DIR/email-token.keys`.
-    #[arg(
-        long,
-        env = "EMAIL_TOKEN_KEYS",
-        value_name = "EMAIL_TOKEN_KEYS",
-        hide_env_values = true
-    )]
-    pub email_token_keys: Option<String>,
 
     /// Key ring of the digest that names the streams of sign-ins to unknown addresses (same
     /// format). Unset: the development ring `SECRETS_DIR/address-digest.keys`.

@@ -99,7 +99,7 @@ impl Application {
         let database_keys = Arc::new(key_ring(
             config,
             "PROJECT_DATABASE_KEYS",
-            config.project_database_keys.as_deref(),
+            config.common.project_database_keys.as_deref(),
             "project-database",
         )?);
         let log_watch = LogWatch::new(pool.clone(), config.sse_max_streams_per_user as usize);
@@ -360,7 +360,7 @@ async fn build_identity(config: &Config, store: EventStore) -> anyhow::Result<Id
         email_tokens: key_ring(
             config,
             "EMAIL_TOKEN_KEYS",
-            id.email_token_keys.as_deref(),
+            config.common.email_token_keys.as_deref(),
             "email-token",
         )?,
         address_digest: key_ring(
@@ -396,9 +396,15 @@ pub fn key_ring(
     value: Option<&str>,
     file: &str,
 ) -> anyhow::Result<SecretKeys> {
-    let path = config.common.secrets_dir.join(format!("{file}.keys"));
-    SecretKeys::from_env_or_file(variable, value, &path, config.common.secrets_generate)
-        .map_err(|e| anyhow::anyhow!("{e}"))
+    let common = &config.common;
+    SecretKeys::from_env_or_dev_ring(
+        variable,
+        value,
+        &common.secrets_dir,
+        file,
+        common.secrets_generate,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// Makes the request id available to error responses built anywhere in the handler.

@@ -192,6 +192,19 @@ impl SecretKeys {
         Self::parse(&file.display().to_string(), &spec)
     }
 
+    /// The ring in `value` (the content of `variable`), or else the development ring
+    /// `<secrets_dir>/<name>.keys` (see [`SecretKeys::from_env_or_file`]).
+    pub fn from_env_or_dev_ring(
+        variable: &str,
+        value: Option<&str>,
+        secrets_dir: &Path,
+        name: &str,
+        generate: bool,
+    ) -> Result<Self, SecretKeysError> {
+        let file = secrets_dir.join(format!("{name}.keys"));
+        Self::from_env_or_file(variable, value, &file, generate)
+    }
+
     /// The current key: it makes everything new.
     pub fn current(&self) -> &SecretKey {
         // Never empty: `parse` and `single` make at least one.

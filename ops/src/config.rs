@@ -49,6 +49,27 @@ pub struct CommonConfig {
     #[arg(long, env = "SECRETS_GENERATE", value_name = "SECRETS_GENERATE", default_value_t = true, action = clap::ArgAction::Set)]
     pub secrets_generate: bool,
 
+    /// Key ring of the one-time tokens in emails (`<key id>:<secret>,...`, secrets of at least
+    /// 32 bytes, the last entry makes new tokens); the API and the worker share it. Unset: the
+    /// development ring `SECRETS_DIR/email-token.keys`.
+    #[arg(
+        long,
+        env = "EMAIL_TOKEN_KEYS",
+        value_name = "EMAIL_TOKEN_KEYS",
+        hide_env_values = true
+    )]
+    pub email_token_keys: Option<String>,
+
+    /// Key ring from which project database passwords are derived (same format); the API and
+    /// the worker share it. Unset: the development ring `SECRETS_DIR/project-database.keys`.
+    #[arg(
+        long,
+        env = "PROJECT_DATABASE_KEYS",
+        value_name = "PROJECT_DATABASE_KEYS",
+        hide_env_values = true
+    )]
+    pub project_database_keys: Option<String>,
+
     /// Log line format: `text` for people, `json` for machines.
     #[arg(long, env = "LOG_FORMAT", value_name = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -217,17 +217,6 @@ pub struct EmailConfig {
         default_value = "http://localhost:8080"
     )]
     pub public_base_url: String,
-
-    /// Key ring of the one-time tokens in email links (`<key id>:<secret>,...`, the last entry
-    /// makes new tokens); must equal the API's. Unset: the development ring
-    /// `SECRETS_DIR/email-token.keys`.
-    #[arg(
-        long,
-        env = "EMAIL_TOKEN_KEYS",
-        value_name = "EMAIL_TOKEN_KEYS",
-        hide_env_values = true
-    )]
-    pub email_token_keys: Option<String>,
 }
 
 /// Provisioning: templates, drivers and their retries.
@@ -241,16 +230,6 @@ pub struct ProvisionConfig {
         value_name = "PROJECT_TEMPLATES_DIR"
     )]
     pub project_templates_dir: Option<PathBuf>,
-
-    /// Key ring from which project database passwords are derived (`<key id>:<secret>,...`);
-    /// must equal the API's. Unset: the development ring `SECRETS_DIR/project-database.keys`.
-    #[arg(
-        long,
-        env = "PROJECT_DATABASE_KEYS",
-        value_name = "PROJECT_DATABASE_KEYS",
-        hide_env_values = true
-    )]
-    pub project_database_keys: Option<String>,
 
     /// PostgreSQL server on which `database` steps create a database and a login per project,
     /// as a role allowed to create both (default: `DATABASE_URL`).

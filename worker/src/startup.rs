@@ -168,7 +168,7 @@ impl Worker {
         let email_keys = key_ring(
             &self.config,
             "EMAIL_TOKEN_KEYS",
-            self.config.email.email_token_keys.as_deref(),
+            self.config.common.email_token_keys.as_deref(),
             "email-token",
         )?;
         let provision_jobs = Arc::new(ProvisionJobs::new(
@@ -315,10 +315,16 @@ fn key_ring(
     value: Option<&str>,
     file: &str,
 ) -> anyhow::Result<Arc<SecretKeys>> {
-    let path = config.common.secrets_dir.join(format!("{file}.keys"));
-    SecretKeys::from_env_or_file(variable, value, &path, config.common.secrets_generate)
-        .map(Arc::new)
-        .map_err(|e| anyhow::anyhow!("{e}"))
+    let common = &config.common;
+    SecretKeys::from_env_or_dev_ring(
+        variable,
+        value,
+        &common.secrets_dir,
+        file,
+        common.secrets_generate,
+    )
+    .map(Arc::new)
+    .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// The `database` driver: on `PROVISION_DATABASE_URL`'s server (default: `pool`'s), keeping
@@ -330,7 +336,7 @@ pub fn database_driver(config: &Config, pool: &PgPool) -> anyhow::Result<Databas
     let keys = key_ring(
         config,
         "PROJECT_DATABASE_KEYS",
-        provision.project_database_keys.as_deref(),
+        config.common.project_database_keys.as_deref(),
         "project-database",
     )?;
     let admin = match &provision.provision_database_url {
