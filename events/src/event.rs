@@ -17,6 +17,14 @@ pub enum ExpectedVersion {
 }
 
 impl ExpectedVersion {
+    /// What to expect of a stream folded to `version` (0 when it has no events yet).
+    pub fn after(version: u64) -> Self {
+        match version {
+            0 => Self::NoStream,
+            version => Self::Exact(version),
+        }
+    }
+
     /// The stream version the database must find, or `None` for [`ExpectedVersion::Any`].
     pub(crate) fn as_db(self) -> Option<i64> {
         match self {
