@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use idp_ops::config::CommonConfig;
+use secrecy::SecretString;
 
 use crate::auth::rate_limit::Limit;
 use crate::client_address::TrustedProxies;
@@ -80,26 +81,6 @@ pub struct Config {
     #[arg(long, env = "HSTS", value_name = "HSTS", default_value_t = false, action = clap::ArgAction::Set)]
     pub hsts: bool,
 
-    /// Directory of project template files (`<name>.json`) that add to or replace the built-in
-    /// templates; must match the worker's. A file that is not a valid template stops start-up.
-    #[arg(
-        long,
-        env = "PROJECT_TEMPLATES_DIR",
-        value_name = "PROJECT_TEMPLATES_DIR"
-    )]
-    pub project_templates_dir: Option<PathBuf>,
-
-    /// Directory of the keys that verify the log's seals (`<kid>.pem`, Ed25519): SPKI public
-    /// PEMs in production (`idp-worker seal-public-keys` writes them); the worker's private
-    /// PEMs also work, for development. Read at each verification, so a new key counts at once.
-    #[arg(
-        long,
-        env = "SEAL_KEYS_DIR",
-        value_name = "SEAL_KEYS_DIR",
-        default_value = "./var/seal-keys"
-    )]
-    pub seal_keys_dir: PathBuf,
-
     /// Settings of sign-in and tokens.
     #[command(flatten)]
     pub identity: IdentityConfig,
@@ -157,7 +138,7 @@ pub struct IdentityConfig {
         value_name = "ADDRESS_DIGEST_KEYS",
         hide_env_values = true
     )]
-    pub address_digest_keys: Option<String>,
+    pub address_digest_keys: Option<SecretString>,
 
     /// The first administrator's email, created at start if missing.
     #[arg(long, env = "ADMIN_EMAIL", value_name = "ADMIN_EMAIL")]
@@ -170,7 +151,7 @@ pub struct IdentityConfig {
         value_name = "ADMIN_PASSWORD",
         hide_env_values = true
     )]
-    pub admin_password: Option<String>,
+    pub admin_password: Option<SecretString>,
 
     /// argon2id memory in KiB (at least 19456).
     #[arg(
@@ -240,4 +221,43 @@ pub struct IdentityConfig {
         default_value = "3/600s"
     )]
     pub email_per_account: Limit,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_of_the_configuration_holds_no_secret() {
+        let config = Config::try_parse_from([
+            "idp-api",
+            "--database-url",
+            "postgres://idp:db-secret-1@db:5432/idp",
+            "--amqp-url",
+            "amqp://guest:amqp-secret-2@127.0.0.1:5672/%2f",
+            "--email-token-keys",
+            "k1:email-ring-secret-0123456789abcdef",
+            "--project-database-keys",
+            "k2:project-ring-secret-0123456789abcdef",
+            "--address-digest-keys",
+            "k3:digest-ring-secret-0123456789abcdef",
+            "--admin-email",
+            "admin@example.com",
+            "--admin-password",
+            "admin-password-secret",
+        ])
+        .unwrap();
+        let debug = format!("{config:?}");
+        for secret in [
+            "db-secret-1",
+            "amqp-secret-2",
+            "email-ring-secret",
+            "project-ring-secret",
+            "digest-ring-secret",
+            "admin-password-secret",
+        ] {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
+        assert!(debug.contains("admin_password"), "{debug}");
+    }
 }

@@ -32,6 +32,7 @@ use crate::auth::password::{HashParams, Hasher};
 use crate::auth::tokens::{TokenConfig, Tokens};
 use crate::identity::{Email, IdentityKeys};
 use idp_events::secret_keys::SecretKeys;
+use secrecy::{ExposeSecret as _, SecretString};
 
 use crate::config::Config;
 use crate::error::{REQUEST_ID, problem};
@@ -99,7 +100,7 @@ impl Application {
         let database_keys = Arc::new(key_ring(
             config,
             "PROJECT_DATABASE_KEYS",
-            config.common.project_database_keys.as_deref(),
+            config.common.project_database_keys.as_ref(),
             "project-database",
         )?);
         let log_watch = LogWatch::new(pool.clone(), config.sse_max_streams_per_user as usize);
@@ -109,7 +110,7 @@ impl Application {
             catalogue,
             log_watch: log_watch.clone(),
             database_keys,
-            seal_keys_dir: Arc::from(config.seal_keys_dir.as_path()),
+            seal_keys_dir: Arc::from(config.common.seal_keys_dir.as_path()),
         };
         let identity_handle = state.identity.clone();
         let health = Health::new(pool.clone(), broker).with_optional_broker();
@@ -327,7 +328,7 @@ fn http_span(request: &Request) -> tracing::Span {
 /// The project templates: the built-in ones, with `PROJECT_TEMPLATES_DIR`'s over them. A file
 /// that is not a valid template stops start-up, naming the variable and the file.
 fn catalogue(config: &Config) -> anyhow::Result<Catalogue> {
-    Catalogue::load(config.project_templates_dir.as_deref())
+    Catalogue::load(config.common.project_templates_dir.as_deref())
         .map_err(|err| anyhow::anyhow!("PROJECT_TEMPLATES_DIR: {err}"))
 }
 
@@ -360,13 +361,13 @@ async fn build_identity(config: &Config, store: EventStore) -> anyhow::Result<Id
         email_tokens: key_ring(
             config,
             "EMAIL_TOKEN_KEYS",
-            config.common.email_token_keys.as_deref(),
+            config.common.email_token_keys.as_ref(),
             "email-token",
         )?,
         address_digest: key_ring(
             config,
             "ADDRESS_DIGEST_KEYS",
-            id.address_digest_keys.as_deref(),
+            id.address_digest_keys.as_ref(),
             "address-digest",
         )?,
     };
@@ -376,7 +377,7 @@ async fn build_identity(config: &Config, store: EventStore) -> anyhow::Result<Id
         (Some(email), Some(password)) => {
             let email = Email::parse(email).map_err(|e| anyhow::anyhow!("ADMIN_EMAIL: {e}"))?;
             identity
-                .ensure_admin(&email, password)
+                .ensure_admin(&email, password.expose_secret())
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             tracing::info!("administrator account ensured");
@@ -393,7 +394,7 @@ async fn build_identity(config: &Config, store: EventStore) -> anyhow::Result<Id
 pub fn key_ring(
     config: &Config,
     variable: &str,
-    value: Option<&str>,
+    value: Option<&SecretString>,
     file: &str,
 ) -> anyhow::Result<SecretKeys> {
     let common = &config.common;

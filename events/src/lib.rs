@@ -4,7 +4,8 @@
 //! owns that table: appending with optimistic concurrency and uniqueness reservations
 //! ([`EventStore`]), reading a stream or the whole log in commit-safe order, the per-stream hash
 //! chain that makes tampering visible ([`chain`]), schema upcasting on read ([`Upcasters`]) and
-//! subscriptions that keep read models current ([`subscription`]).
+//! subscriptions that keep read models current ([`subscription`]), the seals over the whole log
+//! ([`seal`]) and every server key ([`keys`]).
 //!
 //! It knows nothing of HTTP or job queues; the `api` and `worker` crates build on it.
 
@@ -14,13 +15,12 @@ mod error;
 mod event;
 pub mod identity;
 pub mod jobs;
-pub mod key_dir;
+pub mod keys;
 pub mod migrations;
 mod notifier;
 pub mod project;
 pub mod replay;
 pub mod seal;
-pub mod secret_keys;
 mod store;
 pub mod stream_id;
 pub mod subscription;
@@ -32,3 +32,6 @@ pub use event::{Cursor, ExpectedVersion, Metadata, NewEvent, RecordedEvent};
 pub use store::{Append, AppendOutcome, EventStore, NOTIFY_CHANNEL};
 pub use stream_id::{Category, StreamId, StreamIdError};
 pub use upcast::Upcasters;
+
+/// The secret key rings, under the name their callers know: [`keys::ring`].
+pub use keys::ring as secret_keys;

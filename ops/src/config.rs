@@ -1,9 +1,15 @@
 //! Configuration both binaries share, read from the environment (or flags) and validated at
-//! start. A bad value stops the process with a message naming the variable.
+//! start. A bad value stops the process with a message naming the variable. A setting both
+//! binaries read is declared here once, so its name, default and help text are the same in both.
+//!
+//! Secrets (key rings, passwords in URLs) are held in types whose `Debug` does not show them:
+//! [`SecretString`] or the redacting [`DatabaseUrl`] and [`AmqpUrl`].
 
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 
+use secrecy::SecretString;
 use sqlx::postgres::PgConnectOptions;
 
 /// Default `DATABASE_URL`.
@@ -42,7 +48,7 @@ pub struct CommonConfig {
         value_name = "SECRETS_DIR",
         default_value = "./var/secrets"
     )]
-    pub secrets_dir: std::path::PathBuf,
+    pub secrets_dir: PathBuf,
 
     /// Generate a missing development key ring in `SECRETS_DIR` (development; set `false` in
     /// production, where every ring comes from its variable).
@@ -58,7 +64,7 @@ pub struct CommonConfig {
         value_name = "EMAIL_TOKEN_KEYS",
         hide_env_values = true
     )]
-    pub email_token_keys: Option<String>,
+    pub email_token_keys: Option<SecretString>,
 
     /// Key ring from which project database passwords are derived (same format); the API and
     /// the worker share it. Unset: the development ring `SECRETS_DIR/project-database.keys`.
@@ -68,7 +74,30 @@ pub struct CommonConfig {
         value_name = "PROJECT_DATABASE_KEYS",
         hide_env_values = true
     )]
-    pub project_database_keys: Option<String>,
+    pub project_database_keys: Option<SecretString>,
+
+    /// Directory of the seal keys (`<kid>.pem`, Ed25519), never the access-token keys. The
+    /// worker signs with the private key whose name sorts last; the API and `idp-worker verify`
+    /// verify with every key in it: SPKI public PEMs in production (`idp-worker
+    /// seal-public-keys` writes them), the worker's private PEMs also work, for development.
+    /// Read at each round and each verification, so a new key counts at once.
+    #[arg(
+        long,
+        env = "SEAL_KEYS_DIR",
+        value_name = "SEAL_KEYS_DIR",
+        default_value = "./var/seal-keys"
+    )]
+    pub seal_keys_dir: PathBuf,
+
+    /// Directory of project template files (`<name>.json`) that add to or replace the built-in
+    /// templates; the API and the worker must be given the same one. A file that is not a valid
+    /// template stops start-up.
+    #[arg(
+        long,
+        env = "PROJECT_TEMPLATES_DIR",
+        value_name = "PROJECT_TEMPLATES_DIR"
+    )]
+    pub project_templates_dir: Option<PathBuf>,
 
     /// Log line format: `text` for people, `json` for machines.
     #[arg(long, env = "LOG_FORMAT", value_name = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -249,6 +278,41 @@ mod tests {
             redact_url("postgres://me@host/idp"),
             "postgres://me@host/idp"
         );
+    }
+
+    /// A binary whose settings are the common ones.
+    #[derive(Debug, clap::Parser)]
+    struct Common {
+        #[command(flatten)]
+        common: CommonConfig,
+    }
+
+    #[test]
+    fn debug_output_of_the_common_settings_holds_no_secret() {
+        use clap::Parser as _;
+        let ring = "k1:common-ring-secret-0123456789abcdef";
+        let config = Common::try_parse_from([
+            "test",
+            "--database-url",
+            "postgres://idp:db-secret-1@db:5432/idp",
+            "--amqp-url",
+            "amqp://guest:amqp-secret-2@127.0.0.1:5672/%2f",
+            "--email-token-keys",
+            ring,
+            "--project-database-keys",
+            "k2:project-ring-secret-0123456789abcdef",
+        ])
+        .unwrap();
+        let debug = format!("{config:?}");
+        for secret in [
+            "db-secret-1",
+            "amqp-secret-2",
+            "common-ring-secret",
+            "project-ring-secret",
+        ] {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
+        assert!(debug.contains("seal_keys_dir"), "{debug}");
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //!
 //! `RUST_LOG` filters (default `info,sqlx=warn`). `LOG_FORMAT=json` writes one flat JSON object per
 //! line: `timestamp`, `level`, `target`, `span`, then the fields of every enclosing span (request
-//! id, correlation id, user id, job id, ...) and of the event itself. `text` is for people.
+//! id, correlation id, user id, job id, ...) and of the event itself. `text` is for people, in
+//! colour only when standard error is a terminal (and `NO_COLOR` is unset), so logs written to
+//! a file or a pipe carry no terminal escape codes.
 //!
 //! Personal data stays out of the logs in two ways: call sites log ids, not people, and pass
 //! client addresses through [`mask_ip`]; and every line, in either format, goes through
@@ -12,19 +14,19 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::sync::OnceLock;
 
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
-use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::{JsonFields, Writer};
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields, MakeWriter};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::LogFormat;
 
@@ -67,8 +69,14 @@ pub fn init(format: LogFormat) -> Result<LogGuard, TelemetryError> {
         .thread_name("idp-log-writer")
         .finish(io::stderr());
     let _ = DROPPED.set(writer.error_counter());
-    init_with(format, &filter, writer)?;
+    install(format, &filter, writer, use_colour(&io::stderr()))?;
     Ok(LogGuard(guard))
+}
+
+/// Whether text lines written to `stream` may carry colour codes: only on a terminal, and not
+/// when `NO_COLOR` is set (<https://no-color.org>).
+pub fn use_colour(stream: &impl IsTerminal) -> bool {
+    stream.is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// Publishes `idp_log_lines_dropped_total`: log lines dropped because standard error did not
@@ -80,28 +88,46 @@ pub fn publish_dropped_lines() {
 }
 
 /// Installs the global subscriber with `filter`, writing each line through [`mask_emails`] to
-/// `writer`. The binaries use [`init`]; tests use this to keep their logs in files.
+/// `writer`, without colour codes (it is a file or a pipe). The binaries use [`init`]; tests
+/// use this to keep their logs in files.
 pub fn init_with<W>(format: LogFormat, filter: &str, writer: W) -> Result<(), TelemetryError>
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
+    install(format, filter, writer, false)
+}
+
+fn install<W>(format: LogFormat, filter: &str, writer: W, ansi: bool) -> Result<(), TelemetryError>
+where
+    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
     let filter = EnvFilter::try_new(filter).map_err(|e| TelemetryError::Filter(e.to_string()))?;
-    let writer = Masking(writer);
-    let registry = tracing_subscriber::registry().with(filter);
-    let result = match format {
-        LogFormat::Json => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .fmt_fields(JsonFields::new())
-                    .event_format(FlatJson)
-                    .with_writer(writer),
-            )
-            .try_init(),
-        LogFormat::Text => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(writer))
-            .try_init(),
-    };
-    result.map_err(|_| TelemetryError::AlreadyInitialised)
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt_layer(format, Masking(writer), ansi))
+        .try_init()
+        .map_err(|_| TelemetryError::AlreadyInitialised)
+}
+
+/// The layer that formats lines as `format` and writes them to `writer`; text lines carry
+/// colour codes only when `ansi` is set (JSON lines never do).
+fn fmt_layer<S, W>(format: LogFormat, writer: W, ansi: bool) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
+    match format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .fmt_fields(JsonFields::new())
+            .event_format(FlatJson)
+            .with_ansi(false)
+            .with_writer(writer)
+            .boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(writer)
+            .boxed(),
+    }
 }
 
 /// One JSON object per event, with the fields of every enclosing span merged in (innermost
@@ -455,6 +481,57 @@ mod tests {
         assert_eq!(line["job.id"], 5);
         assert_eq!(line["to"], "f***@example.com");
         assert_eq!(line["message"], "sent to f***@example.com");
+    }
+
+    /// The lines `format` writes for one event with a span, in colour when `ansi` is set.
+    fn lines_written(format: LogFormat, ansi: bool) -> String {
+        let buffer = Buffer::default();
+        let sink = buffer.clone();
+        let subscriber = tracing_subscriber::registry().with(fmt_layer(
+            format,
+            Masking(move || sink.clone()),
+            ansi,
+        ));
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("http", request_id = "r-1");
+            let _span = span.enter();
+            tracing::warn!(duration_ms = 3, "slow request");
+        });
+        String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn text_lines_carry_colour_codes_only_for_a_terminal() {
+        let plain = lines_written(LogFormat::Text, false);
+        assert!(plain.contains("slow request"), "{plain:?}");
+        assert!(
+            !plain.contains('\x1b'),
+            "no escape codes in a file: {plain:?}"
+        );
+        let coloured = lines_written(LogFormat::Text, true);
+        assert!(
+            coloured.contains('\x1b'),
+            "colours on a terminal: {coloured:?}"
+        );
+        assert!(!lines_written(LogFormat::Json, true).contains('\x1b'));
+    }
+
+    #[test]
+    fn a_file_or_a_pipe_is_written_without_colours() {
+        let path = std::env::temp_dir().join(format!("idp-log-{}.txt", std::process::id()));
+        let file = std::fs::File::create(&path).unwrap();
+        assert!(!use_colour(&file));
+        drop(file);
+        std::fs::remove_file(&path).unwrap();
+        #[cfg(unix)]
+        {
+            let (reader, writer) = std::io::pipe().unwrap();
+            let (reader, writer) = (
+                std::os::fd::OwnedFd::from(reader),
+                std::os::fd::OwnedFd::from(writer),
+            );
+            assert!(!use_colour(&writer) && !use_colour(&reader));
+        }
     }
 
     #[test]

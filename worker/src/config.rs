@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use idp_ops::config::CommonConfig;
+use secrecy::SecretString;
 
 /// `idp-worker`: projections, dispatcher and jobs of idp.
 #[derive(Debug, Clone, Parser)]
@@ -179,7 +180,7 @@ pub struct EmailConfig {
         value_name = "SMTP_URL",
         hide_env_values = true
     )]
-    pub smtp_url: Option<String>,
+    pub smtp_url: Option<SecretString>,
 
     /// Where mail goes when `SMTP_URL` is unset.
     #[arg(
@@ -222,15 +223,6 @@ pub struct EmailConfig {
 /// Provisioning: templates, drivers and their retries.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ProvisionConfig {
-    /// Directory of template files (`<name>.json`) that add to or replace the built-in
-    /// templates; must match the API's.
-    #[arg(
-        long,
-        env = "PROJECT_TEMPLATES_DIR",
-        value_name = "PROJECT_TEMPLATES_DIR"
-    )]
-    pub project_templates_dir: Option<PathBuf>,
-
     /// PostgreSQL server on which `database` steps create a database and a login per project,
     /// as a role allowed to create both (default: `DATABASE_URL`).
     #[arg(
@@ -273,7 +265,7 @@ pub struct ProvisionConfig {
         value_name = "PROVISION_WEBHOOK_SECRET",
         hide_env_values = true
     )]
-    pub provision_webhook_secret: Option<String>,
+    pub provision_webhook_secret: Option<SecretString>,
 
     /// Attempts per step (and per undone step at deletion) before the project fails.
     #[arg(long, env = "PROVISION_MAX_ATTEMPTS", value_name = "PROVISION_MAX_ATTEMPTS", default_value_t = 5,
@@ -314,17 +306,6 @@ pub struct SealConfig {
           value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
     pub seal_max_events: i64,
 
-    /// Directory of the seal signing keys (`<kid>.pem`, Ed25519; the private key whose name
-    /// sorts last signs; public SPKI PEMs only verify). Its own keys, never the API's
-    /// access-token keys. `idp-worker verify` reads the public keys from it.
-    #[arg(
-        long,
-        env = "SEAL_KEYS_DIR",
-        value_name = "SEAL_KEYS_DIR",
-        default_value = "./var/seal-keys"
-    )]
-    pub seal_keys_dir: PathBuf,
-
     /// Generate a seal key in `SEAL_KEYS_DIR` at start when it holds no private key
     /// (development); when false, such a start fails.
     #[arg(long, env = "SEAL_GENERATE_KEYS", value_name = "SEAL_GENERATE_KEYS", default_value_t = true, action = clap::ArgAction::Set)]
@@ -341,5 +322,45 @@ fn parse_prefix(raw: &str) -> Result<String, String> {
         Ok(raw.to_owned())
     } else {
         Err("use 1 to 64 characters of a-z, 0-9, '.', '_' and '-'".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_of_the_configuration_holds_no_secret() {
+        let config = Config::try_parse_from([
+            "idp-worker",
+            "--database-url",
+            "postgres://idp:db-secret-1@db:5432/idp",
+            "--amqp-url",
+            "amqp://guest:amqp-secret-2@127.0.0.1:5672/%2f",
+            "--email-token-keys",
+            "k1:email-ring-secret-0123456789abcdef",
+            "--project-database-keys",
+            "k2:project-ring-secret-0123456789abcdef",
+            "--smtp-url",
+            "smtp://mailer:smtp-password-secret@mail.internal:587?tls=required",
+            "--provision-database-url",
+            "postgres://admin:provision-db-secret@db:5432/postgres",
+            "--provision-webhook-secret",
+            "webhook-secret-value",
+        ])
+        .unwrap();
+        let debug = format!("{config:?}");
+        for secret in [
+            "db-secret-1",
+            "amqp-secret-2",
+            "email-ring-secret",
+            "project-ring-secret",
+            "smtp-password-secret",
+            "provision-db-secret",
+            "webhook-secret-value",
+        ] {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
+        assert!(debug.contains("provision_webhook_secret"), "{debug}");
     }
 }

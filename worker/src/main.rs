@@ -27,11 +27,11 @@ async fn main() -> anyhow::Result<()> {
             expect_seal,
         }) => {
             let pool = connect(&config.common).await?;
-            let keys_dir = &config.seal.seal_keys_dir;
+            let keys_dir = &config.common.seal_keys_dir;
             idp_worker::cli::verify(&pool, stream_prefix.as_deref(), keys_dir, *expect_seal).await
         }
         Some(Command::SealPublicKeys { out_dir }) => {
-            idp_worker::cli::seal_public_keys(&config.seal.seal_keys_dir, out_dir)
+            idp_worker::cli::seal_public_keys(&config.common.seal_keys_dir, out_dir)
         }
         Some(Command::HardenDatabases { rotate_passwords }) => {
             let pool = connect(&config.common).await?;

@@ -16,11 +16,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use idp_events::backoff::Backoff;
-use idp_events::seal::{self, RUNNER_LOCK, Seal, SealError, SealKeyError, SealSigner};
+use idp_events::keys::KeyError;
+use idp_events::seal::{self, RUNNER_LOCK, Seal, SealError, SealSigner};
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, SealConfig};
+use crate::config::Config;
 
 /// How the sealer runs.
 #[derive(Debug, Clone)]
@@ -37,7 +38,7 @@ impl SealerSettings {
     /// The settings of a configured worker.
     pub fn from_config(config: &Config) -> Self {
         Self {
-            keys_dir: config.seal.seal_keys_dir.clone(),
+            keys_dir: config.common.seal_keys_dir.clone(),
             interval: Duration::from_secs(config.seal.seal_interval_secs),
             max_events: config.seal.seal_max_events,
         }
@@ -52,7 +53,7 @@ pub enum SealRoundError {
     NoKey(PathBuf),
     /// The signing key cannot be read.
     #[error(transparent)]
-    Key(#[from] SealKeyError),
+    Key(#[from] KeyError),
     /// Sealing failed.
     #[error(transparent)]
     Seal(#[from] SealError),
@@ -70,18 +71,18 @@ pub enum SealKeySetupError {
     Missing(PathBuf),
     /// The directory or a key in it cannot be read, or a new key cannot be written.
     #[error("SEAL_KEYS_DIR: {0}")]
-    Key(#[from] SealKeyError),
+    Key(#[from] KeyError),
 }
 
 /// The key the sealer will sign with: the private key in `SEAL_KEYS_DIR` sorting last, or, when
 /// there is none and `SEAL_GENERATE_KEYS` allows it, a development key generated there (file
 /// 0600, directory 0700). Called at start, so a worker that could never seal does not start.
-pub fn prepare_signing_key(config: &SealConfig) -> Result<SealSigner, SealKeySetupError> {
-    let dir = &config.seal_keys_dir;
+pub fn prepare_signing_key(config: &Config) -> Result<SealSigner, SealKeySetupError> {
+    let dir = &config.common.seal_keys_dir;
     if let Some(signer) = SealSigner::load_dir(dir)? {
         return Ok(signer);
     }
-    if !config.seal_generate_keys {
+    if !config.seal.seal_generate_keys {
         return Err(SealKeySetupError::Missing(dir.clone()));
     }
     let signer = SealSigner::generate_in(dir)?;

@@ -9,7 +9,9 @@ use idp_events::EventStore;
 use idp_events::backoff::Backoff;
 use idp_events::project::Catalogue;
 use idp_events::subscription::{Subscription, SubscriptionOptions};
+use idp_ops::config::CommonConfig;
 use idp_ops::health::{BrokerProbe, Health};
+use secrecy::{ExposeSecret as _, SecretString};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio::net::TcpListener;
@@ -18,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::breaker::Breaker;
 use crate::broker::{Publisher, QueueBackend, Topology};
-use crate::config::{Config, EmailConfig, ProvisionConfig};
+use crate::config::{Config, EmailConfig};
 use crate::dispatcher::{self, Dispatcher};
 use crate::email::Mailer;
 use crate::jobs::dead_letters::{DeadLetters, record_dead_letter};
@@ -57,9 +59,9 @@ impl Worker {
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
         idp_ops::metrics::install("idp-worker");
         // Before any connection: a worker that could never seal must not start.
-        let seal_signer = crate::sealer::prepare_signing_key(&config.seal)?;
+        let seal_signer = crate::sealer::prepare_signing_key(config)?;
         tracing::info!(
-            dir = %config.seal.seal_keys_dir.display(),
+            dir = %config.common.seal_keys_dir.display(),
             kid = %seal_signer.key_id(),
             "seals are signed with the key"
         );
@@ -69,7 +71,7 @@ impl Worker {
             .await
             .context("while applying database migrations")?;
         let mailer = mailer(&config.email)?;
-        let catalogue = catalogue(&config.provision)?;
+        let catalogue = catalogue(&config.common)?;
         let drivers = drivers(config, &pool)?;
         let broker = Arc::new(BrokerProbe::new(config.common.amqp_url.clone()));
         let listener = TcpListener::bind(config.worker_addr)
@@ -168,7 +170,7 @@ impl Worker {
         let email_keys = key_ring(
             &self.config,
             "EMAIL_TOKEN_KEYS",
-            self.config.common.email_token_keys.as_deref(),
+            self.config.common.email_token_keys.as_ref(),
             "email-token",
         )?;
         let provision_jobs = Arc::new(ProvisionJobs::new(
@@ -292,7 +294,7 @@ impl Worker {
 fn mailer(config: &EmailConfig) -> anyhow::Result<Mailer> {
     let mailer = match &config.smtp_url {
         Some(url) => Mailer::smtp(
-            url,
+            url.expose_secret(),
             Duration::from_secs(config.smtp_timeout_secs),
             usize::from(config.smtp_pool_size),
         )?,
@@ -303,7 +305,7 @@ fn mailer(config: &EmailConfig) -> anyhow::Result<Mailer> {
 }
 
 /// The project templates: the built-in ones, with `PROJECT_TEMPLATES_DIR`'s over them.
-fn catalogue(config: &ProvisionConfig) -> anyhow::Result<Catalogue> {
+fn catalogue(config: &CommonConfig) -> anyhow::Result<Catalogue> {
     Catalogue::load(config.project_templates_dir.as_deref())
         .map_err(|err| anyhow::anyhow!("PROJECT_TEMPLATES_DIR: {err}"))
 }
@@ -312,7 +314,7 @@ fn catalogue(config: &ProvisionConfig) -> anyhow::Result<Catalogue> {
 fn key_ring(
     config: &Config,
     variable: &str,
-    value: Option<&str>,
+    value: Option<&SecretString>,
     file: &str,
 ) -> anyhow::Result<Arc<SecretKeys>> {
     let common = &config.common;
@@ -336,7 +338,7 @@ pub fn database_driver(config: &Config, pool: &PgPool) -> anyhow::Result<Databas
     let keys = key_ring(
         config,
         "PROJECT_DATABASE_KEYS",
-        config.common.project_database_keys.as_deref(),
+        config.common.project_database_keys.as_ref(),
         "project-database",
     )?;
     let admin = match &provision.provision_database_url {
@@ -366,7 +368,7 @@ fn drivers(config: &Config, pool: &PgPool) -> anyhow::Result<Drivers> {
             config
                 .provision_webhook_secret
                 .as_ref()
-                .map(|s| s.as_bytes().to_vec()),
+                .map(|s| s.expose_secret().as_bytes().to_vec()),
             WEBHOOK_TIMEOUT,
         ),
     })

@@ -1,71 +1,32 @@
-//! Signing keys for access tokens: loading, development generation, rotation and the JWKS document.
+//! The access-token key ring: the API's Ed25519 signing keys as `jsonwebtoken` keys, and the
+//! JWKS document that publishes their public halves.
 //!
-//! Keys are Ed25519 private keys in PKCS#8 PEM files, one per file, named `<kid>.pem`. The key
-//! whose name sorts last signs new tokens; every key in the ring verifies, so a rotated-out key
-//! stays valid for the tokens it signed until it is removed (remove it once the longest access
-//! token lifetime has passed since the rotation).
+//! Keys are Ed25519 private keys in PKCS#8 PEM files in `JWT_KEYS_DIR`, one per file, named
+//! `<kid>.pem` (read and made by [`idp_events::keys`], like every server key). The key whose
+//! name sorts last signs new tokens; every key in the ring verifies, so a rotated-out key stays
+//! valid for the tokens it signed until it is removed (remove it once the longest access token
+//! lifetime has passed since the rotation).
 
 use std::fmt;
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
-use ed25519_dalek::pkcs8::{DecodePrivateKey as _, EncodePrivateKey as _};
+use ed25519_dalek::pkcs8::EncodePrivateKey as _;
 use ed25519_dalek::{SigningKey, VerifyingKey};
-use idp_events::key_dir::{self, KeyDirError};
+use idp_events::keys::{KeyFile, KeyKind, dir, jwks, signing};
 use jsonwebtoken::{DecodingKey, EncodingKey};
+use secrecy::ExposeSecret as _;
 
-/// Errors loading or generating signing keys. Messages never contain key material.
-#[derive(Debug, thiserror::Error)]
-pub enum KeyError {
-    /// Reading or writing a key file or directory failed.
-    #[error("signing key I/O on {path}: {source}", path = path.display())]
-    Io {
-        /// The file or directory.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A key is not a PKCS#8 PEM Ed25519 private key.
-    #[error("invalid signing key {origin}: {reason}")]
-    BadPem {
-        /// Where the key came from: the file path, or `inline key <kid>`.
-        origin: String,
-        /// Why it was rejected (no key material).
-        reason: String,
-    },
-    /// A key id (file stem) does not match `[A-Za-z0-9._-]{1,64}`.
-    #[error("invalid signing key id {kid:?} (expected [A-Za-z0-9._-]{{1,64}})")]
-    BadKid {
-        /// The rejected key id.
-        kid: String,
-    },
-    /// Two keys have the same key id.
-    #[error("duplicate signing key id {kid:?}")]
-    DuplicateKid {
-        /// The repeated key id.
-        kid: String,
-    },
-    /// The key directory holds no key and generation is disabled.
-    #[error("no signing keys (*.pem) in {dir} and key generation is disabled", dir = dir.display())]
-    NoKeys {
-        /// The key directory.
-        dir: PathBuf,
-    },
-    /// An empty list of keys was given.
-    #[error("no signing keys given")]
-    Empty,
-    /// Encoding a freshly generated key failed.
-    #[error("cannot encode generated signing key: {0}")]
-    Generate(String),
-}
+/// Errors loading or generating signing keys: the one key error of idp. Messages never contain
+/// key material.
+pub use idp_events::keys::KeyError;
+
+/// The kind of every error about access-token keys.
+const KIND: KeyKind = KeyKind::AccessToken;
 
 /// One key of the ring.
 struct Entry {
     kid: String,
-    /// The raw 32-byte Ed25519 public key.
-    public: [u8; 32],
+    public: VerifyingKey,
     decoding: DecodingKey,
 }
 
@@ -73,7 +34,7 @@ struct Entry {
 pub struct KeyRing {
     /// Every key, the signing key last.
     entries: Vec<Entry>,
-    /// The private key of the last entry.
+    /// The private key of the last entry (zeroed when dropped; `Debug` redacts it).
     signing: EncodingKey,
 }
 
@@ -105,60 +66,62 @@ impl KeyRing {
     /// at info level that a development key was generated (path and kid only), and uses it.
     /// If there is no key and `generate` is false, returns [`KeyError::NoKeys`].
     pub fn load_dir(dir: &Path, generate: bool) -> Result<Self, KeyError> {
-        let mut files = list_pem_files(dir)?;
+        let no_keys = || KeyError::NoKeys {
+            kind: KIND,
+            dir: dir.to_path_buf(),
+        };
+        let mut files = dir::list_pem_files(dir, KIND)?;
         if files.is_empty() {
             if !generate {
-                return Err(KeyError::NoKeys {
-                    dir: dir.to_path_buf(),
-                });
+                return Err(no_keys());
             }
-            let (kid, path) = write_generated_key(dir)?;
+            let kid = dir::new_kid();
+            let path = signing::generate_in(dir, &kid, KIND)?;
             tracing::info!(
                 path = %path.display(),
                 kid = %kid,
                 "generated a development signing key for access tokens"
             );
-            files = list_pem_files(dir)?;
+            files = dir::list_pem_files(dir, KIND)?;
             if files.is_empty() {
-                return Err(KeyError::NoKeys {
-                    dir: dir.to_path_buf(),
-                });
+                return Err(no_keys());
             }
         }
-
         let mut keys = Vec::with_capacity(files.len());
         for (kid, path) in files {
-            warn_if_readable_by_others(&path);
-            let pem = std::fs::read_to_string(&path).map_err(|source| KeyError::Io {
-                path: path.clone(),
-                source,
-            })?;
-            keys.push((kid, pem, path.display().to_string()));
+            let origin = path.display().to_string();
+            match signing::read_key_file(&path, KIND)? {
+                KeyFile::Private(key) => keys.push((kid, key, origin)),
+                KeyFile::Public(_) => {
+                    return Err(KeyError::BadPem {
+                        kind: KIND,
+                        origin,
+                        reason: "a public key cannot sign access tokens".into(),
+                    });
+                }
+            }
         }
         Self::build(keys)
     }
 
     /// A ring from PEM strings (kid, pem) for tests or keys given inline; the last signs.
     pub fn from_pems(keys: &[(String, String)]) -> Result<Self, KeyError> {
-        Self::build(
-            keys.iter()
-                .map(|(kid, pem)| (kid.clone(), pem.clone(), format!("inline key {kid:?}")))
-                .collect(),
-        )
+        let mut parsed = Vec::with_capacity(keys.len());
+        for (kid, pem) in keys {
+            let origin = format!("inline key {kid:?}");
+            let key = signing::parse_private_pem(pem, KIND, &origin)?;
+            parsed.push((kid.clone(), key, origin));
+        }
+        Self::build(parsed)
     }
 
-    /// Generates a fresh Ed25519 key, returning (kid, pkcs8 pem) — used by `load_dir` and tests.
+    /// Generates a fresh Ed25519 key, returning (kid, pkcs8 pem) — for tests and tools.
     ///
     /// The kid is the current UTC time to the second, e.g. `2026-11-22T190000Z`, so that kids of
     /// keys generated later sort later.
     pub fn generate_pem() -> Result<(String, String), KeyError> {
-        let seed = rand::random::<[u8; 32]>();
-        let key = SigningKey::from_bytes(&seed);
-        let pem = key
-            .to_pkcs8_pem(LineEnding::LF)
-            .map_err(|e| KeyError::Generate(e.to_string()))?;
-        let kid = chrono::Utc::now().format("%Y-%m-%dT%H%M%SZ").to_string();
-        Ok((kid, pem.to_string()))
+        let pem = signing::private_pem(&signing::generate(), KIND)?;
+        Ok((dir::new_kid(), pem.expose_secret().to_owned()))
     }
 
     /// The key id of the key that signs new tokens.
@@ -170,16 +133,7 @@ impl KeyRing {
     /// The JSON Web Key Set of all public keys:
     /// `{"keys":[{"kty":"OKP","crv":"Ed25519","x":<base64url no pad>,"kid":..,"alg":"EdDSA","use":"sig"}]}`.
     pub fn jwks(&self) -> serde_json::Value {
-        let keys: Vec<serde_json::Value> = self
-            .entries
-            .iter()
-            // Every public key came from a signing key, so it is a valid point.
-            .filter_map(|e| {
-                let key = VerifyingKey::from_bytes(&e.public).ok()?;
-                Some(key_dir::public_jwk(&e.kid, &key))
-            })
-            .collect();
-        serde_json::json!({ "keys": keys })
+        jwks::document(self.entries.iter().map(|e| (e.kid.as_str(), &e.public)))
     }
 
     /// The signing key and its kid.
@@ -195,135 +149,42 @@ impl KeyRing {
             .map(|e| &e.decoding)
     }
 
-    /// Builds a ring from (kid, pem, origin) triples; the last signs.
-    fn build(keys: Vec<(String, String, String)>) -> Result<Self, KeyError> {
+    /// Builds a ring from (kid, key, origin) triples; the last signs.
+    fn build(keys: Vec<(String, SigningKey, String)>) -> Result<Self, KeyError> {
         let mut entries: Vec<Entry> = Vec::with_capacity(keys.len());
         let mut signing = None;
-        for (kid, pem, origin) in keys {
-            if !key_dir::valid_kid(&kid) {
-                return Err(KeyError::BadKid { kid });
+        for (kid, key, origin) in keys {
+            if !dir::valid_kid(&kid) {
+                return Err(KeyError::BadKid { kind: KIND, kid });
             }
             if entries.iter().any(|e| e.kid == kid) {
-                return Err(KeyError::DuplicateKid { kid });
+                return Err(KeyError::DuplicateKid { kind: KIND, kid });
             }
-            let key = SigningKey::from_pkcs8_pem(&pem).map_err(|e| KeyError::BadPem {
-                origin: origin.clone(),
-                reason: e.to_string(),
-            })?;
             let der = key.to_pkcs8_der().map_err(|e| KeyError::BadPem {
+                kind: KIND,
                 origin,
                 reason: e.to_string(),
             })?;
-            let public = key.verifying_key().to_bytes();
+            let public = key.verifying_key();
             signing = Some(EncodingKey::from_ed_der(der.as_bytes()));
             entries.push(Entry {
                 kid,
+                decoding: DecodingKey::from_ed_der(public.as_bytes()),
                 public,
-                decoding: DecodingKey::from_ed_der(&public),
             });
         }
-        let signing = signing.ok_or(KeyError::Empty)?;
+        let signing = signing.ok_or(KeyError::Empty { kind: KIND })?;
         Ok(Self { entries, signing })
     }
 }
-
-/// The `*.pem` files in `dir` as (kid, path), sorted by kid. A missing directory has none.
-fn list_pem_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, KeyError> {
-    key_dir::list_pem_files(dir).map_err(|err| match err {
-        KeyDirError::Io { path, source } => KeyError::Io { path, source },
-        KeyDirError::BadKid(kid) => KeyError::BadKid { kid },
-    })
-}
-
-/// Creates `dir` if needed and writes a new key file to it, returning (kid, path).
-///
-/// The key is written to a temporary file first and renamed into place, so that a crash never
-/// leaves a truncated `*.pem` behind.
-fn write_generated_key(dir: &Path) -> Result<(String, PathBuf), KeyError> {
-    create_private_dir(dir)?;
-    let (kid, pem) = KeyRing::generate_pem()?;
-    let path = dir.join(format!("{kid}.pem"));
-    let tmp = dir.join(format!(".{kid}.{}.tmp", uuid::Uuid::new_v4().simple()));
-    let io_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| KeyError::Io { path, source }
-    };
-    let result = (|| {
-        let mut file = create_private_file(&tmp).map_err(io_err(&tmp))?;
-        file.write_all(pem.as_bytes()).map_err(io_err(&tmp))?;
-        file.sync_all().map_err(io_err(&tmp))?;
-        drop(file);
-        std::fs::rename(&tmp, &path).map_err(io_err(&path))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map(|()| (kid, path))
-}
-
-#[cfg(unix)]
-fn create_private_dir(dir: &Path) -> Result<(), KeyError> {
-    use std::os::unix::fs::DirBuilderExt as _;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|source| KeyError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })
-}
-
-#[cfg(not(unix))]
-fn create_private_dir(dir: &Path) -> Result<(), KeyError> {
-    std::fs::create_dir_all(dir).map_err(|source| KeyError::Io {
-        path: dir.to_path_buf(),
-        source,
-    })
-}
-
-#[cfg(unix)]
-fn create_private_file(path: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-}
-
-#[cfg(not(unix))]
-fn create_private_file(path: &Path) -> std::io::Result<std::fs::File> {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-}
-
-/// Logs a warning when a key file can be read by group or others.
-#[cfg(unix)]
-fn warn_if_readable_by_others(path: &Path) {
-    use std::os::unix::fs::PermissionsExt as _;
-    if let Ok(meta) = std::fs::metadata(path) {
-        let mode = meta.permissions().mode();
-        if mode & 0o077 != 0 {
-            tracing::warn!(
-                path = %path.display(),
-                mode = format_args!("{:o}", mode & 0o777),
-                "signing key file is accessible to group or others; use mode 0600"
-            );
-        }
-    }
-}
-
-#[cfg(not(unix))]
-fn warn_if_readable_by_others(_path: &Path) {}
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use base64::Engine as _;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use ed25519_dalek::pkcs8::DecodePrivateKey as _;
+    use std::path::PathBuf;
 
     /// A temporary directory removed on drop.
     struct TempDir(PathBuf);
@@ -389,7 +250,7 @@ mod tests {
     fn generated_pem_is_pkcs8_with_a_time_kid() {
         let (kid, pem) = KeyRing::generate_pem().unwrap();
         assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"), "{pem}");
-        assert!(key_dir::valid_kid(&kid));
+        assert!(dir::valid_kid(&kid));
         assert!(chrono::NaiveDateTime::parse_from_str(&kid, "%Y-%m-%dT%H%M%SZ").is_ok());
         let (_, other) = KeyRing::generate_pem().unwrap();
         assert_ne!(pem, other);
@@ -398,7 +259,10 @@ mod tests {
     #[test]
     fn from_pems_rejects_bad_input() {
         let (_, pem) = KeyRing::generate_pem().unwrap();
-        assert!(matches!(KeyRing::from_pems(&[]), Err(KeyError::Empty)));
+        assert!(matches!(
+            KeyRing::from_pems(&[]),
+            Err(KeyError::Empty { .. })
+        ));
         assert!(matches!(
             KeyRing::from_pems(&[("k".into(), "not a pem".into())]),
             Err(KeyError::BadPem { .. })

@@ -1,7 +1,7 @@
-//! Symmetric server keys, one ring per purpose: the MAC of one-time email tokens
-//! (`EMAIL_TOKEN_KEYS`), the derivation of project database passwords
-//! (`PROJECT_DATABASE_KEYS`), the keyed digest that names streams of sign-ins to unknown
-//! addresses (`ADDRESS_DIGEST_KEYS`). No key serves two purposes.
+//! Secret key rings, one per purpose: the MAC of one-time email tokens (`EMAIL_TOKEN_KEYS`),
+//! the derivation of project database passwords (`PROJECT_DATABASE_KEYS`), the keyed digest
+//! that names streams of sign-ins to unknown addresses (`ADDRESS_DIGEST_KEYS`). No key serves
+//! two purposes.
 //!
 //! A ring is a list of `<key id>:<secret>` entries (separated by commas or new lines). The last
 //! entry is current: it makes everything new. Every entry still checks what it made, so a key
@@ -13,21 +13,31 @@
 //! shares a ring reads the same file).
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use crate::key_dir::{valid_kid, write_private_file_once};
+use secrecy::{ExposeSecret as _, SecretSlice, SecretString};
+
+use super::dir::{create_private_dir, new_kid, valid_kid, write_private_file_once};
+use super::{KeyError, KeyKind};
 
 /// Shortest secret accepted, in bytes.
 pub const MIN_SECRET_LEN: usize = 32;
 
-/// One key of a ring. `Debug` shows only its id.
+/// One key of a ring. `Debug` shows only its id; the secret is zeroed when dropped.
 #[derive(Clone)]
 pub struct SecretKey {
     id: String,
-    secret: Vec<u8>,
+    secret: SecretSlice<u8>,
 }
 
 impl SecretKey {
+    fn new(id: &str, secret: &[u8]) -> Self {
+        Self {
+            id: id.to_owned(),
+            secret: SecretSlice::from(secret.to_vec()),
+        }
+    }
+
     /// The key id.
     pub fn id(&self) -> &str {
         &self.id
@@ -35,7 +45,7 @@ impl SecretKey {
 
     /// The key material. Never log it.
     pub fn secret(&self) -> &[u8] {
-        &self.secret
+        self.secret.expose_secret()
     }
 }
 
@@ -47,75 +57,23 @@ impl fmt::Debug for SecretKey {
     }
 }
 
-impl Drop for SecretKey {
-    fn drop(&mut self) {
-        self.secret.iter_mut().for_each(|b| *b = 0);
-    }
-}
-
 /// A non-empty ring of keys for one purpose; the last is current.
 #[derive(Debug, Clone)]
 pub struct SecretKeys {
     keys: Vec<SecretKey>,
 }
 
-/// A ring could not be read. Messages name the source, never a secret.
-#[derive(Debug, thiserror::Error)]
-pub enum SecretKeysError {
-    /// The ring has no entry.
-    #[error("{source_name}: no key (expected <key id>:<secret>, ...)")]
-    Empty {
-        /// The variable or file.
-        source_name: String,
-    },
-    /// An entry is not `<key id>:<secret>` with a plain id and a long enough secret.
-    #[error(
-        "{source_name}: entry {index} is not <key id>:<secret> with an id of [A-Za-z0-9._-]{{1,64}} and a secret of at least {MIN_SECRET_LEN} bytes"
-    )]
-    BadEntry {
-        /// The variable or file.
-        source_name: String,
-        /// Which entry (1-based).
-        index: usize,
-    },
-    /// Two entries share an id.
-    #[error("{source_name}: key id {id:?} appears twice")]
-    DuplicateId {
-        /// The variable or file.
-        source_name: String,
-        /// The id.
-        id: String,
-    },
-    /// No variable is set and no development file may be generated.
-    #[error("{variable} is required ({file} does not exist and SECRETS_GENERATE is false)", file = file.display())]
-    Missing {
-        /// The variable.
-        variable: String,
-        /// The development file looked for.
-        file: PathBuf,
-    },
-    /// Reading or writing the development file failed.
-    #[error("{path}: {source}", path = path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-}
-
 impl SecretKeys {
     /// Parses `<key id>:<secret>` entries separated by commas or new lines (blank lines and
     /// lines starting with `#` are skipped); `source_name` names the variable or file in errors.
-    pub fn parse(source_name: &str, spec: &str) -> Result<Self, SecretKeysError> {
+    pub fn parse(source_name: &str, spec: &str) -> Result<Self, KeyError> {
         let mut keys: Vec<SecretKey> = Vec::new();
         let entries = spec
             .split(['\n', ','])
             .map(str::trim)
             .filter(|e| !e.is_empty() && !e.starts_with('#'));
         for (i, entry) in entries.enumerate() {
-            let bad = || SecretKeysError::BadEntry {
+            let bad = || KeyError::BadEntry {
                 source_name: source_name.to_owned(),
                 index: i + 1,
             };
@@ -125,18 +83,15 @@ impl SecretKeys {
                 return Err(bad());
             }
             if keys.iter().any(|k| k.id == id) {
-                return Err(SecretKeysError::DuplicateId {
+                return Err(KeyError::DuplicateId {
                     source_name: source_name.to_owned(),
                     id: id.to_owned(),
                 });
             }
-            keys.push(SecretKey {
-                id: id.to_owned(),
-                secret: secret.as_bytes().to_vec(),
-            });
+            keys.push(SecretKey::new(id, secret.as_bytes()));
         }
         if keys.is_empty() {
-            return Err(SecretKeysError::Empty {
+            return Err(KeyError::EmptyRing {
                 source_name: source_name.to_owned(),
             });
         }
@@ -146,10 +101,7 @@ impl SecretKeys {
     /// A ring of one key (tests and tools).
     pub fn single(id: &str, secret: &[u8]) -> Self {
         Self {
-            keys: vec![SecretKey {
-                id: id.to_owned(),
-                secret: secret.to_vec(),
-            }],
+            keys: vec![SecretKey::new(id, secret)],
         }
     }
 
@@ -159,48 +111,49 @@ impl SecretKeys {
     /// into place, and the loser reads the winner's.
     pub fn from_env_or_file(
         variable: &str,
-        value: Option<&str>,
+        value: Option<&SecretString>,
         file: &Path,
         generate: bool,
-    ) -> Result<Self, SecretKeysError> {
+    ) -> Result<Self, KeyError> {
         if let Some(value) = value {
-            return Self::parse(variable, value);
+            return Self::parse(variable, value.expose_secret());
         }
-        let io = |source| SecretKeysError::Io {
-            path: file.to_path_buf(),
-            source,
-        };
+        let io = KeyError::io(KeyKind::Ring, file);
         match std::fs::read_to_string(file) {
             Ok(spec) => return Self::parse(&file.display().to_string(), &spec),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io(e)),
         }
         if !generate {
-            return Err(SecretKeysError::Missing {
+            return Err(KeyError::Missing {
                 variable: variable.to_owned(),
                 file: file.to_path_buf(),
             });
         }
         if let Some(dir) = file.parent() {
-            std::fs::create_dir_all(dir).map_err(io)?;
+            create_private_dir(dir).map_err(KeyError::io(KeyKind::Ring, dir))?;
         }
-        let entry = format!("{}\n", generate_entry());
-        if write_private_file_once(file, entry.as_bytes()).map_err(io)? {
+        let entry = SecretString::from(format!("{}\n", generate_entry().expose_secret()));
+        let written = write_private_file_once(file, entry.expose_secret().as_bytes())
+            .map_err(KeyError::io(KeyKind::Ring, file))?;
+        if written {
             tracing::info!(path = %file.display(), "generated a development key ring");
         }
-        let spec = std::fs::read_to_string(file).map_err(io)?;
-        Self::parse(&file.display().to_string(), &spec)
+        let spec = SecretString::from(
+            std::fs::read_to_string(file).map_err(KeyError::io(KeyKind::Ring, file))?,
+        );
+        Self::parse(&file.display().to_string(), spec.expose_secret())
     }
 
     /// The ring in `value` (the content of `variable`), or else the development ring
     /// `<secrets_dir>/<name>.keys` (see [`SecretKeys::from_env_or_file`]).
     pub fn from_env_or_dev_ring(
         variable: &str,
-        value: Option<&str>,
+        value: Option<&SecretString>,
         secrets_dir: &Path,
         name: &str,
         generate: bool,
-    ) -> Result<Self, SecretKeysError> {
+    ) -> Result<Self, KeyError> {
         let file = secrets_dir.join(format!("{name}.keys"));
         Self::from_env_or_file(variable, value, &file, generate)
     }
@@ -224,12 +177,12 @@ impl SecretKeys {
 
 /// A fresh entry `<UTC time as key id>:<256 random bits in hex>`, as a development file or
 /// `scripts/` would write it.
-pub fn generate_entry() -> String {
-    format!(
+pub fn generate_entry() -> SecretString {
+    SecretString::from(format!(
         "{}:{}",
-        chrono::Utc::now().format("%Y-%m-%dT%H%M%SZ"),
+        new_kid(),
         hex::encode(rand::random::<[u8; 32]>())
-    )
+    ))
 }
 
 #[cfg(test)]
@@ -239,6 +192,10 @@ mod tests {
     use super::*;
 
     const LONG: &str = "0123456789abcdef0123456789abcdef";
+
+    fn secret(spec: &str) -> SecretString {
+        SecretString::from(spec.to_owned())
+    }
 
     #[test]
     fn the_last_entry_is_current_and_every_entry_is_found_by_id() {
@@ -260,32 +217,48 @@ mod tests {
         assert!(!short.to_string().contains("tooshort"));
         assert!(matches!(
             SecretKeys::parse("X", LONG),
-            Err(SecretKeysError::BadEntry { index: 1, .. })
+            Err(KeyError::BadEntry { index: 1, .. })
         ));
         assert!(matches!(
             SecretKeys::parse("X", &format!("a b:{LONG}")),
-            Err(SecretKeysError::BadEntry { .. })
+            Err(KeyError::BadEntry { .. })
         ));
         assert!(matches!(
             SecretKeys::parse("X", &format!("a:{LONG},a:{LONG}")),
-            Err(SecretKeysError::DuplicateId { .. })
+            Err(KeyError::DuplicateId { .. })
         ));
         assert!(matches!(
             SecretKeys::parse("X", " ,\n# comment\n"),
-            Err(SecretKeysError::Empty { .. })
+            Err(KeyError::EmptyRing { .. })
         ));
-        let debug = format!("{:?}", SecretKeys::single("k", LONG.as_bytes()));
-        assert!(debug.contains("\"k\"") && !debug.contains(LONG));
+    }
+
+    #[test]
+    fn debug_output_of_a_ring_shows_key_ids_and_no_secret() {
+        let ring = SecretKeys::parse("X", &format!("old:{LONG}x,new:{LONG}y")).unwrap();
+        let debug = format!("{ring:?}");
+        assert!(
+            debug.contains("\"old\"") && debug.contains("\"new\""),
+            "{debug}"
+        );
+        assert!(!debug.contains(LONG), "{debug}");
+        let entry = generate_entry();
+        assert!(!format!("{entry:?}").contains(entry.expose_secret()));
     }
 
     #[test]
     fn a_development_file_is_generated_once_private_and_then_read() {
         let dir = std::env::temp_dir().join(format!("idp-secrets-{}", uuid::Uuid::now_v7()));
         let file = dir.join("email-token.keys");
-        assert!(matches!(
-            SecretKeys::from_env_or_file("EMAIL_TOKEN_KEYS", None, &file, false),
-            Err(SecretKeysError::Missing { .. })
-        ));
+        let missing =
+            SecretKeys::from_env_or_file("EMAIL_TOKEN_KEYS", None, &file, false).unwrap_err();
+        assert!(matches!(missing, KeyError::Missing { .. }));
+        assert!(
+            missing
+                .to_string()
+                .starts_with("EMAIL_TOKEN_KEYS is required ("),
+            "{missing}"
+        );
         let first = SecretKeys::from_env_or_file("EMAIL_TOKEN_KEYS", None, &file, true).unwrap();
         let again = SecretKeys::from_env_or_file("EMAIL_TOKEN_KEYS", None, &file, false).unwrap();
         assert_eq!(first.current().secret(), again.current().secret());
@@ -297,7 +270,7 @@ mod tests {
         }
         let explicit = SecretKeys::from_env_or_file(
             "EMAIL_TOKEN_KEYS",
-            Some(&format!("env:{LONG}")),
+            Some(&secret(&format!("env:{LONG}"))),
             &file,
             false,
         )

@@ -1,32 +1,13 @@
-//! The layout of the servers' key directories: Ed25519 keys as `<kid>.pem`, the kid sorting last
-//! signs. Two directories share it, one per purpose: `JWT_KEYS_DIR`, whose keys sign the API's
-//! access tokens, and `SEAL_KEYS_DIR`, whose keys sign the log's seals ([`crate::seal`]). Keys
-//! made here are private to their owner: files 0600, directories 0700.
+//! Key directories: Ed25519 keys as `<kid>.pem`, the kid sorting last signs. Two directories
+//! share the layout, one per purpose: `JWT_KEYS_DIR`, whose keys sign the API's access tokens,
+//! and `SEAL_KEYS_DIR`, whose keys sign the log's seals ([`crate::seal`]). Development key rings
+//! (`SECRETS_DIR`, [`super::ring`]) are written the same way. Keys made here are private to
+//! their owner: files 0600, directories 0700.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ed25519_dalek::VerifyingKey;
-use serde_json::Value;
-
-/// Listing the key directory failed.
-#[derive(Debug, thiserror::Error)]
-pub enum KeyDirError {
-    /// Reading the directory or a file's metadata failed.
-    #[error("key directory I/O on {path}: {source}", path = path.display())]
-    Io {
-        /// The directory or file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A key file's name is not a valid key id.
-    #[error("invalid key id {0:?} (expected [A-Za-z0-9._-]{{1,64}})")]
-    BadKid(String),
-}
+use super::{KeyError, KeyKind};
 
 /// Whether `kid` matches `[A-Za-z0-9._-]{1,64}`.
 pub fn valid_kid(kid: &str) -> bool {
@@ -36,25 +17,28 @@ pub fn valid_kid(kid: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-/// The `*.pem` files in `dir` as (kid, path), sorted by kid. A missing directory has none.
-pub fn list_pem_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, KeyDirError> {
-    let io_err = |path: &Path, source| KeyDirError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+/// The id of a key made now: the UTC time to the second (`2026-11-22T190000Z`), so that keys made
+/// later sort later and sign.
+pub fn new_kid() -> String {
+    chrono::Utc::now().format("%Y-%m-%dT%H%M%SZ").to_string()
+}
+
+/// The `*.pem` files in `dir` as (kid, path), sorted by kid. A missing directory has none; a
+/// file whose stem is not a valid kid is an error naming `kind`.
+pub fn list_pem_files(dir: &Path, kind: KeyKind) -> Result<Vec<(String, PathBuf)>, KeyError> {
     let read = match std::fs::read_dir(dir) {
         Ok(read) => read,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io_err(dir, e)),
+        Err(e) => return Err(KeyError::io(kind, dir)(e)),
     };
     let mut files = Vec::new();
     for entry in read {
-        let path = entry.map_err(|e| io_err(dir, e))?.path();
+        let path = entry.map_err(KeyError::io(kind, dir))?.path();
         if path.extension().is_none_or(|ext| ext != "pem") {
             continue;
         }
         if !std::fs::metadata(&path)
-            .map_err(|e| io_err(&path, e))?
+            .map_err(KeyError::io(kind, &path))?
             .is_file()
         {
             continue;
@@ -62,20 +46,15 @@ pub fn list_pem_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, KeyDirError>
         match path.file_stem().and_then(|s| s.to_str()) {
             Some(kid) if valid_kid(kid) => files.push((kid.to_owned(), path)),
             other => {
-                return Err(KeyDirError::BadKid(
-                    other.map_or_else(|| path.display().to_string(), str::to_owned),
-                ));
+                return Err(KeyError::BadKid {
+                    kind,
+                    kid: other.map_or_else(|| path.display().to_string(), str::to_owned),
+                });
             }
         }
     }
     files.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(files)
-}
-
-/// The id of a key made now: the UTC time to the second (`2026-11-22T190000Z`), so that keys made
-/// later sort later and sign.
-pub fn new_kid() -> String {
-    chrono::Utc::now().format("%Y-%m-%dT%H%M%SZ").to_string()
 }
 
 /// Creates `dir` and its missing parents, 0700 on unix. A directory that exists keeps its mode:
@@ -116,16 +95,24 @@ pub fn write_private_file_once(path: &Path, contents: &[u8]) -> std::io::Result<
     }
 }
 
-/// A public key as a JSON Web Key (`OKP`/`Ed25519`, `alg` `EdDSA`, `use` `sig`).
-pub fn public_jwk(kid: &str, key: &VerifyingKey) -> Value {
-    serde_json::json!({
-        "kty": "OKP",
-        "crv": "Ed25519",
-        "x": URL_SAFE_NO_PAD.encode(key.to_bytes()),
-        "kid": kid,
-        "alg": "EdDSA",
-        "use": "sig",
-    })
+/// Logs a warning when the key file `path` can be read by group or others.
+pub fn warn_if_readable_by_others(path: &Path, kind: KeyKind) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        if let Ok(meta) = std::fs::metadata(path) {
+            let mode = meta.permissions().mode();
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    path = %path.display(),
+                    mode = format_args!("{:o}", mode & 0o777),
+                    "{kind} file is accessible to group or others; use mode 0600"
+                );
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, kind);
 }
 
 #[cfg(test)]
@@ -145,22 +132,22 @@ mod tests {
     #[test]
     fn pem_files_are_listed_by_kid_and_a_bad_name_is_refused() {
         let dir = std::env::temp_dir().join(format!("idp-key-dir-{}", uuid::Uuid::now_v7()));
-        assert!(
-            list_pem_files(&dir).unwrap().is_empty(),
-            "missing directory"
-        );
+        let list = |dir: &Path| list_pem_files(dir, KeyKind::Seal);
+        assert!(list(&dir).unwrap().is_empty(), "missing directory");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("b.pem"), "").unwrap();
         std::fs::write(dir.join("a.pem"), "").unwrap();
         std::fs::write(dir.join("notes.txt"), "").unwrap();
-        let kids: Vec<String> = list_pem_files(&dir)
-            .unwrap()
-            .into_iter()
-            .map(|f| f.0)
-            .collect();
+        let kids: Vec<String> = list(&dir).unwrap().into_iter().map(|f| f.0).collect();
         assert_eq!(kids, ["a", "b"]);
         std::fs::write(dir.join("bad name.pem"), "").unwrap();
-        assert!(matches!(list_pem_files(&dir), Err(KeyDirError::BadKid(_))));
+        assert!(matches!(
+            list(&dir),
+            Err(KeyError::BadKid {
+                kind: KeyKind::Seal,
+                ..
+            })
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
