@@ -30,7 +30,8 @@ use tracing::Level;
 use crate::auth::keys::KeyRing;
 use crate::auth::password::{HashParams, Hasher};
 use crate::auth::tokens::{TokenConfig, Tokens};
-use crate::identity::{Email, IdentityKeys};
+use crate::identity::IdentityKeys;
+use idp_events::identity::email::Email;
 use idp_events::secret_keys::SecretKeys;
 use secrecy::{ExposeSecret as _, SecretString};
 

@@ -1,5 +1,6 @@
 //! Appending to and reading from the event log.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -11,6 +12,7 @@ use crate::chain::{canonical_body, link_hash};
 use crate::error::{AppendError, ReadError};
 use crate::event::{Cursor, ExpectedVersion, Metadata, NewEvent, RecordedEvent};
 use crate::notifier::Notifier;
+use crate::stream_id::StreamId;
 use crate::upcast::Upcasters;
 
 /// The channel subscribers LISTEN on; the payload is the highest position appended so far.
@@ -431,6 +433,84 @@ impl EventStore {
                 .fetch_one(&self.pool)
                 .await?;
         Ok(version.unwrap_or(0))
+    }
+
+    /// The current version of `stream` (0 if it has no events), read on `conn`: inside the
+    /// caller's transaction, so it counts what that transaction appended and, under the
+    /// transaction's locks, what others committed before.
+    pub async fn stream_version_in(
+        &self,
+        conn: &mut PgConnection,
+        stream: &StreamId,
+    ) -> Result<u64, ReadError> {
+        let version: Option<i64> =
+            sqlx::query_scalar("select max(stream_version) from events where stream_id = $1")
+                .bind(stream.as_str())
+                .fetch_one(conn)
+                .await?;
+        Ok(version.map_or(0, |v| u64::try_from(v).unwrap_or_default()))
+    }
+
+    /// The events of each of `streams`, upcast, read on `conn` in one statement: inside the
+    /// caller's transaction, so a decision that folds several streams sees them as of one
+    /// moment, under the transaction's locks. One list per stream asked for, in the order
+    /// asked, each in stream order (empty for a stream with no events).
+    ///
+    /// Nothing read here is remembered as a stream's head: the transaction may still roll back
+    /// what it appended itself.
+    pub async fn read_streams_in(
+        &self,
+        conn: &mut PgConnection,
+        streams: &[StreamId],
+    ) -> Result<Vec<Vec<RecordedEvent>>, ReadError> {
+        let ids: Vec<&str> = streams.iter().map(StreamId::as_str).collect();
+        let rows = sqlx::query(&format!(
+            "{SELECT_COLUMNS} where e.stream_id = any($1) order by e.stream_id, e.stream_version"
+        ))
+        .bind(&ids)
+        .fetch_all(conn)
+        .await?;
+        let mut by_stream: HashMap<String, Vec<RecordedEvent>> = HashMap::new();
+        for row in &rows {
+            let event = self.decode(row)?;
+            by_stream
+                .entry(event.stream_id.clone())
+                .or_default()
+                .push(event);
+        }
+        Ok(ids
+            .iter()
+            .map(|id| by_stream.get(*id).cloned().unwrap_or_default())
+            .collect())
+    }
+
+    /// The stream that holds event `event_id`, if the log has such an event of type
+    /// `event_type` (and its stream is one [`StreamId`] names).
+    pub async fn stream_of_event(
+        &self,
+        event_id: Uuid,
+        event_type: &str,
+    ) -> Result<Option<StreamId>, ReadError> {
+        let stream: Option<String> = sqlx::query_scalar(
+            "select stream_id from events where event_id = $1 and event_type = $2",
+        )
+        .bind(event_id)
+        .bind(event_type)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(stream.and_then(|s| StreamId::parse(&s).ok()))
+    }
+
+    /// The stream that holds the unique `value` within `scope` (see [`Append::claim`]), if any.
+    pub async fn holder_of(&self, scope: &str, value: &str) -> Result<Option<StreamId>, ReadError> {
+        let stream: Option<String> = sqlx::query_scalar(
+            "select stream_id from reservations where scope = $1 and value = $2",
+        )
+        .bind(scope)
+        .bind(value)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(stream.and_then(|s| StreamId::parse(&s).ok()))
     }
 
     /// The single-statement path of [`EventStore::append`] for one event.

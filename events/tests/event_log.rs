@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use idp_events::chain::{BreakKind, verify_streams};
 use idp_events::{
-    Append, AppendError, Cursor, EventStore, ExpectedVersion, Metadata, NewEvent, Upcasters,
+    Append, AppendError, Cursor, EventStore, ExpectedVersion, Metadata, NewEvent, StreamId,
+    Upcasters,
 };
 use serde_json::json;
+use uuid::Uuid;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{Connection, PgPool};
 
@@ -697,4 +699,118 @@ async fn writers_with_a_stale_idea_of_the_head_conflict_and_the_chain_stays_inta
     assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7]);
     let report = verify_streams(&pool, None).await.unwrap();
     assert!(report.is_intact(), "{:?}", report.first_break);
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn several_streams_are_read_in_the_callers_transaction_upcast_and_in_the_order_asked(
+    pool: PgPool,
+) {
+    let store = EventStore::with_upcasters(
+        pool.clone(),
+        Upcasters::default().register("Named", 1, |v| json!({ "display_name": v["name"] })),
+    );
+    let (ada, bob, nobody) = (
+        StreamId::user(Uuid::now_v7()),
+        StreamId::user(Uuid::now_v7()),
+        StreamId::user(Uuid::now_v7()),
+    );
+    store
+        .append(Append::to(&ada).events([event(1), event(2)]))
+        .await
+        .unwrap();
+    store
+        .append(Append::to(&bob).event(NewEvent::new("Named", json!({"name": "Bob"}))))
+        .await
+        .unwrap();
+
+    let mut conn = pool.acquire().await.unwrap();
+    let mut tx = conn.begin().await.unwrap();
+    store
+        .append_in(
+            &mut tx,
+            Append::to(&ada)
+                .expecting(ExpectedVersion::after(2))
+                .event(event(3)),
+        )
+        .await
+        .unwrap();
+    let streams = store
+        .read_streams_in(&mut tx, &[bob.clone(), nobody.clone(), ada.clone()])
+        .await
+        .unwrap();
+    assert_eq!(streams.len(), 3);
+    assert_eq!(
+        (streams[0][0].schema_version, &streams[0][0].data),
+        (2, &json!({"display_name": "Bob"})),
+        "upcast on read"
+    );
+    assert!(streams[1].is_empty(), "a stream with no events reads empty");
+    assert_eq!(
+        streams[2]
+            .iter()
+            .map(|e| (e.stream_version, e.data["n"].as_i64()))
+            .collect::<Vec<_>>(),
+        [(1, Some(1)), (2, Some(2)), (3, Some(3))],
+        "in stream order, with what the transaction appended itself"
+    );
+    assert_eq!(store.stream_version_in(&mut tx, &ada).await.unwrap(), 3);
+    assert_eq!(store.stream_version_in(&mut tx, &nobody).await.unwrap(), 0);
+    tx.rollback().await.unwrap();
+
+    let mut conn = pool.acquire().await.unwrap();
+    assert_eq!(
+        store.stream_version_in(&mut conn, &ada).await.unwrap(),
+        2,
+        "the rolled back append is gone"
+    );
+    let again = store
+        .read_streams_in(&mut conn, std::slice::from_ref(&ada))
+        .await
+        .unwrap();
+    assert_eq!(again[0].len(), 2);
+    store
+        .append(
+            Append::to(&ada)
+                .expecting(ExpectedVersion::after(2))
+                .event(event(4)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.stream_version(ada.as_str()).await.unwrap(), 3);
+    assert!(verify_streams(&pool, None).await.unwrap().is_intact());
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn an_event_and_a_reservation_name_the_stream_that_holds_them(pool: PgPool) {
+    let store = EventStore::new(pool);
+    let ada = StreamId::user(Uuid::now_v7());
+    let first = NewEvent::new("Registered", json!({}));
+    let first_id = first.event_id;
+    store
+        .append(
+            Append::to(&ada)
+                .event(first)
+                .claim("email", "ada@example.com"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.stream_of_event(first_id, "Registered").await.unwrap(),
+        Some(ada.clone())
+    );
+    assert_eq!(
+        store.stream_of_event(first_id, "SomethingElse").await.unwrap(),
+        None,
+        "the type must match too"
+    );
+    assert_eq!(
+        store.stream_of_event(Uuid::now_v7(), "Registered").await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.holder_of("email", "ada@example.com").await.unwrap(),
+        Some(ada)
+    );
+    assert_eq!(store.holder_of("email", "bob@example.com").await.unwrap(), None);
+    assert_eq!(store.holder_of("name", "ada@example.com").await.unwrap(), None);
 }

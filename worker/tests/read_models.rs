@@ -50,10 +50,6 @@ fn actor(id: Uuid) -> String {
     format!("user-{id}")
 }
 
-fn exact(version: i64) -> ExpectedVersion {
-    ExpectedVersion::Exact(u64::try_from(version).unwrap())
-}
-
 /// The cursor of the last committed event (visible to commit-safe readers or not yet).
 async fn last_committed(pool: &PgPool) -> Cursor {
     let (transaction_id, position) = sqlx::query_as(
@@ -172,7 +168,7 @@ impl Scenario {
             self.store
                 .append(
                     Append::to(user::stream_id(id))
-                        .expecting(exact(account.version))
+                        .expecting(ExpectedVersion::after(account.version))
                         .events(events.iter().map(UserEvent::to_new_event))
                         .metadata(request(by)),
                 )

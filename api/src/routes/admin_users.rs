@@ -365,7 +365,7 @@ pub struct UserDetail {
     /// Sessions neither revoked nor expired.
     pub active_sessions: i64,
     /// The version of the account's stream (`user-<id>`).
-    pub version: i64,
+    pub version: u64,
     /// From the directory: when the address was verified.
     pub email_verified_at: Option<DateTime<Utc>>,
     /// From the directory: the latest sign-in.

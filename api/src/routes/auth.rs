@@ -11,9 +11,10 @@ use utoipa::ToSchema;
 
 use crate::error::ApiError;
 use crate::extract::{ApiJson, AuthUser, ClientContext};
-use crate::identity::{Email, Profile, TokenPair};
+use crate::identity::{Profile, TokenPair};
 use crate::startup::AppState;
 use idp_events::identity::display_name::DisplayName;
+use idp_events::identity::email::Email;
 
 /// The routes of this module.
 pub fn router() -> Router<AppState> {

@@ -8,12 +8,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::NewEvent;
+use crate::{NewEvent, StreamId};
 
 /// The stream of unanswered email requests for the address whose digest names `digest_name`
 /// (see [`super::address_digest::stream_name`]).
 pub fn unanswered_stream_id(digest_name: &str) -> String {
-    format!("email-request-{digest_name}")
+    StreamId::email_request(digest_name).into()
 }
 
 /// Which email was asked for.

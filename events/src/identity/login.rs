@@ -4,11 +4,11 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::NewEvent;
+use crate::{NewEvent, StreamId};
 
 /// The login stream of user `id`.
 pub fn stream_id(id: Uuid) -> String {
-    format!("login-{id}")
+    StreamId::login(id).into()
 }
 
 /// Why a sign-in failed (recorded, never told to the caller).
@@ -28,7 +28,7 @@ pub enum FailureReason {
 /// The stream of sign-in attempts for an address no account has, named by its keyed digest
 /// (see [`super::address_digest`]; the log does not keep addresses people may have mistyped).
 pub fn unknown_stream_id(email_digest: &str) -> String {
-    format!("login-unknown-{email_digest}")
+    StreamId::login_unknown(email_digest).into()
 }
 
 /// A successful sign-in that started `session_id`.

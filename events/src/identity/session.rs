@@ -7,11 +7,11 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{NewEvent, RecordedEvent};
+use crate::{NewEvent, RecordedEvent, StreamId};
 
 /// The stream of session `id`.
 pub fn stream_id(id: Uuid) -> String {
-    format!("session-{id}")
+    StreamId::session(id).into()
 }
 
 /// Why a session ended.

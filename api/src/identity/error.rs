@@ -1,0 +1,319 @@
+//! Why an identity use case failed, and the one place that turns it into an HTTP answer.
+//!
+//! Policy: the domain variants say why the caller's request was refused, and their texts (the
+//! `detail` of the 4xx answer) are written here, next to their status. Everything else is
+//! infrastructure (the event log, the database, the hasher, the token signer): logged once where
+//! the error becomes a response and answered with a generic 5xx by [`ApiError`].
+
+use idp_events::identity::email::EmailError;
+use idp_events::identity::user::UserError;
+use idp_events::{AppendError, ReadError};
+use uuid::Uuid;
+
+use crate::auth::password::{HashError, PasswordError};
+use crate::auth::tokens::TokenError;
+use crate::error::ApiError;
+
+/// An identity use case that did not go through.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// A field of the request is refused. 422, detail `<field>: <reason>`.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// The field, as the request names it (`email`, `password`, `token`, ...).
+        field: &'static str,
+        /// Why, safe to show.
+        reason: String,
+    },
+    /// A sign-in was refused. 401 `invalid-credentials`, the same answer whatever the reason
+    /// (unknown address, wrong password, unverified or locked account).
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    /// The refresh token is unknown, already rotated or of a session that ended. 401
+    /// `unauthorized`.
+    #[error("no valid session")]
+    Unauthorized,
+    /// No such account. 404.
+    #[error("no such account")]
+    NotFound,
+    /// Another account holds the address. 409.
+    #[error("email taken")]
+    EmailTaken,
+    /// The stream changed since it was read, or the append was a repeat. 409; the use cases that
+    /// can decide again do so.
+    #[error(transparent)]
+    Conflict(AppendError),
+    /// The account kept changing while the request was decided again and again. 409.
+    #[error("the account kept changing; try again")]
+    KeptChanging,
+    /// The change would leave no administrator (who can sign in). 409.
+    #[error(transparent)]
+    LastAdmin(UserError),
+    /// The account's state refuses the command (an unknown role, a lock that ends in the
+    /// past, nothing to unlock). 422.
+    #[error(transparent)]
+    Refused(UserError),
+    /// Too many requests of this client or for this account. 429 with `Retry-After`.
+    #[error("too many requests")]
+    RateLimited {
+        /// Seconds until the limit resets.
+        retry_after_secs: u64,
+    },
+    /// Too many password computations are waiting (`ARGON2_MAX_QUEUE`). 503 with `Retry-After`.
+    #[error("too many password computations are waiting")]
+    Overloaded {
+        /// Seconds to wait.
+        retry_after_secs: u64,
+    },
+    /// The event log failed an append, or refused an event as malformed.
+    #[error(transparent)]
+    Append(AppendError),
+    /// The event log could not be read.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// The database failed (credentials, sessions, counters, rate limits).
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    /// Hashing or verifying a password failed.
+    #[error(transparent)]
+    Hash(HashError),
+    /// An access token could not be signed.
+    #[error("while signing an access token: {0}")]
+    Signing(#[source] TokenError),
+    /// A pending registration was confirmed but its password is not stored.
+    #[error("the password of pending registration {0} is missing")]
+    MissingPendingPassword(Uuid),
+}
+
+impl IdentityError {
+    /// A field of the request is refused.
+    pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        Self::Invalid {
+            field,
+            reason: reason.into(),
+        }
+    }
+
+    /// A one-time token from an email is invalid, used or expired.
+    pub fn invalid_token() -> Self {
+        Self::invalid("token", "invalid or expired")
+    }
+
+    /// A new password breaks the policy; `field` names it in the request.
+    pub fn weak_password(field: &'static str, err: &PasswordError) -> Self {
+        Self::invalid(field, err.to_string())
+    }
+
+    /// Whether someone else's write got in first (the account changed, the address was
+    /// taken): deciding again may succeed.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Self::Conflict(_) | Self::EmailTaken)
+    }
+}
+
+impl From<AppendError> for IdentityError {
+    fn from(err: AppendError) -> Self {
+        match err {
+            AppendError::Conflict { .. }
+            | AppendError::ReservationTaken { .. }
+            | AppendError::DuplicateEvent => Self::Conflict(err),
+            other => Self::Append(other),
+        }
+    }
+}
+
+impl From<HashError> for IdentityError {
+    fn from(err: HashError) -> Self {
+        match err {
+            HashError::Busy => Self::Overloaded {
+                retry_after_secs: 1,
+            },
+            other => Self::Hash(other),
+        }
+    }
+}
+
+impl From<UserError> for IdentityError {
+    fn from(err: UserError) -> Self {
+        match err {
+            UserError::NotFound => Self::NotFound,
+            UserError::LastAdmin | UserError::LastActiveAdmin => Self::LastAdmin(err),
+            other => Self::Refused(other),
+        }
+    }
+}
+
+impl From<EmailError> for IdentityError {
+    fn from(err: EmailError) -> Self {
+        Self::invalid("email", err.to_string())
+    }
+}
+
+/// An address refused where a handler parses it: the same answer as inside a use case.
+impl From<EmailError> for ApiError {
+    fn from(err: EmailError) -> Self {
+        IdentityError::from(err).into()
+    }
+}
+
+impl From<IdentityError> for ApiError {
+    fn from(err: IdentityError) -> Self {
+        use IdentityError as E;
+        match err {
+            E::Invalid { .. } | E::Refused(_) => Self::Unprocessable(err.to_string()),
+            E::InvalidCredentials => Self::InvalidCredentials,
+            E::Unauthorized => Self::Unauthorized,
+            E::NotFound => Self::NotFound,
+            E::EmailTaken | E::KeptChanging | E::LastAdmin(_) => Self::Conflict(err.to_string()),
+            E::RateLimited { retry_after_secs } => Self::TooManyRequests { retry_after_secs },
+            E::Overloaded { retry_after_secs } => Self::Overloaded { retry_after_secs },
+            E::Conflict(append) | E::Append(append) => append.into(),
+            E::Read(read) => read.into(),
+            E::Database(db) => db.into(),
+            E::Hash(hash) => hash.into(),
+            E::Signing(_) | E::MissingPendingPassword(_) => Self::Internal(err.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::to_bytes;
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+
+    use super::*;
+
+    /// Status, problem type and detail of the answer `err` becomes.
+    async fn answer(err: IdentityError) -> (StatusCode, String, Option<String>) {
+        let response = ApiError::from(err).into_response();
+        let status = response.status();
+        let body = to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap_or_default();
+        let problem: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        (
+            status,
+            problem["type"].as_str().unwrap_or_default().to_owned(),
+            problem["detail"].as_str().map(str::to_owned),
+        )
+    }
+
+    fn problem(slug: &str) -> String {
+        format!("https://idp.dev/problems/{slug}")
+    }
+
+    #[tokio::test]
+    async fn refused_input_is_a_422_naming_the_field() {
+        assert_eq!(
+            answer(IdentityError::invalid_token()).await,
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                problem("unprocessable"),
+                Some("token: invalid or expired".into())
+            )
+        );
+        assert_eq!(
+            answer(EmailError::Malformed.into()).await.2.as_deref(),
+            Some("email: not a valid email address")
+        );
+        assert_eq!(
+            answer(UserError::NotLocked.into()).await,
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                problem("unprocessable"),
+                Some("the account is not locked".into())
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn refused_sign_ins_and_sessions_are_401s() {
+        let (status, kind, _) = answer(IdentityError::InvalidCredentials).await;
+        assert_eq!(
+            (status, kind),
+            (StatusCode::UNAUTHORIZED, problem("invalid-credentials"))
+        );
+        let (status, kind, _) = answer(IdentityError::Unauthorized).await;
+        assert_eq!(
+            (status, kind),
+            (StatusCode::UNAUTHORIZED, problem("unauthorized"))
+        );
+    }
+
+    #[tokio::test]
+    async fn conflicts_are_409s_with_their_reason() {
+        for (err, detail) in [
+            (IdentityError::EmailTaken, "email taken"),
+            (
+                IdentityError::KeptChanging,
+                "the account kept changing; try again",
+            ),
+            (
+                UserError::LastActiveAdmin.into(),
+                "the last administrator who can sign in cannot be locked",
+            ),
+            (
+                AppendError::DuplicateEvent.into(),
+                "an event with this id is already in the log",
+            ),
+        ] {
+            assert_eq!(
+                answer(err).await,
+                (
+                    StatusCode::CONFLICT,
+                    problem("conflict"),
+                    Some(detail.to_owned())
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn only_a_lost_race_is_worth_deciding_again() {
+        let stale = IdentityError::from(AppendError::Conflict {
+            stream_id: "user-x".into(),
+            expected: 1,
+            actual: 2,
+        });
+        assert!(stale.is_conflict());
+        assert!(IdentityError::EmailTaken.is_conflict());
+        assert!(!IdentityError::from(AppendError::Empty).is_conflict());
+        assert!(!IdentityError::from(UserError::LastAdmin).is_conflict());
+        assert!(matches!(
+            IdentityError::from(UserError::NotFound),
+            IdentityError::NotFound
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_full_hashing_queue_is_a_503_to_retry_and_limits_a_429() {
+        let response = ApiError::from(IdentityError::from(HashError::Busy)).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            response.headers().get("retry-after").map(|v| v.as_bytes()),
+            Some(&b"1"[..])
+        );
+        let response = ApiError::from(IdentityError::RateLimited {
+            retry_after_secs: 7,
+        })
+        .into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            response.headers().get("retry-after").map(|v| v.as_bytes()),
+            Some(&b"7"[..])
+        );
+    }
+
+    #[tokio::test]
+    async fn infrastructure_failures_tell_nothing_of_their_cause() {
+        let (status, kind, detail) =
+            answer(IdentityError::MissingPendingPassword(Uuid::nil())).await;
+        assert_eq!(
+            (status, kind, detail),
+            (StatusCode::INTERNAL_SERVER_ERROR, problem("internal"), None)
+        );
+        let (status, _, _) = answer(IdentityError::from(sqlx::Error::PoolTimedOut)).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+}

@@ -1,0 +1,359 @@
+//! Unit tests of the user aggregate: given events, when a command, then events or a refusal.
+
+use super::*;
+
+fn given(events: &[UserEvent]) -> User {
+    let mut user = User {
+        id: Uuid::nil(),
+        ..User::default()
+    };
+    let at = Utc::now();
+    for (i, e) in events.iter().enumerate() {
+        user.apply(e, Uuid::from_u128(i as u128 + 1), at);
+        user.version += 1;
+    }
+    user
+}
+
+fn registered() -> Vec<UserEvent> {
+    register("ada@example.com", None, vec![ROLE_USER.into()], false)
+}
+
+#[test]
+fn events_round_trip_through_the_log_shape() {
+    for event in [
+        UserEvent::PasswordChanged,
+        UserEvent::AccountLocked {
+            until: Utc::now(),
+            lock_count: 2,
+        },
+        UserEvent::RolesChanged {
+            roles: vec!["user".into()],
+        },
+    ] {
+        let new = event.to_new_event();
+        let recorded = RecordedEvent {
+            position: 1,
+            transaction_id: 1,
+            event_id: new.event_id,
+            stream_id: "user-x".into(),
+            stream_version: 1,
+            event_type: new.event_type.clone(),
+            schema_version: 1,
+            data: new.data.clone(),
+            metadata: serde_json::json!({}),
+            recorded_at: Utc::now(),
+            hash: vec![],
+        };
+        assert_eq!(UserEvent::from_recorded(&recorded), Some(event));
+    }
+    assert_eq!(
+        UserEvent::PasswordChanged.to_new_event().event_type,
+        "PasswordChanged"
+    );
+}
+
+#[test]
+fn a_link_of_a_repeated_registration_confirms_that_registration_only() {
+    let first_registrant = Uuid::from_u128(100);
+    let owner = Uuid::from_u128(200);
+    let mut events = registered(); // link 2: the first registration
+    events.extend(register_again(
+        &given(&events),
+        first_registrant,
+        Some("Squatter".into()),
+    )); // 3, link 4
+    events.extend(register_again(&given(&events), owner, Some("Ada".into()))); // 5, link 6
+    events.extend(request_verification(&given(&events))); // link 7: a resend, for the latest
+    let user = given(&events);
+    assert_eq!(user.registration_of(Uuid::from_u128(2)), Some(None));
+    assert_eq!(
+        user.registration_of(Uuid::from_u128(4)),
+        Some(Some(first_registrant))
+    );
+    assert_eq!(user.registration_of(Uuid::from_u128(7)), Some(Some(owner)));
+    // The owner's link confirms the owner's registration, name included.
+    let confirmed = verify_email(&user, Uuid::from_u128(6), Utc::now()).unwrap();
+    assert_eq!(
+        confirmed,
+        vec![
+            UserEvent::PendingRegistrationConfirmed {
+                registration_id: owner,
+                display_name: Some("Ada".into()),
+            },
+            UserEvent::EmailVerified {
+                verification_id: Some(Uuid::from_u128(6)),
+            },
+        ]
+    );
+    events.extend(confirmed);
+    let verified = given(&events);
+    assert!(verified.email_verified);
+    assert_eq!(verified.display_name.as_deref(), Some("Ada"));
+    assert!(verified.pending_registrations.is_empty());
+    // Every other link is spent now.
+    for link in [2, 4, 6, 7] {
+        assert_eq!(
+            verify_email(&verified, Uuid::from_u128(link), Utc::now()),
+            Err(UserError::InvalidToken)
+        );
+    }
+    // A verified account's owner only gets a notice.
+    assert_eq!(
+        register_again(&verified, Uuid::from_u128(300), None),
+        vec![UserEvent::DuplicateRegistrationAttempted {
+            email: "ada@example.com".into()
+        }]
+    );
+}
+
+#[test]
+fn the_first_registrations_link_confirms_no_pending_one() {
+    let mut events = registered();
+    events.extend(register_again(&given(&events), Uuid::from_u128(100), None));
+    assert_eq!(
+        verify_email(&given(&events), Uuid::from_u128(2), Utc::now()),
+        Ok(vec![UserEvent::EmailVerified {
+            verification_id: Some(Uuid::from_u128(2))
+        }])
+    );
+}
+
+#[test]
+fn a_verification_link_verifies_once() {
+    let user = given(&registered());
+    // The VerificationRequested event got id 2 in `given`.
+    assert_eq!(
+        verify_email(&user, Uuid::from_u128(2), Utc::now()),
+        Ok(vec![UserEvent::EmailVerified {
+            verification_id: Some(Uuid::from_u128(2))
+        }])
+    );
+    assert_eq!(
+        verify_email(&user, Uuid::from_u128(9), Utc::now()),
+        Err(UserError::InvalidToken)
+    );
+    let mut events = registered();
+    events.push(UserEvent::EmailVerified {
+        verification_id: Some(Uuid::from_u128(2)),
+    });
+    let verified = given(&events);
+    assert!(verified.email_verified);
+    assert_eq!(
+        verify_email(&verified, Uuid::from_u128(2), Utc::now()),
+        Err(UserError::InvalidToken)
+    );
+    assert!(request_verification(&verified).is_empty());
+}
+
+#[test]
+fn an_expired_verification_link_is_refused() {
+    let user = given(&registered());
+    let later = Utc::now() + VERIFICATION_TTL + Duration::minutes(1);
+    assert_eq!(
+        verify_email(&user, Uuid::from_u128(2), later),
+        Err(UserError::InvalidToken)
+    );
+}
+
+#[test]
+fn five_failures_lock_for_five_minutes_and_each_further_lock_doubles() {
+    let now = Utc::now();
+    let user = given(&registered());
+    assert!(failed_login(&user, 4, now).is_empty());
+    let first = failed_login(&user, 5, now);
+    assert_eq!(
+        first,
+        vec![UserEvent::AccountLocked {
+            until: now + Duration::minutes(5),
+            lock_count: 1
+        }]
+    );
+    let mut events = registered();
+    events.extend(first);
+    events.push(UserEvent::AccountUnlocked);
+    let user = given(&events);
+    assert_eq!(
+        failed_login(&user, 5, now),
+        vec![UserEvent::AccountLocked {
+            until: now + Duration::minutes(10),
+            lock_count: 2
+        }]
+    );
+}
+
+#[test]
+fn the_last_admin_keeps_the_admin_role() {
+    let user = given(&register(
+        "root@example.com",
+        None,
+        vec!["user".into(), "admin".into()],
+        true,
+    ));
+    assert_eq!(
+        change_roles(&user, &["user".into()], 1),
+        Err(UserError::LastAdmin)
+    );
+    assert_eq!(
+        change_roles(&user, &["user".into()], 2),
+        Ok(vec![UserEvent::RolesChanged {
+            roles: vec!["user".into()]
+        }])
+    );
+    assert_eq!(
+        change_roles(&user, &["wizard".into()], 2),
+        Err(UserError::UnknownRole("wizard".into()))
+    );
+    assert_eq!(change_roles(&user, &["admin".into()], 1), Ok(Vec::new()));
+}
+
+fn admin() -> Vec<UserEvent> {
+    register(
+        "root@example.com",
+        None,
+        vec![ROLE_USER.into(), ROLE_ADMIN.into()],
+        true,
+    )
+}
+
+#[test]
+fn an_administrators_lock_keeps_the_lock_count_and_is_told_apart_from_an_automatic_one() {
+    let now = Utc::now();
+    let mut events = registered();
+    events.extend(failed_login(&given(&events), 5, now));
+    events.push(UserEvent::AccountUnlocked);
+    let user = given(&events);
+    assert_eq!(user.lock_count, 1);
+    let until = now + Duration::days(3);
+    let locked = lock(&user, Some(until), now, 0);
+    assert_eq!(
+        locked,
+        Ok(vec![UserEvent::AccountLocked {
+            until,
+            lock_count: 1
+        }])
+    );
+    events.extend(locked.unwrap_or_default());
+    let user = given(&events);
+    assert!(user.is_locked_by_admin(now));
+    assert_eq!(
+        user.lock_count, 1,
+        "an administrator's lock does not escalate"
+    );
+    assert!(!user.is_locked_by_admin(until), "it ends at its end");
+
+    let automatic = given(&{
+        let mut e = registered();
+        e.extend(failed_login(&given(&registered()), 5, now));
+        e
+    });
+    assert!(automatic.is_locked(now));
+    assert!(!automatic.is_locked_by_admin(now));
+}
+
+#[test]
+fn a_lock_without_an_end_lasts_until_an_administrator_lifts_it() {
+    let now = Utc::now();
+    let mut events = registered();
+    let locked = lock(&given(&events), None, now, 0).unwrap_or_default();
+    assert_eq!(
+        locked,
+        vec![UserEvent::AccountLocked {
+            until: indefinitely(),
+            lock_count: 0
+        }]
+    );
+    assert_eq!(indefinitely().to_rfc3339(), "9999-12-31T23:59:59+00:00");
+    events.extend(locked);
+    let user = given(&events);
+    assert!(user.is_locked_by_admin(now + Duration::days(365 * 100)));
+    assert!(
+        failed_login(&user, 5, now).is_empty(),
+        "no automatic lock on top"
+    );
+    events.extend(unlock(&user, now).unwrap_or_default());
+    let user = given(&events);
+    assert!(!user.is_locked(now));
+    assert!(!user.locked_by_admin);
+}
+
+#[test]
+fn locking_again_with_the_same_end_changes_nothing_and_a_past_end_is_refused() {
+    let now = Utc::now();
+    let mut events = registered();
+    events.extend(lock(&given(&events), None, now, 0).unwrap_or_default());
+    let user = given(&events);
+    assert_eq!(lock(&user, None, now, 0), Ok(Vec::new()));
+    let sooner = now + Duration::hours(1);
+    assert_eq!(
+        lock(&user, Some(sooner), now, 0),
+        Ok(vec![UserEvent::AccountLocked {
+            until: sooner,
+            lock_count: 0
+        }])
+    );
+    assert_eq!(
+        lock(&given(&registered()), Some(now), now, 0),
+        Err(UserError::LockEndsInThePast)
+    );
+    assert_eq!(
+        lock(&User::default(), None, now, 3),
+        Err(UserError::NotFound)
+    );
+}
+
+#[test]
+fn the_last_admin_who_can_sign_in_cannot_be_locked() {
+    let now = Utc::now();
+    let root = given(&admin());
+    assert_eq!(lock(&root, None, now, 0), Err(UserError::LastActiveAdmin));
+    assert!(lock(&root, None, now, 1).is_ok_and(|e| e.len() == 1));
+    // A user who is no admin needs no other admin.
+    assert!(lock(&given(&registered()), None, now, 0).is_ok_and(|e| e.len() == 1));
+}
+
+#[test]
+fn a_password_reset_lifts_an_automatic_lock_but_not_an_administrators() {
+    let now = Utc::now();
+    let reset_requested = UserEvent::PasswordResetRequested {
+        email: "ada@example.com".into(),
+    };
+    // Ids in `given` are positions: the reset request is event 3.
+    let reset_id = Uuid::from_u128(3);
+
+    let mut automatic = registered();
+    automatic.push(reset_requested.clone());
+    automatic.extend(failed_login(&given(&automatic), 5, now));
+    let reset = reset_password(&given(&automatic), reset_id, now);
+    assert_eq!(reset, Ok(vec![UserEvent::PasswordReset { reset_id }]));
+    automatic.extend(reset.unwrap_or_default());
+    assert!(!given(&automatic).is_locked(now));
+
+    let mut by_admin = registered();
+    by_admin.push(reset_requested);
+    by_admin.extend(lock(&given(&by_admin), None, now, 0).unwrap_or_default());
+    assert_eq!(
+        reset_password(&given(&by_admin), reset_id, now),
+        Err(UserError::LockedByAdmin)
+    );
+}
+
+#[test]
+fn a_reset_link_works_once_within_the_hour() {
+    let mut events = registered();
+    events.push(UserEvent::PasswordResetRequested {
+        email: "ada@example.com".into(),
+    });
+    let user = given(&events);
+    let id = Uuid::from_u128(3);
+    assert!(reset_password(&user, id, Utc::now()).is_ok());
+    assert_eq!(
+        reset_password(&user, id, Utc::now() + Duration::minutes(61)),
+        Err(UserError::InvalidToken)
+    );
+    events.push(UserEvent::PasswordReset { reset_id: id });
+    assert_eq!(
+        reset_password(&given(&events), id, Utc::now()),
+        Err(UserError::InvalidToken)
+    );
+}
