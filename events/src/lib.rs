@@ -18,6 +18,7 @@ pub mod key_dir;
 pub mod migrations;
 mod notifier;
 pub mod project;
+pub mod query;
 pub mod replay;
 pub mod seal;
 pub mod secret_keys;
