@@ -34,6 +34,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use clap::Parser;
+use idp_events::query::{EventFilter, StreamPrefix};
 use idp_events::{Append, EventStore, Metadata, NewEvent};
 use idp_ops::config::DatabaseUrl;
 use rand::rngs::StdRng;
@@ -167,44 +168,18 @@ impl Filter {
         parts.join("&")
     }
 
-    /// The conditions `routes::admin_events` writes for this filter (kept in step by hand; a
-    /// prefix here is always a category such as `user-`).
+    /// The conditions the API writes for this filter: the query engine's own.
     fn push_sql(&self, q: &mut QueryBuilder<'_, Postgres>) {
-        if let Some(s) = &self.stream {
-            q.push(" and e.stream_id = ").push_bind(s.clone());
+        EventFilter {
+            stream: self.stream.clone(),
+            stream_prefix: self.prefix.clone().map(StreamPrefix::new),
+            types: self.types.clone(),
+            actor: self.actor.clone(),
+            correlation_id: self.correlation,
+            from: self.from,
+            to: self.to,
         }
-        if let Some(p) = &self.prefix {
-            let category = p.strip_suffix('-').unwrap_or(p).to_owned();
-            q.push(" and split_part(e.stream_id, '-', 1) = ")
-                .push_bind(category.clone())
-                .push(" and e.stream_id <> ")
-                .push_bind(category);
-        }
-        match self.types.as_slice() {
-            [] => {}
-            [one] => {
-                q.push(" and e.event_type = ").push_bind(one.clone());
-            }
-            many => {
-                q.push(" and e.event_type = any(")
-                    .push_bind(many.to_vec())
-                    .push(")");
-            }
-        }
-        if let Some(a) = &self.actor {
-            q.push(" and (e.metadata ->> 'actor') = ")
-                .push_bind(a.clone());
-        }
-        if let Some(c) = &self.correlation {
-            q.push(" and (e.metadata ->> 'correlation_id') = ")
-                .push_bind(c.to_string());
-        }
-        if let Some(f) = self.from {
-            q.push(" and e.recorded_at >= ").push_bind(f);
-        }
-        if let Some(t) = self.to {
-            q.push(" and e.recorded_at < ").push_bind(t);
-        }
+        .push_conditions(q);
     }
 
     /// The page query of the handler: after `cursor`, within `first..=last` (the horizon, and

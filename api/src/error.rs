@@ -58,6 +58,15 @@ pub enum ApiError {
     /// 503: a dependency (database, broker) is unavailable; retrying later may work.
     #[error("service unavailable")]
     Unavailable,
+    /// 503: the answer must wait for something that should end soon (e.g. a transaction
+    /// writing to the event log); the detail names it, `Retry-After` says when to try again.
+    #[error("{detail}")]
+    RetryLater {
+        /// What the answer waits for.
+        detail: String,
+        /// Seconds to wait.
+        retry_after_secs: u64,
+    },
     /// 500: a bug or an unexpected failure.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -107,7 +116,9 @@ impl ApiError {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Gone(_) => StatusCode::GONE,
-            Self::Unavailable | Self::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable | Self::Overloaded { .. } | Self::RetryLater { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -125,7 +136,7 @@ impl ApiError {
             Self::PayloadTooLarge => "payload-too-large",
             Self::Conflict(_) => "conflict",
             Self::Gone(_) => "gone",
-            Self::Unavailable => "unavailable",
+            Self::Unavailable | Self::RetryLater { .. } => "unavailable",
             Self::Overloaded { .. } => "overloaded",
             Self::Internal(_) => "internal",
         }
@@ -205,7 +216,8 @@ impl IntoResponse for ApiError {
             Self::Overloaded { retry_after_secs } => Some(format!(
                 "too many requests are waiting; try again in {retry_after_secs} s"
             )),
-            Self::Conflict(detail)
+            Self::RetryLater { detail, .. }
+            | Self::Conflict(detail)
             | Self::BadRequest(detail)
             | Self::Unprocessable(detail)
             | Self::Gone(detail) => Some(detail.clone()),
@@ -213,7 +225,11 @@ impl IntoResponse for ApiError {
         };
         let mut response = problem(status, self.slug(), detail);
         match self {
-            Self::TooManyRequests { retry_after_secs } | Self::Overloaded { retry_after_secs } => {
+            Self::TooManyRequests { retry_after_secs }
+            | Self::Overloaded { retry_after_secs }
+            | Self::RetryLater {
+                retry_after_secs, ..
+            } => {
                 if let Ok(value) = HeaderValue::from_str(&retry_after_secs.to_string()) {
                     response.headers_mut().insert(header::RETRY_AFTER, value);
                 }

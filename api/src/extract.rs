@@ -1,15 +1,18 @@
-//! Extractors: JSON bodies that fail as problem documents, the client's context for event
-//! metadata, and the authenticated caller.
+//! Extractors: JSON bodies, query strings and path parameters that fail as problem documents,
+//! the client's context for event metadata, and the authenticated caller.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::extract::path::ErrorKind;
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
+use axum::http::{StatusCode, Uri, header};
 use idp_events::Metadata;
 use serde::de::DeserializeOwned;
+use utoipa::IntoParams;
+use utoipa::openapi::path::ParameterIn;
 use uuid::Uuid;
 
 use crate::client_address::{self, TrustedProxies};
@@ -43,6 +46,134 @@ where
             }),
         }
     }
+}
+
+/// A query string read into `T`, whose `IntoParams` is also its OpenAPI description: the
+/// parameters the document lists are the only ones accepted.
+///
+/// Every answer is a 400 problem document: a parameter `T` does not describe (`unknown query
+/// parameter "x"; known: ...`), a parameter given twice that is not an exploded array (`query
+/// parameter x is given more than once`), or a value `T` refuses (`Failed to deserialize query
+/// string: ...`, with the message of the field's own check). An exploded array (`type=A&type=B`)
+/// is read as its unexploded form (`type=A,B`), so the field takes a comma-separated list.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApiQuery<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned + IntoParams,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let uri = canonical_query::<T>(&parts.uri)?;
+        let Query(value) = Query::<T>::try_from_uri(uri.as_ref().unwrap_or(&parts.uri))
+            .map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
+        Ok(Self(value))
+    }
+}
+
+/// Checks the names in `uri`'s query against `T`'s parameters; when an exploded array is
+/// repeated, the URI with its values joined by commas.
+fn canonical_query<T: IntoParams>(uri: &Uri) -> Result<Option<Uri>, ApiError> {
+    let query = uri.query().unwrap_or_default();
+    let params = T::into_params(|| Some(ParameterIn::Query));
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    let mut joined = false;
+    for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        let Some(param) = params.iter().find(|p| p.name == key) else {
+            let known: Vec<&str> = params.iter().map(|p| p.name.as_str()).collect();
+            return Err(ApiError::BadRequest(format!(
+                "unknown query parameter {key:?}; known: {}",
+                known.join(", ")
+            )));
+        };
+        match pairs.iter_mut().find(|(k, _)| *k == key) {
+            None => pairs.push((key.into_owned(), value.into_owned())),
+            Some((_, values)) if param.explode == Some(true) => {
+                values.push(',');
+                values.push_str(&value);
+                joined = true;
+            }
+            Some(_) => {
+                return Err(ApiError::BadRequest(format!(
+                    "query parameter {key} is given more than once"
+                )));
+            }
+        }
+    }
+    if !joined {
+        return Ok(None);
+    }
+    let query = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(&pairs)
+        .finish();
+    Uri::builder()
+        .path_and_query(format!("/?{query}"))
+        .build()
+        .map(Some)
+        .map_err(|e| ApiError::BadRequest(format!("query string: {e}")))
+}
+
+/// A value of the path, and the answer when the path holds something else.
+pub trait PathParam: DeserializeOwned + Send {
+    /// What the value is, for the 400 that names its parameter: `<name>: not <WHAT>`.
+    const WHAT: &'static str;
+
+    /// The answer to a path whose parameter `key` is not such a value: by default a 400
+    /// (`id: not a UUID`).
+    fn refused(key: &str) -> ApiError {
+        ApiError::BadRequest(format!("{key}: not {}", Self::WHAT))
+    }
+}
+
+impl PathParam for Uuid {
+    const WHAT: &'static str = "a UUID";
+}
+
+impl PathParam for String {
+    const WHAT: &'static str = "UTF-8 text";
+}
+
+/// Path parameters read into `T`. A parameter that is not a `T` gets `T`'s answer
+/// ([`PathParam::refused`]): a 400 naming the parameter unless the type says otherwise.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApiPath<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiPath<T>
+where
+    T: PathParam,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(Self(value)),
+            Err(rejection) => Err(path_refusal::<T>(&rejection)),
+        }
+    }
+}
+
+fn path_refusal<T: PathParam>(rejection: &PathRejection) -> ApiError {
+    if rejection.status().is_server_error() {
+        // A route whose parameters do not fit the handler's: a bug, not the caller's fault.
+        return ApiError::Internal(anyhow::anyhow!(
+            "path parameters: {}",
+            rejection.body_text()
+        ));
+    }
+    let key = match rejection {
+        PathRejection::FailedToDeserializePathParams(err) => match err.kind() {
+            ErrorKind::ParseErrorAtKey { key, .. }
+            | ErrorKind::DeserializeError { key, .. }
+            | ErrorKind::InvalidUtf8InPathParam { key } => Some(key.as_str()),
+            _ => None,
+        },
+        _ => None,
+    };
+    T::refused(key.unwrap_or("path"))
 }
 
 /// The correlation id of a request: made by the server for every request (never taken from the

@@ -847,6 +847,104 @@ async fn a_page_waits_for_an_append_in_flight_below_a_committed_one(
     env.app.stop().await;
 }
 
+#[sqlx::test(migrations = false)]
+async fn a_page_at_the_end_of_the_log_resumes_with_only_the_events_appended_since(
+    _opts: PgPoolOptions,
+    conn: PgConnectOptions,
+) {
+    let env = env(&conn, &[]).await;
+    let filter = "stream_prefix=tail-&limit=5";
+    // Nothing matches yet: the page is empty, has no `next`, and still says where to resume.
+    let empty = env.page(filter).await;
+    assert!(positions(&empty).is_empty());
+    assert!(empty["next"].is_null());
+    let mut resume = empty["resume"].as_str().unwrap().to_owned();
+
+    let mut seen: Vec<i64> = Vec::new();
+    let mut appended: Vec<i64> = Vec::new();
+    for round in 0..4 {
+        let outcome = env
+            .store
+            .append(Append::to(format!("tail-{round}")).events(events("Tailed", 3)))
+            .await
+            .unwrap();
+        appended.extend(&outcome.positions);
+        // Events of other streams move the log on without matching.
+        env.store
+            .append(Append::to(format!("other-{round}")).events(events("Other", 2)))
+            .await
+            .unwrap();
+        let page = env.page(&format!("{filter}&cursor={resume}")).await;
+        assert_eq!(positions(&page), outcome.positions, "round {round}");
+        assert!(page["next"].is_null(), "the end of the log");
+        seen.extend(positions(&page));
+        resume = page["resume"].as_str().unwrap().to_owned();
+        // Asking again at once repeats nothing.
+        let again = env.page(&format!("{filter}&cursor={resume}")).await;
+        assert!(positions(&again).is_empty(), "round {round}: {again}");
+        assert_eq!(again["resume"], resume.as_str());
+    }
+    assert_eq!(seen, appended);
+
+    // A full page resumes where `next` does.
+    let full = env.page("stream_prefix=tail-&limit=2").await;
+    assert_eq!(full["resume"], full["next"]);
+    env.app.stop().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_writer_that_stays_open_gets_a_503_with_retry_after_and_the_cause(
+    _opts: PgPoolOptions,
+    conn: PgConnectOptions,
+) {
+    let env = env(&conn, &[]).await;
+    env.store
+        .append(Append::to("held-1").events(events("Before", 1)))
+        .await
+        .unwrap();
+    // A second connection appends and keeps its transaction open past the wait.
+    let mut lingering = env.pool.begin().await.unwrap();
+    env.store
+        .append_in(
+            &mut lingering,
+            Append::to("held-2").event(NewEvent::new("Late", json!({}))),
+        )
+        .await
+        .unwrap();
+    for path in [
+        "/v1/admin/events?stream_prefix=held-",
+        "/v1/admin/events/export?format=ndjson",
+    ] {
+        let started = Instant::now();
+        let refused = env.get(path).await;
+        assert_eq!(refused.status(), 503, "{path}");
+        assert!(
+            started.elapsed() >= Duration::from_secs(3),
+            "{path}: waited for the writer first"
+        );
+        assert_eq!(refused.headers()["retry-after"], "1", "{path}");
+        assert_eq!(
+            refused.headers()["content-type"],
+            "application/problem+json"
+        );
+        let problem: Value = refused.json().await.unwrap();
+        assert_eq!(problem["type"], "https://idp.dev/problems/unavailable");
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("writing to the event log stayed open"),
+            "{path}: {detail}"
+        );
+    }
+    lingering.commit().await.unwrap();
+    let page = env.page("stream_prefix=held-").await;
+    assert_eq!(
+        positions(&page).len(),
+        2,
+        "both events once the writer ended"
+    );
+    env.app.stop().await;
+}
+
 /// Peak resident memory of this process (where the API runs too), in bytes.
 fn peak_rss() -> u64 {
     proc_status_bytes("VmHWM:")

@@ -19,6 +19,7 @@ pub mod keys;
 pub mod migrations;
 mod notifier;
 pub mod project;
+pub mod query;
 pub mod replay;
 pub mod seal;
 mod store;

@@ -12,8 +12,7 @@ use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -27,7 +26,7 @@ use tokio::sync::Semaphore;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::ApiError;
-use crate::extract::AdminUser;
+use crate::extract::{AdminUser, ApiQuery};
 use crate::startup::AppState;
 
 /// While a verification runs, a newline (insignificant JSON whitespace) is sent this often, so
@@ -149,9 +148,8 @@ impl From<&AuditReport> for AuditVerifyReport {
 pub async fn verify(
     State(state): State<AppState>,
     AdminUser(admin): AdminUser,
-    params: Result<Query<VerifyParams>, QueryRejection>,
+    ApiQuery(params): ApiQuery<VerifyParams>,
 ) -> Result<Response, ApiError> {
-    let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let expect_seal = params
         .expect_seal
         .as_deref()

@@ -1,8 +1,7 @@
 //! `/v1/admin/jobs/*`: jobs that gave up (dead letters) and sending them back for another
 //! round of attempts (admin role required on every request).
 
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -16,7 +15,7 @@ use uuid::Uuid;
 
 use super::paging;
 use crate::error::ApiError;
-use crate::extract::{AdminUser, ClientContext};
+use crate::extract::{AdminUser, ApiPath, ApiQuery, ClientContext};
 use crate::startup::AppState;
 
 /// The routes of this module.
@@ -85,9 +84,8 @@ pub struct PageParams {
 pub async fn list_dead(
     State(state): State<AppState>,
     AdminUser(_admin): AdminUser,
-    params: Result<Query<PageParams>, QueryRejection>,
+    ApiQuery(params): ApiQuery<PageParams>,
 ) -> Result<Json<DeadJobPage>, ApiError> {
-    let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let limit = paging::limit(params.limit)?;
     let after = params
         .cursor
@@ -136,9 +134,8 @@ pub async fn retry(
     State(state): State<AppState>,
     ctx: ClientContext,
     AdminUser(admin): AdminUser,
-    id: Result<Path<Uuid>, PathRejection>,
+    ApiPath(id): ApiPath<Uuid>,
 ) -> Result<(StatusCode, Json<RetryAccepted>), ApiError> {
-    let Path(id) = id.map_err(|_| ApiError::BadRequest("id: not a UUID".into()))?;
     tracing::Span::current().record("job.id", tracing::field::display(id));
     let stream = jobs::stream_id(id);
     let history = state.store.read_stream(&stream, 1).await?;

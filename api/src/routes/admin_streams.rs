@@ -1,8 +1,7 @@
 //! `GET /v1/admin/streams/{stream_id}`: one stream's whole history, or its history up to an
 //! instant with the aggregate's state as it was then (admin role required on every request).
 
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
@@ -14,7 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::extract::AdminUser;
+use crate::extract::{AdminUser, ApiPath, ApiQuery};
 use crate::startup::AppState;
 
 /// The routes of this module.
@@ -124,11 +123,9 @@ fn parse_as_of(raw: &str) -> Result<DateTime<Utc>, ApiError> {
 pub async fn stream_history(
     State(state): State<AppState>,
     AdminUser(_admin): AdminUser,
-    stream_id: Result<Path<String>, PathRejection>,
-    params: Result<Query<HistoryParams>, QueryRejection>,
+    ApiPath(stream_id): ApiPath<String>,
+    ApiQuery(params): ApiQuery<HistoryParams>,
 ) -> Result<Json<StreamHistory>, ApiError> {
-    let Path(stream_id) = stream_id.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     replay::check_stream_id(&stream_id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     tracing::Span::current().record("stream.id", stream_id.as_str());
     let as_of = params.as_of.as_deref().map(parse_as_of).transpose()?;

@@ -5,8 +5,8 @@
 //! worker has caught up. Every change is an event with the administrator as actor.
 
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use super::paging;
 use crate::error::ApiError;
-use crate::extract::{AdminUser, ApiJson, ClientContext};
+use crate::extract::{AdminUser, ApiJson, ApiPath, ApiQuery, ClientContext};
 use crate::identity::LockOutcome;
 use crate::startup::AppState;
 
@@ -40,9 +40,9 @@ pub fn router() -> Router<AppState> {
         )
 }
 
-/// The account id of the path; anything but a UUID is a 400.
-fn account_id(path: Result<Path<Uuid>, PathRejection>) -> Result<Uuid, ApiError> {
-    let Path(id) = path.map_err(|_| ApiError::BadRequest("id: not a UUID".into()))?;
+/// The account id of the path (anything but a UUID is a 400, `id: not a UUID`), named in the
+/// request's span.
+fn account_id(ApiPath(id): ApiPath<Uuid>) -> Result<Uuid, ApiError> {
     tracing::Span::current().record("user.id", tracing::field::display(id));
     Ok(id)
 }
@@ -252,9 +252,8 @@ select user_id as id, email, display_name, roles,
 pub async fn list_users(
     State(state): State<AppState>,
     AdminUser(_admin): AdminUser,
-    params: Result<Query<ListParams>, QueryRejection>,
+    ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<UserPage>, ApiError> {
-    let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let limit = paging::limit(params.limit)?;
     let sort = params.sort.unwrap_or_default();
     let after = params
@@ -393,7 +392,7 @@ struct DirectoryFields {
 pub async fn get_user(
     State(state): State<AppState>,
     AdminUser(_admin): AdminUser,
-    id: Result<Path<Uuid>, PathRejection>,
+    id: ApiPath<Uuid>,
 ) -> Result<Json<UserDetail>, ApiError> {
     let id = account_id(id)?;
     let account = state.identity.load_user(id).await?;
@@ -500,7 +499,7 @@ pub async fn lock(
     State(state): State<AppState>,
     ctx: ClientContext,
     AdminUser(admin): AdminUser,
-    id: Result<Path<Uuid>, PathRejection>,
+    id: ApiPath<Uuid>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<LockOutcome>, ApiError> {
@@ -526,7 +525,7 @@ pub async fn unlock(
     State(state): State<AppState>,
     ctx: ClientContext,
     AdminUser(admin): AdminUser,
-    id: Result<Path<Uuid>, PathRejection>,
+    id: ApiPath<Uuid>,
 ) -> Result<StatusCode, ApiError> {
     let id = account_id(id)?;
     state.identity.unlock(&ctx, &admin.actor(), id).await?;
@@ -585,7 +584,7 @@ pub async fn set_roles(
     State(state): State<AppState>,
     ctx: ClientContext,
     AdminUser(admin): AdminUser,
-    id: Result<Path<Uuid>, PathRejection>,
+    id: ApiPath<Uuid>,
     ApiJson(request): ApiJson<RolesRequest>,
 ) -> Result<Json<RolesOutcome>, ApiError> {
     let id = account_id(id)?;
@@ -621,7 +620,7 @@ pub async fn revoke_sessions(
     State(state): State<AppState>,
     ctx: ClientContext,
     AdminUser(admin): AdminUser,
-    id: Result<Path<Uuid>, PathRejection>,
+    id: ApiPath<Uuid>,
 ) -> Result<Json<SessionsRevoked>, ApiError> {
     let id = account_id(id)?;
     let sessions_revoked = state

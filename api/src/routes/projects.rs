@@ -10,9 +10,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{FromRequestParts, Path, Query, State};
-use axum::http::request::Parts;
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -31,7 +29,7 @@ use uuid::Uuid;
 
 use super::paging;
 use crate::error::ApiError;
-use crate::extract::{ApiJson, AuthUser, ClientContext};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, AuthUser, ClientContext, PathParam};
 use crate::projects;
 use crate::projects::idempotency::{self, Claim, IdempotencyKey, StoredResponse};
 use crate::projects::live::Follower;
@@ -51,17 +49,15 @@ pub fn router() -> Router<AppState> {
 }
 
 /// A project id from the path; one that is not a UUID names no project (404).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(transparent)]
 pub struct ProjectId(pub Uuid);
 
-impl<S: Send + Sync> FromRequestParts<S> for ProjectId {
-    type Rejection = ApiError;
+impl PathParam for ProjectId {
+    const WHAT: &'static str = "a project id";
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let Path(id) = Path::<Uuid>::from_request_parts(parts, state)
-            .await
-            .map_err(|_| ApiError::NotFound)?;
-        Ok(Self(id))
+    fn refused(_key: &str) -> ApiError {
+        ApiError::NotFound
     }
 }
 
@@ -301,9 +297,8 @@ fn parse_status(raw: &str) -> Result<ProjectStatus, ApiError> {
 pub async fn list_projects(
     State(state): State<AppState>,
     user: AuthUser,
-    params: Result<Query<ListParams>, QueryRejection>,
+    ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<ProjectPage>, ApiError> {
-    let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let limit = paging::limit(params.limit)?;
     let status = params.status.as_deref().map(parse_status).transpose()?;
     let after = params
@@ -448,7 +443,7 @@ impl From<&Project> for ProjectDetail {
 pub async fn get_project(
     State(state): State<AppState>,
     user: AuthUser,
-    ProjectId(id): ProjectId,
+    ApiPath(ProjectId(id)): ApiPath<ProjectId>,
 ) -> Result<Json<ProjectDetail>, ApiError> {
     let loaded = projects::load_visible(&state, &user, id).await?;
     Ok(Json(ProjectDetail::from(&loaded.project)))
@@ -497,7 +492,7 @@ pub async fn retry_project(
     State(state): State<AppState>,
     ctx: ClientContext,
     user: AuthUser,
-    ProjectId(id): ProjectId,
+    ApiPath(ProjectId(id)): ApiPath<ProjectId>,
 ) -> Result<Response, ApiError> {
     act(&state, &ctx, &user, id, decide::retry).await
 }
@@ -515,7 +510,7 @@ pub async fn delete_project(
     State(state): State<AppState>,
     ctx: ClientContext,
     user: AuthUser,
-    ProjectId(id): ProjectId,
+    ApiPath(ProjectId(id)): ApiPath<ProjectId>,
 ) -> Result<Response, ApiError> {
     act(&state, &ctx, &user, id, decide::delete).await
 }
@@ -577,7 +572,7 @@ pub async fn issue_credentials(
     State(state): State<AppState>,
     ctx: ClientContext,
     user: AuthUser,
-    ProjectId(id): ProjectId,
+    ApiPath(ProjectId(id)): ApiPath<ProjectId>,
 ) -> Result<Response, ApiError> {
     let project = projects::load_visible(&state, &user, id).await?.project;
     if project.owner_id != user.user_id {
@@ -712,7 +707,7 @@ fn sse_event(event: &RecordedEvent) -> Event {
 pub async fn project_events(
     State(state): State<AppState>,
     user: AuthUser,
-    ProjectId(id): ProjectId,
+    ApiPath(ProjectId(id)): ApiPath<ProjectId>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let loaded = projects::load_visible(&state, &user, id).await?;
