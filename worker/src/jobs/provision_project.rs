@@ -110,14 +110,10 @@ impl Job for ProvisionProject {
         self.cause_id
     }
 
-    fn perform(
-        self,
-        ctx: Arc<ProvisionJobs>,
-        run: JobRun,
-    ) -> impl Future<Output = Result<(), JobError>> + Send + 'static {
+    async fn perform(self, ctx: Arc<ProvisionJobs>, run: JobRun) -> Result<(), JobError> {
         // In its own task (see `run_detached`): nothing may cut a driver between its effect and
         // the record of it.
-        async move { run_job(&self, &ctx, &run).await }
+        run_job(&self, &ctx, &run).await
     }
 }
 

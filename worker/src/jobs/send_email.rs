@@ -116,14 +116,10 @@ impl Job for SendEmail {
         self.cause_id
     }
 
-    fn perform(
-        self,
-        ctx: Arc<EmailJobs>,
-        run: JobRun,
-    ) -> impl Future<Output = Result<(), JobError>> + Send + 'static {
+    async fn perform(self, ctx: Arc<EmailJobs>, run: JobRun) -> Result<(), JobError> {
         // In its own task (see `run_detached`): nothing may cut an SMTP transaction between its
         // recorded hand-over and the final dot.
-        async move { attempt_until_done(&self, &ctx, &run).await }
+        attempt_until_done(&self, &ctx, &run).await
     }
 }
 
