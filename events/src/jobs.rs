@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::{NewEvent, RecordedEvent};
+use crate::{NewEvent, RecordedEvent, StreamId};
 
 /// Namespace of the name-based job ids.
 const JOB_NAMESPACE: Uuid = Uuid::from_u128(0x6a0b_5d3e_21c4_4f0e_9a7d_0c1e_5f2b_8d41);
@@ -21,18 +21,18 @@ pub fn job_id(kind: &str, cause: Uuid) -> Uuid {
     Uuid::new_v5(&JOB_NAMESPACE, format!("{kind}:{cause}").as_bytes())
 }
 
-/// The stream of job `id`.
+/// The stream of job `id`, as the log stores it ([`StreamId::job`]).
 pub fn stream_id(id: Uuid) -> String {
-    format!("job-{id}")
+    StreamId::job(id).into()
 }
 
-/// The stream of circuit breaker `name`.
+/// The stream of circuit breaker `name`, as the log stores it ([`StreamId::breaker`]).
 pub fn breaker_stream_id(name: &str) -> String {
-    format!("breaker-{name}")
+    StreamId::breaker(name).into()
 }
 
 /// Events of a job's stream.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, strum::VariantNames)]
 #[serde(tag = "type", content = "data")]
 pub enum JobEvent {
     /// The message was about to be handed to the mail server: recorded after the server
@@ -203,7 +203,7 @@ impl BreakerState {
 }
 
 /// Transitions of a circuit breaker (stream `breaker-<name>`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, strum::VariantNames)]
 #[serde(tag = "type", content = "data")]
 pub enum BreakerEvent {
     /// Too many consecutive failures: calls are refused until `retry_at`.

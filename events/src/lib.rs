@@ -32,6 +32,7 @@ pub use error::{AppendError, ReadError};
 pub use event::{Cursor, ExpectedVersion, Metadata, NewEvent, RecordedEvent};
 pub use store::{Append, AppendOutcome, EventStore, NOTIFY_CHANNEL};
 pub use stream_id::{Category, StreamId, StreamIdError};
+pub use tagged::EventTypes;
 pub use upcast::Upcasters;
 
 /// The secret key rings, under the name their callers know: [`keys::ring`].

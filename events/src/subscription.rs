@@ -12,12 +12,15 @@
 //!   tries) is parked in `failed_events` with its error, and the subscription moves on.
 //! - **Wake-up**: LISTEN on the append channel, with polling as the fallback (a notification is a
 //!   hint; the cursor query is the truth).
+//! - **Batches**: a [`BatchHandler`] turns each event into items and writes a batch's items
+//!   together before its checkpoint commits; the subscription keeps the items of exactly one
+//!   batch transaction, so a redone batch starts empty.
 //! - **Rebuild**: [`reset`] empties the read model and rewinds the checkpoint in one transaction;
 //!   whichever runner is active then replays from the start, because checkpoints are written
 //!   compare-and-set and a runner that finds its checkpoint moved reloads it.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use sqlx::postgres::PgListener;
@@ -91,6 +94,94 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), HandlerError>> + Send {
         let _ = conn;
         std::future::ready(Ok(()))
+    }
+}
+
+/// The items a [`BatchHandler`] gathered in the batch in progress. A handler keeps one as a
+/// field and hands it out from [`BatchHandler::batch`]; the subscription fills and empties it.
+#[derive(Debug)]
+pub struct Batch<T>(Mutex<Vec<T>>);
+
+impl<T> Default for Batch<T> {
+    fn default() -> Self {
+        Self(Mutex::new(Vec::new()))
+    }
+}
+
+impl<T> Batch<T> {
+    fn items(&self) -> MutexGuard<'_, Vec<T>> {
+        // A panic while holding the lock leaves only a buffer behind, which the next batch
+        // clears anyway.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn take(&self) -> Vec<T> {
+        std::mem::take(&mut *self.items())
+    }
+}
+
+/// A read model (or an outbox) that is written a batch at a time: each event is turned into
+/// items as the batch is read, and the batch's items are written together just before its
+/// checkpoint commits (one set-based statement, one round of broker confirms).
+///
+/// Every `BatchHandler` is a [`Handler`]. The subscription hands [`BatchHandler::write`] the
+/// items of exactly one batch transaction: a batch that is redone after a failure, or after
+/// its prefix was kept, starts empty again.
+pub trait BatchHandler: Send + Sync + 'static {
+    /// What one event contributes to a batch.
+    type Item: Send + 'static;
+
+    /// Where the items of the batch in progress are kept.
+    fn batch(&self) -> &Batch<Self::Item>;
+
+    /// Adds what `event` contributes to the batch to `items` (often nothing). An error fails
+    /// the event like [`Handler::handle`] does: it is retried, then parked.
+    fn gather(
+        &self,
+        event: &RecordedEvent,
+        items: &mut Vec<Self::Item>,
+    ) -> Result<(), HandlerError>;
+
+    /// Writes the batch's items (in log order, never none) through `conn`, inside the batch's
+    /// transaction. An error rolls the batch back, as [`Handler::before_commit`] says.
+    fn write(
+        &self,
+        conn: &mut PgConnection,
+        items: Vec<Self::Item>,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+
+    /// Empties the read model, before a replay from the start ([`Handler::reset`]).
+    fn reset(
+        &self,
+        conn: &mut PgConnection,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+}
+
+impl<B: BatchHandler> Handler for B {
+    fn handle(
+        &self,
+        _conn: &mut PgConnection,
+        event: &RecordedEvent,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        let gathered = self.gather(event, &mut self.batch().items());
+        std::future::ready(gathered)
+    }
+
+    async fn reset(&self, conn: &mut PgConnection) -> Result<(), HandlerError> {
+        drop(self.batch().take());
+        BatchHandler::reset(self, conn).await
+    }
+
+    fn begin_batch(&self) {
+        self.batch().items().clear();
+    }
+
+    async fn before_commit(&self, conn: &mut PgConnection) -> Result<(), HandlerError> {
+        let items = self.batch().take();
+        if items.is_empty() {
+            return Ok(());
+        }
+        self.write(conn, items).await
     }
 }
 

@@ -1,5 +1,5 @@
 //! Subscriptions against a real PostgreSQL: exactly-once effects, crash recovery, single active
-//! runner with takeover, parking of poison events, resets.
+//! runner with takeover, parking of poison events, resets, batch handlers.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use idp_events::backoff::Backoff;
 use idp_events::subscription::{
-    self, Handler, HandlerError, RunnerState, Subscription, SubscriptionOptions,
+    self, BatchHandler, Handler, HandlerError, RunnerState, Subscription, SubscriptionOptions,
 };
 use idp_events::{Append, Cursor, EventStore, NewEvent, RecordedEvent};
 use serde_json::json;
@@ -408,4 +408,107 @@ async fn a_running_subscription_is_woken_by_appends_and_replays_after_a_reset(
 
     stop.cancel();
     run.await.unwrap();
+}
+
+/// A batch handler: gathers `n` of every `Counted` event and inserts a batch's numbers in one
+/// statement; the number `fail_on.0` fails `fail_on.1` times while it is gathered.
+struct Numbers {
+    batch: subscription::Batch<i64>,
+    fail_on: Mutex<(i64, u32)>,
+    /// The numbers of every batch written, in order.
+    written: Arc<Mutex<Vec<Vec<i64>>>>,
+}
+
+impl BatchHandler for Numbers {
+    type Item = i64;
+
+    fn batch(&self) -> &subscription::Batch<i64> {
+        &self.batch
+    }
+
+    fn gather(&self, event: &RecordedEvent, items: &mut Vec<i64>) -> Result<(), HandlerError> {
+        if event.event_type != "Counted" {
+            return Ok(());
+        }
+        let n = event.data["n"].as_i64().unwrap_or_default();
+        items.push(n);
+        let mut fail_on = self.fail_on.lock().unwrap();
+        if fail_on.0 == n && fail_on.1 > 0 {
+            fail_on.1 -= 1;
+            return Err(HandlerError::msg(format!("cannot gather n={n} yet")));
+        }
+        Ok(())
+    }
+
+    async fn write(&self, conn: &mut PgConnection, items: Vec<i64>) -> Result<(), HandlerError> {
+        sqlx::query("insert into numbers (n) select * from unnest($1::bigint[])")
+            .bind(&items)
+            .execute(conn)
+            .await?;
+        self.written.lock().unwrap().push(items);
+        Ok(())
+    }
+
+    async fn reset(&self, conn: &mut PgConnection) -> Result<(), HandlerError> {
+        sqlx::query("delete from numbers").execute(conn).await?;
+        Ok(())
+    }
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_batch_handler_writes_each_batch_once_and_a_redone_batch_starts_empty(pool: PgPool) {
+    let store = EventStore::new(pool.clone());
+    append_numbers(&store, 1, 120).await;
+    let ignored = (0..50).map(|_| NewEvent::new("Ignored", json!({})));
+    store
+        .append(Append::to("other-1").events(ignored))
+        .await
+        .unwrap();
+    await_visible(&store).await;
+    sqlx::query("create table numbers (n bigint primary key)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let written = Arc::new(Mutex::new(Vec::new()));
+    let numbers = Numbers {
+        batch: subscription::Batch::default(),
+        // In the middle of the second batch (its first 20 events are gathered), and again
+        // when it comes first.
+        fail_on: Mutex::new((70, 2)),
+        written: Arc::clone(&written),
+    };
+    let sub = Subscription::new("numbers", numbers, &store).with_options(fast_options());
+    assert_eq!(catch_up(&sub).await, 170);
+
+    // A primary key on `n`: an item written twice would have failed the batch.
+    let stored: Vec<i64> = sqlx::query_scalar("select n from numbers order by n")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, (0..120).collect::<Vec<_>>());
+    let batches = written.lock().unwrap().clone();
+    assert_eq!(
+        batches.iter().map(Vec::len).collect::<Vec<_>>(),
+        [50, 20, 1, 29, 20],
+        "the prefix before the failure, the failing event alone, then the rest; \
+         the last batch, of ignored events only, writes nothing"
+    );
+    assert!(
+        batches.concat().windows(2).all(|w| w[0] < w[1]),
+        "{batches:?}"
+    );
+    let parked: i64 = sqlx::query_scalar("select count(*) from failed_events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(parked, 0, "the failing event succeeded on its retry");
+
+    subscription::reset(&pool, "numbers", sub.handler())
+        .await
+        .unwrap();
+    let left: i64 = sqlx::query_scalar("select count(*) from numbers")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "a reset empties the read model");
 }

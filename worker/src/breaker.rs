@@ -11,8 +11,8 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use idp_events::jobs::{BreakerEvent, BreakerState, breaker_stream_id};
-use idp_events::{Append, EventStore, ExpectedVersion, Metadata};
+use idp_events::jobs::{BreakerEvent, BreakerState};
+use idp_events::{Append, EventStore, ExpectedVersion, Metadata, StreamId};
 use sqlx::Row;
 
 /// How long a trial call may take before another process may try.
@@ -252,7 +252,7 @@ impl Breaker {
         self.store
             .append_in(
                 tx,
-                Append::to(breaker_stream_id(self.name))
+                Append::to(StreamId::breaker(self.name))
                     .expecting(ExpectedVersion::Any)
                     .event(event.to_new_event())
                     .metadata(Metadata::actor("worker")),

@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -12,7 +13,7 @@ use idp_events::subscription::{self, Handler, Subscription};
 use indicatif::{ProgressBar, ProgressStyle};
 use sqlx::PgPool;
 
-use crate::projections::{self, AuditView, EventTypeCounts, UsersDirectory};
+use crate::projections::{self, Projection, Visit};
 use crate::provision::drivers::{DatabaseDriver, Password, close_own_database};
 use crate::provision::harden::{self, DatabaseReport, Outcome};
 
@@ -21,14 +22,34 @@ use crate::provision::harden::{self, DatabaseReport, Outcome};
 /// If a running worker holds the projection, the reset makes that worker replay, and this
 /// command follows its progress; otherwise it replays here.
 pub async fn rebuild(pool: &PgPool, name: &str) -> anyhow::Result<()> {
+    /// The rebuild of the projection called `name`, once found.
+    struct Find<'a> {
+        store: &'a EventStore,
+        name: &'a str,
+        rebuild: Option<Pin<Box<dyn Future<Output = anyhow::Result<()>> + 'a>>>,
+    }
+    impl Visit for Find<'_> {
+        fn visit<P: Projection>(&mut self) {
+            if P::NAME == self.name {
+                self.rebuild = Some(Box::pin(rebuild_with(
+                    self.store,
+                    P::subscription(self.store),
+                )));
+            }
+        }
+    }
     let store = EventStore::new(pool.clone());
-    match name {
-        EventTypeCounts::NAME => rebuild_with(&store, projections::event_type_counts(&store)).await,
-        UsersDirectory::NAME => rebuild_with(&store, projections::users_directory(&store)).await,
-        AuditView::NAME => rebuild_with(&store, projections::audit_view(&store)).await,
-        other => bail!(
-            "no projection named {other:?}; known projections: {}",
-            projections::NAMES.join(", ")
+    let mut find = Find {
+        store: &store,
+        name,
+        rebuild: None,
+    };
+    projections::for_each(&mut find);
+    match find.rebuild {
+        Some(rebuild) => rebuild.await,
+        None => bail!(
+            "no projection named {name:?}; known projections: {}",
+            projections::names().join(", ")
         ),
     }
 }

@@ -7,17 +7,14 @@
 //! jobs are idempotent. A crash between the log commit and the publish loses nothing, because
 //! the log is the outbox.
 
-use std::sync::Mutex;
-
 use idp_events::RecordedEvent;
 use idp_events::jobs::JobEvent;
-use idp_events::subscription::{Handler, HandlerError};
+use idp_events::subscription::{Batch, BatchHandler, HandlerError};
 use sqlx::PgConnection;
+use uuid::Uuid;
 
 use crate::broker::{OutgoingJob, Publisher};
-use crate::jobs::known_queue;
-use crate::jobs::provision_project::ProvisionProject;
-use crate::jobs::send_email::SendEmail;
+use crate::jobs::{self, Cause};
 
 /// The dispatcher's subscription name.
 pub const NAME: &str = "dispatcher";
@@ -28,79 +25,68 @@ pub trait Route: Send + Sync + 'static {
     fn jobs(&self, event: &RecordedEvent) -> Result<Vec<OutgoingJob>, HandlerError>;
 }
 
-/// Emails that account events ask for.
+/// The production route: decodes each event once ([`Cause::decode`]) and asks every job kind
+/// of [`jobs::KINDS`] for the job it causes; an administrator's `JobRetryRequested` sends the
+/// dead-lettered job it names back to its queue.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct EmailRoute;
+pub struct JobRoutes;
 
-impl Route for EmailRoute {
+impl Route for JobRoutes {
     fn jobs(&self, event: &RecordedEvent) -> Result<Vec<OutgoingJob>, HandlerError> {
-        match SendEmail::for_event(event) {
-            Some(job) => Ok(vec![job.to_outgoing()?]),
-            None => Ok(Vec::new()),
-        }
-    }
-}
-
-/// Provisioning that project events ask for (requests, retries, deletions).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ProjectRoute;
-
-impl Route for ProjectRoute {
-    fn jobs(&self, event: &RecordedEvent) -> Result<Vec<OutgoingJob>, HandlerError> {
-        match ProvisionProject::for_event(event) {
-            Some(job) => Ok(vec![job.to_outgoing()?]),
-            None => Ok(Vec::new()),
-        }
-    }
-}
-
-/// Dead-lettered jobs an administrator sent back.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RetryRoute;
-
-impl Route for RetryRoute {
-    fn jobs(&self, event: &RecordedEvent) -> Result<Vec<OutgoingJob>, HandlerError> {
-        if event.event_type != "JobRetryRequested" {
-            return Ok(Vec::new());
-        }
-        let Some(JobEvent::JobRetryRequested { queue, payload }) = JobEvent::from_recorded(event)
-        else {
-            return Err(HandlerError::msg("JobRetryRequested that does not decode"));
+        let cause = match Cause::decode(event) {
+            Ok(Some(cause)) => cause,
+            Ok(None) => return Ok(Vec::new()),
+            Err(err) => return Err(HandlerError::msg(err.to_string())),
         };
-        let Some(queue) = known_queue(&queue) else {
-            tracing::warn!(
-                queue,
-                "retry requested for a job of an unknown queue; skipped"
-            );
-            return Ok(Vec::new());
-        };
-        let job_id = event
-            .stream_id
-            .strip_prefix("job-")
-            .and_then(|id| id.parse().ok())
-            .unwrap_or(event.event_id);
-        let cause_id = payload
-            .get("cause_id")
-            .and_then(serde_json::Value::as_str)
-            .and_then(|id| id.parse().ok())
-            .unwrap_or(event.event_id);
-        let kind = crate::jobs::queue_kind(queue).unwrap_or("unknown");
-        Ok(vec![OutgoingJob {
-            queue,
+        if let Cause::Job {
             job_id,
-            kind,
-            cause_id,
-            correlation_id: None,
-            body: serde_json::to_vec(&payload)?,
-        }])
+            event: JobEvent::JobRetryRequested { queue, payload },
+        } = &cause
+        {
+            return Ok(retry(event, *job_id, queue, payload)?.into_iter().collect());
+        }
+        let mut found = Vec::new();
+        for kind in jobs::KINDS {
+            found.extend(kind.job_for(&cause, event)?);
+        }
+        Ok(found)
     }
 }
 
-/// The dispatcher's handler: routes, a publisher and the jobs of the batch in progress.
+/// The message that sends dead-lettered job `job_id` back to `queue` with `payload`.
+fn retry(
+    event: &RecordedEvent,
+    job_id: Uuid,
+    queue: &str,
+    payload: &serde_json::Value,
+) -> Result<Option<OutgoingJob>, serde_json::Error> {
+    let Some(queue) = jobs::known_queue(queue) else {
+        tracing::warn!(
+            queue,
+            "retry requested for a job of an unknown queue; skipped"
+        );
+        return Ok(None);
+    };
+    let cause_id = payload
+        .get("cause_id")
+        .and_then(serde_json::Value::as_str)
+        .and_then(|id| id.parse().ok())
+        .unwrap_or(event.event_id);
+    Ok(Some(OutgoingJob {
+        queue,
+        job_id,
+        kind: jobs::queue_kind(queue).unwrap_or("unknown"),
+        cause_id,
+        correlation_id: None,
+        body: serde_json::to_vec(payload)?,
+    }))
+}
+
+/// The dispatcher's handler: routes, and a publisher for the jobs of each batch.
 pub struct Dispatcher {
     routes: Vec<Box<dyn Route>>,
     publisher: Publisher,
-    pending: Mutex<Vec<OutgoingJob>>,
+    batch: Batch<OutgoingJob>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -113,16 +99,9 @@ impl std::fmt::Debug for Dispatcher {
 }
 
 impl Dispatcher {
-    /// The production routes: emails, provisioning and administrator retries.
+    /// The production routes: every job kind, and administrators' retries ([`JobRoutes`]).
     pub fn new(publisher: Publisher) -> Self {
-        Self::with_routes(
-            publisher,
-            vec![
-                Box::new(EmailRoute),
-                Box::new(ProjectRoute),
-                Box::new(RetryRoute),
-            ],
-        )
+        Self::with_routes(publisher, vec![Box::new(JobRoutes)])
     }
 
     /// A dispatcher with the given routes.
@@ -130,56 +109,51 @@ impl Dispatcher {
         Self {
             routes,
             publisher,
-            pending: Mutex::new(Vec::new()),
+            batch: Batch::default(),
         }
-    }
-
-    fn pending(&self) -> std::sync::MutexGuard<'_, Vec<OutgoingJob>> {
-        self.pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
-impl Handler for Dispatcher {
-    async fn handle(
+impl BatchHandler for Dispatcher {
+    type Item = OutgoingJob;
+
+    fn batch(&self) -> &Batch<OutgoingJob> {
+        &self.batch
+    }
+
+    fn gather(
         &self,
-        _conn: &mut PgConnection,
         event: &RecordedEvent,
+        jobs: &mut Vec<OutgoingJob>,
     ) -> Result<(), HandlerError> {
-        let mut jobs = Vec::new();
+        let before = jobs.len();
         for route in &self.routes {
             jobs.extend(route.jobs(event)?);
         }
-        let correlation = event.typed_metadata().correlation_id;
-        for job in &mut jobs {
-            job.correlation_id = job.correlation_id.or(correlation);
+        if let Some(caused) = jobs.get_mut(before..).filter(|caused| !caused.is_empty()) {
+            let correlation = event.typed_metadata().correlation_id;
+            for job in caused {
+                job.correlation_id = job.correlation_id.or(correlation);
+            }
         }
-        if !jobs.is_empty() {
-            self.pending().extend(jobs);
-        }
+        Ok(())
+    }
+
+    async fn write(
+        &self,
+        _conn: &mut PgConnection,
+        jobs: Vec<OutgoingJob>,
+    ) -> Result<(), HandlerError> {
+        self.publisher.publish_all(&jobs).await.map_err(|err| {
+            HandlerError::msg(format!("publishing {} jobs failed: {err}", jobs.len()))
+        })?;
+        metrics::counter!("idp_dispatcher_jobs_published_total").increment(jobs.len() as u64);
         Ok(())
     }
 
     async fn reset(&self, _conn: &mut PgConnection) -> Result<(), HandlerError> {
         // Replaying the dispatcher re-publishes every job; jobs are idempotent, so that only
         // costs work.
-        Ok(())
-    }
-
-    fn begin_batch(&self) {
-        self.pending().clear();
-    }
-
-    async fn before_commit(&self, _conn: &mut PgConnection) -> Result<(), HandlerError> {
-        let jobs = std::mem::take(&mut *self.pending());
-        if jobs.is_empty() {
-            return Ok(());
-        }
-        self.publisher.publish_all(&jobs).await.map_err(|err| {
-            HandlerError::msg(format!("publishing {} jobs failed: {err}", jobs.len()))
-        })?;
-        metrics::counter!("idp_dispatcher_jobs_published_total").increment(jobs.len() as u64);
         Ok(())
     }
 }
@@ -196,7 +170,7 @@ mod tests {
             position: 1,
             transaction_id: 1,
             event_id: uuid::Uuid::now_v7(),
-            stream_id: format!("user-{}", uuid::Uuid::now_v7()),
+            stream_id: idp_events::StreamId::user(uuid::Uuid::now_v7()).into(),
             stream_version: 1,
             event_type: "VerificationRequested".into(),
             schema_version: 1,
@@ -206,7 +180,7 @@ mod tests {
             hash: vec![0; 32],
         };
         assert_eq!(event.typed_metadata().correlation_id, Some(correlation));
-        let mut jobs = EmailRoute.jobs(&event).unwrap();
+        let mut jobs = JobRoutes.jobs(&event).unwrap();
         assert_eq!(jobs.len(), 1);
         jobs[0].correlation_id = event.typed_metadata().correlation_id;
         // What the consumer reads back from the message puts it into the job's log lines.
@@ -221,5 +195,110 @@ mod tests {
         assert_eq!(without.typed_metadata().correlation_id, None);
         jobs[0].correlation_id = None;
         assert_eq!(Envelope::of(&properties(&jobs[0])).correlation_id, None);
+    }
+
+    fn recorded(stream: idp_events::StreamId, event: idp_events::NewEvent) -> RecordedEvent {
+        RecordedEvent {
+            position: 9,
+            transaction_id: 9,
+            event_id: event.event_id,
+            stream_id: stream.into(),
+            stream_version: 1,
+            event_type: event.event_type,
+            schema_version: 1,
+            data: event.data,
+            metadata: serde_json::json!({}),
+            recorded_at: chrono::Utc::now(),
+            hash: vec![0; 32],
+        }
+    }
+
+    #[test]
+    fn each_event_goes_to_the_job_kinds_it_causes() {
+        use idp_events::StreamId;
+        use idp_events::identity::user::UserEvent;
+        use idp_events::project::ProjectEvent;
+
+        let id = Uuid::now_v7();
+        let changed = recorded(
+            StreamId::user(id),
+            UserEvent::PasswordChanged.to_new_event(),
+        );
+        let jobs = JobRoutes.jobs(&changed).unwrap();
+        assert_eq!(
+            jobs.iter().map(|j| (j.queue, j.kind)).collect::<Vec<_>>(),
+            [("email", "send_email")]
+        );
+        assert_eq!(jobs[0].cause_id, changed.event_id);
+        assert_eq!(
+            jobs[0].job_id,
+            idp_events::jobs::job_id("send_email", changed.event_id)
+        );
+
+        let deletion = recorded(
+            StreamId::project(id),
+            ProjectEvent::DeletionRequested.to_new_event(),
+        );
+        let jobs = JobRoutes.jobs(&deletion).unwrap();
+        assert_eq!(
+            jobs.iter().map(|j| (j.queue, j.kind)).collect::<Vec<_>>(),
+            [("provision", "provision_project")]
+        );
+
+        let rehashed = recorded(
+            StreamId::user(id),
+            UserEvent::PasswordRehashed.to_new_event(),
+        );
+        assert!(JobRoutes.jobs(&rehashed).unwrap().is_empty());
+        let stranger = recorded(
+            StreamId::breaker("smtp"),
+            idp_events::NewEvent::new("PasswordChanged", serde_json::json!({})),
+        );
+        assert!(JobRoutes.jobs(&stranger).unwrap().is_empty());
+        let malformed = recorded(
+            StreamId::user(id),
+            idp_events::NewEvent::new("AccountLocked", serde_json::json!({ "until": "soon" })),
+        );
+        assert!(JobRoutes.jobs(&malformed).is_err());
+    }
+
+    #[test]
+    fn a_retry_request_sends_the_dead_job_back_to_its_queue() {
+        let job = Uuid::now_v7();
+        let cause = Uuid::now_v7();
+        let payload = serde_json::json!({ "job_id": job, "cause_id": cause });
+        let retry = recorded(
+            idp_events::StreamId::job(job),
+            JobEvent::JobRetryRequested {
+                queue: "provision".into(),
+                payload: payload.clone(),
+            }
+            .to_new_event(),
+        );
+        let jobs = JobRoutes.jobs(&retry).unwrap();
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(
+            (
+                jobs[0].queue,
+                jobs[0].kind,
+                jobs[0].job_id,
+                jobs[0].cause_id
+            ),
+            ("provision", "provision_project", job, cause)
+        );
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&jobs[0].body).unwrap(),
+            payload
+        );
+
+        let elsewhere = recorded(
+            idp_events::StreamId::job(job),
+            JobEvent::JobRetryRequested {
+                queue: "nowhere".into(),
+                payload,
+            }
+            .to_new_event(),
+        );
+        assert!(JobRoutes.jobs(&elsewhere).unwrap().is_empty());
     }
 }

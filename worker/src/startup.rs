@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use apalis::prelude::{Monitor, WorkerBuilder, WorkerBuilderExt};
+use apalis::prelude::Monitor;
 use idp_events::EventStore;
 use idp_events::backoff::Backoff;
 use idp_events::project::Catalogue;
@@ -19,16 +19,13 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::breaker::Breaker;
-use crate::broker::{Publisher, QueueBackend, Topology};
+use crate::broker::{Publisher, Topology};
 use crate::config::{Config, EmailConfig};
 use crate::dispatcher::{self, Dispatcher};
 use crate::email::Mailer;
-use crate::jobs::dead_letters::{DeadLetters, record_dead_letter};
-use crate::jobs::provision_project::{
-    Drivers, ProvisionJobs, ProvisionProject, ProvisionSettings, provision_project,
-};
-use crate::jobs::send_email::{EmailJobs, SendEmail, send_email};
-use crate::jobs::{EMAIL_QUEUE, PROVISION_QUEUE, RetryPolicy};
+use crate::jobs::provision_project::{Drivers, ProvisionJobs, ProvisionProject, ProvisionSettings};
+use crate::jobs::send_email::{EmailJobs, SendEmail};
+use crate::jobs::{self, RetryPolicy};
 use crate::provision::drivers::{DatabaseDriver, RepositoryDriver, WebhookDriver};
 use crate::{lag, projections};
 use idp_events::secret_keys::SecretKeys;
@@ -202,65 +199,22 @@ impl Worker {
             email_keys,
             jobs_shutdown.clone(),
         )?);
-        let dead_letters = Arc::new(DeadLetters::new(store.clone(), EMAIL_QUEUE));
-        let provision_dead_letters = Arc::new(DeadLetters::new(store.clone(), PROVISION_QUEUE));
-        let concurrency = jobs_config.job_concurrency;
-        let provision_concurrency = self.config.provision.provision_concurrency;
-        let email_topology = topology.clone();
-        let dead_topology = topology.clone();
-        let provision_topology = topology.clone();
-        let provision_dead_topology = topology.clone();
-        let monitor = Monitor::new()
-            .register(move |_restarts| {
-                WorkerBuilder::new("send_email")
-                    .backend(QueueBackend::<SendEmail>::new(
-                        email_topology.clone(),
-                        EMAIL_QUEUE,
-                        concurrency,
-                    ))
-                    .enable_tracing()
-                    .catch_panic()
-                    .concurrency(usize::from(concurrency))
-                    .data(email_jobs.clone())
-                    .build(send_email)
-            })
-            .register(move |_restarts| {
-                WorkerBuilder::new("dead_letters.email")
-                    .backend(QueueBackend::<serde_json::Value>::dead_letters(
-                        dead_topology.clone(),
-                        EMAIL_QUEUE,
-                        16,
-                    ))
-                    .enable_tracing()
-                    .concurrency(16)
-                    .data(dead_letters.clone())
-                    .build(record_dead_letter)
-            })
-            .register(move |_restarts| {
-                WorkerBuilder::new("provision_project")
-                    .backend(QueueBackend::<ProvisionProject>::new(
-                        provision_topology.clone(),
-                        PROVISION_QUEUE,
-                        provision_concurrency,
-                    ))
-                    .enable_tracing()
-                    .catch_panic()
-                    .concurrency(usize::from(provision_concurrency))
-                    .data(provision_jobs.clone())
-                    .build(provision_project)
-            })
-            .register(move |_restarts| {
-                WorkerBuilder::new("dead_letters.provision")
-                    .backend(QueueBackend::<serde_json::Value>::dead_letters(
-                        provision_dead_topology.clone(),
-                        PROVISION_QUEUE,
-                        16,
-                    ))
-                    .enable_tracing()
-                    .concurrency(16)
-                    .data(provision_dead_letters.clone())
-                    .build(record_dead_letter)
-            })
+        let monitor = Monitor::new();
+        let monitor = jobs::register::<SendEmail>(
+            monitor,
+            &topology,
+            &store,
+            email_jobs,
+            jobs_config.job_concurrency,
+        );
+        let monitor = jobs::register::<ProvisionProject>(
+            monitor,
+            &topology,
+            &store,
+            provision_jobs,
+            self.config.provision.provision_concurrency,
+        );
+        let monitor = monitor
             .should_restart(|_ctx, err| {
                 tracing::warn!(error = %err, "job worker stopped; restarting it");
                 true

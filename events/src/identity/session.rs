@@ -31,7 +31,7 @@ pub enum RevokeReason {
 }
 
 /// Events of a session's stream.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, strum::VariantNames)]
 #[serde(tag = "type", content = "data")]
 pub enum SessionEvent {
     /// A user signed in.

@@ -34,7 +34,7 @@ pub fn stream_id(id: Uuid) -> String {
 }
 
 /// Events of a user's stream.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, strum::VariantNames)]
 #[serde(tag = "type", content = "data")]
 pub enum UserEvent {
     /// An account was created.

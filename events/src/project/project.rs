@@ -28,7 +28,7 @@ pub fn stream_id(id: Uuid) -> String {
 }
 
 /// Events of a project's stream.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, strum::VariantNames)]
 #[serde(tag = "type", content = "data")]
 pub enum ProjectEvent {
     /// A project was requested from a template; provisioning runs `steps` in order.

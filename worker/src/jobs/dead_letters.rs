@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use apalis::prelude::Data;
 use idp_events::jobs::{self, Job, JobEvent};
-use idp_events::{Append, EventStore, ExpectedVersion, Metadata};
+use idp_events::{Append, EventStore, ExpectedVersion, Metadata, StreamId};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -65,8 +65,8 @@ async fn record(ctx: &DeadLetters, payload: Value, envelope: &Envelope) -> Resul
                 Uuid::new_v5(&Uuid::NAMESPACE_OID, payload.to_string().as_bytes()),
             )
         });
-    let stream = jobs::stream_id(job_id);
-    let history = ctx.store.read_stream(&stream, 1).await?;
+    let stream = StreamId::job(job_id);
+    let history = ctx.store.read_stream(stream.as_str(), 1).await?;
     let state = Job::fold(&history);
     if state.dead {
         return Ok(());
@@ -94,11 +94,6 @@ async fn record(ctx: &DeadLetters, payload: Value, envelope: &Envelope) -> Resul
         error: state.last_error.clone(),
         payload: payload.clone(),
     };
-    let expected = if state.version == 0 {
-        ExpectedVersion::NoStream
-    } else {
-        ExpectedVersion::Exact(state.version)
-    };
     let metadata = Metadata {
         actor: Some("worker".into()),
         causation_id: cause_id,
@@ -109,7 +104,7 @@ async fn record(ctx: &DeadLetters, payload: Value, envelope: &Envelope) -> Resul
         .append_in(
             &mut tx,
             Append::to(&stream)
-                .expecting(expected)
+                .expecting(ExpectedVersion::after(state.version))
                 .event(event.to_new_event())
                 .metadata(metadata),
         )

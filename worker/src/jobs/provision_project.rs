@@ -16,25 +16,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use apalis::prelude::Data;
 use chrono::{DateTime, Utc};
 use idp_events::project::project::{self as decide, Project, ProjectEvent, ProjectStatus};
 use idp_events::project::read_model;
-use idp_events::project::{Catalogue, DriverKind, stream_id};
-use idp_events::{AppendError, EventStore, Metadata, RecordedEvent};
+use idp_events::project::{Catalogue, DriverKind};
+use idp_events::{AppendError, EventStore, Metadata, RecordedEvent, StreamId};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{JobError, JobRun, PROVISION_QUEUE, RetryPolicy, run_detached};
+use super::{Cause, Job, JobError, JobRun, RetryPolicy};
 use crate::breaker::{Breaker, Permit};
-use crate::broker::{Ack, OutgoingJob};
 use crate::provision::drivers::{
     DatabaseDriver, DriverError, RepositoryDriver, StepInput, WebhookDriver,
 };
-
-/// The job kind.
-pub const KIND: &str = "provision_project";
 
 /// What the job does to the project.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,33 +55,65 @@ pub struct ProvisionProject {
     pub action: Action,
 }
 
-impl ProvisionProject {
-    /// The job for a project event, if that event asks for one.
-    pub fn for_event(event: &RecordedEvent) -> Option<Self> {
-        let action = match event.event_type.as_str() {
-            "ProjectRequested" | "RetryRequested" => Action::Provision,
-            "DeletionRequested" => Action::Deprovision,
-            _ => return None,
-        };
-        let project_id = event.stream_id.strip_prefix("project-")?.parse().ok()?;
-        Some(Self {
-            job_id: idp_events::jobs::job_id(KIND, event.event_id),
-            cause_id: event.event_id,
+impl Action {
+    /// What a project event asks the job to do, if anything.
+    pub fn for_event(event: &ProjectEvent) -> Option<Self> {
+        // Every variant is named, so a new one is a decision about provisioning.
+        match event {
+            ProjectEvent::ProjectRequested { .. } | ProjectEvent::RetryRequested => {
+                Some(Self::Provision)
+            }
+            ProjectEvent::DeletionRequested => Some(Self::Deprovision),
+            ProjectEvent::StepStarted { .. }
+            | ProjectEvent::StepSucceeded { .. }
+            | ProjectEvent::StepFailed { .. }
+            | ProjectEvent::StepSkipped { .. }
+            | ProjectEvent::ProjectReady
+            | ProjectEvent::ProjectFailed { .. }
+            | ProjectEvent::StepDeprovisioned { .. }
+            | ProjectEvent::DeprovisionFailed { .. }
+            | ProjectEvent::ProjectDeleted
+            | ProjectEvent::CredentialsIssued { .. }
+            | ProjectEvent::DatabasePasswordRotated { .. }
+            | ProjectEvent::DeletionFailed { .. } => None,
+        }
+    }
+}
+
+impl Job for ProvisionProject {
+    const KIND: &'static str = "provision_project";
+    const QUEUE: &'static str = "provision";
+    type Context = ProvisionJobs;
+
+    /// The provisioning a project event asks for (a request, a retry, a deletion), if any.
+    fn caused_by(cause: &Cause, event: &RecordedEvent) -> Option<Self> {
+        let Cause::Project {
             project_id,
-            action,
+            event: e,
+        } = cause
+        else {
+            return None;
+        };
+        Some(Self {
+            job_id: idp_events::jobs::job_id(Self::KIND, event.event_id),
+            cause_id: event.event_id,
+            project_id: *project_id,
+            action: Action::for_event(e)?,
         })
     }
 
-    /// The message to publish.
-    pub fn to_outgoing(&self) -> Result<OutgoingJob, serde_json::Error> {
-        Ok(OutgoingJob {
-            queue: PROVISION_QUEUE,
-            job_id: self.job_id,
-            kind: KIND,
-            cause_id: self.cause_id,
-            correlation_id: None,
-            body: serde_json::to_vec(self)?,
-        })
+    fn job_id(&self) -> Uuid {
+        self.job_id
+    }
+
+    fn cause_id(&self) -> Uuid {
+        self.cause_id
+    }
+
+    async fn perform(self, ctx: Arc<ProvisionJobs>, run: JobRun) -> Result<(), JobError> {
+        // In its own task (see `run_detached`): nothing may cut a driver between its effect and
+        // the record of it.
+        run_job(&self, &ctx, &run).await
     }
 }
 
@@ -178,20 +205,6 @@ impl ProvisionJobs {
     }
 }
 
-/// Runs one `provision_project` job (the apalis handler).
-pub async fn provision_project(
-    job: ProvisionProject,
-    jobs: Data<Arc<ProvisionJobs>>,
-    ack: Data<Ack>,
-) -> Result<(), JobError> {
-    // In its own task: nothing may cut a driver between its effect and the record of it.
-    let ctx = Arc::clone(&jobs);
-    run_detached(PROVISION_QUEUE, &ack, move |run| async move {
-        run_job(&job, &ctx, &run).await
-    })
-    .await
-}
-
 /// What one attempt at a step came to.
 enum Outcome {
     Done(serde_json::Value),
@@ -209,14 +222,14 @@ async fn run_job(
     ctx: &ProvisionJobs,
     run: &JobRun,
 ) -> Result<(), JobError> {
-    let stream = stream_id(job.project_id);
+    let stream = StreamId::project(job.project_id);
     let metadata = Metadata {
         actor: Some("worker".into()),
         causation_id: Some(job.cause_id),
         ..Metadata::default()
     };
     loop {
-        let history = ctx.store.read_stream(&stream, 1).await?;
+        let history = ctx.store.read_stream(stream.as_str(), 1).await?;
         let project = Project::fold(job.project_id, &history);
         if !project.exists() {
             tracing::warn!("no such project; nothing to do");

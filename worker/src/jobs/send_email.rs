@@ -19,27 +19,24 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use apalis::prelude::Data;
 use idp_events::identity::one_time_token::{self, Purpose};
-use idp_events::identity::user::{self, User, UserEvent};
-use idp_events::jobs::{self, Job, JobEvent};
+use idp_events::identity::user::{User, UserEvent};
+use idp_events::jobs::{self, JobEvent};
 use idp_events::secret_keys::SecretKeys;
-use idp_events::{Append, AppendError, EventStore, ExpectedVersion, Metadata, RecordedEvent};
+use idp_events::{
+    Append, AppendError, EventStore, ExpectedVersion, Metadata, RecordedEvent, StreamId,
+};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{EMAIL_QUEUE, JobError, JobRun, RetryPolicy, run_detached};
+use super::{Cause, Job, JobError, JobRun, RetryPolicy};
 use crate::breaker::{Breaker, Permit};
-use crate::broker::{Ack, OutgoingJob};
 use crate::config::EmailConfig;
 use crate::email::{
     BuiltEmail, EmailKind, HandOver, Links, Mailer, OutgoingEmail, SendError, render,
     sender_domain, usable_display_name,
 };
-
-/// The job kind.
-pub const KIND: &str = "send_email";
 
 /// Which email.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,14 +56,22 @@ pub enum Template {
 
 impl Template {
     /// The template asked for by a user event, if any.
-    pub fn for_event(event_type: &str) -> Option<Self> {
-        match event_type {
-            "VerificationRequested" => Some(Self::Verification),
-            "DuplicateRegistrationAttempted" => Some(Self::DuplicateRegistration),
-            "PasswordResetRequested" => Some(Self::PasswordReset),
-            "AccountLocked" => Some(Self::AccountLocked),
-            "PasswordChanged" => Some(Self::PasswordChanged),
-            _ => None,
+    pub fn for_event(event: &UserEvent) -> Option<Self> {
+        // Every variant is named, so a new one is a decision about its email.
+        match event {
+            UserEvent::VerificationRequested { .. } => Some(Self::Verification),
+            UserEvent::DuplicateRegistrationAttempted { .. } => Some(Self::DuplicateRegistration),
+            UserEvent::PasswordResetRequested { .. } => Some(Self::PasswordReset),
+            UserEvent::AccountLocked { .. } => Some(Self::AccountLocked),
+            UserEvent::PasswordChanged => Some(Self::PasswordChanged),
+            UserEvent::UserRegistered { .. }
+            | UserEvent::EmailVerified { .. }
+            | UserEvent::RegistrationRepeated { .. }
+            | UserEvent::PendingRegistrationConfirmed { .. }
+            | UserEvent::PasswordReset { .. }
+            | UserEvent::PasswordRehashed
+            | UserEvent::RolesChanged { .. }
+            | UserEvent::AccountUnlocked => None,
         }
     }
 }
@@ -85,29 +90,36 @@ pub struct SendEmail {
     pub template: Template,
 }
 
-impl SendEmail {
-    /// The job for a user event, if that event asks for an email.
-    pub fn for_event(event: &RecordedEvent) -> Option<Self> {
-        let template = Template::for_event(&event.event_type)?;
-        let user_id = event.stream_id.strip_prefix("user-")?.parse().ok()?;
+impl Job for SendEmail {
+    const KIND: &'static str = "send_email";
+    const QUEUE: &'static str = "email";
+    type Context = EmailJobs;
+
+    /// The email a user event asks for, if any.
+    fn caused_by(cause: &Cause, event: &RecordedEvent) -> Option<Self> {
+        let Cause::User { user_id, event: e } = cause else {
+            return None;
+        };
         Some(Self {
-            job_id: jobs::job_id(KIND, event.event_id),
+            job_id: jobs::job_id(Self::KIND, event.event_id),
             cause_id: event.event_id,
-            user_id,
-            template,
+            user_id: *user_id,
+            template: Template::for_event(e)?,
         })
     }
 
-    /// The message to publish.
-    pub fn to_outgoing(&self) -> Result<OutgoingJob, serde_json::Error> {
-        Ok(OutgoingJob {
-            queue: EMAIL_QUEUE,
-            job_id: self.job_id,
-            kind: KIND,
-            cause_id: self.cause_id,
-            correlation_id: None,
-            body: serde_json::to_vec(self)?,
-        })
+    fn job_id(&self) -> Uuid {
+        self.job_id
+    }
+
+    fn cause_id(&self) -> Uuid {
+        self.cause_id
+    }
+
+    async fn perform(self, ctx: Arc<EmailJobs>, run: JobRun) -> Result<(), JobError> {
+        // In its own task (see `run_detached`): nothing may cut an SMTP transaction between its
+        // recorded hand-over and the final dot.
+        attempt_until_done(&self, &ctx, &run).await
     }
 }
 
@@ -163,31 +175,16 @@ impl EmailJobs {
     }
 }
 
-/// Runs one `send_email` job (the apalis handler).
-pub async fn send_email(
-    job: SendEmail,
-    jobs: Data<Arc<EmailJobs>>,
-    ack: Data<Ack>,
-) -> Result<(), JobError> {
-    // In its own task: nothing may cut an SMTP transaction between its recorded hand-over and
-    // the final dot.
-    let ctx = Arc::clone(&jobs);
-    run_detached(EMAIL_QUEUE, &ack, move |run| async move {
-        attempt_until_done(&job, &ctx, &run).await
-    })
-    .await
-}
-
 #[tracing::instrument(name = "job.send_email", skip_all, fields(job.id = %job.job_id, cause.id = %job.cause_id, template = ?job.template))]
 async fn attempt_until_done(
     job: &SendEmail,
     ctx: &EmailJobs,
     run: &JobRun,
 ) -> Result<(), JobError> {
-    let stream = jobs::stream_id(job.job_id);
+    let stream = StreamId::job(job.job_id);
     loop {
-        let history = ctx.store.read_stream(&stream, 1).await?;
-        let state = Job::fold(&history);
+        let history = ctx.store.read_stream(stream.as_str(), 1).await?;
+        let state = jobs::Job::fold(&history);
         if state.done || state.dead {
             tracing::info!(
                 done = state.done,
@@ -271,7 +268,7 @@ async fn attempt_until_done(
                 }
             },
         };
-        let version = ctx.store.stream_version(&stream).await?;
+        let version = ctx.store.stream_version(stream.as_str()).await?;
         let version = u64::try_from(version).unwrap_or_default();
         match failure {
             Failure::Permanent(error) => {
@@ -350,7 +347,7 @@ async fn send_once(
     job: &SendEmail,
     ctx: &EmailJobs,
     Outgoing { email, built }: Outgoing<'_>,
-    stream: &str,
+    stream: &StreamId,
     version: u64,
     attempt: u32,
     metadata: &Metadata,
@@ -392,7 +389,7 @@ async fn send_once(
             tracing::warn!(error = %error, "the message was accepted but its hand-over was not recorded; recording it as sent");
             let mut waits = 0_u32;
             loop {
-                let recorded = match ctx.store.stream_version(stream).await {
+                let recorded = match ctx.store.stream_version(stream.as_str()).await {
                     Ok(version) => {
                         let version = u64::try_from(version).unwrap_or_default();
                         record(ctx, stream, version, &sent, metadata).await
@@ -447,7 +444,7 @@ async fn send_once(
 /// together with the message (see [`crate::email::transport`]).
 struct RecordedHandOver<'a> {
     ctx: &'a EmailJobs,
-    stream: &'a str,
+    stream: &'a StreamId,
     version: u64,
     event: &'a JobEvent,
     metadata: &'a Metadata,
@@ -478,14 +475,9 @@ impl<'a> HandOver for RecordedHandOver<'a> {
     }
 }
 
-fn append_at(stream: &str, version: u64, event: &JobEvent, metadata: &Metadata) -> Append {
-    let expected = if version == 0 {
-        ExpectedVersion::NoStream
-    } else {
-        ExpectedVersion::Exact(version)
-    };
+fn append_at(stream: &StreamId, version: u64, event: &JobEvent, metadata: &Metadata) -> Append {
     Append::to(stream)
-        .expecting(expected)
+        .expecting(ExpectedVersion::after(version))
         .event(event.to_new_event())
         .metadata(metadata.clone())
 }
@@ -500,7 +492,7 @@ fn job_error(err: AppendError) -> JobError {
 /// Appends `event` to the job's stream at `version`; a concurrent writer makes it a conflict.
 async fn record(
     ctx: &EmailJobs,
-    stream: &str,
+    stream: &StreamId,
     version: u64,
     event: &JobEvent,
     metadata: &Metadata,
@@ -526,7 +518,7 @@ fn template_name(template: Template) -> &'static str {
 async fn compose(job: &SendEmail, ctx: &EmailJobs) -> Result<(OutgoingEmail, BuiltEmail), Failure> {
     let events = ctx
         .store
-        .read_stream(&user::stream_id(job.user_id), 1)
+        .read_stream(StreamId::user(job.user_id).as_str(), 1)
         .await
         .map_err(|err| Failure::Job(err.into()))?;
     let account = User::fold(job.user_id, &events);

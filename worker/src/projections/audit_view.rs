@@ -7,31 +7,21 @@
 //! An identity event whose payload cannot be read still gets its row (with a generic summary
 //! and a warning in the log): a gap in the audit trail would be worse than a vague line.
 //!
-//! Rows are buffered per batch and inserted in one statement in [`Handler::before_commit`];
+//! Rows are gathered per batch and inserted in one statement in [`BatchHandler::write`];
 //! the position is the key and a row already there is kept, so replays change nothing.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use idp_events::RecordedEvent;
 use idp_events::identity::login::FailureReason;
 use idp_events::identity::session::{RevokeReason, SessionEvent};
 use idp_events::identity::user::UserEvent;
-use idp_events::subscription::{Handler, HandlerError};
+use idp_events::subscription::{Batch, BatchHandler, HandlerError, SubscriptionOptions};
+use idp_events::{Category, EventTypes, RecordedEvent, StreamId};
 use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
-
-use super::users_directory::USER_EVENT_TYPES;
-
-/// Types of the session stream's events (the variants of [`SessionEvent`]).
-const SESSION_EVENT_TYPES: &[&str] = &[
-    "SessionStarted",
-    "SessionRefreshed",
-    "RefreshTokenReuseDetected",
-    "SessionRevoked",
-];
 
 /// Sessions whose account [`AuditView`] remembers; the memory starts over when full.
 const SESSIONS_REMEMBERED: usize = 100_000;
@@ -40,24 +30,25 @@ const SESSIONS_REMEMBERED: usize = 100_000;
 #[derive(Debug, Default)]
 pub struct AuditView {
     /// Rows of the batch in progress.
-    pending: Mutex<Vec<AuditEntry>>,
+    batch: Batch<AuditEntry>,
     /// The account of sessions seen lately (session stream -> user). A session's account never
     /// changes, so this is never stale; it saves looking up in the log the start of a session
     /// whose later events arrive in a later batch.
     sessions: Mutex<HashMap<String, Uuid>>,
 }
 
+impl super::Projection for AuditView {
+    // The inherent constant, which callers use without importing the trait.
+    const NAME: &'static str = AuditView::NAME;
+
+    fn options() -> SubscriptionOptions {
+        super::set_based_options()
+    }
+}
+
 impl AuditView {
     /// Subscription name.
     pub const NAME: &'static str = "audit_view";
-
-    fn pending(&self) -> std::sync::MutexGuard<'_, Vec<AuditEntry>> {
-        // A panic while holding the lock leaves only a buffer behind, which the next batch
-        // clears anyway.
-        self.pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
 
     fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Uuid>> {
         // Every entry is a fact, whatever a panic interrupted.
@@ -76,7 +67,7 @@ impl AuditView {
         let mut accounts: HashMap<String, Uuid> = entries
             .iter()
             .filter_map(|e| match e.subject {
-                Subject::Known(Some(user)) if e.stream_id.starts_with("session-") => {
+                Subject::Known(Some(user)) if e.category == Some(Category::Session) => {
                     Some((e.stream_id.clone(), user))
                 }
                 _ => None,
@@ -128,13 +119,15 @@ enum Subject {
     SessionOf(String),
 }
 
-/// A row of `audit_view`.
+/// A row of `audit_view`: what one event contributes to a batch of the view.
 #[derive(Debug, Clone, PartialEq)]
-struct AuditEntry {
+pub struct AuditEntry {
     position: i64,
     event_id: Uuid,
     recorded_at: DateTime<Utc>,
     stream_id: String,
+    /// The category of `stream_id`, if it names one.
+    category: Option<Category>,
     event_type: String,
     actor: Option<String>,
     subject: Subject,
@@ -144,13 +137,6 @@ struct AuditEntry {
     correlation_id: Option<Uuid>,
     causation_id: Option<Uuid>,
     summary: String,
-}
-
-/// The id in a stream named `<prefix><uuid>`.
-fn stream_uuid(stream_id: &str, prefix: &str) -> Option<Uuid> {
-    stream_id
-        .strip_prefix(prefix)
-        .and_then(|id| Uuid::parse_str(id).ok())
 }
 
 /// A text field of the metadata; missing or not a string: none. Fields are read one by one, so
@@ -257,61 +243,58 @@ struct LoginFailedData {
 
 /// The summary of an identity event; `None` for events of other contexts, `Some(Err(()))` for
 /// an identity event that cannot be decoded.
-fn identity_summary(event: &RecordedEvent) -> Option<Result<String, ()>> {
+fn identity_summary(
+    event: &RecordedEvent,
+    stream: Option<&StreamId>,
+) -> Option<Result<String, ()>> {
     let kind = event.event_type.as_str();
-    if event.stream_id.starts_with("user-") && USER_EVENT_TYPES.contains(&kind) {
-        return Some(
+    match stream.map(StreamId::category)? {
+        Category::User if UserEvent::has_type(kind) => Some(
             UserEvent::from_recorded(event)
                 .map(|e| user_summary(&e))
                 .ok_or(()),
-        );
-    }
-    if event.stream_id.starts_with("login-") && kind == "LoginFailed" {
-        return Some(
+        ),
+        Category::Login | Category::LoginUnknown if kind == "LoginFailed" => Some(
             serde_json::from_value::<LoginFailedData>(event.data.clone())
                 .map(|d| login_failed_summary(d.reason))
                 .map_err(|_| ()),
-        );
+        ),
+        Category::Session if kind == "LoginSucceeded" => Some(Ok("login succeeded".to_owned())),
+        Category::Session if SessionEvent::has_type(kind) => Some(
+            SessionEvent::from_recorded(event)
+                .map(|e| session_summary(&e))
+                .ok_or(()),
+        ),
+        _ => None,
     }
-    if event.stream_id.starts_with("session-") {
-        if kind == "LoginSucceeded" {
-            return Some(Ok("login succeeded".to_owned()));
-        }
-        if SESSION_EVENT_TYPES.contains(&kind) {
-            return Some(
-                SessionEvent::from_recorded(event)
-                    .map(|e| session_summary(&e))
-                    .ok_or(()),
-            );
-        }
-    }
-    None
 }
 
 /// The account `event` concerns: the one of its user or login stream, or the one whose session
 /// it is part of (`login-unknown-<digest>` streams and other contexts: none).
-fn subject_of(event: &RecordedEvent) -> Subject {
-    if let Some(id) =
-        stream_uuid(&event.stream_id, "user-").or_else(|| stream_uuid(&event.stream_id, "login-"))
-    {
-        return Subject::Known(Some(id));
-    }
-    if !event.stream_id.starts_with("session-") {
+fn subject_of(event: &RecordedEvent, stream: Option<&StreamId>) -> Subject {
+    let Some(stream) = stream else {
         return Subject::Known(None);
+    };
+    match stream.category() {
+        Category::User | Category::Login => Subject::Known(stream.uuid()),
+        Category::Session => {
+            if event.event_type == "SessionStarted"
+                && let Some(SessionEvent::SessionStarted { user_id, .. }) =
+                    SessionEvent::from_recorded(event)
+            {
+                return Subject::Known(Some(user_id));
+            }
+            Subject::SessionOf(event.stream_id.clone())
+        }
+        _ => Subject::Known(None),
     }
-    if event.event_type == "SessionStarted"
-        && let Some(SessionEvent::SessionStarted { user_id, .. }) =
-            SessionEvent::from_recorded(event)
-    {
-        return Subject::Known(Some(user_id));
-    }
-    Subject::SessionOf(event.stream_id.clone())
 }
 
 /// The row of `event`.
 fn entry_of(event: &RecordedEvent) -> AuditEntry {
     let generic = || format!("{} on {}", event.event_type, event.stream_id);
-    let summary = match identity_summary(event) {
+    let stream = StreamId::parse(&event.stream_id).ok();
+    let summary = match identity_summary(event, stream.as_ref()) {
         Some(Ok(summary)) => summary,
         Some(Err(())) => {
             tracing::warn!(
@@ -328,9 +311,10 @@ fn entry_of(event: &RecordedEvent) -> AuditEntry {
         event_id: event.event_id,
         recorded_at: event.recorded_at,
         stream_id: event.stream_id.clone(),
+        category: stream.as_ref().map(StreamId::category),
         event_type: event.event_type.clone(),
         actor: meta_text(meta, "actor"),
-        subject: subject_of(event),
+        subject: subject_of(event, stream.as_ref()),
         client_ip: meta_text(meta, "client_ip"),
         user_agent: meta_text(meta, "user_agent"),
         request_id: meta_text(meta, "request_id"),
@@ -369,26 +353,27 @@ select * from unnest($1::bigint[], $2::uuid[], $3::timestamptz[], $4::text[], $5
                      $12::uuid[], $13::text[])
 on conflict (position) do nothing";
 
-impl Handler for AuditView {
-    async fn handle(
+impl BatchHandler for AuditView {
+    type Item = AuditEntry;
+
+    fn batch(&self) -> &Batch<AuditEntry> {
+        &self.batch
+    }
+
+    fn gather(
         &self,
-        _conn: &mut PgConnection,
         event: &RecordedEvent,
+        entries: &mut Vec<AuditEntry>,
     ) -> Result<(), HandlerError> {
-        let entry = entry_of(event);
-        self.pending().push(entry);
+        entries.push(entry_of(event));
         Ok(())
     }
 
-    fn begin_batch(&self) {
-        self.pending().clear();
-    }
-
-    async fn before_commit(&self, conn: &mut PgConnection) -> Result<(), HandlerError> {
-        let entries = std::mem::take(&mut *self.pending());
-        if entries.is_empty() {
-            return Ok(());
-        }
+    async fn write(
+        &self,
+        conn: &mut PgConnection,
+        entries: Vec<AuditEntry>,
+    ) -> Result<(), HandlerError> {
         super::commit_without_flush_wait(&mut *conn).await?;
         let subjects = self.subjects(&mut *conn, &entries).await?;
         macro_rules! column {
@@ -416,7 +401,6 @@ impl Handler for AuditView {
     }
 
     async fn reset(&self, conn: &mut PgConnection) -> Result<(), HandlerError> {
-        self.pending().clear();
         sqlx::query("truncate audit_view").execute(conn).await?;
         Ok(())
     }

@@ -14,6 +14,11 @@ impl EventTypeCounts {
     pub const NAME: &'static str = "event_type_counts";
 }
 
+impl super::Projection for EventTypeCounts {
+    // The inherent constant, which callers use without importing the trait.
+    const NAME: &'static str = EventTypeCounts::NAME;
+}
+
 impl Handler for EventTypeCounts {
     async fn handle(
         &self,

@@ -1,4 +1,7 @@
 //! Async projections: read models the worker keeps from the log.
+//!
+//! Each projection is a [`Projection`] in a file of its own, listed once in [`for_each`]: the
+//! worker runs every projection of that list, and `idp-worker rebuild` knows them by name.
 
 pub mod audit_view;
 pub mod event_type_counts;
@@ -14,24 +17,61 @@ pub use audit_view::AuditView;
 pub use event_type_counts::EventTypeCounts;
 pub use users_directory::UsersDirectory;
 
+/// A read model of the worker: the handler of a named subscription.
+pub trait Projection: Handler + Default {
+    /// The subscription's name (what `idp-worker rebuild` takes).
+    const NAME: &'static str;
+
+    /// The options of its subscription.
+    fn options() -> SubscriptionOptions {
+        SubscriptionOptions::default()
+    }
+
+    /// Its subscription over `store`'s log.
+    fn subscription(store: &EventStore) -> Subscription<Self> {
+        Subscription::new(Self::NAME, Self::default(), store).with_options(Self::options())
+    }
+}
+
+/// Something done for each projection, one type at a time (see [`for_each`]).
+pub trait Visit {
+    /// Called once per projection.
+    fn visit<P: Projection>(&mut self);
+}
+
+/// Visits every projection the worker keeps: the one list of them.
+pub fn for_each(visitor: &mut impl Visit) {
+    visitor.visit::<EventTypeCounts>();
+    visitor.visit::<UsersDirectory>();
+    visitor.visit::<AuditView>();
+}
+
 /// Names of every projection, as `idp-worker rebuild` accepts them.
-pub const NAMES: &[&str] = &[EventTypeCounts::NAME, UsersDirectory::NAME, AuditView::NAME];
+pub fn names() -> Vec<&'static str> {
+    struct Names(Vec<&'static str>);
+    impl Visit for Names {
+        fn visit<P: Projection>(&mut self) {
+            self.0.push(P::NAME);
+        }
+    }
+    let mut names = Names(Vec::new());
+    for_each(&mut names);
+    names.0
+}
 
 /// The subscription running [`EventTypeCounts`].
 pub fn event_type_counts(store: &EventStore) -> Subscription<EventTypeCounts> {
-    Subscription::new(EventTypeCounts::NAME, EventTypeCounts, store)
+    EventTypeCounts::subscription(store)
 }
 
 /// The subscription running [`UsersDirectory`].
 pub fn users_directory(store: &EventStore) -> Subscription<UsersDirectory> {
-    Subscription::new(UsersDirectory::NAME, UsersDirectory::default(), store)
-        .with_options(set_based_options())
+    UsersDirectory::subscription(store)
 }
 
 /// The subscription running [`AuditView`].
 pub fn audit_view(store: &EventStore) -> Subscription<AuditView> {
-    Subscription::new(AuditView::NAME, AuditView::default(), store)
-        .with_options(set_based_options())
+    AuditView::subscription(store)
 }
 
 /// Options of the read models that write a whole batch at once: bigger batches than the
@@ -46,14 +86,23 @@ pub fn set_based_options() -> SubscriptionOptions {
 
 /// Starts every projection on `tasks`; each stops when `shutdown` is cancelled.
 pub fn spawn_all(store: &EventStore, tasks: &mut JoinSet<()>, shutdown: &CancellationToken) {
-    spawn(tasks, event_type_counts(store), shutdown);
-    spawn(tasks, users_directory(store), shutdown);
-    spawn(tasks, audit_view(store), shutdown);
-}
-
-fn spawn<H: Handler>(tasks: &mut JoinSet<()>, sub: Subscription<H>, shutdown: &CancellationToken) {
-    let token = shutdown.clone();
-    tasks.spawn(async move { sub.run(token).await });
+    struct Spawn<'a> {
+        store: &'a EventStore,
+        tasks: &'a mut JoinSet<()>,
+        shutdown: &'a CancellationToken,
+    }
+    impl Visit for Spawn<'_> {
+        fn visit<P: Projection>(&mut self) {
+            let sub = P::subscription(self.store);
+            let token = self.shutdown.clone();
+            self.tasks.spawn(async move { sub.run(token).await });
+        }
+    }
+    for_each(&mut Spawn {
+        store,
+        tasks,
+        shutdown,
+    });
 }
 
 /// Lets the batch transaction on `conn` commit without waiting for its WAL to reach the disk.
@@ -65,4 +114,19 @@ pub(crate) async fn commit_without_flush_wait(conn: &mut PgConnection) -> Result
         .execute(conn)
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_projection_has_a_name_of_its_own() {
+        let names = names();
+        assert!(names.contains(&UsersDirectory::NAME), "{names:?}");
+        let mut distinct = names.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), names.len());
+    }
 }

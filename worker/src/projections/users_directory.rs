@@ -9,55 +9,40 @@
 //! without any of these leaves the row `locked`: whether a lock is in force is a query-time
 //! question, `status = 'locked' and locked_until > now()`.
 //!
-//! Events are buffered per batch and written set-based in [`Handler::before_commit`]: one read
+//! Events are gathered per batch and written set-based in [`BatchHandler::write`]: one read
 //! of the rows the batch touches, a fold in memory, one upsert. Each row remembers the position
 //! of the last user-stream and login-stream event applied to it and skips events at or before
 //! them, so applying an event twice changes nothing.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
-use idp_events::RecordedEvent;
 use idp_events::identity::login::FailureReason;
 use idp_events::identity::session::SessionEvent;
 use idp_events::identity::user::UserEvent;
-use idp_events::subscription::{Handler, HandlerError};
+use idp_events::subscription::{Batch, BatchHandler, HandlerError, SubscriptionOptions};
+use idp_events::{Category, EventTypes, RecordedEvent, StreamId};
 use sqlx::PgConnection;
 use uuid::Uuid;
-
-/// Types of the user stream's events (the variants of [`UserEvent`]).
-pub(super) const USER_EVENT_TYPES: &[&str] = &[
-    "UserRegistered",
-    "VerificationRequested",
-    "EmailVerified",
-    "DuplicateRegistrationAttempted",
-    "PasswordResetRequested",
-    "PasswordReset",
-    "PasswordChanged",
-    "PasswordRehashed",
-    "RolesChanged",
-    "AccountLocked",
-    "AccountUnlocked",
-];
 
 /// The projection.
 #[derive(Debug, Default)]
 pub struct UsersDirectory {
     /// Changes of the batch in progress, in commit order.
-    pending: Mutex<Vec<Change>>,
+    batch: Batch<Change>,
 }
 
 impl UsersDirectory {
     /// Subscription name.
     pub const NAME: &'static str = "users_directory";
+}
 
-    fn pending(&self) -> std::sync::MutexGuard<'_, Vec<Change>> {
-        // A panic while holding the lock leaves only a buffer behind, which the next batch
-        // clears anyway.
-        self.pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+impl super::Projection for UsersDirectory {
+    // The inherent constant, which callers use without importing the trait.
+    const NAME: &'static str = UsersDirectory::NAME;
+
+    fn options() -> SubscriptionOptions {
+        super::set_based_options()
     }
 }
 
@@ -69,9 +54,10 @@ enum Fact {
     SignedIn,
 }
 
-/// A fact about one account, with where and when the log recorded it.
+/// A fact about one account, with where and when the log recorded it: what one event
+/// contributes to a batch of the directory.
 #[derive(Debug, Clone, PartialEq)]
-struct Change {
+pub struct Change {
     user_id: Uuid,
     position: i64,
     at: DateTime<Utc>,
@@ -81,13 +67,6 @@ struct Change {
 #[derive(serde::Deserialize)]
 struct LoginFailedData {
     reason: FailureReason,
-}
-
-/// The id in a stream named `<prefix><uuid>`.
-fn stream_uuid(stream_id: &str, prefix: &str) -> Option<Uuid> {
-    stream_id
-        .strip_prefix(prefix)
-        .and_then(|id| Uuid::parse_str(id).ok())
 }
 
 /// The change `event` makes to the directory; `None` for events the directory does not follow
@@ -100,26 +79,32 @@ fn change_of(event: &RecordedEvent) -> Result<Option<Change>, HandlerError> {
             event.event_type, event.position
         ))
     };
-    let (user_id, fact) = if let Some(user_id) = stream_uuid(&event.stream_id, "user-") {
-        if !USER_EVENT_TYPES.contains(&event.event_type.as_str()) {
-            return Ok(None);
-        }
-        let decoded = UserEvent::from_recorded(event).ok_or_else(undecodable)?;
-        (user_id, Fact::User(decoded))
-    } else if let Some(user_id) = stream_uuid(&event.stream_id, "login-") {
-        if event.event_type != "LoginFailed" {
-            return Ok(None);
-        }
-        let data: LoginFailedData =
-            serde_json::from_value(event.data.clone()).map_err(|_| undecodable())?;
-        (user_id, Fact::LoginFailed(data.reason))
-    } else if event.stream_id.starts_with("session-") && event.event_type == "SessionStarted" {
-        match SessionEvent::from_recorded(event) {
-            Some(SessionEvent::SessionStarted { user_id, .. }) => (user_id, Fact::SignedIn),
-            _ => return Err(undecodable()),
-        }
-    } else {
+    let Ok(stream) = StreamId::parse(&event.stream_id) else {
         return Ok(None);
+    };
+    let (user_id, fact) = match (stream.category(), stream.uuid()) {
+        (Category::User, Some(user_id)) => {
+            if !UserEvent::has_type(&event.event_type) {
+                return Ok(None);
+            }
+            let decoded = UserEvent::from_recorded(event).ok_or_else(undecodable)?;
+            (user_id, Fact::User(decoded))
+        }
+        (Category::Login, Some(user_id)) => {
+            if event.event_type != "LoginFailed" {
+                return Ok(None);
+            }
+            let data: LoginFailedData =
+                serde_json::from_value(event.data.clone()).map_err(|_| undecodable())?;
+            (user_id, Fact::LoginFailed(data.reason))
+        }
+        (Category::Session, _) if event.event_type == "SessionStarted" => {
+            match SessionEvent::from_recorded(event) {
+                Some(SessionEvent::SessionStarted { user_id, .. }) => (user_id, Fact::SignedIn),
+                _ => return Err(undecodable()),
+            }
+        }
+        _ => return Ok(None),
     };
     Ok(Some(Change {
         user_id,
@@ -364,27 +349,23 @@ async fn upsert(conn: &mut PgConnection, entries: &[&Entry]) -> Result<(), sqlx:
     Ok(())
 }
 
-impl Handler for UsersDirectory {
-    async fn handle(
-        &self,
-        _conn: &mut PgConnection,
-        event: &RecordedEvent,
-    ) -> Result<(), HandlerError> {
-        if let Some(change) = change_of(event)? {
-            self.pending().push(change);
-        }
+impl BatchHandler for UsersDirectory {
+    type Item = Change;
+
+    fn batch(&self) -> &Batch<Change> {
+        &self.batch
+    }
+
+    fn gather(&self, event: &RecordedEvent, changes: &mut Vec<Change>) -> Result<(), HandlerError> {
+        changes.extend(change_of(event)?);
         Ok(())
     }
 
-    fn begin_batch(&self) {
-        self.pending().clear();
-    }
-
-    async fn before_commit(&self, conn: &mut PgConnection) -> Result<(), HandlerError> {
-        let changes = std::mem::take(&mut *self.pending());
-        if changes.is_empty() {
-            return Ok(());
-        }
+    async fn write(
+        &self,
+        conn: &mut PgConnection,
+        changes: Vec<Change>,
+    ) -> Result<(), HandlerError> {
         super::commit_without_flush_wait(&mut *conn).await?;
         let mut ids: Vec<Uuid> = changes.iter().map(|c| c.user_id).collect();
         ids.sort_unstable();
@@ -416,7 +397,6 @@ impl Handler for UsersDirectory {
     }
 
     async fn reset(&self, conn: &mut PgConnection) -> Result<(), HandlerError> {
-        self.pending().clear();
         sqlx::query("truncate users_directory")
             .execute(conn)
             .await?;
@@ -586,13 +566,13 @@ mod tests {
         );
         assert!(matches!(change_of(&foreign), Ok(None)));
         let unknown_type = recorded(
-            &format!("user-{ADA}"),
+            StreamId::user(ADA).as_str(),
             2,
             idp_events::NewEvent::new("AvatarUploaded", json!([1, 2])),
         );
         assert!(matches!(change_of(&unknown_type), Ok(None)));
         let malformed = recorded(
-            &format!("user-{ADA}"),
+            StreamId::user(ADA).as_str(),
             3,
             idp_events::NewEvent::new("AccountLocked", json!({ "until": "soon" })),
         );
@@ -607,39 +587,41 @@ mod tests {
 
     #[test]
     fn every_user_event_type_is_followed() {
-        let until = Utc::now();
-        let id = Uuid::nil();
-        let all = [
+        // A payload-less event of each type: unit variants decode, the others are errors (to be
+        // retried and parked), and none is ignored as a stranger's.
+        for event_type in UserEvent::TYPES {
+            let recorded = recorded(
+                StreamId::user(ADA).as_str(),
+                1,
+                idp_events::NewEvent::new(*event_type, json!({})),
+            );
+            assert!(
+                !matches!(change_of(&recorded), Ok(None)),
+                "{event_type} is not followed"
+            );
+        }
+    }
+
+    #[test]
+    fn a_user_event_becomes_the_fact_it_states() {
+        let events = [
             UserEvent::UserRegistered {
-                email: String::new(),
+                email: "ada@example.com".into(),
+                display_name: Some("Ada".into()),
+                roles: vec!["user".into()],
+            },
+            UserEvent::PendingRegistrationConfirmed {
+                registration_id: Uuid::nil(),
                 display_name: None,
-                roles: vec![],
             },
-            UserEvent::VerificationRequested {
-                email: String::new(),
-            },
-            UserEvent::EmailVerified {
-                verification_id: None,
-            },
-            UserEvent::DuplicateRegistrationAttempted {
-                email: String::new(),
-            },
-            UserEvent::PasswordResetRequested {
-                email: String::new(),
-            },
-            UserEvent::PasswordReset { reset_id: id },
             UserEvent::PasswordChanged,
-            UserEvent::PasswordRehashed,
-            UserEvent::RolesChanged { roles: vec![] },
             UserEvent::AccountLocked {
-                until,
+                until: Utc::now(),
                 lock_count: 1,
             },
-            UserEvent::AccountUnlocked,
         ];
-        assert_eq!(all.len(), USER_EVENT_TYPES.len());
-        for event in all {
-            let recorded = recorded(&format!("user-{ADA}"), 1, event.to_new_event());
+        for event in events {
+            let recorded = recorded(StreamId::user(ADA).as_str(), 1, event.to_new_event());
             let change = change_of(&recorded).ok().flatten();
             assert_eq!(change.map(|c| c.fact), Some(Fact::User(event)));
         }

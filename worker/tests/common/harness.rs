@@ -198,14 +198,11 @@ pub async fn delete_queues(prefix: &str) {
         return;
     };
     if let Ok(channel) = conn.create_channel().await {
-        for queue in [
-            "email",
-            "email.dead",
-            "provision",
-            "provision.dead",
-            "bench",
-            "bench.dead",
-        ] {
+        // Every job's queue and dead-letter queue, and the jobs benchmark's.
+        for queue in idp_worker::jobs::queues()
+            .chain(["bench"])
+            .flat_map(|queue| [queue.to_owned(), format!("{queue}.dead")])
+        {
             let _ = channel
                 .queue_delete(
                     format!("{prefix}.{queue}").as_str().into(),
