@@ -16,9 +16,10 @@ use ed25519_dalek::pkcs8::DecodePublicKey as _;
 use ed25519_dalek::{Signature, Verifier as _, VerifyingKey};
 use idp_events::seal::{self, SealSigner};
 use idp_events::{Append, EventStore, NewEvent};
+use idp_testkit::database::superuser;
 use serde_json::{Value, json};
+use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, PgConnection, PgPool};
 
 /// The worker's seal key: kept beside the API's `SEAL_KEYS_DIR`, which gets only the public
 /// half (as `idp-worker seal-public-keys` writes it).
@@ -89,16 +90,6 @@ async fn report(app: &common::TestApp, admin: &str, query: &str) -> Value {
         "application/json"
     );
     serde_json::from_str(&response.text().await.unwrap()).unwrap()
-}
-
-/// A superuser connection whose writes skip the log's triggers.
-async fn superuser(conn: &PgConnectOptions) -> PgConnection {
-    let mut c = PgConnection::connect_with(conn).await.unwrap();
-    sqlx::query("set session_replication_role = replica")
-        .execute(&mut c)
-        .await
-        .unwrap();
-    c
 }
 
 #[sqlx::test(migrations = false)]

@@ -13,6 +13,7 @@ use idp_events::identity::user::UserEvent;
 use idp_events::project::project::ProjectEvent;
 use idp_events::project::template::{DriverKind, StepSpec};
 use idp_events::{Append, EventStore, ExpectedVersion, Metadata, NewEvent, RecordedEvent};
+use idp_testkit::clock::rfc3339;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -53,10 +54,6 @@ async fn append_one_by_one(
         );
     }
     stored
-}
-
-fn rfc3339(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
 /// Halfway between two instants, in whole microseconds (the log's precision).

@@ -2,22 +2,22 @@
 //! it drops packets) for a few seconds, and the process is sent SIGTERM.
 //!
 //! The database faults happen on a proxy between this test's API and the machine's PostgreSQL
-//! (`common/proxy.rs`), so they touch no other test. `scripts/drills` runs the same drills
+//! (`idp_testkit::proxy`), so they touch no other test. `scripts/drills` runs the same drills
 //! against the real servers.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
-#[path = "common/proxy.rs"]
-mod proxy;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{TestApp, amqp_url, database_url, spawn_app};
-use proxy::Proxy;
+use common::{TestApp, spawn_app};
+use idp_testkit::broker::amqp_url;
+use idp_testkit::database::database_url;
+use idp_testkit::proxy::Proxy;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio_util::sync::CancellationToken;
@@ -543,9 +543,15 @@ async fn sigterm_under_load_finishes_requests_in_flight_and_then_refuses_connect
         .env("API_ADDR", format!("127.0.0.1:{port}"))
         .env("API_INTERNAL_ADDR", "127.0.0.1:0")
         .env("JWT_KEYS_DIR", &keys)
-        .env("EMAIL_TOKEN_KEYS", common::EMAIL_TOKEN_KEYS)
-        .env("PROJECT_DATABASE_KEYS", common::PROJECT_DATABASE_KEYS)
-        .env("ADDRESS_DIGEST_KEYS", common::ADDRESS_DIGEST_KEYS)
+        .env("EMAIL_TOKEN_KEYS", idp_testkit::keys::EMAIL_TOKEN_KEYS)
+        .env(
+            "PROJECT_DATABASE_KEYS",
+            idp_testkit::keys::PROJECT_DATABASE_KEYS,
+        )
+        .env(
+            "ADDRESS_DIGEST_KEYS",
+            idp_testkit::keys::ADDRESS_DIGEST_KEYS,
+        )
         .env("RATE_LIMIT_EMAIL_PER_IP", NO_EMAIL_LIMIT)
         .env("TRUSTED_PROXIES", "127.0.0.1/32")
         .env("RUST_LOG", "warn")
@@ -570,11 +576,7 @@ async fn sigterm_under_load_finishes_requests_in_flight_and_then_refuses_connect
     wait_successes(&load, 20).await;
 
     let term_at = Instant::now();
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    idp_testkit::process::sigterm(&child);
     let exit = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;

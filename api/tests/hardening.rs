@@ -10,22 +10,14 @@ mod common;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use common::identity::{PASSWORD, verification_token};
 use common::{ADMIN_ARGS, ADMIN_EMAIL, TestApp, spawn_app};
-use idp_events::identity::one_time_token::{self, Purpose};
+use idp_testkit::clock::median;
+use idp_testkit::database::pool;
+use idp_testkit::log::count_events;
 use serde_json::{Value, json};
-use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use uuid::Uuid;
-
-const PASSWORD: &str = "correct horse battery staple";
-
-async fn pool(conn: &PgConnectOptions) -> PgPool {
-    PgPoolOptions::new()
-        .max_connections(4)
-        .connect_with(conn.clone())
-        .await
-        .unwrap()
-}
 
 /// A POST from the client address `client`, as a trusted proxy on loopback would forward it.
 async fn post_from(app: &TestApp, client: &str, path: &str, body: Value) -> reqwest::Response {
@@ -53,35 +45,6 @@ async fn legit(app: &TestApp) -> Duration {
     started.elapsed()
 }
 
-/// The verification link of the `nth` (0-based) `VerificationRequested` of `email`.
-async fn verification_token(pool: &PgPool, email: &str, nth: i64) -> String {
-    let event_id: Uuid = sqlx::query_scalar(
-        "select event_id from events where event_type = 'VerificationRequested'
-            and data->>'email' = $1 order by position offset $2 limit 1",
-    )
-    .bind(email)
-    .bind(nth)
-    .fetch_one(pool)
-    .await
-    .unwrap();
-    let token = one_time_token::issue(&common::email_keys(), Purpose::VerifyEmail, event_id);
-    idp_ops::test_logs::remember_secret("token", &token);
-    token
-}
-
-async fn count(pool: &PgPool, event_type: &str) -> i64 {
-    sqlx::query_scalar("select count(*) from events where event_type = $1")
-        .bind(event_type)
-        .fetch_one(pool)
-        .await
-        .unwrap()
-}
-
-fn median(mut samples: Vec<Duration>) -> f64 {
-    samples.sort();
-    samples[samples.len() / 2].as_secs_f64()
-}
-
 #[sqlx::test(migrations = false)]
 async fn an_admin_email_registered_by_someone_else_stops_start_up_and_hands_over_nothing(
     _opts: PgPoolOptions,
@@ -99,23 +62,8 @@ async fn an_admin_email_registered_by_someone_else_stops_start_up_and_hands_over
     let keys = app.keys_dir.clone();
     app.stop().await;
 
-    let mut args = vec![
-        "idp-api".to_owned(),
-        "--database-url".into(),
-        common::database_url(&conn),
-        "--api-addr".into(),
-        "127.0.0.1:0".into(),
-        "--api-internal-addr".into(),
-        "127.0.0.1:0".into(),
-        "--jwt-keys-dir".into(),
-        keys.display().to_string(),
-        "--email-token-keys".into(),
-        common::EMAIL_TOKEN_KEYS.into(),
-        "--project-database-keys".into(),
-        common::PROJECT_DATABASE_KEYS.into(),
-        "--address-digest-keys".into(),
-        common::ADDRESS_DIGEST_KEYS.into(),
-    ];
+    let mut args =
+        idp_testkit::settings::api_args(&idp_testkit::database::database_url(&conn), &keys);
     args.extend(ADMIN_ARGS.iter().map(|a| (*a).to_owned()));
     let config = idp_api::config::Config::try_parse_from(args).unwrap();
     let refused = idp_api::startup::Application::build(&config)
@@ -126,9 +74,13 @@ async fn an_admin_email_registered_by_someone_else_stops_start_up_and_hands_over
     assert!(message.contains("not an administrator"), "{message}");
 
     let pool = pool(&conn).await;
-    assert_eq!(count(&pool, "RolesChanged").await, 0, "no role was granted");
     assert_eq!(
-        count(&pool, "EmailVerified").await,
+        count_events(&pool, "RolesChanged").await,
+        0,
+        "no role was granted"
+    );
+    assert_eq!(
+        count_events(&pool, "EmailVerified").await,
         0,
         "nothing was verified"
     );
@@ -522,7 +474,10 @@ async fn registering_one_address_from_many_addresses_is_limited_per_address(
     }
     // RATE_LIMIT_EMAIL_PER_ACCOUNT is 3/600s; the first registration counted too.
     assert_eq!(statuses, [202, 202, 429, 429, 429, 429, 429, 429]);
-    assert_eq!(count(&pool, "DuplicateRegistrationAttempted").await, 2);
+    assert_eq!(
+        count_events(&pool, "DuplicateRegistrationAttempted").await,
+        2
+    );
     app.stop().await;
 }
 
@@ -548,8 +503,8 @@ async fn an_address_registered_by_someone_else_first_gets_its_owners_password_on
         )
         .await;
     assert_eq!(own.status(), 202);
-    assert_eq!(count(&pool, "UserRegistered").await, 1);
-    assert_eq!(count(&pool, "RegistrationRepeated").await, 1);
+    assert_eq!(count_events(&pool, "UserRegistered").await, 1);
+    assert_eq!(count_events(&pool, "RegistrationRepeated").await, 1);
 
     // The owner uses the link of the registration they made (the second).
     let token = verification_token(&pool, "ada@example.com", 1).await;

@@ -7,44 +7,15 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::identity::{PASSWORD, Purpose, latest_token};
 use common::{TestApp, spawn_app};
-use idp_events::identity::one_time_token::{self, Purpose};
+use idp_testkit::clock::median;
+use idp_testkit::database::pool;
+use idp_testkit::log::count_events;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use uuid::Uuid;
-
-const PASSWORD: &str = "correct horse battery staple";
-
-async fn pool(conn: &PgConnectOptions) -> PgPool {
-    PgPoolOptions::new()
-        .max_connections(4)
-        .connect_with(conn.clone())
-        .await
-        .unwrap()
-}
-
-/// The token the worker would put in the email caused by the latest `event_type` of `email`.
-/// Waits for it: requests for emails are carried out just after they are answered.
-async fn token_from_log(pool: &PgPool, event_type: &str, email: &str, purpose: Purpose) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let event_id: Uuid = loop {
-        let found: Option<Uuid> = sqlx::query_scalar(
-            "select event_id from events where event_type = $1 and data->>'email' = $2 order by position desc limit 1",
-        )
-        .bind(event_type)
-        .bind(email)
-        .fetch_optional(pool)
-        .await
-        .unwrap();
-        if let Some(id) = found {
-            break id;
-        }
-        assert!(Instant::now() < deadline, "no {event_type} for {email}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    one_time_token::issue(&common::email_keys(), purpose, event_id)
-}
 
 async fn register_and_verify(app: &TestApp, pool: &PgPool, email: &str) {
     let response = app
@@ -54,7 +25,7 @@ async fn register_and_verify(app: &TestApp, pool: &PgPool, email: &str) {
         )
         .await;
     assert_eq!(response.status(), 202);
-    let token = token_from_log(pool, "VerificationRequested", email, Purpose::VerifyEmail).await;
+    let token = latest_token(pool, "VerificationRequested", email, Purpose::VerifyEmail).await;
     let response = app
         .post("/v1/auth/verify-email", json!({ "token": token }))
         .await;
@@ -98,7 +69,7 @@ async fn register_verify_login_me_refresh_logout(_opts: PgPoolOptions, conn: PgC
     assert_eq!(response.status(), 202);
     assert_eq!(login(&app, "ada@example.com", PASSWORD).await.status(), 401);
 
-    let token = token_from_log(
+    let token = latest_token(
         &pool,
         "VerificationRequested",
         "ada@example.com",
@@ -305,12 +276,7 @@ async fn unknown_emails_take_as_long_as_wrong_passwords(
             login_ok(&app, "timing@example.com").await;
         }
     }
-    unknown.sort();
-    wrong.sort();
-    let (u, w) = (
-        unknown[unknown.len() / 2].as_secs_f64(),
-        wrong[wrong.len() / 2].as_secs_f64(),
-    );
+    let (u, w) = (median(unknown), median(wrong));
     eprintln!(
         "median unknown email {:.2} ms, wrong password {:.2} ms",
         u * 1e3,
@@ -475,12 +441,7 @@ async fn reusing_a_rotated_refresh_token_revokes_the_family(
             .status(),
         401
     );
-    let detected: i64 = sqlx::query_scalar(
-        "select count(*) from events where event_type = 'RefreshTokenReuseDetected'",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let detected: i64 = count_events(&pool, "RefreshTokenReuseDetected").await;
     assert_eq!(detected, 1);
     app.stop().await;
 }
@@ -536,18 +497,10 @@ async fn concurrent_registrations_of_one_email_create_one_account(
         .map(|r| r.status().as_u16())
         .collect();
     assert_eq!(statuses, [202; 6], "everyone gets the same answer");
-    let accounts: i64 =
-        sqlx::query_scalar("select count(*) from events where event_type = 'UserRegistered'")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let accounts: i64 = count_events(&pool, "UserRegistered").await;
     assert_eq!(accounts, 1);
     // The account is unverified: each other attempt is a pending registration of its own.
-    let pending: i64 =
-        sqlx::query_scalar("select count(*) from events where event_type = 'RegistrationRepeated'")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let pending: i64 = count_events(&pool, "RegistrationRepeated").await;
     assert_eq!(
         pending, 5,
         "each other attempt is a registration of its own"
@@ -666,7 +619,7 @@ async fn a_reset_sets_the_password_and_ends_every_session(
         .status(),
         202
     );
-    let token = token_from_log(
+    let token = latest_token(
         &pool,
         "PasswordResetRequested",
         "reset@example.com",
@@ -793,11 +746,7 @@ async fn the_first_admin_is_created_once_and_can_sign_in_at_once(
     // Starting again changes nothing.
     let again = common::spawn_app_with_keys(&conn, &admin, keys).await;
     let pool = pool(&conn).await;
-    let registered: i64 =
-        sqlx::query_scalar("select count(*) from events where event_type = 'UserRegistered'")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let registered: i64 = count_events(&pool, "UserRegistered").await;
     assert_eq!(registered, 1);
     assert_eq!(
         login(&again, "root@example.com", "the admin passphrase")
@@ -937,11 +886,7 @@ async fn hashes_below_the_current_parameters_are_upgraded_at_the_next_login(
         hash.starts_with("$argon2id$v=19$m=24576,t=3,p=1$"),
         "{hash}"
     );
-    let rehashed: i64 =
-        sqlx::query_scalar("select count(*) from events where event_type = 'PasswordRehashed'")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let rehashed: i64 = count_events(&pool, "PasswordRehashed").await;
     assert_eq!(rehashed, 1);
     login_ok(&stronger, "old@example.com").await;
     stronger.stop().await;

@@ -1,7 +1,7 @@
 //! `/metrics` of the API: HTTP requests by route, method and status with their latency, sign-in
 //! outcomes, events appended by type, the database pool and the build.
 //!
-//! The registry is the process's: each test holds it ([`common::exclusive_metrics`]) and checks
+//! The registry is the process's: each test holds it ([`idp_testkit::metrics::exclusive_metrics`]) and checks
 //! what its own requests added to a page fetched before them, so the tests hold whether they
 //! share one process (`cargo test`) or not (nextest).
 
@@ -14,7 +14,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 mod common;
 
-use common::{ADMIN_ARGS, ADMIN_EMAIL, exclusive_metrics, spawn_app};
+use common::{ADMIN_ARGS, ADMIN_EMAIL, spawn_app};
+use idp_testkit::metrics::exclusive_metrics;
 
 /// The API's `/metrics` page.
 async fn metrics(app: &common::TestApp) -> String {

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use common::identity::PASSWORD;
 use common::{TestApp, spawn_app};
 use idp_api::config::Config;
 use idp_api::startup::Application;
@@ -22,7 +23,6 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use uuid::Uuid;
 
-const PASSWORD: &str = "correct horse battery staple";
 /// How long a test waits for something that should happen at once.
 const PATIENCE: Duration = Duration::from_secs(10);
 
@@ -37,11 +37,7 @@ async fn env(conn: &PgConnectOptions, extra: &[&str]) -> Env {
     let mut args = common::ADMIN_ARGS.to_vec();
     args.extend_from_slice(extra);
     let app = spawn_app(conn, &args).await;
-    let pool = PgPoolOptions::new()
-        .max_connections(4)
-        .connect_with(conn.clone())
-        .await
-        .unwrap();
+    let pool = idp_testkit::database::pool(conn).await;
     let store = EventStore::new(pool.clone());
     Env { app, pool, store }
 }
@@ -270,7 +266,7 @@ async fn a_broken_template_file_stops_start_up_naming_the_variable_and_the_file(
 ) {
     let dir = templates_dir();
     std::fs::write(dir.join("broken.json"), "{ not json").unwrap();
-    let db = common::database_url(&conn);
+    let db = idp_testkit::database::database_url(&conn);
     let config = Config::try_parse_from([
         "idp-api",
         "--database-url",
@@ -831,7 +827,7 @@ async fn the_database_login_is_handed_to_the_owner_once(
         body,
         json!({
             "database": "p_billing", "role": "p_billing", "host": "db.internal", "port": 5432,
-            "password": idp_events::project::database_password(common::DATABASE_SECRET.as_bytes(), id),
+            "password": idp_events::project::database_password(idp_testkit::keys::DATABASE_SECRET.as_bytes(), id),
         })
     );
     // The log records the hand-out, not the password.
@@ -933,7 +929,8 @@ async fn a_login_whose_key_is_not_recorded_or_not_configured_is_not_handed_out_u
 
     // Rotated to a configured key: handed out, once per rotation.
     env.simulate(id, &[rotated("test")]).await;
-    let password = idp_events::project::database_password(common::DATABASE_SECRET.as_bytes(), id);
+    let password =
+        idp_events::project::database_password(idp_testkit::keys::DATABASE_SECRET.as_bytes(), id);
     let response = env.send(reqwest::Method::POST, &path, &token).await;
     assert_eq!(response.status(), 200);
     assert_eq!(

@@ -10,7 +10,9 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 mod common;
 
-use common::{amqp_url, database_url, spawn_app};
+use common::spawn_app;
+use idp_testkit::broker::amqp_url;
+use idp_testkit::database::database_url;
 
 #[sqlx::test(migrations = false)]
 async fn the_api_applies_migrations_and_reports_live_ready_and_metrics(
@@ -161,9 +163,15 @@ async fn sigterm_stops_the_api_gracefully(_opts: PgPoolOptions, conn: PgConnectO
             "JWT_KEYS_DIR",
             std::env::temp_dir().join(format!("idp-test-keys-{port}")),
         )
-        .env("EMAIL_TOKEN_KEYS", common::EMAIL_TOKEN_KEYS)
-        .env("PROJECT_DATABASE_KEYS", common::PROJECT_DATABASE_KEYS)
-        .env("ADDRESS_DIGEST_KEYS", common::ADDRESS_DIGEST_KEYS)
+        .env("EMAIL_TOKEN_KEYS", idp_testkit::keys::EMAIL_TOKEN_KEYS)
+        .env(
+            "PROJECT_DATABASE_KEYS",
+            idp_testkit::keys::PROJECT_DATABASE_KEYS,
+        )
+        .env(
+            "ADDRESS_DIGEST_KEYS",
+            idp_testkit::keys::ADDRESS_DIGEST_KEYS,
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     idp_ops::test_logs::child(&mut command, "idp-api");
@@ -185,11 +193,7 @@ async fn sigterm_stops_the_api_gracefully(_opts: PgPoolOptions, conn: PgConnectO
         metrics.contains("idp_log_lines_dropped_total 0"),
         "{metrics}"
     );
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    idp_testkit::process::sigterm(&child);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Some(status) = child.try_wait().unwrap() {

@@ -10,6 +10,7 @@ use idp_events::{
     Append, AppendError, Cursor, EventStore, ExpectedVersion, Metadata, NewEvent, StreamId,
     Upcasters,
 };
+use idp_testkit::log::await_visible;
 use serde_json::json;
 use uuid::Uuid;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
@@ -17,29 +18,6 @@ use sqlx::{Connection, PgPool};
 
 fn event(n: i64) -> NewEvent {
     NewEvent::new("ThingHappened", json!({ "n": n }))
-}
-
-/// Waits until commit-safe readers can see every committed event (an open transaction anywhere
-/// in the cluster, such as another test's, holds them back for a while).
-async fn await_visible(store: &EventStore) {
-    let last: Option<(i64, i64)> = sqlx::query_as(
-        "select transaction_id::text::bigint, position from events
-          order by transaction_id desc, position desc limit 1",
-    )
-    .fetch_optional(store.pool())
-    .await
-    .unwrap();
-    let last = last.map(|(transaction_id, position)| Cursor {
-        transaction_id,
-        position,
-    });
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while store.head().await.unwrap() != last {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("every committed event became visible within 10 s");
 }
 
 async fn pool_with(opts: PgPoolOptions, conn: PgConnectOptions, max: u32) -> PgPool {

@@ -11,7 +11,8 @@ use idp_events::backoff::Backoff;
 use idp_events::subscription::{
     self, BatchHandler, Handler, HandlerError, RunnerState, Subscription, SubscriptionOptions,
 };
-use idp_events::{Append, Cursor, EventStore, NewEvent, RecordedEvent};
+use idp_events::{Append, EventStore, NewEvent, RecordedEvent};
+use idp_testkit::log::{await_visible, catch_up, last_committed};
 use serde_json::json;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgConnection, PgPool};
@@ -140,34 +141,6 @@ async fn wait_for(state: &mut watch::Receiver<RunnerState>, wanted: RunnerState)
         .unwrap();
 }
 
-/// The cursor of the last committed event, visible to commit-safe readers or not yet (an open
-/// transaction anywhere in the cluster, such as another test's, holds them back for a while).
-async fn last_committed(pool: &PgPool) -> Cursor {
-    let (transaction_id, position) = sqlx::query_as(
-        "select transaction_id::text::bigint, position from events
-          order by transaction_id desc, position desc limit 1",
-    )
-    .fetch_one(pool)
-    .await
-    .unwrap();
-    Cursor {
-        transaction_id,
-        position,
-    }
-}
-
-/// Waits until commit-safe readers can see every committed event.
-async fn await_visible(store: &EventStore) {
-    let last = last_committed(store.pool()).await;
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while store.head().await.unwrap() != Some(last) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("every committed event became visible within 10 s");
-}
-
 async fn wait_until_caught_up(pool: &PgPool, name: &str, _store: &EventStore) {
     let head = last_committed(pool).await;
     tokio::time::timeout(Duration::from_secs(10), async {
@@ -177,17 +150,6 @@ async fn wait_until_caught_up(pool: &PgPool, name: &str, _store: &EventStore) {
     })
     .await
     .expect("the subscription caught up within 10 s");
-}
-
-/// Catches up, waiting while a previous runner's lock is still being released.
-async fn catch_up<H: Handler>(sub: &Subscription<H>) -> u64 {
-    for _ in 0..100 {
-        if let Some(handled) = sub.catch_up().await.unwrap() {
-            return handled;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the subscription lock was never free");
 }
 
 async fn pool_with(opts: PgPoolOptions, conn: PgConnectOptions) -> PgPool {

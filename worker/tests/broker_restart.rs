@@ -12,9 +12,12 @@ use std::collections::HashMap;
 use std::process::Command;
 use std::time::Duration;
 
-use common::harness::{self, count_events, register_user, start_worker, unique_prefix, wait_until};
-use common::smtp::SmtpSink;
+use common::harness::{self, register_user, start_worker};
 use idp_events::EventStore;
+use idp_testkit::broker::unique_prefix;
+use idp_testkit::clock::wait_until;
+use idp_testkit::log::count_events;
+use idp_testkit::smtp::SmtpSink;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 const USERS: usize = 1200;

@@ -9,14 +9,15 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use common::harness::{
-    self, count_events, register_user, spawn_worker_process, terminate, unique_prefix, wait_until,
-};
-use common::smtp::SmtpSink;
+use common::harness::{self, register_user, spawn_worker_process, terminate};
 use futures::StreamExt;
 use idp_events::EventStore;
 use idp_events::jobs;
 use idp_events::subscription::checkpoint;
+use idp_testkit::broker::unique_prefix;
+use idp_testkit::clock::wait_until;
+use idp_testkit::log::count_events;
+use idp_testkit::smtp::SmtpSink;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 

@@ -4,45 +4,45 @@
 //! (counted by `Message-ID` at a real SMTP server), and nothing was dead-lettered.
 //!
 //! The outages happen on a proxy between this test's processes and the machine's servers
-//! (`common/proxy.rs`), so they touch no other test. `scripts/drills` runs the same drills
+//! (`idp_testkit::proxy`), so they touch no other test. `scripts/drills` runs the same drills
 //! against the real servers.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
-// One proxy for both crates' drills; it lives with the API's tests.
-#[path = "../../api/tests/common/proxy.rs"]
-mod proxy;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Command};
+use std::path::Path;
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use common::harness::{
-    self, ADDRESS_DIGEST_KEYS, EMAIL_TOKEN_KEYS, PROJECT_DATABASE_KEYS, amqp_url, count_events,
-    database_url, register_user, spawn_worker_process, unique_prefix, wait_until,
-};
-use common::smtp::SmtpSink;
+use common::harness::{self, register_user, spawn_worker_process};
 use idp_events::EventStore;
 use idp_events::jobs;
-use proxy::Proxy;
+use idp_testkit::broker::{amqp_proxy, amqp_url, amqp_url_via, unique_prefix};
+use idp_testkit::clock::wait_until;
+use idp_testkit::database::database_url;
+use idp_testkit::log::count_events;
+use idp_testkit::proxy::Proxy;
+use idp_testkit::server::Running;
+use idp_testkit::settings::{api_args, worker_args};
+use idp_testkit::smtp::SmtpSink;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// A process under test: the API or the worker, running in this process.
-struct Running {
+struct Served {
     port: u16,
     /// The API's internal listener (the worker serves everything on `port`).
     internal_port: u16,
-    stop: CancellationToken,
-    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+    running: Running,
 }
 
-impl Running {
+impl Served {
     fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
@@ -52,105 +52,44 @@ impl Running {
     }
 
     async fn stop(self) {
-        self.stop.cancel();
-        tokio::time::timeout(Duration::from_secs(60), self.handle)
-            .await
-            .expect("stops within 60 s")
-            .unwrap()
-            .unwrap();
+        self.running.stop().await;
     }
 }
 
 /// The worker, on `database` and `amqp` (either may be a proxy), mailing `smtp_url`.
-async fn start_worker(database: &str, amqp: &str, prefix: &str, smtp_url: &str) -> Running {
+async fn start_worker(database: &str, amqp: &str, prefix: &str, smtp_url: &str) -> Served {
     idp_ops::test_logs::init();
-    let repos = harness::repo_root(prefix).display().to_string();
-    let seal_keys = harness::seal_keys_dir(prefix).display().to_string();
-    let config = idp_worker::config::Config::try_parse_from([
-        "idp-worker",
-        "--database-url",
-        database,
-        "--amqp-url",
-        amqp,
-        "--worker-addr",
-        "127.0.0.1:0",
-        "--amqp-prefix",
-        prefix,
-        "--email-token-keys",
-        EMAIL_TOKEN_KEYS,
-        "--project-database-keys",
-        PROJECT_DATABASE_KEYS,
-        "--public-base-url",
-        "http://idp.test",
-        "--provision-repo-root",
-        &repos,
-        "--seal-keys-dir",
-        &seal_keys,
-        "--smtp-url",
-        smtp_url,
-    ])
-    .unwrap();
+    let args = worker_args(database, amqp, prefix, Some(smtp_url));
+    let config = idp_worker::config::Config::try_parse_from(args).unwrap();
     let worker = idp_worker::startup::Worker::build(&config).await.unwrap();
     let port = worker.port();
-    let stop = CancellationToken::new();
-    let handle = tokio::spawn(worker.run_until_stopped(stop.clone()));
-    Running {
+    Served {
         port,
         internal_port: port,
-        stop,
-        handle,
+        running: Running::spawn(|stop| worker.run_until_stopped(stop)),
     }
 }
 
 /// The API, on `database` and `amqp`, without a limit on registrations per address.
-async fn start_api(database: &str, amqp: &str, keys: &str) -> Running {
+async fn start_api(database: &str, amqp: &str, keys: &Path) -> Served {
     idp_ops::test_logs::init();
-    let config = idp_api::config::Config::try_parse_from([
-        "idp-api",
-        "--database-url",
-        database,
-        "--amqp-url",
-        amqp,
-        "--api-addr",
-        "127.0.0.1:0",
-        "--api-internal-addr",
-        "127.0.0.1:0",
-        "--jwt-keys-dir",
-        keys,
-        "--email-token-keys",
-        EMAIL_TOKEN_KEYS,
-        "--project-database-keys",
-        PROJECT_DATABASE_KEYS,
-        "--address-digest-keys",
-        ADDRESS_DIGEST_KEYS,
-        "--rate-limit-email-per-ip",
-        "1000000/60s",
-    ])
-    .unwrap();
+    let mut args = api_args(database, keys);
+    args.extend(
+        [
+            "--amqp-url",
+            amqp,
+            "--rate-limit-email-per-ip",
+            "1000000/60s",
+        ]
+        .map(str::to_owned),
+    );
+    let config = idp_api::config::Config::try_parse_from(args).unwrap();
     let app = idp_api::startup::Application::build(&config).await.unwrap();
-    let port = app.port();
-    let internal_port = app.internal_port();
-    let stop = CancellationToken::new();
-    let handle = tokio::spawn(app.run_until_stopped(stop.clone()));
-    Running {
-        port,
-        internal_port,
-        stop,
-        handle,
+    Served {
+        port: app.port(),
+        internal_port: app.internal_port(),
+        running: Running::spawn(|stop| app.run_until_stopped(stop)),
     }
-}
-
-/// `AMQP_URL` with its host and port replaced by the proxy's.
-fn amqp_via(proxy: &Proxy) -> String {
-    let mut url = url::Url::parse(&amqp_url()).unwrap();
-    url.set_host(Some("127.0.0.1")).unwrap();
-    url.set_port(Some(proxy.port())).unwrap();
-    url.to_string()
-}
-
-async fn amqp_proxy() -> Proxy {
-    let url = url::Url::parse(&amqp_url()).unwrap();
-    Proxy::to(url.host_str().unwrap(), url.port().unwrap_or(5672)).await
 }
 
 /// When a registration was answered, for which address, and the status (or the error).
@@ -312,10 +251,10 @@ async fn a_rabbitmq_outage_keeps_registrations_coming_and_the_dispatcher_catches
         .await
         .unwrap();
     let broker = amqp_proxy().await;
-    let amqp = amqp_via(&broker);
+    let amqp = amqp_url_via(&broker);
     let database = database_url(&conn);
     let keys = std::env::temp_dir().join(format!("idp-test-keys-{prefix}"));
-    let api = start_api(&database, &amqp, &keys.display().to_string()).await;
+    let api = start_api(&database, &amqp, &keys).await;
     let worker = start_worker(&database, &amqp, &prefix, &sink.url()).await;
     let client = reqwest::Client::new();
     let registrations = Registrations::start(api.url(""));
@@ -476,11 +415,7 @@ async fn a_database_outage_pauses_the_worker_which_then_recovers_by_itself_losin
 /// Sends SIGTERM; waits (at most `within`) for the exit; the status and how long it took.
 async fn terminate(child: &mut Child, within: Duration) -> (std::process::ExitStatus, Duration) {
     let sent = Instant::now();
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    idp_testkit::process::sigterm(child);
     loop {
         if let Some(status) = child.try_wait().unwrap() {
             return (status, sent.elapsed());

@@ -10,12 +10,13 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::harness::{
-    self, count_events, job_events, register_named_user, start_worker, unique_prefix, wait_until,
-};
-use common::smtp::SmtpSink;
+use common::harness::{self, job_events, register_named_user, start_worker};
 use idp_events::EventStore;
 use idp_events::jobs::JobEvent;
+use idp_testkit::broker::unique_prefix;
+use idp_testkit::clock::wait_until;
+use idp_testkit::log::count_events;
+use idp_testkit::smtp::SmtpSink;
 use idp_worker::email::{EmailKind, HandOver, Links, Mailer, OutgoingEmail, SendError, render};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::sync::oneshot;

@@ -10,12 +10,14 @@ mod common;
 use std::collections::BTreeMap;
 use std::process::{Command, Output};
 
-use common::harness::{database_url, drop_project_database, role_has_password};
+use common::harness::{drop_project_database, role_has_password};
 use idp_events::project::project::{self as decide, Project, ProjectEvent};
 use idp_events::project::{
     Catalogue, ProjectName, database_password, password_key_id, read_model, stream_id,
 };
 use idp_events::{EventStore, Metadata};
+use idp_testkit::database::database_url;
+use idp_testkit::process::stdout_of;
 use serde_json::{Value, json};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgPool};
@@ -37,16 +39,6 @@ fn harden(conn: &PgConnectOptions, keys: &str, args: &[&str]) -> Output {
         .env("RUST_LOG", "warn")
         .output()
         .unwrap()
-}
-
-fn stdout_of(output: &Output) -> String {
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
 }
 
 /// The line of `stdout` about project `id`.

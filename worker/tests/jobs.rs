@@ -9,12 +9,15 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::harness::{
-    self, ADMIN_EMAIL, ADMIN_PASSWORD, count_events, exclusive_metrics, job_events, register_user,
-    start_api, start_worker, unique_prefix, wait_until,
+    self, ADMIN_EMAIL, ADMIN_PASSWORD, job_events, register_user, start_api, start_worker,
 };
-use common::smtp::SmtpSink;
 use idp_events::EventStore;
 use idp_events::jobs::{BreakerEvent, JobEvent, breaker_stream_id};
+use idp_testkit::broker::unique_prefix;
+use idp_testkit::clock::wait_until;
+use idp_testkit::log::count_events;
+use idp_testkit::metrics::exclusive_metrics;
+use idp_testkit::smtp::SmtpSink;
 use serde_json::json;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
@@ -78,7 +81,7 @@ async fn a_registration_emails_a_link_that_verifies_the_account_and_then_login_w
         )
         .await;
     assert_eq!(verified.status(), 200, "{}", verified.text().await.unwrap());
-    api.login("ada@example.com", PASSWORD).await;
+    api.token("ada@example.com", PASSWORD).await;
 
     // The outcome is on the record, caused by the request.
     let pool = PgPoolOptions::new()
@@ -245,7 +248,7 @@ async fn a_refusing_mail_server_gets_backed_off_retries_then_the_breaker_opens_t
 
     // The dead letter is listed for administrators, and sending it back delivers it once the
     // server accepts again.
-    let token = api.login(ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    let token = api.token(ADMIN_EMAIL, ADMIN_PASSWORD).await;
     let listed: serde_json::Value = api
         .client
         .get(api.url("/v1/admin/jobs/dead"))

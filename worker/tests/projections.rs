@@ -10,22 +10,14 @@ use std::time::{Duration, Instant};
 
 use idp_events::subscription::checkpoint;
 use idp_events::{Append, Cursor, EventStore, NewEvent};
+use idp_testkit::database::database_url;
+use idp_testkit::log::last_committed;
 use serde_json::json;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 const EVENTS: i64 = 20_000;
 const NAME: &str = "event_type_counts";
-
-fn database_url(conn: &PgConnectOptions) -> String {
-    format!(
-        "postgres://{}@{}:{}/{}",
-        conn.get_username(),
-        conn.get_host(),
-        conn.get_port(),
-        conn.get_database().unwrap_or("postgres")
-    )
-}
 
 /// The test's own queue prefix, from its database's name (which may hold characters a prefix
 /// may not, and is longer than one may be).
@@ -60,19 +52,6 @@ fn spawn_worker(conn: &PgConnectOptions) -> Child {
     command.stdout(Stdio::null()).stderr(Stdio::null());
     idp_ops::test_logs::child(&mut command, "idp-worker");
     command.spawn().unwrap()
-}
-
-async fn last_committed(pool: &PgPool) -> Cursor {
-    let (transaction_id, position) = sqlx::query_as(
-        "select transaction_id::text::bigint, position from events order by transaction_id desc, position desc limit 1",
-    )
-    .fetch_one(pool)
-    .await
-    .unwrap();
-    Cursor {
-        transaction_id,
-        position,
-    }
 }
 
 async fn counts(pool: &PgPool) -> Vec<(String, i64)> {
@@ -155,11 +134,7 @@ async fn a_worker_killed_mid_batch_resumes_from_its_checkpoint_and_equals_a_full
     // A new worker resumes and ends equal to a full replay.
     let mut child = spawn_worker(&conn);
     wait_for_checkpoint(&pool, last_committed(&pool).await).await;
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    idp_testkit::process::sigterm(&child);
     assert!(
         child.wait().unwrap().success(),
         "the worker stops cleanly on SIGTERM"

@@ -11,13 +11,16 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::harness::{
-    self, ADMIN_EMAIL, ADMIN_PASSWORD, TestApi, drop_project_database, repo_root,
-    role_has_password, spawn_worker_process, start_api, start_worker, unique_prefix, wait_until,
+    self, ADMIN_EMAIL, ADMIN_PASSWORD, TestApi, drop_project_database, role_has_password,
+    spawn_worker_process, start_api, start_worker,
 };
-use common::webhook::WebhookServer;
 use idp_events::jobs::{BreakerEvent, breaker_stream_id};
 use idp_events::project::{ProjectEvent, stream_id};
 use idp_events::{EventStore, RecordedEvent};
+use idp_testkit::broker::unique_prefix;
+use idp_testkit::clock::wait_until;
+use idp_testkit::settings::repo_root;
+use idp_testkit::webhook::WebhookServer;
 use idp_worker::provision::drivers::signature;
 use serde_json::{Value, json};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -52,7 +55,7 @@ struct Owner {
 impl Owner {
     async fn start(conn: &PgConnectOptions) -> Self {
         let api = start_api(conn).await;
-        let token = api.login(ADMIN_EMAIL, ADMIN_PASSWORD).await;
+        let token = api.token(ADMIN_EMAIL, ADMIN_PASSWORD).await;
         Self { api, token }
     }
 

@@ -12,7 +12,8 @@ use idp_events::identity::login::{self, FailureReason};
 use idp_events::identity::session::{self, RevokeReason, SessionEvent};
 use idp_events::identity::user::{self, User, UserEvent};
 use idp_events::subscription::{self, Handler, Subscription, SubscriptionOptions};
-use idp_events::{Append, Cursor, EventStore, ExpectedVersion, Metadata, NewEvent};
+use idp_events::{Append, EventStore, ExpectedVersion, Metadata, NewEvent};
+use idp_testkit::log::{await_visible, catch_up, last_committed};
 use idp_worker::lag;
 use idp_worker::projections::{self, AuditView, UsersDirectory};
 use serde_json::{Value, json};
@@ -50,43 +51,6 @@ fn actor(id: Uuid) -> String {
     format!("user-{id}")
 }
 
-/// The cursor of the last committed event (visible to commit-safe readers or not yet).
-async fn last_committed(pool: &PgPool) -> Cursor {
-    let (transaction_id, position) = sqlx::query_as(
-        "select transaction_id::text::bigint, position from events
-          order by transaction_id desc, position desc limit 1",
-    )
-    .fetch_one(pool)
-    .await
-    .unwrap();
-    Cursor {
-        transaction_id,
-        position,
-    }
-}
-
-/// Waits until commit-safe readers see every committed event: an open transaction anywhere
-/// in the cluster (another test's) holds them back for a while.
-async fn await_visible(store: &EventStore) {
-    let last = last_committed(store.pool()).await;
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while store.head().await.unwrap() != Some(last) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("every committed event became visible within 10 s");
-}
-
-/// Catches up, waiting while another runner's lock is still being released.
-async fn catch_up<H: Handler>(sub: &Subscription<H>) -> u64 {
-    for _ in 0..100 {
-        if let Some(handled) = sub.catch_up().await.unwrap() {
-            return handled;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the subscription lock was never free");
 }
 
 /// Every row of `table`, all columns, in a stable order.

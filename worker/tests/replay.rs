@@ -5,22 +5,14 @@
 
 use std::process::{Command, Output};
 
-use chrono::{DateTime, SecondsFormat, Utc};
 use idp_events::identity::user::UserEvent;
 use idp_events::{Append, EventStore, ExpectedVersion, Metadata, RecordedEvent};
+use idp_testkit::clock::rfc3339;
+use idp_testkit::database::database_url;
+use idp_testkit::process::stdout_of;
 use serde_json::{Value, json};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use uuid::Uuid;
-
-fn database_url(conn: &PgConnectOptions) -> String {
-    format!(
-        "postgres://{}@{}:{}/{}",
-        conn.get_username(),
-        conn.get_host(),
-        conn.get_port(),
-        conn.get_database().unwrap_or("postgres")
-    )
-}
 
 fn replay(conn: &PgConnectOptions, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_idp-worker"))
@@ -31,16 +23,6 @@ fn replay(conn: &PgConnectOptions, args: &[&str]) -> Output {
         .env("RUST_LOG", "warn")
         .output()
         .unwrap()
-}
-
-fn stdout_of(output: &Output) -> String {
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
 }
 
 /// The pretty JSON state printed after the history.
@@ -107,10 +89,6 @@ async fn user_stream(store: &EventStore, id: Uuid) -> Vec<RecordedEvent> {
             .unwrap();
     }
     store.read_stream(&stream, 1).await.unwrap()
-}
-
-fn rfc3339(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
 #[sqlx::test(migrations = "../migrations")]

@@ -18,10 +18,12 @@ use idp_events::seal::{
     VerifyOptions,
 };
 use idp_events::{Append, EventStore, ExpectedVersion, NewEvent};
+use idp_testkit::database::database_url;
+use idp_testkit::database::superuser;
 use idp_worker::sealer::{self, SealerSettings};
 use serde_json::json;
+use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
 /// A seal key directory like `SEAL_KEYS_DIR` with one private key, removed on drop.
@@ -146,16 +148,6 @@ async fn position_of(pool: &PgPool, stream: &str, version: i64) -> i64 {
         .unwrap()
 }
 
-/// A superuser connection whose writes skip the log's triggers.
-async fn superuser(conn: &PgConnectOptions) -> PgConnection {
-    let mut c = PgConnection::connect_with(conn).await.unwrap();
-    sqlx::query("set session_replication_role = replica")
-        .execute(&mut c)
-        .await
-        .unwrap();
-    c
-}
-
 /// Edits the data of `stream`'s event `version` and recomputes the stream's chain from there,
 /// as an attacker who knows the chain format would: the stream chain stays intact.
 async fn edit_and_rechain(pool: &PgPool, conn: &PgConnectOptions, stream: &str, version: i64) {
@@ -190,16 +182,6 @@ async fn edit_and_rechain(pool: &PgPool, conn: &PgConnectOptions, stream: &str, 
         }
         previous = Some(event.hash.clone());
     }
-}
-
-fn database_url(conn: &PgConnectOptions) -> String {
-    format!(
-        "postgres://{}@{}:{}/{}",
-        conn.get_username(),
-        conn.get_host(),
-        conn.get_port(),
-        conn.get_database().unwrap_or("postgres")
-    )
 }
 
 /// `idp-worker verify` with `extra` arguments; returns (success, stdout, stderr).
@@ -753,9 +735,9 @@ async fn a_running_worker_seals_with_a_key_of_its_own_never_the_access_token_key
 ) {
     let pool = pool(opts, &conn).await;
     let store = EventStore::new(pool.clone());
-    let prefix = common::harness::unique_prefix();
+    let prefix = idp_testkit::broker::unique_prefix();
     let api = common::harness::start_api(&conn).await;
-    let seal_keys = common::harness::seal_keys_dir(&prefix);
+    let seal_keys = idp_testkit::settings::seal_keys_dir(&prefix);
     assert!(!seal_keys.exists());
     let worker =
         common::harness::start_worker(&conn, &prefix, None, &["--seal-interval-secs", "1"]).await;
@@ -805,7 +787,7 @@ async fn the_worker_has_no_jwt_keys_dir_and_without_a_seal_key_or_leave_to_gener
     _opts: PgPoolOptions,
     conn: PgConnectOptions,
 ) {
-    let prefix = common::harness::unique_prefix();
+    let prefix = idp_testkit::broker::unique_prefix();
     let refused = common::harness::worker_config(&conn, &prefix, &["--jwt-keys-dir", "/tmp/x"]);
     assert!(refused.is_err(), "the worker takes no JWT_KEYS_DIR");
 
@@ -820,7 +802,7 @@ async fn the_worker_has_no_jwt_keys_dir_and_without_a_seal_key_or_leave_to_gener
         "{error}"
     );
     assert!(
-        !common::harness::seal_keys_dir(&prefix).exists(),
+        !idp_testkit::settings::seal_keys_dir(&prefix).exists(),
         "nothing generated"
     );
 }

@@ -5,111 +5,29 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use clap::Parser;
 use hmac::{Hmac, Mac};
 use idp_events::identity::user::{self, UserEvent};
 use idp_events::jobs::{self, JobEvent};
 use idp_events::{Append, EventStore, ExpectedVersion, RecordedEvent};
+use idp_testkit::broker::amqp_url;
+use idp_testkit::database::database_url;
+use idp_testkit::http::ApiClient;
+use idp_testkit::keys::TOKEN_SECRET;
+use idp_testkit::server::Running;
+use idp_testkit::settings::{api_args, temp_dir};
 use idp_worker::config::Config;
 use idp_worker::startup::Worker;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// The key of one-time tokens shared by the test API and worker.
-pub const TOKEN_SECRET: &str = "test-token-secret-0123456789abcdef0123456789";
-/// The email-token key ring of test apps: one key whose secret is [`TOKEN_SECRET`].
-pub const EMAIL_TOKEN_KEYS: &str = "test:test-token-secret-0123456789abcdef0123456789";
-/// The secret of the project-database key ring of test apps.
-pub const DATABASE_SECRET: &str = "test-database-secret-0123456789abcdef01234567";
-/// The project-database key ring of test apps: one key whose secret is [`DATABASE_SECRET`].
-pub const PROJECT_DATABASE_KEYS: &str = "test:test-database-secret-0123456789abcdef01234567";
-/// The address-digest key ring of test apps.
-pub const ADDRESS_DIGEST_KEYS: &str = "test:test-address-digest-secret-0123456789abcdef";
-
-/// The email-token key ring of test apps.
-pub fn email_keys() -> idp_events::secret_keys::SecretKeys {
-    idp_events::secret_keys::SecretKeys::single("test", TOKEN_SECRET.as_bytes())
-}
-
-/// Holds the process's metrics registry for one test. `idp_ops::metrics` installs one recorder
-/// per process, shared by every worker and API a test binary starts in process: `cargo test`
-/// runs a binary's tests as threads of one process (nextest gives each test a process of its
-/// own), and gauges sampled from one test's database (breaker states, dead letters) would be
-/// overwritten by another's. A test that reads `/metrics` holds this for its whole run.
-pub async fn exclusive_metrics() -> tokio::sync::MutexGuard<'static, ()> {
-    static REGISTRY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    REGISTRY.lock().await
-}
-
-pub fn database_url(conn: &PgConnectOptions) -> String {
-    format!(
-        "postgres://{}@{}:{}/{}",
-        conn.get_username(),
-        conn.get_host(),
-        conn.get_port(),
-        conn.get_database().unwrap_or("postgres")
-    )
-}
-
-pub fn amqp_url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
-
-/// A queue prefix of this test alone.
-pub fn unique_prefix() -> String {
-    format!("test-{}", Uuid::new_v4().simple())
-}
-
-/// Where the workers of the test with queue prefix `prefix` create repositories.
-pub fn repo_root(prefix: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("idp-test-repos-{prefix}"))
-}
-
-/// The seal key directory of the workers of the test with queue prefix `prefix` (the first to
-/// start generates a key there).
-pub fn seal_keys_dir(prefix: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("idp-test-seal-keys-{prefix}"))
-}
-
-/// Settings every test worker gets; `extra` flags override them.
+/// Settings every test worker gets (`idp_testkit::settings::worker_args` on the test's
+/// database and broker); flags appended later override them.
 fn worker_args(conn: &PgConnectOptions, prefix: &str, smtp_url: Option<&str>) -> Vec<String> {
-    let mut args = vec![
-        "idp-worker".to_owned(),
-        "--database-url".into(),
-        database_url(conn),
-        "--amqp-url".into(),
-        amqp_url(),
-        "--worker-addr".into(),
-        "127.0.0.1:0".into(),
-        "--amqp-prefix".into(),
-        prefix.into(),
-        "--email-token-keys".into(),
-        EMAIL_TOKEN_KEYS.into(),
-        "--project-database-keys".into(),
-        PROJECT_DATABASE_KEYS.into(),
-        "--public-base-url".into(),
-        "http://idp.test".into(),
-        "--provision-repo-root".into(),
-        repo_root(prefix).display().to_string(),
-        "--seal-keys-dir".into(),
-        seal_keys_dir(prefix).display().to_string(),
-    ];
-    match smtp_url {
-        Some(url) => args.extend(["--smtp-url".into(), url.into()]),
-        None => args.extend([
-            "--email-outbox-dir".into(),
-            std::env::temp_dir()
-                .join(format!("idp-test-outbox-{prefix}"))
-                .display()
-                .to_string(),
-        ]),
-    }
-    args
+    idp_testkit::settings::worker_args(&database_url(conn), &amqp_url(), prefix, smtp_url)
 }
 
 /// The configuration of a test worker without SMTP (mail goes to an outbox), with `extra` flags.
@@ -126,8 +44,7 @@ pub fn worker_config(
 /// A worker running inside the test process.
 pub struct TestWorker {
     pub port: u16,
-    stop: CancellationToken,
-    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+    running: Running,
 }
 
 pub async fn start_worker(
@@ -142,19 +59,14 @@ pub async fn start_worker(
     let config = Config::try_parse_from(args).unwrap();
     let worker = Worker::build(&config).await.unwrap();
     let port = worker.port();
-    let stop = CancellationToken::new();
-    let handle = tokio::spawn(worker.run_until_stopped(stop.clone()));
-    TestWorker { port, stop, handle }
+    let running = Running::spawn(|stop| worker.run_until_stopped(stop));
+    TestWorker { port, running }
 }
 
 impl TestWorker {
+    /// Stops the worker; it must end cleanly within 60 s.
     pub async fn stop(self) {
-        self.stop.cancel();
-        tokio::time::timeout(Duration::from_secs(60), self.handle)
-            .await
-            .expect("the worker stops within 60 s")
-            .unwrap()
-            .unwrap();
+        self.running.stop().await;
     }
 }
 
@@ -179,11 +91,7 @@ pub fn spawn_worker_process(
 
 /// Sends SIGTERM and waits for a clean exit.
 pub fn terminate(child: &mut Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    idp_testkit::process::sigterm(child);
     assert!(
         child.wait().unwrap().success(),
         "the worker stops cleanly on SIGTERM"
@@ -267,51 +175,34 @@ pub async fn job_events(store: &EventStore, cause: Uuid) -> Vec<(JobEvent, Recor
         .collect()
 }
 
-/// Waits until `check` holds, polling, for at most `timeout`.
-pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-/// How many `event_type` events the log holds.
-pub async fn count_events(pool: &PgPool, event_type: &str) -> i64 {
-    sqlx::query_scalar("select count(*) from events where event_type = $1")
-        .bind(event_type)
-        .fetch_one(pool)
-        .await
-        .unwrap()
-}
-
-/// The API on a random port, with a first administrator.
+/// The API on a random port, with a first administrator; its client's calls ([`ApiClient`])
+/// are its own.
 pub struct TestApi {
-    pub base: String,
-    pub client: reqwest::Client,
+    api: ApiClient,
     /// The access-token keys (`JWT_KEYS_DIR`).
     pub keys_dir: PathBuf,
     /// Where the API reads the keys that verify seals (`SEAL_KEYS_DIR`).
     pub seal_keys_dir: PathBuf,
-    stop: CancellationToken,
-    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+    running: Running,
+}
+
+impl std::ops::Deref for TestApi {
+    type Target = ApiClient;
+
+    fn deref(&self) -> &ApiClient {
+        &self.api
+    }
 }
 
 pub const ADMIN_EMAIL: &str = "admin@idp.test";
 pub const ADMIN_PASSWORD: &str = "an admin password that is long";
 
 pub async fn start_api(conn: &PgConnectOptions) -> TestApi {
-    let seal_keys_dir =
-        std::env::temp_dir().join(format!("idp-test-api-seal-keys-{}", Uuid::now_v7()));
-    start_api_verifying_seals_with(conn, seal_keys_dir).await
+    start_api_verifying_seals_with(conn, temp_dir("api-seal-keys")).await
 }
 
 /// The API, verifying seals with the keys in `seal_keys_dir` (a worker's
-/// [`seal_keys_dir`], say).
+/// `idp_testkit::settings::seal_keys_dir`, say).
 pub async fn start_api_verifying_seals_with(
     conn: &PgConnectOptions,
     seal_keys_dir: PathBuf,
@@ -320,83 +211,35 @@ pub async fn start_api_verifying_seals_with(
     idp_ops::test_logs::remember_secret("password", ADMIN_PASSWORD);
     idp_ops::test_logs::remember_secret("email", ADMIN_EMAIL);
     idp_ops::test_logs::remember_secret("token secret", TOKEN_SECRET);
-    let keys_dir = std::env::temp_dir().join(format!("idp-test-keys-{}", Uuid::now_v7()));
-    let db = database_url(conn);
-    let amqp = amqp_url();
-    let keys = keys_dir.display().to_string();
-    let seal_keys = seal_keys_dir.display().to_string();
-    let args = vec![
-        "idp-api",
-        "--database-url",
-        &db,
-        "--amqp-url",
-        &amqp,
-        "--api-addr",
-        "127.0.0.1:0",
-        "--api-internal-addr",
-        "127.0.0.1:0",
-        "--jwt-keys-dir",
-        &keys,
-        "--seal-keys-dir",
-        &seal_keys,
-        "--email-token-keys",
-        EMAIL_TOKEN_KEYS,
-        "--project-database-keys",
-        PROJECT_DATABASE_KEYS,
-        "--address-digest-keys",
-        ADDRESS_DIGEST_KEYS,
-        "--admin-email",
-        ADMIN_EMAIL,
-        "--admin-password",
-        ADMIN_PASSWORD,
-    ];
+    let keys_dir = temp_dir("keys");
+    let mut args = api_args(&database_url(conn), &keys_dir);
+    args.extend(
+        [
+            "--amqp-url",
+            &amqp_url(),
+            "--seal-keys-dir",
+            &seal_keys_dir.display().to_string(),
+            "--admin-email",
+            ADMIN_EMAIL,
+            "--admin-password",
+            ADMIN_PASSWORD,
+        ]
+        .map(str::to_owned),
+    );
     let config = idp_api::config::Config::try_parse_from(args).unwrap();
     let app = idp_api::startup::Application::build(&config).await.unwrap();
-    let base = format!("http://127.0.0.1:{}", app.port());
-    let stop = CancellationToken::new();
-    let handle = tokio::spawn(app.run_until_stopped(stop.clone()));
     TestApi {
-        base,
-        client: reqwest::Client::new(),
+        api: ApiClient::new(app.port(), app.internal_port()),
         keys_dir,
         seal_keys_dir,
-        stop,
-        handle,
+        running: Running::spawn(|stop| app.run_until_stopped(stop)),
     }
 }
 
 impl TestApi {
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    pub async fn post(&self, path: &str, body: serde_json::Value) -> reqwest::Response {
-        idp_ops::test_logs::remember_secrets_in(&body);
-        self.client
-            .post(self.url(path))
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-    }
-
-    /// Signs in and returns the access token.
-    pub async fn login(&self, email: &str, password: &str) -> String {
-        let response = self
-            .post(
-                "/v1/auth/login",
-                serde_json::json!({ "email": email, "password": password }),
-            )
-            .await;
-        assert_eq!(response.status(), 200, "login of {email}");
-        let body: serde_json::Value = response.json().await.unwrap();
-        idp_ops::test_logs::remember_secrets_in(&body);
-        body["access_token"].as_str().unwrap().to_owned()
-    }
-
+    /// Stops the API (it must end cleanly) and removes its access-token keys.
     pub async fn stop(self) {
-        self.stop.cancel();
-        self.handle.await.unwrap().unwrap();
+        self.running.stop().await;
         let _ = std::fs::remove_dir_all(&self.keys_dir);
     }
 }

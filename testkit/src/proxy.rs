@@ -11,8 +11,6 @@
 //! - [`Proxy::restore`]: service is back. The port listens again (the same port); connections
 //!   held by a blackhole are closed, as a peer whose partition healed would find them dead.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
-
 use std::net::SocketAddr;
 use std::time::Duration;
 

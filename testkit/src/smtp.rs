@@ -1,9 +1,6 @@
 //! A real SMTP server for tests: starts `scripts/smtp-sink.py` on free ports and talks to its
 //! control API, so tests can see what arrived and make the server refuse or stall.
 
-// Each test file compiles this module on its own and uses only part of it.
-#![allow(dead_code)]
-
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -21,7 +18,8 @@ pub struct SmtpSink {
     pub smtp_port: u16,
     http: String,
     client: reqwest::Client,
-    child: Child,
+    /// Held for its `kill_on_drop`: the sink ends with this value.
+    _child: Child,
 }
 
 /// A message the sink accepted, as its control API reports it.
@@ -99,7 +97,7 @@ impl SmtpSink {
             smtp_port: ports.smtp_port,
             http: format!("http://127.0.0.1:{}", ports.http_port),
             client: reqwest::Client::new(),
-            child,
+            _child: child,
         }
     }
 

@@ -11,13 +11,13 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use common::harness::{
-    self, ADMIN_EMAIL, ADMIN_PASSWORD, TestApi, TestWorker, start_api, start_worker, unique_prefix,
-    wait_until,
-};
+use common::worker::{TestWorker, start_worker};
+use common::{TestApp, spawn_app};
 use idp_events::identity::one_time_token::{self, Purpose};
 use idp_events::identity::user::{self, User, UserEvent};
 use idp_events::{Append, EventStore, ExpectedVersion, Metadata};
+use idp_testkit::clock::wait_until;
+use idp_testkit::keys::email_keys;
 use reqwest::Method;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -26,12 +26,14 @@ use uuid::Uuid;
 
 const PASSWORD: &str = "a long enough password for tests";
 const DEADLINE: Duration = Duration::from_secs(30);
+/// The first administrator: an address of its own domain, which searches below tell apart.
+const ADMIN_EMAIL: &str = "admin@idp.test";
+const ADMIN_PASSWORD: &str = "an admin password that is long";
 
 /// The API, the worker, the database, and the first administrator signed in.
 struct Setup {
-    api: TestApi,
+    api: TestApp,
     worker: TestWorker,
-    prefix: String,
     pool: PgPool,
     store: EventStore,
     root: Uuid,
@@ -40,20 +42,23 @@ struct Setup {
 
 impl Setup {
     async fn start(conn: &PgConnectOptions) -> Self {
-        let prefix = unique_prefix();
-        let pool = PgPoolOptions::new()
-            .max_connections(4)
-            .connect_with(conn.clone())
-            .await
-            .unwrap();
-        let api = start_api(conn).await;
-        let worker = start_worker(conn, &prefix, None, &[]).await;
+        let pool = idp_testkit::database::pool(conn).await;
+        let api = spawn_app(
+            conn,
+            &[
+                "--admin-email",
+                ADMIN_EMAIL,
+                "--admin-password",
+                ADMIN_PASSWORD,
+            ],
+        )
+        .await;
+        let worker = start_worker(conn).await;
         let (root_token, _) = sign_in(&api, ADMIN_EMAIL, ADMIN_PASSWORD).await;
         let root = user_id(&api, &root_token).await;
         Self {
             api,
             worker,
-            prefix,
             store: EventStore::new(pool.clone()),
             pool,
             root,
@@ -64,7 +69,6 @@ impl Setup {
     async fn stop(self) {
         self.worker.stop().await;
         self.api.stop().await;
-        harness::delete_queues(&self.prefix).await;
     }
 
     /// Calls the API; the answer's status and JSON body (`null` when empty).
@@ -138,7 +142,7 @@ impl Setup {
         .fetch_one(&self.pool)
         .await
         .unwrap();
-        let token = one_time_token::issue(&harness::email_keys(), Purpose::VerifyEmail, event_id);
+        let token = one_time_token::issue(&email_keys(), Purpose::VerifyEmail, event_id);
         let (status, body) = self
             .call(
                 Method::POST,
@@ -235,7 +239,7 @@ impl Setup {
 }
 
 /// Signs in; the access and refresh tokens.
-async fn sign_in(api: &TestApi, email: &str, password: &str) -> (String, String) {
+async fn sign_in(api: &TestApp, email: &str, password: &str) -> (String, String) {
     let response = api
         .post(
             "/v1/auth/login",
@@ -250,7 +254,7 @@ async fn sign_in(api: &TestApi, email: &str, password: &str) -> (String, String)
     )
 }
 
-async fn user_id(api: &TestApi, token: &str) -> Uuid {
+async fn user_id(api: &TestApp, token: &str) -> Uuid {
     let me: Value = api
         .client
         .get(api.url("/v1/auth/me"))
@@ -632,7 +636,7 @@ async fn a_lock_refuses_sign_in_and_ends_every_session_until_an_unlock(
     .await;
     // The owner is told an administrator locked the account (not that someone guessed at the
     // password, which would suggest the reset that cannot lift this lock).
-    let outbox = std::env::temp_dir().join(format!("idp-test-outbox-{}", s.prefix));
+    let outbox = s.worker.outbox();
     let subjects = || {
         std::fs::read_dir(&outbox)
             .into_iter()

@@ -2,8 +2,6 @@
 //! the statuses it is told to, in order, then with its default; it can hold answers back (to
 //! kill a worker in the middle of a call) and it records every request it received.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
-
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,11 +15,14 @@ use axum::routing::post;
 /// One request as received.
 #[derive(Debug, Clone)]
 pub struct Received {
+    /// The request's headers.
     pub headers: HeaderMap,
+    /// The request's body.
     pub body: Bytes,
 }
 
 impl Received {
+    /// The header `name`, if present and text.
     pub fn header(&self, name: &str) -> Option<String> {
         self.headers
             .get(name)
@@ -29,12 +30,13 @@ impl Received {
             .map(str::to_owned)
     }
 
+    /// The body as JSON.
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap()
     }
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Script {
     next: VecDeque<u16>,
     default: u16,
@@ -43,7 +45,9 @@ struct Script {
 }
 
 /// The server; stops when dropped.
+#[derive(Debug)]
 pub struct WebhookServer {
+    /// The port it listens on, on 127.0.0.1.
     pub port: u16,
     script: Arc<Mutex<Script>>,
     task: tokio::task::JoinHandle<()>,
@@ -67,6 +71,7 @@ impl WebhookServer {
         Self { port, script, task }
     }
 
+    /// Where to send the webhooks.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}/hook", self.port)
     }
@@ -88,6 +93,7 @@ impl WebhookServer {
         self.script.lock().unwrap().delay = delay;
     }
 
+    /// Every request received so far, oldest first.
     pub fn received(&self) -> Vec<Received> {
         self.script.lock().unwrap().received.clone()
     }

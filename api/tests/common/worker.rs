@@ -1,0 +1,45 @@
+//! The worker in the test process, for tests of routes whose read models it keeps (the users
+//! directory) or whose effects it carries out (emails, here to its outbox): on the test's
+//! database, with queues of its own prefix, removed when it stops.
+
+use clap::Parser;
+use idp_testkit::broker::{amqp_url, delete_queues, unique_prefix};
+use idp_testkit::database::database_url;
+use idp_testkit::server::Running;
+use idp_testkit::settings::{outbox_dir, worker_args};
+use idp_worker::config::Config;
+use idp_worker::startup::Worker;
+use sqlx::postgres::PgConnectOptions;
+
+/// A worker running inside the test process, mailing to its outbox.
+pub struct TestWorker {
+    /// Its queue prefix, the test's alone.
+    pub prefix: String,
+    running: Running,
+}
+
+/// Starts the worker on the database of `conn`, with a queue prefix of its own.
+pub async fn start_worker(conn: &PgConnectOptions) -> TestWorker {
+    idp_ops::test_logs::init();
+    let prefix = unique_prefix();
+    let args = worker_args(&database_url(conn), &amqp_url(), &prefix, None);
+    let config = Config::try_parse_from(args).unwrap();
+    let worker = Worker::build(&config).await.unwrap();
+    TestWorker {
+        prefix,
+        running: Running::spawn(|stop| worker.run_until_stopped(stop)),
+    }
+}
+
+impl TestWorker {
+    /// Where the worker writes the emails it sends.
+    pub fn outbox(&self) -> std::path::PathBuf {
+        outbox_dir(&self.prefix)
+    }
+
+    /// Stops the worker (it must end cleanly) and deletes its queues.
+    pub async fn stop(self) {
+        self.running.stop().await;
+        delete_queues(&self.prefix, idp_worker::jobs::QUEUES).await;
+    }
+}
