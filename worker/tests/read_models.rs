@@ -51,8 +51,6 @@ fn actor(id: Uuid) -> String {
     format!("user-{id}")
 }
 
-}
-
 /// Every row of `table`, all columns, in a stable order.
 async fn snapshot(pool: &PgPool, table: &str, order: &str) -> Vec<Value> {
     sqlx::query_scalar(&format!(

@@ -40,6 +40,7 @@ impl TestWorker {
     /// Stops the worker (it must end cleanly) and deletes its queues.
     pub async fn stop(self) {
         self.running.stop().await;
-        delete_queues(&self.prefix, idp_worker::jobs::QUEUES).await;
+        let queues: Vec<&str> = idp_worker::jobs::queues().collect();
+        delete_queues(&self.prefix, &queues).await;
     }
 }

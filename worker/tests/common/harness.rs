@@ -98,34 +98,11 @@ pub fn terminate(child: &mut Child) {
     );
 }
 
-/// Deletes the queues of `prefix` (best effort), so test runs leave the broker clean.
+/// Deletes the queues of `prefix` (best effort), so test runs leave the broker clean: every
+/// job's queue and dead-letter queue, and the jobs benchmark's.
 pub async fn delete_queues(prefix: &str) {
-    let Ok(conn) =
-        lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await
-    else {
-        return;
-    };
-    if let Ok(channel) = conn.create_channel().await {
-        // Every job's queue and dead-letter queue, and the jobs benchmark's.
-        for queue in idp_worker::jobs::queues()
-            .chain(["bench"])
-            .flat_map(|queue| [queue.to_owned(), format!("{queue}.dead")])
-        {
-            let _ = channel
-                .queue_delete(
-                    format!("{prefix}.{queue}").as_str().into(),
-                    lapin::options::QueueDeleteOptions::default(),
-                )
-                .await;
-        }
-        let _ = channel
-            .exchange_delete(
-                format!("{prefix}.dead-letter").as_str().into(),
-                lapin::options::ExchangeDeleteOptions::default(),
-            )
-            .await;
-    }
-    let _ = conn.close(200, "done".into()).await;
+    let queues: Vec<&str> = idp_worker::jobs::queues().chain(["bench"]).collect();
+    idp_testkit::broker::delete_queues(prefix, &queues).await;
 }
 
 /// Registers a user straight in the log (no API), asking for a verification email.
