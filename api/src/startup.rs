@@ -33,7 +33,7 @@ use crate::auth::tokens::{TokenConfig, Tokens};
 use crate::identity::IdentityKeys;
 use idp_events::identity::email::Email;
 use idp_events::secret_keys::SecretKeys;
-use secrecy::{ExposeSecret as _, SecretString};
+use secrecy::ExposeSecret as _;
 
 use crate::config::Config;
 use crate::error::{REQUEST_ID, problem};
@@ -78,7 +78,7 @@ impl Application {
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
         idp_ops::metrics::install("idp-api");
         // Configuration first: a broken template file stops start-up before any connection.
-        let catalogue = Arc::new(catalogue(config)?);
+        let catalogue = Arc::new(config.common.catalogue()?);
         let pool = idp_ops::database::connect(&config.common).await?;
         idp_ops::metrics::watch_pool(pool.clone(), "idp-api");
         idp_events::migrations::run(&pool)
@@ -98,12 +98,7 @@ impl Application {
             })?;
         let store = EventStore::new(pool.clone());
         let identity = build_identity(config, store.clone()).await?;
-        let database_keys = Arc::new(key_ring(
-            config,
-            "PROJECT_DATABASE_KEYS",
-            config.common.project_database_keys.as_ref(),
-            "project-database",
-        )?);
+        let database_keys = Arc::new(config.common.project_database_ring()?);
         let log_watch = LogWatch::new(pool.clone(), config.sse_max_streams_per_user as usize);
         let state = AppState {
             store,
@@ -326,13 +321,6 @@ fn http_span(request: &Request) -> tracing::Span {
     span
 }
 
-/// The project templates: the built-in ones, with `PROJECT_TEMPLATES_DIR`'s over them. A file
-/// that is not a valid template stops start-up, naming the variable and the file.
-fn catalogue(config: &Config) -> anyhow::Result<Catalogue> {
-    Catalogue::load(config.common.project_templates_dir.as_deref())
-        .map_err(|err| anyhow::anyhow!("PROJECT_TEMPLATES_DIR: {err}"))
-}
-
 /// Builds the identity service: signing keys, the one-time token key, the hasher, and the first
 /// administrator.
 async fn build_identity(config: &Config, store: EventStore) -> anyhow::Result<Identity> {
@@ -359,14 +347,8 @@ async fn build_identity(config: &Config, store: EventStore) -> anyhow::Result<Id
     .validated()
     .map_err(|e| anyhow::anyhow!("invalid ARGON2_* setting: {e}"))?;
     let keys = IdentityKeys {
-        email_tokens: key_ring(
-            config,
-            "EMAIL_TOKEN_KEYS",
-            config.common.email_token_keys.as_ref(),
-            "email-token",
-        )?,
-        address_digest: key_ring(
-            config,
+        email_tokens: config.common.email_token_ring()?,
+        address_digest: config.common.key_ring(
             "ADDRESS_DIGEST_KEYS",
             id.address_digest_keys.as_ref(),
             "address-digest",
@@ -389,24 +371,6 @@ async fn build_identity(config: &Config, store: EventStore) -> anyhow::Result<Id
         (None, None) => {}
     }
     Ok(identity)
-}
-
-/// The key ring `variable` holds, or else the development ring `SECRETS_DIR/<file>.keys`.
-pub fn key_ring(
-    config: &Config,
-    variable: &str,
-    value: Option<&SecretString>,
-    file: &str,
-) -> anyhow::Result<SecretKeys> {
-    let common = &config.common;
-    SecretKeys::from_env_or_dev_ring(
-        variable,
-        value,
-        &common.secrets_dir,
-        file,
-        common.secrets_generate,
-    )
-    .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// Makes the request id available to error responses built anywhere in the handler.

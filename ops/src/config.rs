@@ -9,6 +9,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use idp_events::keys::{KeyError, SecretKeys};
+use idp_events::project::{Catalogue, CatalogueError};
 use secrecy::SecretString;
 use sqlx::postgres::PgConnectOptions;
 
@@ -103,6 +105,65 @@ pub struct CommonConfig {
     #[arg(long, env = "LOG_FORMAT", value_name = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
+
+impl CommonConfig {
+    /// The key ring `variable` holds (its `value`), or else the development ring
+    /// `SECRETS_DIR/<file>.keys` (made when `SECRETS_GENERATE` allows).
+    ///
+    /// # Errors
+    /// When the ring is malformed, or missing and may not be made.
+    pub fn key_ring(
+        &self,
+        variable: &str,
+        value: Option<&SecretString>,
+        file: &str,
+    ) -> Result<SecretKeys, KeyError> {
+        SecretKeys::from_env_or_dev_ring(
+            variable,
+            value,
+            &self.secrets_dir,
+            file,
+            self.secrets_generate,
+        )
+    }
+
+    /// The ring of `EMAIL_TOKEN_KEYS` (or the development ring `email-token`).
+    ///
+    /// # Errors
+    /// As [`CommonConfig::key_ring`].
+    pub fn email_token_ring(&self) -> Result<SecretKeys, KeyError> {
+        self.key_ring(
+            "EMAIL_TOKEN_KEYS",
+            self.email_token_keys.as_ref(),
+            "email-token",
+        )
+    }
+
+    /// The ring of `PROJECT_DATABASE_KEYS` (or the development ring `project-database`).
+    ///
+    /// # Errors
+    /// As [`CommonConfig::key_ring`].
+    pub fn project_database_ring(&self) -> Result<SecretKeys, KeyError> {
+        self.key_ring(
+            "PROJECT_DATABASE_KEYS",
+            self.project_database_keys.as_ref(),
+            "project-database",
+        )
+    }
+
+    /// The project templates: the built-in ones, with `PROJECT_TEMPLATES_DIR`'s over them.
+    ///
+    /// # Errors
+    /// When a template file cannot be read or is invalid, naming the setting.
+    pub fn catalogue(&self) -> Result<Catalogue, TemplatesError> {
+        Ok(Catalogue::load(self.project_templates_dir.as_deref())?)
+    }
+}
+
+/// The templates of `PROJECT_TEMPLATES_DIR` could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[error("PROJECT_TEMPLATES_DIR: {0}")]
+pub struct TemplatesError(#[from] pub CatalogueError);
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

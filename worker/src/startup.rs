@@ -9,9 +9,8 @@ use idp_events::EventStore;
 use idp_events::backoff::Backoff;
 use idp_events::project::Catalogue;
 use idp_events::subscription::{Subscription, SubscriptionOptions};
-use idp_ops::config::CommonConfig;
 use idp_ops::health::{BrokerProbe, Health};
-use secrecy::{ExposeSecret as _, SecretString};
+use secrecy::ExposeSecret as _;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio::net::TcpListener;
@@ -28,7 +27,6 @@ use crate::jobs::send_email::{EmailJobs, SendEmail};
 use crate::jobs::{self, RetryPolicy};
 use crate::provision::drivers::{DatabaseDriver, RepositoryDriver, WebhookDriver};
 use crate::{lag, projections};
-use idp_events::secret_keys::SecretKeys;
 
 /// How long in-flight jobs may take to finish at shutdown before they are abandoned (their
 /// messages go back to the queue when the connection closes).
@@ -68,7 +66,7 @@ impl Worker {
             .await
             .context("while applying database migrations")?;
         let mailer = mailer(&config.email)?;
-        let catalogue = catalogue(&config.common)?;
+        let catalogue = config.common.catalogue()?;
         let drivers = drivers(config, &pool)?;
         let broker = Arc::new(BrokerProbe::new(config.common.amqp_url.clone()));
         let listener = TcpListener::bind(config.worker_addr)
@@ -164,12 +162,7 @@ impl Worker {
         };
         // Jobs sleeping between attempts stop at shutdown and hand their message back.
         let jobs_shutdown = shutdown.child_token();
-        let email_keys = key_ring(
-            &self.config,
-            "EMAIL_TOKEN_KEYS",
-            self.config.common.email_token_keys.as_ref(),
-            "email-token",
-        )?;
+        let email_keys = Arc::new(self.config.common.email_token_ring()?);
         let provision_jobs = Arc::new(ProvisionJobs::new(
             store.clone(),
             self.catalogue,
@@ -258,43 +251,13 @@ fn mailer(config: &EmailConfig) -> anyhow::Result<Mailer> {
     Ok(mailer)
 }
 
-/// The project templates: the built-in ones, with `PROJECT_TEMPLATES_DIR`'s over them.
-fn catalogue(config: &CommonConfig) -> anyhow::Result<Catalogue> {
-    Catalogue::load(config.project_templates_dir.as_deref())
-        .map_err(|err| anyhow::anyhow!("PROJECT_TEMPLATES_DIR: {err}"))
-}
-
-/// The key ring `variable` (its `value`), or the development ring `SECRETS_DIR/<file>.keys`.
-fn key_ring(
-    config: &Config,
-    variable: &str,
-    value: Option<&SecretString>,
-    file: &str,
-) -> anyhow::Result<Arc<SecretKeys>> {
-    let common = &config.common;
-    SecretKeys::from_env_or_dev_ring(
-        variable,
-        value,
-        &common.secrets_dir,
-        file,
-        common.secrets_generate,
-    )
-    .map(Arc::new)
-    .map_err(|e| anyhow::anyhow!("{e}"))
-}
-
 /// The `database` driver: on `PROVISION_DATABASE_URL`'s server (default: `pool`'s), keeping
 /// project roles out of `pool`'s database (idp's own), with passwords from
 /// `PROJECT_DATABASE_KEYS`. The server's pool connects lazily, so an unreachable
 /// `PROVISION_DATABASE_URL` fails `database` steps (and opens their breaker), not the worker.
 pub fn database_driver(config: &Config, pool: &PgPool) -> anyhow::Result<DatabaseDriver> {
     let provision = &config.provision;
-    let keys = key_ring(
-        config,
-        "PROJECT_DATABASE_KEYS",
-        config.common.project_database_keys.as_ref(),
-        "project-database",
-    )?;
+    let keys = Arc::new(config.common.project_database_ring()?);
     let admin = match &provision.provision_database_url {
         Some(url) => PgPoolOptions::new()
             .max_connections(4)
