@@ -11,9 +11,9 @@ use idp_events::{
     Upcasters,
 };
 use serde_json::json;
-use uuid::Uuid;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{Connection, PgPool};
+use uuid::Uuid;
 
 fn event(n: i64) -> NewEvent {
     NewEvent::new("ThingHappened", json!({ "n": n }))
@@ -799,18 +799,30 @@ async fn an_event_and_a_reservation_name_the_stream_that_holds_them(pool: PgPool
         Some(ada.clone())
     );
     assert_eq!(
-        store.stream_of_event(first_id, "SomethingElse").await.unwrap(),
+        store
+            .stream_of_event(first_id, "SomethingElse")
+            .await
+            .unwrap(),
         None,
         "the type must match too"
     );
     assert_eq!(
-        store.stream_of_event(Uuid::now_v7(), "Registered").await.unwrap(),
+        store
+            .stream_of_event(Uuid::now_v7(), "Registered")
+            .await
+            .unwrap(),
         None
     );
     assert_eq!(
         store.holder_of("email", "ada@example.com").await.unwrap(),
         Some(ada)
     );
-    assert_eq!(store.holder_of("email", "bob@example.com").await.unwrap(), None);
-    assert_eq!(store.holder_of("name", "ada@example.com").await.unwrap(), None);
+    assert_eq!(
+        store.holder_of("email", "bob@example.com").await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.holder_of("name", "ada@example.com").await.unwrap(),
+        None
+    );
 }

@@ -95,8 +95,7 @@ impl Identity {
         let mut tx = conn.begin().await?;
         let (account, other_admins) = self.guard_admins(&mut tx, user_id).await?;
         // `change_roles` counts the account itself among the administrators.
-        let events =
-            user::change_roles(&account, roles, other_admins.saturating_add(1))?;
+        let events = user::change_roles(&account, roles, other_admins.saturating_add(1))?;
         self.append_user_in(&mut tx, &account, &events, ctx.metadata(admin))
             .await?;
         tx.commit().await?;
@@ -153,7 +152,11 @@ impl Identity {
             .chain(admins.iter().copied())
             .map(StreamId::user)
             .collect();
-        let mut histories = self.store.read_streams_in(conn, &streams).await?.into_iter();
+        let mut histories = self
+            .store
+            .read_streams_in(conn, &streams)
+            .await?
+            .into_iter();
         let account = User::fold(user_id, &histories.next().unwrap_or_default());
         if !account.exists() {
             return Err(IdentityError::NotFound);

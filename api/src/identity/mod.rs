@@ -229,7 +229,10 @@ impl Identity {
 
     /// The account `id`, folded from its stream (NotFound if it has none).
     pub async fn load_user(&self, id: Uuid) -> Result<User, IdentityError> {
-        let events = self.store.read_stream(StreamId::user(id).as_str(), 1).await?;
+        let events = self
+            .store
+            .read_stream(StreamId::user(id).as_str(), 1)
+            .await?;
         let user = User::fold(id, &events);
         if !user.exists() {
             return Err(IdentityError::NotFound);
@@ -347,7 +350,11 @@ fn roles_grant_admin(events: &[UserEvent]) -> Option<bool> {
 }
 
 /// Records in `admin_accounts` whether `user_id` is an administrator.
-async fn set_admin(conn: &mut PgConnection, user_id: Uuid, admin: bool) -> Result<(), IdentityError> {
+async fn set_admin(
+    conn: &mut PgConnection,
+    user_id: Uuid,
+    admin: bool,
+) -> Result<(), IdentityError> {
     let sql = if admin {
         "insert into admin_accounts (user_id, granted_at) values ($1, now()) on conflict (user_id) do nothing"
     } else {

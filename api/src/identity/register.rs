@@ -148,7 +148,11 @@ impl Identity {
     /// Confirms an address with the token from the verification email, and with it the
     /// registration that link was sent for: a pending registration's password replaces the
     /// account's in the same transaction.
-    pub async fn verify_email(&self, ctx: &ClientContext, token: &str) -> Result<(), IdentityError> {
+    pub async fn verify_email(
+        &self,
+        ctx: &ClientContext,
+        token: &str,
+    ) -> Result<(), IdentityError> {
         let invalid = IdentityError::invalid_token;
         let event_id = one_time_token::open(&self.email_keys, Purpose::VerifyEmail, token)
             .map_err(|_| invalid())?;

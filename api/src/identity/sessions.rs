@@ -132,7 +132,11 @@ impl Identity {
     }
 
     /// Ends the session of a refresh token. Unknown or already ended: nothing to do.
-    pub async fn logout(&self, ctx: &ClientContext, refresh_token: &str) -> Result<(), IdentityError> {
+    pub async fn logout(
+        &self,
+        ctx: &ClientContext,
+        refresh_token: &str,
+    ) -> Result<(), IdentityError> {
         let hash = tokens::hash_refresh_token(refresh_token);
         let row: Option<(Uuid, Uuid)> = sqlx::query_as(
             "select s.session_id, s.user_id from refresh_tokens t join sessions s using (session_id) where t.token_hash = $1",
@@ -202,7 +206,10 @@ fn sessions_lock(user_id: Uuid) -> String {
 
 /// Takes [`sessions_lock`] of `user_id` exclusively until the transaction ends. Taken before
 /// anything else the transaction locks (a sign-in takes it first too), so waits never cross.
-pub(super) async fn lock_sessions(conn: &mut PgConnection, user_id: Uuid) -> Result<(), IdentityError> {
+pub(super) async fn lock_sessions(
+    conn: &mut PgConnection,
+    user_id: Uuid,
+) -> Result<(), IdentityError> {
     sqlx::query("select pg_advisory_xact_lock(hashtextextended($1, 0))")
         .bind(sessions_lock(user_id))
         .execute(conn)
