@@ -8,12 +8,16 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
-use crate::chain::{canonical_body, link_hash};
+use crate::chain::link_hash;
 use crate::error::{AppendError, ReadError};
 use crate::event::{Cursor, ExpectedVersion, Metadata, NewEvent, RecordedEvent};
 use crate::notifier::Notifier;
 use crate::stream_id::StreamId;
 use crate::upcast::Upcasters;
+
+mod encode;
+
+use self::encode::{Encoded, encode};
 
 /// The channel subscribers LISTEN on; the payload is the highest position appended so far.
 pub const NOTIFY_CHANNEL: &str = "idp_events";
@@ -759,54 +763,4 @@ fn decode_row(row: &PgRow, upcasters: &Upcasters) -> Result<RecordedEvent, ReadE
     let mut event = RecordedEvent::from_row(row)?;
     upcasters.apply(&mut event);
     Ok(event)
-}
-
-/// What every append path stores besides the events' own fields: the metadata as JSON, the
-/// time of the append, and each event's canonical body (the input of its chain link).
-struct Encoded {
-    metadata: serde_json::Value,
-    recorded_at: DateTime<Utc>,
-    bodies: Vec<Vec<u8>>,
-}
-
-fn encode(append: &Append) -> Result<Encoded, AppendError> {
-    let metadata = serde_json::to_value(&append.metadata)
-        .map_err(|e| AppendError::InvalidEvent(e.to_string()))?;
-    let recorded_at = now_micros();
-    let bodies = append
-        .events
-        .iter()
-        .map(|event| {
-            check_schema_version(event)?;
-            Ok(canonical_body(
-                event.event_id,
-                &event.event_type,
-                event.schema_version,
-                &event.data,
-                &metadata,
-                recorded_at,
-            ))
-        })
-        .collect::<Result<_, AppendError>>()?;
-    Ok(Encoded {
-        metadata,
-        recorded_at,
-        bodies,
-    })
-}
-
-fn check_schema_version(event: &NewEvent) -> Result<(), AppendError> {
-    if event.schema_version < 1 {
-        return Err(AppendError::InvalidEvent(format!(
-            "schema version of {} must be at least 1",
-            event.event_type
-        )));
-    }
-    Ok(())
-}
-
-/// Now, at the microsecond precision PostgreSQL stores, so the hashed time is the stored time.
-fn now_micros() -> DateTime<Utc> {
-    let now = Utc::now();
-    DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
 }
