@@ -232,7 +232,7 @@ async fn main() -> anyhow::Result<()> {
     .fetch_one(&pool)
     .await?;
     let token = one_time_token::issue(
-        &idp_events::secret_keys::SecretKeys::single("bench", SECRET.as_bytes()),
+        &idp_events::keys::SecretKeys::single("bench", SECRET.as_bytes()),
         Purpose::VerifyEmail,
         event_id,
     );

@@ -37,7 +37,7 @@ use futures::StreamExt;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use idp_events::identity::one_time_token::{self, Purpose};
-use idp_events::secret_keys::SecretKeys;
+use idp_events::keys::SecretKeys;
 use idp_ops::config::DatabaseUrl;
 use reqwest::{RequestBuilder, StatusCode, Url};
 use serde_json::{Value, json};

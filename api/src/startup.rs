@@ -32,7 +32,7 @@ use crate::auth::password::{HashParams, Hasher};
 use crate::auth::tokens::{TokenConfig, Tokens};
 use crate::identity::IdentityKeys;
 use idp_events::identity::email::Email;
-use idp_events::secret_keys::SecretKeys;
+use idp_events::keys::SecretKeys;
 use secrecy::ExposeSecret as _;
 
 use crate::config::Config;

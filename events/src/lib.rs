@@ -34,6 +34,3 @@ pub use store::{Append, AppendOutcome, EventStore, NOTIFY_CHANNEL};
 pub use stream_id::{Category, StreamId, StreamIdError};
 pub use tagged::EventTypes;
 pub use upcast::Upcasters;
-
-/// The secret key rings, under the name their callers know: [`keys::ring`].
-pub use keys::ring as secret_keys;

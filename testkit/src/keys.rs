@@ -1,7 +1,7 @@
 //! The key rings every test API and worker is configured with, so that a test can compute
 //! what either would (the token in a verification email, a project database's password).
 
-use idp_events::secret_keys::SecretKeys;
+use idp_events::keys::SecretKeys;
 
 /// The key of one-time tokens shared by the test API and worker.
 pub const TOKEN_SECRET: &str = "test-token-secret-0123456789abcdef0123456789";

@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, StatusCode};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
-use idp_events::secret_keys::SecretKeys;
+use idp_events::keys::SecretKeys;
 use idp_worker::provision::drivers::{
     DatabaseDriver, DriverError, Hardened, Password, RepositoryDriver, StepInput, WebhookDriver,
     database_password, signature,

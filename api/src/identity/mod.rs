@@ -20,7 +20,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use idp_events::identity::email::Email;
 use idp_events::identity::user::{self, User, UserEvent};
-use idp_events::secret_keys::SecretKeys;
+use idp_events::keys::SecretKeys;
 use idp_events::{Append, EventStore, ExpectedVersion, Metadata, StreamId};
 use sqlx::{PgConnection, PgPool};
 use tokio_util::task::TaskTracker;

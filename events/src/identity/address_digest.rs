@@ -8,7 +8,7 @@
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::secret_keys::SecretKeys;
+use crate::keys::SecretKeys;
 
 /// The digest of the normalised address `email`.
 pub fn digest(keys: &SecretKeys, email: &str) -> [u8; 32] {

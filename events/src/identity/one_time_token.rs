@@ -3,7 +3,7 @@
 //! A token is `base64url(event_id || HMAC-SHA256(key, purpose || event_id))`, where the event
 //! is the one that asked for the token (`VerificationRequested`, `PasswordResetRequested`) and
 //! the key is the current one of the email-token ring (`EMAIL_TOKEN_KEYS`, see
-//! [`crate::secret_keys`]); every key of the ring still opens the tokens it made. The
+//! [`crate::keys`]); every key of the ring still opens the tokens it made. The
 //! API can check a presented token, and the worker that sends the email can recompute it from
 //! the event, without the log ever holding a usable secret: reading the log is not enough to
 //! forge or recover a token without the server key.
@@ -14,7 +14,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use uuid::Uuid;
 
-use crate::secret_keys::SecretKeys;
+use crate::keys::SecretKeys;
 
 type HmacSha256 = Hmac<Sha256>;
 

@@ -18,7 +18,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use uuid::Uuid;
 
-use crate::secret_keys::SecretKeys;
+use crate::keys::SecretKeys;
 
 /// The field of a database step's output that names the key which derived the login's password.
 pub const PASSWORD_KEY_ID: &str = "password_key_id";

@@ -27,7 +27,7 @@
 //! The latest seal ([`latest`]) is small and can be copied out of the database; checking a copy
 //! against the log ([`Anchor`]) also catches seals cut off at the end.
 //!
-//! The module's parts: the [`format`] of a seal (pure), its [`keys`], the [`store`] that seals
+//! The module's parts: the [`format`](mod@format) of a seal (pure), its [`keys`], the [`store`] that seals
 //! and reads seals, the [`report`] of an audit and the audit itself ([`verify`]).
 
 pub mod format;

@@ -22,7 +22,7 @@ use std::time::Duration;
 use idp_events::identity::one_time_token::{self, Purpose};
 use idp_events::identity::user::{User, UserEvent};
 use idp_events::jobs::{self, JobEvent};
-use idp_events::secret_keys::SecretKeys;
+use idp_events::keys::SecretKeys;
 use idp_events::{
     Append, AppendError, EventStore, ExpectedVersion, Metadata, RecordedEvent, StreamId,
 };

@@ -38,8 +38,8 @@
 use std::fmt;
 use std::sync::Arc;
 
+use idp_events::keys::{SecretKey, SecretKeys};
 use idp_events::project::PASSWORD_KEY_ID;
-use idp_events::secret_keys::{SecretKey, SecretKeys};
 use serde_json::json;
 use sqlx::postgres::PgConnection;
 use sqlx::{ConnectOptions, Connection, Executor, PgPool};
