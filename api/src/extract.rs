@@ -1,8 +1,10 @@
 //! Extractors: JSON bodies, query strings and path parameters that fail as problem documents,
 //! the client's context for event metadata, and the authenticated caller.
 
+use std::any::TypeId;
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use axum::extract::path::ErrorKind;
 use axum::extract::rejection::{JsonRejection, PathRejection};
@@ -61,7 +63,7 @@ pub struct ApiQuery<T>(pub T);
 
 impl<S, T> FromRequestParts<S> for ApiQuery<T>
 where
-    T: DeserializeOwned + IntoParams,
+    T: DeserializeOwned + IntoParams + 'static,
     S: Send + Sync,
 {
     type Rejection = ApiError;
@@ -76,9 +78,12 @@ where
 
 /// Checks the names in `uri`'s query against `T`'s parameters; when an exploded array is
 /// repeated, the URI with its values joined by commas.
-fn canonical_query<T: IntoParams>(uri: &Uri) -> Result<Option<Uri>, ApiError> {
+fn canonical_query<T: IntoParams + 'static>(uri: &Uri) -> Result<Option<Uri>, ApiError> {
     let query = uri.query().unwrap_or_default();
-    let params = T::into_params(|| Some(ParameterIn::Query));
+    if query.is_empty() {
+        return Ok(None);
+    }
+    let params = known_params::<T>();
     let mut pairs: Vec<(String, String)> = Vec::new();
     let mut joined = false;
     for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
@@ -91,7 +96,7 @@ fn canonical_query<T: IntoParams>(uri: &Uri) -> Result<Option<Uri>, ApiError> {
         };
         match pairs.iter_mut().find(|(k, _)| *k == key) {
             None => pairs.push((key.into_owned(), value.into_owned())),
-            Some((_, values)) if param.explode == Some(true) => {
+            Some((_, values)) if param.explode => {
                 values.push(',');
                 values.push_str(&value);
                 joined = true;
@@ -114,6 +119,34 @@ fn canonical_query<T: IntoParams>(uri: &Uri) -> Result<Option<Uri>, ApiError> {
         .build()
         .map(Some)
         .map_err(|e| ApiError::BadRequest(format!("query string: {e}")))
+}
+
+/// A query parameter as [`ApiQuery`] checks it: its name, and whether it may repeat.
+#[derive(Debug)]
+struct KnownParam {
+    name: String,
+    explode: bool,
+}
+
+/// The query parameters `T` describes, built from its `IntoParams` once per type (the full
+/// OpenAPI description, schemas included, is not rebuilt for every request).
+fn known_params<T: IntoParams + 'static>() -> &'static [KnownParam] {
+    static KNOWN: OnceLock<Mutex<HashMap<TypeId, &'static [KnownParam]>>> = OnceLock::new();
+    let mut known = KNOWN
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    known.entry(TypeId::of::<T>()).or_insert_with(|| {
+        let params: Vec<KnownParam> = T::into_params(|| Some(ParameterIn::Query))
+            .into_iter()
+            .map(|p| KnownParam {
+                explode: p.explode == Some(true),
+                name: p.name,
+            })
+            .collect();
+        // One small list per query type, for the life of the process.
+        Vec::leak(params)
+    })
 }
 
 /// A value of the path, and the answer when the path holds something else.

@@ -292,12 +292,7 @@ impl Identity {
             return Ok(());
         }
         self.store
-            .append(
-                Append::to(StreamId::user(account.id))
-                    .expecting(ExpectedVersion::after(account.version))
-                    .events(events.iter().map(UserEvent::to_new_event))
-                    .metadata(metadata),
-            )
+            .append(user_append(account, events, metadata))
             .await?;
         Ok(())
     }
@@ -315,19 +310,21 @@ impl Identity {
             return Ok(());
         }
         self.store
-            .append_in(
-                &mut *conn,
-                Append::to(StreamId::user(account.id))
-                    .expecting(ExpectedVersion::after(account.version))
-                    .events(events.iter().map(UserEvent::to_new_event))
-                    .metadata(metadata),
-            )
+            .append_in(&mut *conn, user_append(account, events, metadata))
             .await?;
         if let Some(admin) = roles_grant_admin(events) {
             set_admin(conn, account.id, admin).await?;
         }
         Ok(())
     }
+}
+
+/// `events` for `account`'s stream, on the version it was folded to.
+fn user_append(account: &User, events: &[UserEvent], metadata: Metadata) -> Append {
+    Append::to(StreamId::user(account.id))
+        .expecting(ExpectedVersion::after(account.version))
+        .events(events.iter().map(UserEvent::to_new_event))
+        .metadata(metadata)
 }
 
 /// Ends the run of consecutive failures of `user_id` (a success, a lock, a new password).

@@ -596,7 +596,9 @@ mod tests {
 
     use super::*;
 
-    async fn read<T: serde::de::DeserializeOwned + IntoParams>(query: &str) -> Result<T, String> {
+    async fn read<T: serde::de::DeserializeOwned + IntoParams + 'static>(
+        query: &str,
+    ) -> Result<T, String> {
         let (mut parts, ()) = Request::builder()
             .uri(format!("/v1/admin/events?{query}"))
             .body(())
