@@ -11,7 +11,7 @@ use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, Uri, header};
-use idp_events::Metadata;
+use idp_events::{Metadata, StreamId};
 use serde::de::DeserializeOwned;
 use utoipa::IntoParams;
 use utoipa::openapi::path::ParameterIn;
@@ -310,7 +310,7 @@ pub struct AuthUser {
 impl AuthUser {
     /// The actor name for event metadata.
     pub fn actor(&self) -> String {
-        format!("user-{}", self.user_id)
+        StreamId::user(self.user_id).into()
     }
 
     /// Whether the caller is an administrator now: the account's current state decides, not

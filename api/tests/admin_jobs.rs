@@ -6,7 +6,8 @@
 mod common;
 
 use common::spawn_app;
-use idp_events::jobs::{self, JobEvent};
+use idp_events::StreamId;
+use idp_events::jobs::JobEvent;
 use idp_events::{Append, EventStore, Metadata};
 use serde_json::{Value, json};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -78,7 +79,7 @@ async fn dead_jobs_are_for_admins_only_and_bad_paging_is_a_400(
     let job = Uuid::new_v4();
     store
         .append(
-            Append::to(jobs::stream_id(job))
+            Append::to(StreamId::job(job))
                 .event(
                     JobEvent::EmailSent {
                         attempt: 1,

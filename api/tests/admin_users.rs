@@ -7,6 +7,7 @@
 
 mod common;
 
+use idp_events::StreamId;
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -180,7 +181,7 @@ impl Setup {
         }
         self.store
             .append(
-                Append::to(user::stream_id(id))
+                Append::to(StreamId::user(id))
                     .expecting(ExpectedVersion::NoStream)
                     .events(events.iter().map(UserEvent::to_new_event))
                     .metadata(Metadata::actor("test")),
@@ -218,7 +219,7 @@ impl Setup {
             id,
             &self
                 .store
-                .read_stream(&user::stream_id(id), 1)
+                .read_stream(StreamId::user(id).as_str(), 1)
                 .await
                 .unwrap(),
         )
@@ -546,7 +547,7 @@ async fn one_account_is_folded_from_its_stream_with_the_directory_fields(
     assert!(body["created_at"].is_string());
     let version: i64 =
         sqlx::query_scalar("select max(stream_version) from events where stream_id = $1")
-            .bind(user::stream_id(ada))
+            .bind(StreamId::user(ada).to_string())
             .fetch_one(&s.pool)
             .await
             .unwrap();
@@ -619,7 +620,7 @@ async fn a_lock_refuses_sign_in_and_ends_every_session_until_an_unlock(
     })
     .await;
     assert!(
-        s.actors(&user::stream_id(ada), "PasswordResetRequested")
+        s.actors(StreamId::user(ada).as_str(), "PasswordResetRequested")
             .await
             .is_empty()
     );
@@ -662,7 +663,9 @@ async fn a_lock_refuses_sign_in_and_ends_every_session_until_an_unlock(
     let (status, body) = s.admin(Method::POST, &lock, Some(json!({}))).await;
     assert_eq!((status, body["sessions_revoked"].clone()), (200, json!(0)));
     assert_eq!(
-        s.actors(&user::stream_id(ada), "AccountLocked").await.len(),
+        s.actors(StreamId::user(ada).as_str(), "AccountLocked")
+            .await
+            .len(),
         1
     );
     let (status, _) = s
@@ -788,7 +791,7 @@ async fn granting_and_removing_admin_takes_effect_on_the_next_request(
     })
     .await;
     assert_eq!(
-        s.actors(&user::stream_id(ada), "RolesChanged").await,
+        s.actors(StreamId::user(ada).as_str(), "RolesChanged").await,
         vec![format!("user-{}", s.root); 2],
         "two changes; the empty list changed nothing"
     );
@@ -1048,10 +1051,10 @@ async fn every_administrative_action_is_recorded_with_the_administrator_as_actor
         .await;
     assert_eq!(status, 200);
 
-    let stream = user::stream_id(ada);
+    let stream = StreamId::user(ada);
     for event_type in ["RolesChanged", "AccountLocked", "AccountUnlocked"] {
         assert_eq!(
-            s.actors(&stream, event_type).await,
+            s.actors(stream.as_str(), event_type).await,
             vec![me.clone()],
             "{event_type}"
         );

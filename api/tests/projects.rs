@@ -8,6 +8,7 @@
 
 mod common;
 
+use idp_events::StreamId;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use common::identity::PASSWORD;
 use common::{TestApp, spawn_app};
 use idp_api::config::Config;
 use idp_api::startup::Application;
-use idp_events::project::{Project, ProjectEvent, read_model, stream_id};
+use idp_events::project::{Project, ProjectEvent, read_model};
 use idp_events::{Append, EventStore, ExpectedVersion, Metadata};
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -97,14 +98,18 @@ impl Env {
     /// Plays the worker: appends `events` to project `id`'s stream at its current version and
     /// saves the `projects` table in the same transaction. Returns the events' positions.
     async fn simulate(&self, id: Uuid, events: &[ProjectEvent]) -> Vec<i64> {
-        let history = self.store.read_stream(&stream_id(id), 1).await.unwrap();
+        let history = self
+            .store
+            .read_stream(StreamId::project(id).as_str(), 1)
+            .await
+            .unwrap();
         let mut project = Project::fold(id, &history);
         let mut tx = self.pool.begin().await.unwrap();
         let outcome = self
             .store
             .append_in(
                 &mut tx,
-                Append::to(stream_id(id))
+                Append::to(StreamId::project(id))
                     .expecting(ExpectedVersion::Exact(project.version))
                     .events(events.iter().map(ProjectEvent::to_new_event))
                     .metadata(Metadata::actor("worker")),
@@ -337,7 +342,11 @@ async fn a_request_is_accepted_with_links_and_shows_the_template_steps_pending(
         );
     }
     // The request is in the log, with its actor.
-    let history = env.store.read_stream(&stream_id(id), 1).await.unwrap();
+    let history = env
+        .store
+        .read_stream(StreamId::project(id).as_str(), 1)
+        .await
+        .unwrap();
     assert_eq!(history.len(), 1);
     assert_eq!(history[0].event_type, "ProjectRequested");
     assert_eq!(
@@ -692,7 +701,11 @@ async fn another_users_project_is_not_found_whatever_the_route(
     }
     // Nothing changed: still ready, credentials not handed out.
     assert_eq!(env.detail(&ada, id).await["status"], "ready");
-    let history = env.store.read_stream(&stream_id(id), 1).await.unwrap();
+    let history = env
+        .store
+        .read_stream(StreamId::project(id).as_str(), 1)
+        .await
+        .unwrap();
     assert_eq!(history.last().unwrap().event_type, "ProjectReady");
 
     // An administrator sees it, but the database login is the owner's alone.
@@ -831,7 +844,11 @@ async fn the_database_login_is_handed_to_the_owner_once(
         })
     );
     // The log records the hand-out, not the password.
-    let history = env.store.read_stream(&stream_id(id), 1).await.unwrap();
+    let history = env
+        .store
+        .read_stream(StreamId::project(id).as_str(), 1)
+        .await
+        .unwrap();
     let last = history.last().unwrap();
     assert_eq!(last.event_type, "CredentialsIssued");
     assert!(
@@ -906,7 +923,11 @@ async fn a_login_whose_key_is_not_recorded_or_not_configured_is_not_handed_out_u
          cannot be handed out; ask an operator to rotate it (idp-worker harden-databases \
          --rotate-passwords), then ask again"
     );
-    let history = env.store.read_stream(&stream_id(id), 1).await.unwrap();
+    let history = env
+        .store
+        .read_stream(StreamId::project(id).as_str(), 1)
+        .await
+        .unwrap();
     assert!(
         history.iter().all(|e| e.event_type != "CredentialsIssued"),
         "nothing was handed out"
@@ -1062,7 +1083,11 @@ async fn a_follower_sees_every_event_live_and_a_reconnect_resumes_after_last_eve
     assert!(prompt >= 5, "only {prompt} of 7 events came promptly");
 
     // Everything in the log, in order, with positions as ids.
-    let history = env.store.read_stream(&stream_id(id), 1).await.unwrap();
+    let history = env
+        .store
+        .read_stream(StreamId::project(id).as_str(), 1)
+        .await
+        .unwrap();
     assert_eq!(seen.len(), history.len());
     for (event, recorded) in seen.iter().zip(&history) {
         assert_eq!(event.id, recorded.position.to_string());

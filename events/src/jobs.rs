@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::{NewEvent, RecordedEvent, StreamId};
+use crate::{NewEvent, RecordedEvent};
 
 /// Namespace of the name-based job ids.
 const JOB_NAMESPACE: Uuid = Uuid::from_u128(0x6a0b_5d3e_21c4_4f0e_9a7d_0c1e_5f2b_8d41);
@@ -19,16 +19,6 @@ const JOB_NAMESPACE: Uuid = Uuid::from_u128(0x6a0b_5d3e_21c4_4f0e_9a7d_0c1e_5f2b
 /// The id of the job `kind` caused by event `cause`: the same inputs always give the same id.
 pub fn job_id(kind: &str, cause: Uuid) -> Uuid {
     Uuid::new_v5(&JOB_NAMESPACE, format!("{kind}:{cause}").as_bytes())
-}
-
-/// The stream of job `id`, as the log stores it ([`StreamId::job`]).
-pub fn stream_id(id: Uuid) -> String {
-    StreamId::job(id).into()
-}
-
-/// The stream of circuit breaker `name`, as the log stores it ([`StreamId::breaker`]).
-pub fn breaker_stream_id(name: &str) -> String {
-    StreamId::breaker(name).into()
 }
 
 /// Events of a job's stream.

@@ -350,6 +350,7 @@ mod tests {
 
     use super::*;
     use crate::NewEvent;
+    use crate::StreamId;
     use crate::identity::login;
     use crate::identity::user::UserEvent;
     use crate::jobs::JobEvent;
@@ -540,7 +541,7 @@ mod tests {
 
         let session_id = Uuid::now_v7();
         let logins = recorded(
-            &login::stream_id(id),
+            StreamId::login(id).as_str(),
             start,
             vec![
                 login::failed(login::FailureReason::WrongPassword),
@@ -549,7 +550,7 @@ mod tests {
                 login::failed(login::FailureReason::Locked),
             ],
         );
-        let state = state_of(&login::stream_id(id), &logins).unwrap();
+        let state = state_of(StreamId::login(id).as_str(), &logins).unwrap();
         assert_eq!(state["succeeded"], json!(1));
         assert_eq!(state["failed"], json!(3));
         assert_eq!(state["failures_since_success"], json!(2));
@@ -559,7 +560,7 @@ mod tests {
         );
         assert_eq!(state["last_session_id"], json!(session_id));
         assert_eq!(state["last_failure_reason"], json!("locked"));
-        assert!(state_of(&login::unknown_stream_id("abc"), &logins).is_some());
+        assert!(state_of(StreamId::login_unknown("abc").as_str(), &logins).is_some());
 
         let breaker = recorded(
             "breaker-smtp",

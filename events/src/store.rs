@@ -19,6 +19,14 @@ mod encode;
 
 use self::encode::{Encoded, encode};
 
+/// A stream's current version: the highest version it holds.
+const STREAM_VERSION: &str = "select max(stream_version) from events where stream_id = $1";
+
+/// [`STREAM_VERSION`]'s answer as a version (0 for a stream with no events).
+fn folded_version(version: Option<i64>) -> u64 {
+    version.map_or(0, |v| u64::try_from(v).unwrap_or_default())
+}
+
 /// The channel subscribers LISTEN on; the payload is the highest position appended so far.
 pub const NOTIFY_CHANNEL: &str = "idp_events";
 
@@ -300,7 +308,10 @@ impl EventStore {
                 expected,
                 actual: -1,
             }) => {
-                let actual = self.stream_version(&stream_id).await.unwrap_or(-1);
+                let actual = match self.stream_version(&stream_id).await {
+                    Ok(version) => i64::try_from(version).unwrap_or(i64::MAX),
+                    Err(_) => -1,
+                };
                 Err(AppendError::Conflict {
                     stream_id,
                     expected,
@@ -430,13 +441,13 @@ impl EventStore {
     }
 
     /// The stream's current version (0 if it has no events).
-    pub async fn stream_version(&self, stream_id: &str) -> Result<i64, ReadError> {
-        let version: Option<i64> =
-            sqlx::query_scalar("select max(stream_version) from events where stream_id = $1")
-                .bind(stream_id)
-                .fetch_one(&self.pool)
-                .await?;
-        Ok(version.unwrap_or(0))
+    pub async fn stream_version(&self, stream_id: impl AsRef<str>) -> Result<u64, ReadError> {
+        let stream_id = stream_id.as_ref();
+        let version = sqlx::query_scalar(STREAM_VERSION)
+            .bind(stream_id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(folded_version(version))
     }
 
     /// The current version of `stream` (0 if it has no events), read on `conn`: inside the
@@ -447,12 +458,11 @@ impl EventStore {
         conn: &mut PgConnection,
         stream: &StreamId,
     ) -> Result<u64, ReadError> {
-        let version: Option<i64> =
-            sqlx::query_scalar("select max(stream_version) from events where stream_id = $1")
-                .bind(stream.as_str())
-                .fetch_one(conn)
-                .await?;
-        Ok(version.map_or(0, |v| u64::try_from(v).unwrap_or_default()))
+        let version = sqlx::query_scalar(STREAM_VERSION)
+            .bind(stream.as_str())
+            .fetch_one(conn)
+            .await?;
+        Ok(folded_version(version))
     }
 
     /// The events of each of `streams`, upcast, read on `conn` in one statement: inside the
@@ -658,9 +668,10 @@ impl EventStore {
     /// Events of one stream from `from_version` (inclusive, versions start at 1), upcast.
     pub async fn read_stream(
         &self,
-        stream_id: &str,
+        stream_id: impl AsRef<str>,
         from_version: i64,
     ) -> Result<Vec<RecordedEvent>, ReadError> {
+        let stream_id = stream_id.as_ref();
         let rows = sqlx::query(&format!(
             "{SELECT_COLUMNS} where e.stream_id = $1 and e.stream_version >= $2 order by e.stream_version"
         ))

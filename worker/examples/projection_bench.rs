@@ -17,6 +17,7 @@
 
 #![allow(clippy::print_stdout, clippy::cast_precision_loss)]
 
+use idp_events::StreamId;
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -24,7 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use idp_events::identity::login::{self, FailureReason};
-use idp_events::identity::session::{self, RevokeReason, SessionEvent};
+use idp_events::identity::session::{RevokeReason, SessionEvent};
 use idp_events::identity::user::{self, UserEvent};
 use idp_events::subscription::{self, Handler, Subscription, SubscriptionOptions};
 use idp_events::{Append, Cursor, EventStore, ExpectedVersion, Metadata, NewEvent};
@@ -254,7 +255,7 @@ impl Account {
         };
         self.version += i64::try_from(events.len()).unwrap_or_default();
         self.produced += events.len() as u64;
-        Append::to(user::stream_id(self.id))
+        Append::to(StreamId::user(self.id))
             .expecting(expected)
             .events(events.iter().map(UserEvent::to_new_event))
             .metadata(meta)
@@ -326,7 +327,7 @@ impl Account {
             let meta = self.meta("anonymous".into());
             self.produced += 1;
             appends.push(
-                Append::to(login::unknown_stream_id(&digest))
+                Append::to(StreamId::login_unknown(&digest))
                     .expecting(ExpectedVersion::Any)
                     .event(login::failed_unknown(&digest))
                     .metadata(meta),
@@ -368,7 +369,7 @@ impl Account {
         self.failures = 0;
         self.produced += events.len() as u64;
         let meta = self.own();
-        Append::to(session::stream_id(session_id))
+        Append::to(StreamId::session(session_id))
             .events(events)
             .metadata(meta)
     }
@@ -386,7 +387,7 @@ impl Account {
             };
             self.produced += 1;
             appends.push(
-                Append::to(login::stream_id(self.id))
+                Append::to(StreamId::login(self.id))
                     .expecting(ExpectedVersion::Any)
                     .event(login::failed(reason))
                     .metadata(meta),
@@ -629,7 +630,7 @@ async fn latency(
             let meta = Metadata::actor(format!("user-{account}"));
             let (append, mark) = match cycle % 4 {
                 0 => (
-                    Append::to(user::stream_id(account))
+                    Append::to(StreamId::user(account))
                         .event(
                             UserEvent::UserRegistered {
                                 email: format!("probe-{task}-{cycle}@example.com"),
@@ -642,14 +643,14 @@ async fn latency(
                     Mark::UserStream,
                 ),
                 1 => (
-                    Append::to(login::stream_id(account))
+                    Append::to(StreamId::login(account))
                         .expecting(ExpectedVersion::Any)
                         .event(login::failed(FailureReason::WrongPassword))
                         .metadata(meta),
                     Mark::LoginStream,
                 ),
                 2 => (
-                    Append::to(user::stream_id(account))
+                    Append::to(StreamId::user(account))
                         .expecting(ExpectedVersion::Exact(1))
                         .event(
                             UserEvent::RolesChanged {
@@ -661,7 +662,7 @@ async fn latency(
                     Mark::UserStream,
                 ),
                 _ => (
-                    Append::to(user::stream_id(account))
+                    Append::to(StreamId::user(account))
                         .expecting(ExpectedVersion::Exact(2))
                         .event(
                             UserEvent::EmailVerified {

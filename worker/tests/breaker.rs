@@ -3,16 +3,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use idp_events::StreamId;
 use std::time::Duration;
 
 use idp_events::EventStore;
-use idp_events::jobs::{BreakerEvent, BreakerState, breaker_stream_id};
+use idp_events::jobs::{BreakerEvent, BreakerState};
 use idp_worker::breaker::{self, Breaker, Permit};
 use sqlx::PgPool;
 
 async fn transitions(store: &EventStore) -> Vec<BreakerEvent> {
     store
-        .read_stream(&breaker_stream_id("downstream"), 1)
+        .read_stream(StreamId::breaker("downstream").as_str(), 1)
         .await
         .unwrap()
         .iter()

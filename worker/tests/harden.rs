@@ -7,14 +7,13 @@
 
 mod common;
 
+use idp_events::StreamId;
 use std::collections::BTreeMap;
 use std::process::{Command, Output};
 
 use common::harness::{drop_project_database, role_has_password};
 use idp_events::project::project::{self as decide, Project, ProjectEvent};
-use idp_events::project::{
-    Catalogue, ProjectName, database_password, password_key_id, read_model, stream_id,
-};
+use idp_events::project::{Catalogue, ProjectName, database_password, password_key_id, read_model};
 use idp_events::{EventStore, Metadata};
 use idp_testkit::database::database_url;
 use idp_testkit::process::stdout_of;
@@ -136,7 +135,7 @@ async fn connection_limit(pool: &PgPool, id: Uuid) -> i32 {
 
 async fn rotations(store: &EventStore, id: Uuid) -> Vec<(String, Value)> {
     store
-        .read_stream(&stream_id(id), 1)
+        .read_stream(StreamId::project(id).as_str(), 1)
         .await
         .unwrap()
         .into_iter()

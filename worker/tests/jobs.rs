@@ -5,6 +5,7 @@
 
 mod common;
 
+use idp_events::StreamId;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use common::harness::{
     self, ADMIN_EMAIL, ADMIN_PASSWORD, job_events, register_user, start_api, start_worker,
 };
 use idp_events::EventStore;
-use idp_events::jobs::{BreakerEvent, JobEvent, breaker_stream_id};
+use idp_events::jobs::{BreakerEvent, JobEvent};
 use idp_testkit::broker::unique_prefix;
 use idp_testkit::clock::wait_until;
 use idp_testkit::log::count_events;
@@ -232,7 +233,7 @@ async fn a_refusing_mail_server_gets_backed_off_retries_then_the_breaker_opens_t
     );
     assert_eq!(sink.stats().await.refused, 3);
     let breaker: Vec<BreakerEvent> = store
-        .read_stream(&breaker_stream_id("smtp"), 1)
+        .read_stream(StreamId::breaker("smtp").as_str(), 1)
         .await
         .unwrap()
         .iter()
@@ -309,7 +310,7 @@ async fn a_refusing_mail_server_gets_backed_off_retries_then_the_breaker_opens_t
     assert_eq!(mail.len(), 1);
     wait_until("the breaker to close", Duration::from_secs(30), || async {
         store
-            .read_stream(&breaker_stream_id("smtp"), 1)
+            .read_stream(StreamId::breaker("smtp").as_str(), 1)
             .await
             .unwrap()
             .iter()

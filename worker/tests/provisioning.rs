@@ -7,6 +7,7 @@
 
 mod common;
 
+use idp_events::StreamId;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -14,8 +15,8 @@ use common::harness::{
     self, ADMIN_EMAIL, ADMIN_PASSWORD, TestApi, drop_project_database, role_has_password,
     spawn_worker_process, start_api, start_worker,
 };
-use idp_events::jobs::{BreakerEvent, breaker_stream_id};
-use idp_events::project::{ProjectEvent, stream_id};
+use idp_events::jobs::BreakerEvent;
+use idp_events::project::ProjectEvent;
 use idp_events::{EventStore, RecordedEvent};
 use idp_testkit::broker::unique_prefix;
 use idp_testkit::clock::wait_until;
@@ -121,7 +122,7 @@ impl Owner {
 
 async fn history(store: &EventStore, id: Uuid) -> Vec<(ProjectEvent, RecordedEvent)> {
     store
-        .read_stream(&stream_id(id), 1)
+        .read_stream(StreamId::project(id).as_str(), 1)
         .await
         .unwrap()
         .into_iter()
@@ -477,7 +478,7 @@ async fn a_webhook_down_for_good_opens_the_breaker_fails_the_project_and_a_manua
     assert_eq!(starts_of(&events, "database"), 1, "not redone");
     assert_eq!(hook.received().len(), 3);
     let transitions: Vec<BreakerEvent> = store
-        .read_stream(&breaker_stream_id("provision-webhook"), 1)
+        .read_stream(StreamId::breaker("provision-webhook").as_str(), 1)
         .await
         .unwrap()
         .iter()

@@ -4,12 +4,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use idp_events::StreamId;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use idp_events::backoff::Backoff;
 use idp_events::identity::login::{self, FailureReason};
-use idp_events::identity::session::{self, RevokeReason, SessionEvent};
+use idp_events::identity::session::{RevokeReason, SessionEvent};
 use idp_events::identity::user::{self, User, UserEvent};
 use idp_events::subscription::{self, Handler, Subscription, SubscriptionOptions};
 use idp_events::{Append, EventStore, ExpectedVersion, Metadata, NewEvent};
@@ -111,7 +112,7 @@ impl Scenario {
     async fn user(&self, id: Uuid) -> User {
         let events = self
             .store
-            .read_stream(&user::stream_id(id), 1)
+            .read_stream(StreamId::user(id).as_str(), 1)
             .await
             .unwrap();
         User::fold(id, &events)
@@ -129,7 +130,7 @@ impl Scenario {
         if !events.is_empty() {
             self.store
                 .append(
-                    Append::to(user::stream_id(id))
+                    Append::to(StreamId::user(id))
                         .expecting(ExpectedVersion::after(account.version))
                         .events(events.iter().map(UserEvent::to_new_event))
                         .metadata(request(by)),
@@ -153,7 +154,7 @@ impl Scenario {
         self.store
             .append_in(
                 &mut tx,
-                Append::to(user::stream_id(id))
+                Append::to(StreamId::user(id))
                     .events(events.iter().map(UserEvent::to_new_event))
                     .claim("email", email)
                     .metadata(request(&actor(id))),
@@ -183,7 +184,7 @@ impl Scenario {
         let session_id = Uuid::now_v7();
         self.store
             .append(
-                Append::to(session::stream_id(session_id))
+                Append::to(StreamId::session(session_id))
                     .event(login::succeeded(session_id))
                     .event(
                         SessionEvent::SessionStarted {
@@ -202,7 +203,7 @@ impl Scenario {
     async fn on_session(&self, session_id: Uuid, by: Uuid, events: &[SessionEvent]) {
         self.store
             .append(
-                Append::to(session::stream_id(session_id))
+                Append::to(StreamId::session(session_id))
                     .expecting(ExpectedVersion::Any)
                     .events(events.iter().map(SessionEvent::to_new_event))
                     .metadata(request(&actor(by))),
@@ -216,7 +217,7 @@ impl Scenario {
     async fn fail(&self, id: Uuid, reason: FailureReason, failures: u32) -> Option<DateTime<Utc>> {
         self.store
             .append(
-                Append::to(login::stream_id(id))
+                Append::to(StreamId::login(id))
                     .expecting(ExpectedVersion::Any)
                     .event(login::failed(reason))
                     .metadata(request(&actor(id))),
@@ -325,7 +326,7 @@ async fn history(s: &Scenario) -> Cast {
     // An attempt on an address nobody has, and another context's events.
     s.store
         .append(
-            Append::to(login::unknown_stream_id("5d41402abc4b2a76b9719d911017c592"))
+            Append::to(StreamId::login_unknown("5d41402abc4b2a76b9719d911017c592"))
                 .expecting(ExpectedVersion::Any)
                 .event(login::failed_unknown("5d41402abc4b2a76b9719d911017c592"))
                 .metadata(request("anonymous")),
@@ -613,7 +614,7 @@ async fn audit_view_has_the_actor_ip_and_user_agent_of_an_event_and_no_password_
     let stored: Uuid = sqlx::query_scalar(
         "select subject_user_id from audit_view where stream_id = $1 and event_type = 'LoginSucceeded'",
     )
-    .bind(session::stream_id(session_id))
+    .bind(StreamId::session(session_id).to_string())
     .fetch_one(&pool)
     .await
     .unwrap();
@@ -691,7 +692,7 @@ async fn events_of_other_contexts_are_ignored_and_a_malformed_account_event_is_p
             .await
             .unwrap();
     }
-    let ada_stream = user::stream_id(ada);
+    let ada_stream = StreamId::user(ada);
     s.store
         .append(
             Append::to(ada_stream.as_str())

@@ -435,6 +435,7 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
+    use idp_events::StreamId;
 
     fn recorded(version: i64, event: &ProjectEvent) -> RecordedEvent {
         let new = event.to_new_event();
@@ -442,7 +443,7 @@ mod tests {
             position: 100 + version,
             transaction_id: 1,
             event_id: new.event_id,
-            stream_id: idp_events::project::stream_id(Uuid::nil()),
+            stream_id: StreamId::project(Uuid::nil()).into(),
             stream_version: version,
             event_type: new.event_type,
             schema_version: new.schema_version,
@@ -479,7 +480,7 @@ mod tests {
             .follow(
                 Uuid::nil(),
                 Uuid::nil(),
-                idp_events::project::stream_id(Uuid::nil()),
+                StreamId::project(Uuid::nil()).into(),
             )
             .unwrap();
         let project = Project::fold(Uuid::nil(), &history);

@@ -7,8 +7,9 @@
 pub mod idempotency;
 pub mod live;
 
+use idp_events::StreamId;
 use idp_events::project::read_model;
-use idp_events::project::{Project, ProjectEvent, stream_id};
+use idp_events::project::{Project, ProjectEvent};
 use idp_events::{AppendError, Metadata, RecordedEvent};
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -38,7 +39,10 @@ pub async fn load_visible(state: &AppState, user: &AuthUser, id: Uuid) -> Result
 
 /// Project `id` as folded from its stream; 404 if it has none.
 pub async fn load(state: &AppState, id: Uuid) -> Result<Loaded, ApiError> {
-    let history = state.store.read_stream(&stream_id(id), 1).await?;
+    let history = state
+        .store
+        .read_stream(StreamId::project(id).as_str(), 1)
+        .await?;
     let project = Project::fold(id, &history);
     if !project.exists() {
         return Err(ApiError::NotFound);

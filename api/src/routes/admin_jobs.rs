@@ -6,7 +6,8 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use idp_events::jobs::{self, Job, JobEvent};
+use idp_events::StreamId;
+use idp_events::jobs::{Job, JobEvent};
 use idp_events::{Append, AppendError, ExpectedVersion};
 use serde::{Deserialize, Serialize};
 use sqlx::FromRow;
@@ -137,7 +138,7 @@ pub async fn retry(
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<(StatusCode, Json<RetryAccepted>), ApiError> {
     tracing::Span::current().record("job.id", tracing::field::display(id));
-    let stream = jobs::stream_id(id);
+    let stream = StreamId::job(id);
     let history = state.store.read_stream(&stream, 1).await?;
     if history.is_empty() {
         return Err(ApiError::NotFound);

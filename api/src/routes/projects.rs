@@ -6,6 +6,7 @@
 //! project that does not exist. Writes append to the project's stream and save the `projects`
 //! table in the same transaction; the worker does the provisioning.
 
+use idp_events::StreamId;
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::time::Duration;
@@ -715,11 +716,7 @@ pub async fn project_events(
     // read, so an event appended between the read above and this subscription is not missed.
     let subscription = state
         .log_watch
-        .follow(
-            user.user_id,
-            user.session_id,
-            idp_events::project::stream_id(id),
-        )
+        .follow(user.user_id, user.session_id, StreamId::project(id).into())
         .map_err(|e| {
             metrics::counter!("idp_event_streams_refused_total").increment(1);
             tracing::info!(reason = %e, "event stream refused");

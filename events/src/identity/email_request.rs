@@ -8,13 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{NewEvent, StreamId};
-
-/// The stream of unanswered email requests for the address whose digest names `digest_name`
-/// (see [`super::address_digest::stream_name`]).
-pub fn unanswered_stream_id(digest_name: &str) -> String {
-    StreamId::email_request(digest_name).into()
-}
+use crate::NewEvent;
 
 /// Which email was asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,12 +4,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{NewEvent, StreamId};
-
-/// The login stream of user `id`.
-pub fn stream_id(id: Uuid) -> String {
-    StreamId::login(id).into()
-}
+use crate::NewEvent;
 
 /// Why a sign-in failed (recorded, never told to the caller).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,12 +18,6 @@ pub enum FailureReason {
     Locked,
     /// No account has this address.
     UnknownAccount,
-}
-
-/// The stream of sign-in attempts for an address no account has, named by its keyed digest
-/// (see [`super::address_digest`]; the log does not keep addresses people may have mistyped).
-pub fn unknown_stream_id(email_digest: &str) -> String {
-    StreamId::login_unknown(email_digest).into()
 }
 
 /// A successful sign-in that started `session_id`.

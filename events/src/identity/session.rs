@@ -7,12 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{NewEvent, RecordedEvent, StreamId};
-
-/// The stream of session `id`.
-pub fn stream_id(id: Uuid) -> String {
-    StreamId::session(id).into()
-}
+use crate::{NewEvent, RecordedEvent};
 
 /// Why a session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

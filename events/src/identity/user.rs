@@ -8,7 +8,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{NewEvent, RecordedEvent, StreamId};
+use crate::{NewEvent, RecordedEvent};
 
 /// Consecutive failed logins that lock an account.
 pub const LOCK_AFTER_FAILURES: u32 = 5;
@@ -27,11 +27,6 @@ pub const ROLE_USER: &str = "user";
 pub const ROLE_ADMIN: &str = "admin";
 /// Every role idp knows.
 pub const ROLES: &[&str] = &[ROLE_USER, ROLE_ADMIN];
-
-/// The stream of user `id` (see [`StreamId::user`]).
-pub fn stream_id(id: Uuid) -> String {
-    StreamId::user(id).into()
-}
 
 /// Events of a user's stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, strum::VariantNames)]

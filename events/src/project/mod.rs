@@ -18,9 +18,7 @@ pub use credentials::{
     recorded_database_password,
 };
 pub use name::{NameError, ProjectName};
-pub use project::{
-    Project, ProjectError, ProjectEvent, ProjectStatus, StepState, StepStatus, stream_id,
-};
+pub use project::{Project, ProjectError, ProjectEvent, ProjectStatus, StepState, StepStatus};
 pub use template::{
     Catalogue, CatalogueError, DriverKind, ParameterSpec, StepSpec, Template, TemplateError, render,
 };

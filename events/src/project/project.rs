@@ -22,11 +22,6 @@ use preconditions::{
     the_next_to_deprovision,
 };
 
-/// The stream of project `id`.
-pub fn stream_id(id: Uuid) -> String {
-    format!("project-{id}")
-}
-
 /// Events of a project's stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, strum::VariantNames)]
 #[serde(tag = "type", content = "data")]

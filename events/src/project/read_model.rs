@@ -4,8 +4,8 @@
 
 use sqlx::PgConnection;
 
-use super::project::{Project, ProjectEvent, stream_id};
-use crate::{Append, AppendError, EventStore, ExpectedVersion, Metadata};
+use super::project::{Project, ProjectEvent};
+use crate::{Append, AppendError, EventStore, ExpectedVersion, Metadata, StreamId};
 
 /// The reservation scope that keeps project names unique per owner.
 pub const NAME_SCOPE: &str = "project-name";
@@ -30,7 +30,7 @@ pub async fn record(
         0 => ExpectedVersion::NoStream,
         version => ExpectedVersion::Exact(version),
     };
-    let mut append = Append::to(stream_id(project.id))
+    let mut append = Append::to(StreamId::project(project.id))
         .expecting(expected)
         .events(events.iter().map(ProjectEvent::to_new_event))
         .metadata(metadata);

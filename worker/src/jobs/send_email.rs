@@ -269,7 +269,6 @@ async fn attempt_until_done(
             },
         };
         let version = ctx.store.stream_version(stream.as_str()).await?;
-        let version = u64::try_from(version).unwrap_or_default();
         match failure {
             Failure::Permanent(error) => {
                 let failed = JobEvent::EmailDeliveryFailed {
@@ -390,10 +389,7 @@ async fn send_once(
             let mut waits = 0_u32;
             loop {
                 let recorded = match ctx.store.stream_version(stream.as_str()).await {
-                    Ok(version) => {
-                        let version = u64::try_from(version).unwrap_or_default();
-                        record(ctx, stream, version, &sent, metadata).await
-                    }
+                    Ok(version) => record(ctx, stream, version, &sent, metadata).await,
                     Err(err) => Err(err.into()),
                 };
                 match recorded {

@@ -408,7 +408,7 @@ impl BatchHandler for AuditView {
 
 #[cfg(test)]
 mod tests {
-    use idp_events::identity::{login, user};
+    use idp_events::identity::login;
     use idp_events::{Metadata, NewEvent};
     use serde_json::json;
 
@@ -450,7 +450,7 @@ mod tests {
             lock_count: 2,
         }
         .to_new_event();
-        let entry = entry_of(&recorded(&user::stream_id(id), event, &metadata));
+        let entry = entry_of(&recorded(StreamId::user(id).as_str(), event, &metadata));
         assert_eq!(entry.actor.as_deref(), Some("user-admin"));
         assert_eq!(entry.client_ip.as_deref(), Some("203.0.113.9"));
         assert_eq!(entry.user_agent.as_deref(), Some("curl/8.5"));
@@ -467,7 +467,7 @@ mod tests {
         let id = Uuid::now_v7();
         let none = Metadata::default();
         let failed = entry_of(&recorded(
-            &login::stream_id(id),
+            StreamId::login(id).as_str(),
             login::failed(FailureReason::WrongPassword),
             &none,
         ));
@@ -476,7 +476,7 @@ mod tests {
             (Subject::Known(Some(id)), "login failed: wrong password")
         );
         let unknown = entry_of(&recorded(
-            &login::unknown_stream_id("0123abcd"),
+            StreamId::login_unknown("0123abcd").as_str(),
             login::failed_unknown("0123abcd"),
             &none,
         ));
@@ -510,7 +510,7 @@ mod tests {
     #[test]
     fn an_unreadable_identity_event_is_still_audited() {
         let entry = entry_of(&recorded(
-            &user::stream_id(Uuid::now_v7()),
+            StreamId::user(Uuid::now_v7()).as_str(),
             NewEvent::new("RolesChanged", json!({ "roles": "admin" })),
             &Metadata::default(),
         ));
@@ -529,13 +529,13 @@ mod tests {
             user_id: id,
             expires_at: Utc::now(),
         };
-        let stream = idp_events::identity::session::stream_id(Uuid::now_v7());
+        let stream = StreamId::session(Uuid::now_v7());
         let none = Metadata::default();
-        let started = entry_of(&recorded(&stream, start.to_new_event(), &none));
+        let started = entry_of(&recorded(stream.as_str(), start.to_new_event(), &none));
         assert_eq!(started.subject, Subject::Known(Some(id)));
         let refreshed = SessionEvent::SessionRefreshed { generation: 2 }.to_new_event();
-        let refreshed = entry_of(&recorded(&stream, refreshed, &none));
-        assert_eq!(refreshed.subject, Subject::SessionOf(stream));
+        let refreshed = entry_of(&recorded(stream.as_str(), refreshed, &none));
+        assert_eq!(refreshed.subject, Subject::SessionOf(stream.into()));
         assert_eq!(refreshed.summary, "session refreshed (token generation 2)");
     }
 }

@@ -10,10 +10,10 @@
 //! run cut in between leaves the old key recorded, and running the command again sets the
 //! password again and records it.
 
+use idp_events::StreamId;
 use idp_events::project::project::{self as decide, Project, ProjectStatus};
 use idp_events::project::{
     DriverKind, RecordedPasswordError, StepStatus, read_model, recorded_database_password,
-    stream_id,
 };
 use idp_events::{AppendError, EventStore, Metadata};
 use uuid::Uuid;
@@ -215,7 +215,7 @@ async fn record_rotation(
 }
 
 async fn fold(store: &EventStore, id: Uuid) -> Result<Project, idp_events::ReadError> {
-    let history = store.read_stream(&stream_id(id), 1).await?;
+    let history = store.read_stream(StreamId::project(id).as_str(), 1).await?;
     Ok(Project::fold(id, &history))
 }
 

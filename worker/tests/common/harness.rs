@@ -3,12 +3,13 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use idp_events::StreamId;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 use clap::Parser;
 use hmac::{Hmac, Mac};
-use idp_events::identity::user::{self, UserEvent};
+use idp_events::identity::user::UserEvent;
 use idp_events::jobs::{self, JobEvent};
 use idp_events::{Append, EventStore, ExpectedVersion, RecordedEvent};
 use idp_testkit::broker::amqp_url;
@@ -131,7 +132,7 @@ pub async fn register_named_user(
     let cause = verification.event_id;
     store
         .append(
-            Append::to(user::stream_id(id))
+            Append::to(StreamId::user(id))
                 .expecting(ExpectedVersion::NoStream)
                 .events([registered, verification]),
         )
@@ -142,7 +143,7 @@ pub async fn register_named_user(
 
 /// The events of the email job caused by `cause`.
 pub async fn job_events(store: &EventStore, cause: Uuid) -> Vec<(JobEvent, RecordedEvent)> {
-    let stream = jobs::stream_id(jobs::job_id("send_email", cause));
+    let stream = StreamId::job(jobs::job_id("send_email", cause));
     store
         .read_stream(&stream, 1)
         .await

@@ -1,4 +1,5 @@
 use super::*;
+use crate::StreamId;
 use crate::project::template::Catalogue;
 use serde_json::json;
 
@@ -459,7 +460,7 @@ fn recorded(event: &ProjectEvent, version: i64) -> RecordedEvent {
         position: version,
         transaction_id: 1,
         event_id: new.event_id,
-        stream_id: stream_id(Uuid::nil()),
+        stream_id: StreamId::project(Uuid::nil()).into(),
         stream_version: version,
         event_type: new.event_type,
         schema_version: new.schema_version,
@@ -547,5 +548,8 @@ fn fold_over_recorded_events_matches_applying_them() {
     assert_eq!(project.name, "billing");
     assert!(project.created_at.is_some());
     assert!(!Project::fold(Uuid::nil(), &[]).exists());
-    assert_eq!(stream_id(Uuid::nil()), format!("project-{}", Uuid::nil()));
+    assert_eq!(
+        StreamId::project(Uuid::nil()).as_str(),
+        format!("project-{}", Uuid::nil())
+    );
 }
