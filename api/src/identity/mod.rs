@@ -240,7 +240,7 @@ impl Identity {
         Ok(user)
     }
 
-    /// The account holding `email`, if any (the holder of its [`EMAIL_SCOPE`] reservation).
+    /// The account holding `email`, if any (the holder of its `EMAIL_SCOPE` reservation).
     pub async fn user_id_by_email(&self, email: &Email) -> Result<Option<Uuid>, IdentityError> {
         let holder = self.store.holder_of(EMAIL_SCOPE, email.as_str()).await?;
         Ok(holder.and_then(|stream| stream.user_id()))
