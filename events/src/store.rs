@@ -137,8 +137,8 @@ pub struct EventStore {
     heads: Arc<HeadCache>,
 }
 
-/// The last known `(version, hash)` of streams this store wrote or read. An entry is a fact
-/// that never goes stale (version `n` of a stream has the same hash forever), so an append that
+/// The last known committed `(version, hash)` of streams this store wrote or read. An entry is a
+/// fact that never goes stale (version `n` of a stream has the same hash forever), so an append that
 /// expects version `n` can compute its chain link without reading the head; if the stream moved
 /// on meanwhile, the unique `(stream_id, stream_version)` constraint refuses the insert.
 #[derive(Debug, Default)]
@@ -287,7 +287,7 @@ impl EventStore {
                     other => break other,
                 }
             },
-            n if plain && n > 1 => match self.append_known(&mut conn, &append).await {
+            n if plain && n > 1 => match self.append_known(&mut conn, &append, true).await {
                 Some(result) => result,
                 None => self.append_in(&mut conn, append).await,
             },
@@ -341,10 +341,16 @@ impl EventStore {
     /// Appends on a known head with chain links computed here, in one plain `INSERT`. `None`
     /// when the head is unknown, or when an `Any` append found the stream moved on (the caller
     /// then takes a path that reads the head).
+    ///
+    /// The new head is remembered only when `committed`: the statement is its own transaction.
+    /// In a caller's transaction it may still roll back, and a remembered head that never
+    /// committed would have the next append build on it (a gap in the stream's versions, or a
+    /// link to a hash that is not in the log).
     async fn append_known(
         &self,
         conn: &mut PgConnection,
         append: &Append,
+        committed: bool,
     ) -> Option<Result<AppendOutcome, AppendError>> {
         let (version, previous) = self.known_head(append)?;
         let Encoded {
@@ -424,7 +430,7 @@ impl EventStore {
                     },
                     (Err(e), _) | (_, Err(e)) => return Some(Err(AppendError::Database(e))),
                 };
-                if let Some(hash) = link {
+                if let Some(hash) = link.filter(|_| committed) {
                     self.heads.remember(&append.stream_id, next, &hash);
                 }
                 self.appended(&append.events, &outcome);
@@ -533,7 +539,7 @@ impl EventStore {
         conn: &mut PgConnection,
         append: &Append,
     ) -> Result<AppendOutcome, AppendError> {
-        if let Some(result) = self.append_known(conn, append).await {
+        if let Some(result) = self.append_known(conn, append, true).await {
             return result;
         }
         let event = &append.events[0];
@@ -595,7 +601,7 @@ impl EventStore {
         if append.claims.is_empty()
             && append.releases.is_empty()
             && append.expected != ExpectedVersion::Any
-            && let Some(result) = self.append_known(conn, &append).await
+            && let Some(result) = self.append_known(conn, &append, false).await
         {
             return result;
         }

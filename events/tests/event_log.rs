@@ -804,3 +804,47 @@ async fn an_event_and_a_reservation_name_the_stream_that_holds_them(pool: PgPool
         None
     );
 }
+
+// An append in a caller's transaction that rolled back once left its head in the store's cache:
+// the next `Any` append of the same store built on it, as version 2 of a stream with no version
+// 1, linked to a hash that was never committed.
+#[sqlx::test(migrations = "../migrations")]
+async fn a_rolled_back_append_is_not_built_on(pool: PgPool) {
+    let store = EventStore::new(pool.clone());
+    let stream = StreamId::user(Uuid::now_v7());
+    let mut conn = pool.acquire().await.unwrap();
+    let mut tx = conn.begin().await.unwrap();
+    store
+        .append_in(
+            &mut tx,
+            Append::to(&stream)
+                .expecting(ExpectedVersion::NoStream)
+                .event(event(1)),
+        )
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+
+    let outcome = store
+        .append(Append::to(&stream).event(event(2)))
+        .await
+        .unwrap();
+    assert_eq!(outcome.stream_version, 1);
+    store
+        .append(
+            Append::to(&stream)
+                .expecting(ExpectedVersion::after(1))
+                .events([event(3), event(4)]),
+        )
+        .await
+        .unwrap();
+    let versions: Vec<i64> = store
+        .read_stream(&stream, 1)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.stream_version)
+        .collect();
+    assert_eq!(versions, [1, 2, 3]);
+    assert!(verify_streams(&pool, None).await.unwrap().is_intact());
+}
