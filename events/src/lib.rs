@@ -18,6 +18,7 @@ pub mod jobs;
 pub mod keys;
 pub mod migrations;
 mod notifier;
+pub mod privacy;
 pub mod project;
 pub mod query;
 pub mod replay;

@@ -1,0 +1,254 @@
+//! The `subject_keys` table: one data key per person, created with their first personal field,
+//! destroyed by their erasure.
+//!
+//! Keys are read from the table on every use and never cached across calls: once an erasure
+//! has committed, no process can open that person's fields again.
+
+use std::collections::HashMap;
+
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use super::cipher::{CipherError, DataKey, KeyEncryptionKeys, WrappedKey};
+
+/// Errors of the key table. Messages name subjects and key ids, never key material.
+#[derive(Debug, thiserror::Error)]
+pub enum SubjectKeysError {
+    /// The database failed.
+    #[error("subject keys: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A stored key does not unwrap: its key-encryption key is not in the ring, or the ring's
+    /// entry of that id is not the one that wrapped it.
+    #[error(
+        "the data key of subject {subject} does not unwrap ({source}): PERSONAL_DATA_KEYS must hold the key-encryption key it was wrapped with"
+    )]
+    Unwrap {
+        /// The subject whose key failed.
+        subject: Uuid,
+        /// Why.
+        #[source]
+        source: CipherError,
+    },
+    /// The subject is erased: nothing personal may be written about them again.
+    #[error("subject {0} is erased")]
+    Erased(Uuid),
+}
+
+/// The data keys of people, wrapped by the key-encryption keys of configuration.
+#[derive(Debug, Clone)]
+pub struct SubjectKeys {
+    pool: PgPool,
+    keks: KeyEncryptionKeys,
+}
+
+type Row = (Uuid, Option<String>, Option<Vec<u8>>);
+
+impl SubjectKeys {
+    /// Keys in `pool`'s `subject_keys`, wrapped by `keks`.
+    pub fn new(pool: PgPool, keks: KeyEncryptionKeys) -> Self {
+        Self { pool, keks }
+    }
+
+    /// The key-encryption keys.
+    pub fn keks(&self) -> &KeyEncryptionKeys {
+        &self.keks
+    }
+
+    fn unwrap_row(
+        &self,
+        (subject, kek_id, wrapped): Row,
+    ) -> Result<Option<(Uuid, DataKey)>, SubjectKeysError> {
+        let (Some(kek_id), Some(bytes)) = (kek_id, wrapped) else {
+            return Ok(None);
+        };
+        let key = self
+            .keks
+            .unwrap_key(subject, &WrappedKey { kek_id, bytes })
+            .map_err(|source| SubjectKeysError::Unwrap { subject, source })?;
+        Ok(Some((subject, key)))
+    }
+
+    /// The key under which `subject`'s new personal fields are sealed, created if they have
+    /// none yet, in the caller's transaction (so a key made for an append that rolls back is
+    /// rolled back with it). [`SubjectKeysError::Erased`] once the subject is erased.
+    pub async fn for_writing_in(
+        &self,
+        conn: &mut PgConnection,
+        subject: Uuid,
+    ) -> Result<DataKey, SubjectKeysError> {
+        for _ in 0..2 {
+            let row: Option<Row> = sqlx::query_as(
+                "select subject_id, kek_id, wrapped from subject_keys where subject_id = $1",
+            )
+            .bind(subject)
+            .fetch_optional(&mut *conn)
+            .await?;
+            if let Some(row) = row {
+                return match self.unwrap_row(row)? {
+                    Some((_, key)) => Ok(key),
+                    None => Err(SubjectKeysError::Erased(subject)),
+                };
+            }
+            let key = DataKey::generate();
+            let wrapped = self.keks.wrap_key(subject, &key);
+            let created = sqlx::query(
+                "insert into subject_keys (subject_id, kek_id, wrapped) values ($1, $2, $3)
+                 on conflict (subject_id) do nothing",
+            )
+            .bind(subject)
+            .bind(&wrapped.kek_id)
+            .bind(&wrapped.bytes)
+            .execute(&mut *conn)
+            .await?;
+            if created.rows_affected() == 1 {
+                return Ok(key);
+            }
+            // Another transaction created it first: read theirs.
+        }
+        Err(SubjectKeysError::Database(sqlx::Error::RowNotFound))
+    }
+
+    /// The keys of `subjects` that exist and are not erased.
+    pub async fn for_reading(
+        &self,
+        subjects: &[Uuid],
+    ) -> Result<HashMap<Uuid, DataKey>, SubjectKeysError> {
+        let mut conn = self.pool.acquire().await?;
+        self.for_reading_in(&mut conn, subjects).await
+    }
+
+    /// As [`SubjectKeys::for_reading`], on the caller's connection.
+    pub async fn for_reading_in(
+        &self,
+        conn: &mut PgConnection,
+        subjects: &[Uuid],
+    ) -> Result<HashMap<Uuid, DataKey>, SubjectKeysError> {
+        if subjects.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows: Vec<Row> = sqlx::query_as(
+            "select subject_id, kek_id, wrapped from subject_keys
+              where subject_id = any($1) and erased_at is null",
+        )
+        .bind(subjects)
+        .fetch_all(conn)
+        .await?;
+        let mut keys = HashMap::with_capacity(rows.len());
+        for row in rows {
+            if let Some((subject, key)) = self.unwrap_row(row)? {
+                keys.insert(subject, key);
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Destroys `subject`'s key in the caller's transaction; true if this call destroyed it
+    /// (false: already erased). A subject that never had a key gets an erased row, so no key is
+    /// ever made for them afterwards.
+    pub async fn erase_in(
+        &self,
+        conn: &mut PgConnection,
+        subject: Uuid,
+    ) -> Result<bool, SubjectKeysError> {
+        let destroyed: Option<Uuid> = sqlx::query_scalar(
+            "insert into subject_keys (subject_id, kek_id, wrapped, erased_at)
+             values ($1, null, null, now())
+             on conflict (subject_id) do update
+                set kek_id = null, wrapped = null, erased_at = now()
+              where subject_keys.erased_at is null
+             returning subject_id",
+        )
+        .bind(subject)
+        .fetch_optional(conn)
+        .await?;
+        Ok(destroyed.is_some())
+    }
+
+    /// Whether `subject` is erased.
+    pub async fn is_erased(&self, subject: Uuid) -> Result<bool, SubjectKeysError> {
+        let erased: Option<bool> = sqlx::query_scalar(
+            "select erased_at is not null from subject_keys where subject_id = $1",
+        )
+        .bind(subject)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(erased.unwrap_or(false))
+    }
+
+    /// Checks at start-up that the ring can unwrap the stored keys: one key of every
+    /// key-encryption key id in the table is unwrapped. A missing or wrong entry in
+    /// `PERSONAL_DATA_KEYS` stops start-up here, with the id it needs, rather than at the first
+    /// read of a personal field.
+    pub async fn check(&self) -> Result<(), SubjectKeysError> {
+        let rows: Vec<Row> = sqlx::query_as(
+            "select distinct on (kek_id) subject_id, kek_id, wrapped from subject_keys
+              where kek_id is not null order by kek_id, subject_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for row in rows {
+            self.unwrap_row(row)?;
+        }
+        Ok(())
+    }
+
+    /// Re-wraps every key that is not under the current key-encryption key, `batch` at a time
+    /// (each batch one transaction), calling `progress(done, total)` after each batch. Returns
+    /// how many keys it re-wrapped. Afterwards the ring's older entries are no longer needed.
+    pub async fn rewrap_all(
+        &self,
+        batch: i64,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<u64, SubjectKeysError> {
+        let current = self.keks.current_id().to_owned();
+        let total: i64 = sqlx::query_scalar(
+            "select count(*) from subject_keys where kek_id is not null and kek_id <> $1",
+        )
+        .bind(&current)
+        .fetch_one(&self.pool)
+        .await?;
+        let total = u64::try_from(total).unwrap_or(0);
+        let mut done = 0u64;
+        loop {
+            let mut tx = self.pool.begin().await?;
+            let rows: Vec<Row> = sqlx::query_as(
+                "select subject_id, kek_id, wrapped from subject_keys
+                  where kek_id is not null and kek_id <> $1
+                  order by subject_id limit $2 for update skip locked",
+            )
+            .bind(&current)
+            .bind(batch.max(1))
+            .fetch_all(&mut *tx)
+            .await?;
+            if rows.is_empty() {
+                tx.commit().await?;
+                return Ok(done);
+            }
+            let mut subjects = Vec::with_capacity(rows.len());
+            let mut wrapped = Vec::with_capacity(rows.len());
+            for row in rows {
+                if let Some((subject, key)) = self.unwrap_row(row)? {
+                    wrapped.push(self.keks.wrap_key(subject, &key).bytes);
+                    subjects.push(subject);
+                }
+            }
+            sqlx::query(
+                "update subject_keys k set kek_id = $1, wrapped = w.wrapped
+                   from unnest($2::uuid[], $3::bytea[]) as w(subject_id, wrapped)
+                  where k.subject_id = w.subject_id and k.erased_at is null",
+            )
+            .bind(&current)
+            .bind(&subjects)
+            .bind(&wrapped)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            done += subjects.len() as u64;
+            progress(done, total.max(done));
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "subject_keys_tests.rs"]
+mod tests;
