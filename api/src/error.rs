@@ -168,6 +168,7 @@ impl From<idp_events::ReadError> for ApiError {
     fn from(err: idp_events::ReadError) -> Self {
         match err {
             idp_events::ReadError::Database(e) => e.into(),
+            other @ idp_events::ReadError::Keys(_) => Self::Internal(other.into()),
         }
     }
 }

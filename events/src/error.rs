@@ -33,6 +33,9 @@ pub enum AppendError {
     /// The event cannot be stored as given (for example a NUL character in its JSON).
     #[error("the event cannot be stored: {0}")]
     InvalidEvent(String),
+    /// Personal data could not be sealed: the person is erased, or their key is unavailable.
+    #[error("personal data cannot be stored: {0}")]
+    Personal(#[source] crate::privacy::SubjectKeysError),
     /// The database failed; not the caller's fault.
     #[error("the event log is unavailable")]
     Database(#[source] sqlx::Error),
@@ -83,4 +86,7 @@ pub enum ReadError {
     /// The database failed.
     #[error("the event log is unavailable")]
     Database(#[from] sqlx::Error),
+    /// The keys of personal fields could not be read or unwrapped.
+    #[error("personal data keys are unavailable: {0}")]
+    Keys(#[from] crate::privacy::SubjectKeysError),
 }

@@ -16,8 +16,11 @@ use crate::stream_id::StreamId;
 use crate::upcast::Upcasters;
 
 mod encode;
+mod personal;
 
 use self::encode::{Encoded, encode};
+pub(crate) use self::personal::Codec;
+use crate::privacy::SubjectKeys;
 
 /// A stream's current version: the highest version it holds.
 const STREAM_VERSION: &str = "select max(stream_version) from events where stream_id = $1";
@@ -40,6 +43,7 @@ pub struct Append {
     metadata: Metadata,
     claims: Vec<(String, String)>,
     releases: Vec<(String, String)>,
+    subject: Option<Uuid>,
 }
 
 impl Append {
@@ -52,7 +56,16 @@ impl Append {
             metadata: Metadata::default(),
             claims: Vec::new(),
             releases: Vec::new(),
+            subject: None,
         }
+    }
+
+    /// Says whom the append's personal values are about: they are sealed under that person's
+    /// data key (see [`crate::privacy`]). An append with personal values needs one.
+    #[must_use]
+    pub fn about(mut self, subject: Uuid) -> Self {
+        self.subject = Some(subject);
+        self
     }
 
     /// Sets the version the stream must be at.
@@ -132,7 +145,7 @@ impl AppendOutcome {
 #[derive(Debug, Clone)]
 pub struct EventStore {
     pool: PgPool,
-    upcasters: Arc<Upcasters>,
+    codec: Arc<Codec>,
     notifier: Notifier,
     heads: Arc<HeadCache>,
 }
@@ -244,12 +257,35 @@ impl EventStore {
 
     /// A store that upcasts events to their current schema version when reading.
     pub fn with_upcasters(pool: PgPool, upcasters: Upcasters) -> Self {
+        Self::with_codec(pool, Codec {
+            upcasters,
+            personal: None,
+        })
+    }
+
+    /// A store that upcasts events when reading and keeps personal values sealed under the
+    /// data keys of `keys` (see [`crate::privacy`]). Without it, an append with personal values
+    /// is refused and sealed values read as erased.
+    pub fn with_personal_data(pool: PgPool, upcasters: Upcasters, keys: SubjectKeys) -> Self {
+        Self::with_codec(pool, Codec {
+            upcasters,
+            personal: Some(keys),
+        })
+    }
+
+    fn with_codec(pool: PgPool, codec: Codec) -> Self {
         Self {
             notifier: Notifier::new(pool.clone()),
             pool,
-            upcasters: Arc::new(upcasters),
+            codec: Arc::new(codec),
             heads: Arc::default(),
         }
+    }
+
+    /// Opens the sealed personal values of events read without the store (for example by
+    /// [`crate::query::page`]), as every read of the store does.
+    pub async fn open_personal(&self, events: &mut [RecordedEvent]) -> Result<(), ReadError> {
+        self.codec.open(None, events).await
     }
 
     /// The connection pool the store uses.
@@ -259,11 +295,11 @@ impl EventStore {
 
     /// The upcasters applied on read.
     pub fn upcasters(&self) -> &Upcasters {
-        &self.upcasters
+        &self.codec.upcasters
     }
 
-    pub(crate) fn shared_upcasters(&self) -> Arc<Upcasters> {
-        Arc::clone(&self.upcasters)
+    pub(crate) fn shared_codec(&self) -> Arc<Codec> {
+        Arc::clone(&self.codec)
     }
 
     /// Appends in a transaction of its own: one statement, one round trip.
@@ -354,10 +390,11 @@ impl EventStore {
     ) -> Option<Result<AppendOutcome, AppendError>> {
         let (version, previous) = self.known_head(append)?;
         let Encoded {
+            data: stored_data,
             metadata,
             recorded_at,
             bodies,
-        } = match encode(append) {
+        } = match encode(&self.codec, conn, append).await {
             Ok(encoded) => encoded,
             Err(e) => return Some(Err(e)),
         };
@@ -372,7 +409,7 @@ impl EventStore {
         );
         let mut link: Option<[u8; 32]> = previous;
         let mut next = version;
-        for (event, body) in append.events.iter().zip(&bodies) {
+        for ((event, body), stored) in append.events.iter().zip(&bodies).zip(&stored_data) {
             next += 1;
             let hash = link_hash(
                 link.as_ref().map(|h| h.as_slice()),
@@ -385,7 +422,7 @@ impl EventStore {
             versions.push(next);
             types.push(event.event_type.as_str());
             schemas.push(event.schema_version);
-            data.push(&event.data);
+            data.push(stored.as_ref());
             hashes.push(hash.to_vec());
         }
         let expected = append.expected.as_db();
@@ -488,11 +525,10 @@ impl EventStore {
             "{SELECT_COLUMNS} where e.stream_id = any($1) order by e.stream_id, e.stream_version"
         ))
         .bind(&ids)
-        .fetch_all(conn)
+        .fetch_all(&mut *conn)
         .await?;
         let mut by_stream: HashMap<String, Vec<RecordedEvent>> = HashMap::new();
-        for row in &rows {
-            let event = self.decode(row)?;
+        for event in self.codec.decode(Some(conn), &rows).await? {
             by_stream
                 .entry(event.stream_id.clone())
                 .or_default()
@@ -544,10 +580,11 @@ impl EventStore {
         }
         let event = &append.events[0];
         let Encoded {
+            data,
             metadata,
             recorded_at,
             mut bodies,
-        } = encode(append)?;
+        } = encode(&self.codec, conn, append).await?;
         let canonical = bodies.swap_remove(0);
         let expected = append.expected.as_db();
         let row = sqlx::query(APPEND_ONE)
@@ -555,7 +592,7 @@ impl EventStore {
             .bind(event.event_id)
             .bind(&event.event_type)
             .bind(event.schema_version)
-            .bind(&event.data)
+            .bind(data[0].as_ref())
             .bind(&metadata)
             .bind(recorded_at)
             .bind(canonical)
@@ -606,10 +643,11 @@ impl EventStore {
             return result;
         }
         let Encoded {
+            data,
             metadata,
             recorded_at,
             bodies,
-        } = encode(&append)?;
+        } = encode(&self.codec, conn, &append).await?;
         let ids: Vec<Uuid> = append.events.iter().map(|e| e.event_id).collect();
         let types: Vec<&str> = append
             .events
@@ -617,7 +655,7 @@ impl EventStore {
             .map(|e| e.event_type.as_str())
             .collect();
         let versions: Vec<i32> = append.events.iter().map(|e| e.schema_version).collect();
-        let data: Vec<&serde_json::Value> = append.events.iter().map(|e| &e.data).collect();
+        let data: Vec<&serde_json::Value> = data.iter().map(AsRef::as_ref).collect();
         let (claim_scopes, claim_values): (Vec<_>, Vec<_>) = append.claims.iter().cloned().unzip();
         let (release_scopes, release_values): (Vec<_>, Vec<_>) =
             append.releases.iter().cloned().unzip();
@@ -685,10 +723,7 @@ impl EventStore {
         .bind(from_version)
         .fetch_all(&self.pool)
         .await?;
-        let events: Vec<RecordedEvent> = rows
-            .iter()
-            .map(|row| self.decode(row))
-            .collect::<Result<_, _>>()?;
+        let events = self.codec.decode(None, &rows).await?;
         if let Some(last) = events.last() {
             self.heads
                 .remember(stream_id, last.stream_version, &last.hash);
@@ -707,7 +742,7 @@ impl EventStore {
         limit: i64,
     ) -> Result<Vec<RecordedEvent>, ReadError> {
         let mut conn = self.pool.acquire().await?;
-        read_all_in(&mut conn, &self.upcasters, after, limit).await
+        read_all_in(&mut conn, &self.codec, after, limit).await
     }
 
     /// The cursor of the last event visible in commit-safe order, if any.
@@ -727,17 +762,13 @@ impl EventStore {
             None => None,
         })
     }
-
-    fn decode(&self, row: &PgRow) -> Result<RecordedEvent, ReadError> {
-        decode_row(row, &self.upcasters)
-    }
 }
 
 /// [`EventStore::read_all`] on a given connection (subscriptions read on the connection that
 /// holds their lock).
 pub(crate) async fn read_all_in(
     conn: &mut PgConnection,
-    upcasters: &Upcasters,
+    codec: &Codec,
     after: Cursor,
     limit: i64,
 ) -> Result<Vec<RecordedEvent>, ReadError> {
@@ -751,9 +782,9 @@ pub(crate) async fn read_all_in(
     .bind(after.transaction_id)
     .bind(after.position)
     .bind(limit)
-    .fetch_all(conn)
+    .fetch_all(&mut *conn)
     .await?;
-    rows.iter().map(|row| decode_row(row, upcasters)).collect()
+    codec.decode(Some(conn), &rows).await
 }
 
 impl RecordedEvent {
@@ -776,8 +807,3 @@ impl RecordedEvent {
     }
 }
 
-fn decode_row(row: &PgRow, upcasters: &Upcasters) -> Result<RecordedEvent, ReadError> {
-    let mut event = RecordedEvent::from_row(row)?;
-    upcasters.apply(&mut event);
-    Ok(event)
-}

@@ -31,8 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::error::ReadError;
 use crate::event::{Cursor, RecordedEvent};
-use crate::store::{EventStore, NOTIFY_CHANNEL, read_all_in};
-use crate::upcast::Upcasters;
+use crate::store::{Codec, EventStore, NOTIFY_CHANNEL, read_all_in};
 
 /// First delay before looking again for an announced but not yet visible event.
 const RECHECK_MIN: Duration = Duration::from_millis(2);
@@ -243,6 +242,7 @@ impl From<ReadError> for SubscriptionError {
     fn from(err: ReadError) -> Self {
         match err {
             ReadError::Database(e) => Self::Database(e),
+            ReadError::Keys(e) => Self::Keys(e),
         }
     }
 }
@@ -253,7 +253,7 @@ pub struct Subscription<H> {
     name: String,
     handler: Arc<H>,
     pool: PgPool,
-    upcasters: Arc<Upcasters>,
+    codec: Arc<Codec>,
     options: SubscriptionOptions,
     state: watch::Sender<RunnerState>,
 }
@@ -265,7 +265,7 @@ impl<H: Handler> Subscription<H> {
             name: name.into(),
             handler: Arc::new(handler),
             pool: store.pool().clone(),
-            upcasters: store.shared_upcasters(),
+            codec: store.shared_codec(),
             options: SubscriptionOptions::default(),
             state: watch::Sender::new(RunnerState::Starting),
         }
@@ -341,7 +341,7 @@ impl<H: Handler> Subscription<H> {
         let mut cursor = load_checkpoint(conn, &self.name).await?;
         let mut handled = 0_u64;
         loop {
-            let batch = read_all_in(conn, &self.upcasters, cursor, self.options.batch_size).await?;
+            let batch = read_all_in(conn, &self.codec, cursor, self.options.batch_size).await?;
             if batch.is_empty() {
                 return Ok(handled);
             }
@@ -383,7 +383,7 @@ impl<H: Handler> Subscription<H> {
         let mut recheck = RECHECK_MIN;
         while !shutdown.is_cancelled() {
             let batch =
-                read_all_in(&mut conn, &self.upcasters, cursor, self.options.batch_size).await?;
+                read_all_in(&mut conn, &self.codec, cursor, self.options.batch_size).await?;
             if let Some(max) = batch.iter().map(|e| e.position).max() {
                 seen_position = seen_position.max(max);
                 recheck = RECHECK_MIN;

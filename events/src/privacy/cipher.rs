@@ -16,7 +16,7 @@ use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use hkdf::Hkdf;
 use rand::RngCore as _;
-use secrecy::{ExposeSecret as _, SecretBox};
+use secrecy::{ExposeSecret as _, ExposeSecretMut as _, SecretBox};
 use sha2::Sha256;
 use uuid::Uuid;
 
@@ -100,6 +100,26 @@ impl DataKey {
                 },
             )
             .map_err(|_| CipherError::Refused)
+    }
+
+    /// The key that needs every one of `keys`: with one key, that key; with several, one
+    /// derived from all of them in order (HKDF-SHA256), so destroying any one of them makes
+    /// what it sealed unreadable. Metadata about a person is sealed under their key combined
+    /// with the key of its retention period.
+    pub fn combine(keys: &[&DataKey]) -> Self {
+        if let [one] = keys {
+            return (*one).clone();
+        }
+        let mut ikm = secrecy::SecretBox::new(Box::new(Vec::with_capacity(keys.len() * KEY_LEN)));
+        for key in keys {
+            ikm.expose_secret_mut().extend_from_slice(key.bytes());
+        }
+        let hkdf = Hkdf::<Sha256>::new(None, ikm.expose_secret());
+        let mut okm = Box::new([0u8; KEY_LEN]);
+        let Ok(()) = hkdf.expand(b"idp/combined-key/v1", okm.as_mut()) else {
+            unreachable!("HKDF-SHA256 expands to 32 bytes")
+        };
+        Self(SecretBox::new(okm))
     }
 
     fn bytes(&self) -> &[u8; KEY_LEN] {

@@ -10,6 +10,7 @@
 use std::collections::BTreeSet;
 
 use base64::Engine as _;
+use chrono::{DateTime, Utc};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -22,30 +23,40 @@ pub const SEALED: &str = "$sealed";
 
 const VERSION: &str = "v1";
 
-/// Which part of an event a field is in: bound into its ciphertext.
+/// Where a sealed value belongs: bound into its ciphertext, so that it opens nowhere else.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Part {
-    /// The event's data.
-    Data,
-    /// The event's metadata.
-    Metadata,
+pub enum Place<'a> {
+    /// A field of an event's data: bound to the event's id.
+    Data(Uuid),
+    /// A field of an append's metadata, which all its events share: bound to their stream and
+    /// time.
+    Metadata {
+        /// The stream appended to.
+        stream_id: &'a str,
+        /// The append's `recorded_at`.
+        recorded_at: DateTime<Utc>,
+    },
 }
 
-impl Part {
-    fn name(self) -> &'static [u8] {
-        match self {
-            Self::Data => b"data",
-            Self::Metadata => b"metadata",
+/// The associated data of a field's ciphertext: its place and JSON pointer.
+fn aad(place: Place<'_>, pointer: &str) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(64 + pointer.len());
+    aad.extend_from_slice(b"idp/personal-field/v1:");
+    match place {
+        Place::Data(event_id) => {
+            aad.extend_from_slice(b"data:");
+            aad.extend_from_slice(event_id.as_bytes());
+        }
+        Place::Metadata {
+            stream_id,
+            recorded_at,
+        } => {
+            aad.extend_from_slice(b"metadata:");
+            aad.extend_from_slice(stream_id.as_bytes());
+            aad.push(0);
+            aad.extend_from_slice(&recorded_at.timestamp_micros().to_be_bytes());
         }
     }
-}
-
-/// Where a field is: its event, part and JSON pointer. The associated data of its ciphertext.
-fn aad(event_id: Uuid, part: Part, pointer: &str) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(48 + pointer.len());
-    aad.extend_from_slice(b"idp/personal-field/v1:");
-    aad.extend_from_slice(event_id.as_bytes());
-    aad.extend_from_slice(part.name());
     aad.push(0);
     aad.extend_from_slice(pointer.as_bytes());
     aad
@@ -127,15 +138,14 @@ pub fn has_personal(value: &Value) -> bool {
     }
 }
 
-/// Seals every marked value of `value` (part `part` of event `event_id`) under `subject`'s
-/// `key`; returns how many it sealed.
-pub fn seal_fields(
-    value: &mut Value,
-    event_id: Uuid,
-    part: Part,
-    subject: Uuid,
-    key: &DataKey,
-) -> usize {
+/// Seals every marked value of `value` (at `place`) under `key`, the key of `subjects` (one
+/// person's key, or several combined with [`DataKey::combine`]); returns how many it sealed.
+pub fn seal_fields(value: &mut Value, place: Place<'_>, subjects: &[Uuid], key: &DataKey) -> usize {
+    let names = subjects
+        .iter()
+        .map(|s| s.simple().to_string())
+        .collect::<Vec<_>>()
+        .join("+");
     let mut count = 0;
     walk(
         value,
@@ -144,12 +154,8 @@ pub fn seal_fields(
         &mut |pointer, field| {
             let Some(inner) = marked(field) else { return };
             let plaintext = inner.to_string();
-            let ciphertext = key.seal(&aad(event_id, part, pointer), plaintext.as_bytes());
-            let text = format!(
-                "{VERSION}.{}.{}",
-                subject.simple(),
-                URL_SAFE_NO_PAD.encode(ciphertext)
-            );
+            let ciphertext = key.seal(&aad(place, pointer), plaintext.as_bytes());
+            let text = format!("{VERSION}.{names}.{}", URL_SAFE_NO_PAD.encode(ciphertext));
             let mut map = Map::with_capacity(1);
             map.insert(SEALED.to_owned(), Value::String(text));
             *field = Value::Object(map);
@@ -164,8 +170,8 @@ pub fn sealed_subjects(value: &Value, subjects: &mut BTreeSet<Uuid>) {
     match value {
         Value::Object(map) => {
             if let Some(text) = sealed(value) {
-                if let Some((subject, _)) = split(text) {
-                    subjects.insert(subject);
+                if let Some((names, _)) = split(text) {
+                    subjects.extend(names);
                 }
                 return;
             }
@@ -178,10 +184,15 @@ pub fn sealed_subjects(value: &Value, subjects: &mut BTreeSet<Uuid>) {
     }
 }
 
-fn split(text: &str) -> Option<(Uuid, &str)> {
+/// The subjects and the ciphertext of a sealed value's text.
+fn split(text: &str) -> Option<(Vec<Uuid>, &str)> {
     let rest = text.strip_prefix(VERSION)?.strip_prefix('.')?;
-    let (subject, ciphertext) = rest.split_once('.')?;
-    Some((Uuid::try_parse(subject).ok()?, ciphertext))
+    let (names, ciphertext) = rest.split_once('.')?;
+    let subjects = names
+        .split('+')
+        .map(|name| Uuid::try_parse(name).ok())
+        .collect::<Option<Vec<_>>>()?;
+    Some((subjects, ciphertext))
 }
 
 /// What [`open_fields`] found.
@@ -196,14 +207,13 @@ pub struct Opened {
     pub refused: usize,
 }
 
-/// Opens every sealed value of `value` (part `part` of event `event_id`) with the key
-/// `key_of` gives for its subject: an opened value becomes a marked value again, one without a
-/// key, or that does not open, becomes the erased mark.
+/// Opens every sealed value of `value` (at `place`) with the key `key_of` gives for its
+/// subjects (`None` when any of them has no key): an opened value becomes a marked value
+/// again, one without a key, or that does not open, becomes the erased mark.
 pub fn open_fields(
     value: &mut Value,
-    event_id: Uuid,
-    part: Part,
-    key_of: &dyn Fn(Uuid) -> Option<DataKey>,
+    place: Place<'_>,
+    key_of: &dyn Fn(&[Uuid]) -> Option<DataKey>,
 ) -> Opened {
     let mut found = Opened::default();
     walk(
@@ -211,13 +221,13 @@ pub fn open_fields(
         &mut String::new(),
         &|v| sealed(v).is_some(),
         &mut |pointer, field| {
-            let opened = sealed(field).and_then(split).map(|(subject, ciphertext)| {
-                let key = key_of(subject).ok_or(None)?;
+            let opened = sealed(field).and_then(split).map(|(subjects, ciphertext)| {
+                let key = key_of(&subjects).ok_or(None)?;
                 let bytes = URL_SAFE_NO_PAD
                     .decode(ciphertext)
                     .map_err(|_| Some(CipherError::Malformed))?;
                 let plaintext = key
-                    .open(&aad(event_id, part, pointer), &bytes)
+                    .open(&aad(place, pointer), &bytes)
                     .map_err(Some)?;
                 serde_json::from_slice::<Value>(&plaintext)
                     .map_err(|_| Some(CipherError::Malformed))

@@ -1,40 +1,88 @@
 //! What an append stores besides the events' own fields, computed once for every path.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
 
 use super::Append;
+use super::personal::Codec;
 use crate::chain::canonical_body;
 use crate::error::AppendError;
 use crate::event::NewEvent;
+use crate::privacy::fields::{Place, has_personal, seal_fields};
 
-/// What every append path stores besides the events' own fields: the metadata as JSON, the
-/// time of the append, and each event's canonical body (the input of its chain link).
-pub(super) struct Encoded {
+/// What every append path stores besides the events' ids, types and versions: each event's
+/// data as stored (its personal values sealed), the metadata as JSON (likewise), the time of
+/// the append, and each event's canonical body (the input of its chain link, over what is
+/// stored).
+pub(super) struct Encoded<'a> {
+    pub(super) data: Vec<Cow<'a, serde_json::Value>>,
     pub(super) metadata: serde_json::Value,
     pub(super) recorded_at: DateTime<Utc>,
     pub(super) bodies: Vec<Vec<u8>>,
 }
 
-pub(super) fn encode(append: &Append) -> Result<Encoded, AppendError> {
-    let metadata = serde_json::to_value(&append.metadata)
+/// Encodes `append`; its personal values, if any, are sealed under the key of its subject,
+/// taken on `conn` (in the append's transaction).
+pub(super) async fn encode<'a>(
+    codec: &Codec,
+    conn: &mut PgConnection,
+    append: &'a Append,
+) -> Result<Encoded<'a>, AppendError> {
+    let mut metadata = serde_json::to_value(&append.metadata)
         .map_err(|e| AppendError::InvalidEvent(e.to_string()))?;
     let recorded_at = now_micros();
+    for event in &append.events {
+        check_schema_version(event)?;
+    }
+    let parts = append
+        .events
+        .iter()
+        .map(|e| &e.data)
+        .chain(std::iter::once(&metadata));
+    let sealing = codec.sealing(conn, append.subject, parts).await?;
+    let data: Vec<Cow<'a, serde_json::Value>> = append
+        .events
+        .iter()
+        .map(|event| match &sealing {
+            Some(sealing) if has_personal(&event.data) => {
+                let mut data = event.data.clone();
+                seal_fields(
+                    &mut data,
+                    Place::Data(event.event_id),
+                    &sealing.subjects,
+                    &sealing.key,
+                );
+                Cow::Owned(data)
+            }
+            _ => Cow::Borrowed(&event.data),
+        })
+        .collect();
+    if let Some(sealing) = &sealing {
+        let place = Place::Metadata {
+            stream_id: &append.stream_id,
+            recorded_at,
+        };
+        seal_fields(&mut metadata, place, &sealing.subjects, &sealing.key);
+    }
     let bodies = append
         .events
         .iter()
-        .map(|event| {
-            check_schema_version(event)?;
-            Ok(canonical_body(
+        .zip(&data)
+        .map(|(event, data)| {
+            canonical_body(
                 event.event_id,
                 &event.event_type,
                 event.schema_version,
-                &event.data,
+                data,
                 &metadata,
                 recorded_at,
-            ))
+            )
         })
-        .collect::<Result<_, AppendError>>()?;
+        .collect();
     Ok(Encoded {
+        data,
         metadata,
         recorded_at,
         bodies,

@@ -1,0 +1,202 @@
+//! Personal values in the log against a real PostgreSQL: sealed on every append path, opened
+//! on every read, unreadable once their person's key is destroyed, with the chain intact.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use idp_events::chain::verify_streams;
+use idp_events::privacy::{KeyEncryptionKeys, Personal, SubjectKeys, SubjectKeysError};
+use idp_events::{
+    Append, AppendError, Cursor, EventStore, ExpectedVersion, NewEvent, StreamId, Upcasters,
+};
+use serde::Deserialize;
+use serde_json::json;
+use sqlx::{Connection, PgPool};
+use uuid::Uuid;
+
+const ADDRESS: &str = "ada.lovelace@example.com";
+
+fn keys(pool: &PgPool) -> SubjectKeys {
+    let ring = idp_events::keys::SecretKeys::parse(
+        "PERSONAL_DATA_KEYS",
+        "k1:test-kek-test-kek-test-kek-test-kek-0001",
+    )
+    .unwrap();
+    SubjectKeys::new(pool.clone(), KeyEncryptionKeys::from_ring(&ring))
+}
+
+fn store(pool: &PgPool) -> EventStore {
+    EventStore::with_personal_data(pool.clone(), Upcasters::default(), keys(pool))
+}
+
+#[derive(Debug, Deserialize)]
+struct Registered {
+    email: Personal<String>,
+    n: i64,
+}
+
+fn registered(n: i64) -> NewEvent {
+    let email = serde_json::to_value(Personal::Known(ADDRESS.to_owned())).unwrap();
+    NewEvent::new("Registered", json!({ "email": email, "n": n }))
+}
+
+async fn stored_text(pool: &PgPool) -> String {
+    sqlx::query_scalar::<_, String>("select coalesce(string_agg(data::text, ' '), '') from events")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+fn read(events: &[idp_events::RecordedEvent]) -> Vec<(Personal<String>, i64)> {
+    events
+        .iter()
+        .map(|e| {
+            let r: Registered = serde_json::from_value(e.data.clone()).unwrap();
+            (r.email, r.n)
+        })
+        .collect()
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn every_append_path_seals_and_every_read_opens(pool: PgPool) {
+    let store = store(&pool);
+    let ada = Uuid::now_v7();
+    let stream = StreamId::user(ada);
+    // One event on a known head (no stream yet), then one on an unknown head (a new store),
+    // then two at once, then one in a caller's transaction with a reservation.
+    store
+        .append(Append::to(&stream).about(ada).event(registered(1)))
+        .await
+        .unwrap();
+    let other = self::store(&pool);
+    other
+        .append(
+            Append::to(&stream)
+                .expecting(ExpectedVersion::Any)
+                .about(ada)
+                .event(registered(2)),
+        )
+        .await
+        .unwrap();
+    other
+        .append(
+            Append::to(&stream)
+                .expecting(ExpectedVersion::after(2))
+                .about(ada)
+                .events([registered(3), registered(4)]),
+        )
+        .await
+        .unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    let mut tx = conn.begin().await.unwrap();
+    store
+        .append_in(
+            &mut tx,
+            Append::to(&stream)
+                .expecting(ExpectedVersion::after(4))
+                .about(ada)
+                .claim("thing", "five")
+                .event(registered(5)),
+        )
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let text = stored_text(&pool).await;
+    assert!(!text.contains("ada.lovelace"), "{text}");
+    assert!(text.contains("$sealed"));
+    let expected: Vec<_> = (1..=5).map(|n| (Personal::Known(ADDRESS.to_owned()), n)).collect();
+    assert_eq!(read(&store.read_stream(&stream, 1).await.unwrap()), expected);
+    assert_eq!(read(&store.read_all(Cursor::START, 100).await.unwrap()), expected);
+    let mut conn = pool.acquire().await.unwrap();
+    let in_tx = store
+        .read_streams_in(&mut conn, std::slice::from_ref(&stream))
+        .await
+        .unwrap();
+    assert_eq!(read(&in_tx[0]), expected);
+    assert!(verify_streams(&pool, None).await.unwrap().is_intact());
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_destroyed_key_erases_every_value_and_leaves_the_chain_intact(pool: PgPool) {
+    let store = store(&pool);
+    let (ada, bob) = (Uuid::now_v7(), Uuid::now_v7());
+    for (who, n) in [(ada, 1), (bob, 2)] {
+        store
+            .append(Append::to(StreamId::user(who)).about(who).event(registered(n)))
+            .await
+            .unwrap();
+    }
+    let mut conn = pool.acquire().await.unwrap();
+    assert!(keys(&pool).erase_in(&mut conn, ada).await.unwrap());
+
+    let erased = store.read_stream(StreamId::user(ada), 1).await.unwrap();
+    assert_eq!(read(&erased), [(Personal::Erased, 1)]);
+    assert_eq!(erased[0].data["email"], json!("[erased]"));
+    let kept = store.read_stream(StreamId::user(bob), 1).await.unwrap();
+    assert_eq!(read(&kept), [(Personal::Known(ADDRESS.to_owned()), 2)]);
+    assert!(verify_streams(&pool, None).await.unwrap().is_intact());
+
+    let refused = store
+        .append(
+            Append::to(StreamId::user(ada))
+                .expecting(ExpectedVersion::Any)
+                .about(ada)
+                .event(registered(3)),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, AppendError::Personal(SubjectKeysError::Erased(id)) if id == ada),
+        "{refused:?}"
+    );
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn personal_values_are_never_stored_in_the_clear(pool: PgPool) {
+    let ada = Uuid::now_v7();
+    let without_subject = store(&pool)
+        .append(Append::to(StreamId::user(ada)).event(registered(1)))
+        .await
+        .unwrap_err();
+    assert!(matches!(without_subject, AppendError::InvalidEvent(_)), "{without_subject:?}");
+    let without_keys = EventStore::new(pool.clone())
+        .append(Append::to(StreamId::user(ada)).about(ada).event(registered(1)))
+        .await
+        .unwrap_err();
+    assert!(matches!(without_keys, AppendError::InvalidEvent(_)), "{without_keys:?}");
+    assert_eq!(stored_text(&pool).await, "");
+    // Events without personal values need neither.
+    EventStore::new(pool.clone())
+        .append(Append::to("thing-1").event(NewEvent::new("Thing", json!({"n": 1}))))
+        .await
+        .unwrap();
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_ciphertext_copied_into_another_event_does_not_open(pool: PgPool) {
+    let store = store(&pool);
+    let ada = Uuid::now_v7();
+    store
+        .append(Append::to(StreamId::user(ada)).about(ada).event(registered(1)))
+        .await
+        .unwrap();
+    let sealed: serde_json::Value =
+        sqlx::query_scalar("select data -> 'email' from events where stream_id = $1")
+            .bind(StreamId::user(ada).as_str())
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(sealed.get("$sealed").is_some());
+    let mallory = Uuid::now_v7();
+    store
+        .append(
+            Append::to(StreamId::user(mallory))
+                .event(NewEvent::new("Registered", json!({"email": sealed, "n": 2}))),
+        )
+        .await
+        .unwrap();
+    let copied = store.read_stream(StreamId::user(mallory), 1).await.unwrap();
+    assert_eq!(read(&copied), [(Personal::Erased, 2)]);
+    let original = store.read_stream(StreamId::user(ada), 1).await.unwrap();
+    assert_eq!(read(&original), [(Personal::Known(ADDRESS.to_owned()), 1)]);
+}
