@@ -257,20 +257,26 @@ impl EventStore {
 
     /// A store that upcasts events to their current schema version when reading.
     pub fn with_upcasters(pool: PgPool, upcasters: Upcasters) -> Self {
-        Self::with_codec(pool, Codec {
-            upcasters,
-            personal: None,
-        })
+        Self::with_codec(
+            pool,
+            Codec {
+                upcasters,
+                personal: None,
+            },
+        )
     }
 
     /// A store that upcasts events when reading and keeps personal values sealed under the
     /// data keys of `keys` (see [`crate::privacy`]). Without it, an append with personal values
     /// is refused and sealed values read as erased.
     pub fn with_personal_data(pool: PgPool, upcasters: Upcasters, keys: SubjectKeys) -> Self {
-        Self::with_codec(pool, Codec {
-            upcasters,
-            personal: Some(keys),
-        })
+        Self::with_codec(
+            pool,
+            Codec {
+                upcasters,
+                personal: Some(keys),
+            },
+        )
     }
 
     fn with_codec(pool: PgPool, codec: Codec) -> Self {
@@ -806,4 +812,3 @@ impl RecordedEvent {
         })
     }
 }
-

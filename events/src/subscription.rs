@@ -236,6 +236,9 @@ pub enum SubscriptionError {
     /// The handler could not finish a batch (see [`Handler::before_commit`]).
     #[error("the batch could not be finished: {0}")]
     Batch(HandlerError),
+    /// The keys of the events' personal values could not be read.
+    #[error("personal data keys are unavailable: {0}")]
+    Keys(crate::privacy::SubjectKeysError),
 }
 
 impl From<ReadError> for SubscriptionError {

@@ -104,9 +104,17 @@ async fn every_append_path_seals_and_every_read_opens(pool: PgPool) {
     let text = stored_text(&pool).await;
     assert!(!text.contains("ada.lovelace"), "{text}");
     assert!(text.contains("$sealed"));
-    let expected: Vec<_> = (1..=5).map(|n| (Personal::Known(ADDRESS.to_owned()), n)).collect();
-    assert_eq!(read(&store.read_stream(&stream, 1).await.unwrap()), expected);
-    assert_eq!(read(&store.read_all(Cursor::START, 100).await.unwrap()), expected);
+    let expected: Vec<_> = (1..=5)
+        .map(|n| (Personal::Known(ADDRESS.to_owned()), n))
+        .collect();
+    assert_eq!(
+        read(&store.read_stream(&stream, 1).await.unwrap()),
+        expected
+    );
+    assert_eq!(
+        read(&store.read_all(Cursor::START, 100).await.unwrap()),
+        expected
+    );
     let mut conn = pool.acquire().await.unwrap();
     let in_tx = store
         .read_streams_in(&mut conn, std::slice::from_ref(&stream))
@@ -122,7 +130,11 @@ async fn a_destroyed_key_erases_every_value_and_leaves_the_chain_intact(pool: Pg
     let (ada, bob) = (Uuid::now_v7(), Uuid::now_v7());
     for (who, n) in [(ada, 1), (bob, 2)] {
         store
-            .append(Append::to(StreamId::user(who)).about(who).event(registered(n)))
+            .append(
+                Append::to(StreamId::user(who))
+                    .about(who)
+                    .event(registered(n)),
+            )
             .await
             .unwrap();
     }
@@ -158,12 +170,22 @@ async fn personal_values_are_never_stored_in_the_clear(pool: PgPool) {
         .append(Append::to(StreamId::user(ada)).event(registered(1)))
         .await
         .unwrap_err();
-    assert!(matches!(without_subject, AppendError::InvalidEvent(_)), "{without_subject:?}");
+    assert!(
+        matches!(without_subject, AppendError::InvalidEvent(_)),
+        "{without_subject:?}"
+    );
     let without_keys = EventStore::new(pool.clone())
-        .append(Append::to(StreamId::user(ada)).about(ada).event(registered(1)))
+        .append(
+            Append::to(StreamId::user(ada))
+                .about(ada)
+                .event(registered(1)),
+        )
         .await
         .unwrap_err();
-    assert!(matches!(without_keys, AppendError::InvalidEvent(_)), "{without_keys:?}");
+    assert!(
+        matches!(without_keys, AppendError::InvalidEvent(_)),
+        "{without_keys:?}"
+    );
     assert_eq!(stored_text(&pool).await, "");
     // Events without personal values need neither.
     EventStore::new(pool.clone())
@@ -177,7 +199,11 @@ async fn a_ciphertext_copied_into_another_event_does_not_open(pool: PgPool) {
     let store = store(&pool);
     let ada = Uuid::now_v7();
     store
-        .append(Append::to(StreamId::user(ada)).about(ada).event(registered(1)))
+        .append(
+            Append::to(StreamId::user(ada))
+                .about(ada)
+                .event(registered(1)),
+        )
         .await
         .unwrap();
     let sealed: serde_json::Value =
@@ -189,10 +215,10 @@ async fn a_ciphertext_copied_into_another_event_does_not_open(pool: PgPool) {
     assert!(sealed.get("$sealed").is_some());
     let mallory = Uuid::now_v7();
     store
-        .append(
-            Append::to(StreamId::user(mallory))
-                .event(NewEvent::new("Registered", json!({"email": sealed, "n": 2}))),
-        )
+        .append(Append::to(StreamId::user(mallory)).event(NewEvent::new(
+            "Registered",
+            json!({"email": sealed, "n": 2}),
+        )))
         .await
         .unwrap();
     let copied = store.read_stream(StreamId::user(mallory), 1).await.unwrap();

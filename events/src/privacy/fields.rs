@@ -10,8 +10,8 @@
 use std::collections::BTreeSet;
 
 use base64::Engine as _;
-use chrono::{DateTime, Utc};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
@@ -226,9 +226,7 @@ pub fn open_fields(
                 let bytes = URL_SAFE_NO_PAD
                     .decode(ciphertext)
                     .map_err(|_| Some(CipherError::Malformed))?;
-                let plaintext = key
-                    .open(&aad(place, pointer), &bytes)
-                    .map_err(Some)?;
+                let plaintext = key.open(&aad(place, pointer), &bytes).map_err(Some)?;
                 serde_json::from_slice::<Value>(&plaintext)
                     .map_err(|_| Some(CipherError::Malformed))
             });

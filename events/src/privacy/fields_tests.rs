@@ -51,7 +51,9 @@ fn sealed_fields_hold_no_clear_text_and_open_back_to_the_same_values() {
     assert_eq!(subjects.into_iter().collect::<Vec<_>>(), [subject]);
 
     let keys = HashMap::from([(subject, key)]);
-    let found = open_fields(&mut stored, Place::Data(event_id), &|s| keys.get(&s[0]).cloned());
+    let found = open_fields(&mut stored, Place::Data(event_id), &|s| {
+        keys.get(&s[0]).cloned()
+    });
     assert_eq!(
         found,
         Opened {
@@ -70,7 +72,12 @@ fn sealed_fields_hold_no_clear_text_and_open_back_to_the_same_values() {
 fn without_the_key_every_field_reads_erased() {
     let (event_id, subject) = (Uuid::now_v7(), Uuid::now_v7());
     let mut stored = event();
-    seal_fields(&mut stored, Place::Data(event_id), &[subject], &DataKey::generate());
+    seal_fields(
+        &mut stored,
+        Place::Data(event_id),
+        &[subject],
+        &DataKey::generate(),
+    );
     let found = open_fields(&mut stored, Place::Data(event_id), &|_| None);
     assert_eq!(
         found,
@@ -169,5 +176,9 @@ fn a_value_under_two_subjects_needs_both_keys() {
     let mut expired = stored.clone();
     assert_eq!(open_fields(&mut expired, place, &without_period).erased, 1);
     let only_period = |_: &[Uuid]| Some(period_key.clone());
-    assert_eq!(open_fields(&mut stored, place, &only_period).refused, 1, "one key is not enough");
+    assert_eq!(
+        open_fields(&mut stored, place, &only_period).refused,
+        1,
+        "one key is not enough"
+    );
 }
