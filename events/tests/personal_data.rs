@@ -8,6 +8,7 @@ use idp_events::privacy::{KeyEncryptionKeys, Personal, SubjectKeys, SubjectKeysE
 use idp_events::{
     Append, AppendError, Cursor, EventStore, ExpectedVersion, NewEvent, StreamId, Upcasters,
 };
+use idp_testkit::log::await_visible;
 use serde::Deserialize;
 use serde_json::json;
 use sqlx::{Connection, PgPool};
@@ -111,6 +112,8 @@ async fn every_append_path_seals_and_every_read_opens(pool: PgPool) {
         read(&store.read_stream(&stream, 1).await.unwrap()),
         expected
     );
+    // Commit-safe reading waits for other tests' transactions in the cluster.
+    await_visible(&store).await;
     assert_eq!(
         read(&store.read_all(Cursor::START, 100).await.unwrap()),
         expected
