@@ -96,7 +96,11 @@ impl Application {
                     config.api_internal_addr
                 )
             })?;
-        let store = EventStore::new(pool.clone());
+        let store = config
+            .common
+            .event_store(pool.clone())
+            .await
+            .context("while setting up the keys of personal data (PERSONAL_DATA_KEYS)")?;
         let identity = build_identity(config, store.clone()).await?;
         let database_keys = Arc::new(config.common.project_database_ring()?);
         let log_watch = LogWatch::new(pool.clone(), config.sse_max_streams_per_user as usize);

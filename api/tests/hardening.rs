@@ -753,3 +753,70 @@ async fn forwarded_addresses_count_only_from_trusted_proxies_and_ipv6_by_its_64(
     assert_eq!(attempt("2001:db8:1:3::1").await, 401);
     trusted.stop().await;
 }
+
+// The key-encryption keys come from configuration: a ring that does not unwrap the stored data
+// keys (the entry missing, or the same id with another secret) stops start-up, naming the
+// variable and the key id, before any request could find personal values unreadable.
+#[sqlx::test(migrations = false)]
+async fn a_wrong_personal_data_key_ring_stops_start_up(
+    _opts: PgPoolOptions,
+    conn: PgConnectOptions,
+) {
+    let db = idp_testkit::database::database_url(&conn);
+    let build = |ring: &'static str| {
+        let config = idp_api::config::Config::try_parse_from([
+            "idp-api",
+            "--database-url",
+            &db,
+            "--api-addr",
+            "127.0.0.1:0",
+            "--api-internal-addr",
+            "127.0.0.1:0",
+            "--personal-data-keys",
+            ring,
+        ])
+        .unwrap();
+        async move {
+            idp_api::startup::Application::build(&config)
+                .await
+                .map(drop)
+        }
+    };
+    const RIGHT: &str = "k1:right-secret-right-secret-right-secret-1";
+    build(RIGHT)
+        .await
+        .expect("a fresh database starts with any ring");
+    let pool = pool(&conn).await;
+    let ring = idp_events::keys::SecretKeys::parse("PERSONAL_DATA_KEYS", RIGHT).unwrap();
+    let keys = idp_events::privacy::SubjectKeys::new(
+        pool.clone(),
+        idp_events::privacy::KeyEncryptionKeys::from_ring(&ring),
+    );
+    let mut db_conn = pool.acquire().await.unwrap();
+    keys.for_writing_in(&mut db_conn, Uuid::now_v7())
+        .await
+        .unwrap();
+
+    build(RIGHT).await.expect("the ring that wrapped the keys");
+    build("k1:right-secret-right-secret-right-secret-1,k2:second-secret-second-secret-secon")
+        .await
+        .expect("a rotated ring that still holds the old entry");
+    for wrong in [
+        "k2:second-secret-second-secret-secon",
+        "k1:wrong-secret-wrong-secret-wrong-secret-1",
+    ] {
+        let error = format!("{:#}", build(wrong).await.unwrap_err());
+        assert!(error.contains("PERSONAL_DATA_KEYS"), "{error}");
+        assert!(!error.contains("secret"), "no key material in {error}");
+    }
+    let missing = format!(
+        "{:#}",
+        build("k2:second-secret-second-secret-secon")
+            .await
+            .unwrap_err()
+    );
+    assert!(
+        missing.contains("\"k1\""),
+        "names the entry it needs: {missing}"
+    );
+}

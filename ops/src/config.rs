@@ -10,8 +10,11 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use idp_events::keys::{KeyError, SecretKeys};
+use idp_events::privacy::{KeyEncryptionKeys, SubjectKeys, SubjectKeysError};
 use idp_events::project::{Catalogue, CatalogueError};
+use idp_events::{EventStore, Upcasters};
 use secrecy::SecretString;
+use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
 
 /// Default `DATABASE_URL`.
@@ -77,6 +80,18 @@ pub struct CommonConfig {
         hide_env_values = true
     )]
     pub project_database_keys: Option<SecretString>,
+
+    /// Key ring of the key-encryption keys that wrap each person's data key (same format; the
+    /// last entry wraps new keys, every entry unwraps); the API and the worker share it. Losing
+    /// it loses every personal value in the log. Unset: the development ring
+    /// `SECRETS_DIR/personal-data.keys`.
+    #[arg(
+        long,
+        env = "PERSONAL_DATA_KEYS",
+        value_name = "PERSONAL_DATA_KEYS",
+        hide_env_values = true
+    )]
+    pub personal_data_keys: Option<SecretString>,
 
     /// Directory of the seal keys (`<kid>.pem`, Ed25519), never the access-token keys. The
     /// worker signs with the private key whose name sorts last; the API and `idp-worker verify`
@@ -151,6 +166,27 @@ impl CommonConfig {
         )
     }
 
+    /// The event store over `pool`, keeping personal values sealed under the data keys that the
+    /// `PERSONAL_DATA_KEYS` ring (or the development ring `personal-data`) wraps. Checks that
+    /// the ring unwraps the stored keys, so a missing or wrong entry stops start-up here.
+    ///
+    /// # Errors
+    /// When the ring is malformed or missing, or does not unwrap a stored key.
+    pub async fn event_store(&self, pool: PgPool) -> Result<EventStore, PersonalDataError> {
+        let ring = self.key_ring(
+            "PERSONAL_DATA_KEYS",
+            self.personal_data_keys.as_ref(),
+            "personal-data",
+        )?;
+        let keys = SubjectKeys::new(pool.clone(), KeyEncryptionKeys::from_ring(&ring));
+        keys.check().await?;
+        Ok(EventStore::with_personal_data(
+            pool,
+            Upcasters::default(),
+            keys,
+        ))
+    }
+
     /// The project templates: the built-in ones, with `PROJECT_TEMPLATES_DIR`'s over them.
     ///
     /// # Errors
@@ -164,6 +200,17 @@ impl CommonConfig {
 #[derive(Debug, thiserror::Error)]
 #[error("PROJECT_TEMPLATES_DIR: {0}")]
 pub struct TemplatesError(#[from] pub CatalogueError);
+
+/// The key-encryption keys of personal data could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum PersonalDataError {
+    /// The `PERSONAL_DATA_KEYS` ring is malformed or missing.
+    #[error(transparent)]
+    Ring(#[from] KeyError),
+    /// The ring does not unwrap a stored data key, or the key table cannot be read.
+    #[error(transparent)]
+    Keys(#[from] SubjectKeysError),
+}
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use apalis::prelude::Monitor;
-use idp_events::EventStore;
 use idp_events::backoff::Backoff;
 use idp_events::project::Catalogue;
 use idp_events::subscription::{Subscription, SubscriptionOptions};
@@ -95,7 +94,12 @@ impl Worker {
     /// `shutdown` is cancelled; batches and jobs in progress are finished first.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = %self.listener.local_addr()?, "idp-worker health listener up");
-        let store = EventStore::new(self.pool.clone());
+        let store = self
+            .config
+            .common
+            .event_store(self.pool.clone())
+            .await
+            .context("while setting up the keys of personal data (PERSONAL_DATA_KEYS)")?;
         let jobs_config = &self.config.jobs;
         let topology = Topology::new(self.config.common.amqp_url.clone(), jobs_config);
         let mut tasks = JoinSet::new();

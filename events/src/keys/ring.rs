@@ -1,6 +1,7 @@
 //! Secret key rings, one per purpose: the MAC of one-time email tokens (`EMAIL_TOKEN_KEYS`),
 //! the derivation of project database passwords (`PROJECT_DATABASE_KEYS`), the keyed digest
-//! that names streams of sign-ins to unknown addresses (`ADDRESS_DIGEST_KEYS`). No key serves
+//! that names streams of sign-ins to unknown addresses (`ADDRESS_DIGEST_KEYS`), the wrapping of
+//! each person's data key (`PERSONAL_DATA_KEYS`, see [`crate::privacy`]). No key serves
 //! two purposes.
 //!
 //! A ring is a list of `<key id>:<secret>` entries (separated by commas or new lines). The last
