@@ -57,7 +57,8 @@ where
 /// parameter "x"; known: ...`), a parameter given twice that is not an exploded array (`query
 /// parameter x is given more than once`), or a value `T` refuses (`Failed to deserialize query
 /// string: ...`, with the message of the field's own check). An exploded array (`type=A&type=B`)
-/// is read as its unexploded form (`type=A,B`), so the field takes a comma-separated list.
+/// is read as its unexploded form (`type=A,B`), so the field takes a comma-separated list. A
+/// value with a NUL character is refused (`query parameter x holds a NUL character`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ApiQuery<T>(pub T);
 
@@ -94,6 +95,12 @@ fn canonical_query<T: IntoParams + 'static>(uri: &Uri) -> Result<Option<Uri>, Ap
                 known.join(", ")
             )));
         };
+        // No text idp stores or looks up may hold a NUL (PostgreSQL's text refuses it).
+        if value.contains('\0') {
+            return Err(ApiError::BadRequest(format!(
+                "query parameter {key} holds a NUL character"
+            )));
+        }
         match pairs.iter_mut().find(|(k, _)| *k == key) {
             None => pairs.push((key.into_owned(), value.into_owned())),
             Some((_, values)) if param.explode => {

@@ -511,6 +511,9 @@ async fn the_list_searches_filters_sorts_and_pages_the_users_directory(
         format!("sort=created_at&cursor={email_cursor}"),
         "colour=blue".to_owned(),
         format!("q={}", "x".repeat(101)),
+        // Found by the API fuzzer: a NUL reached PostgreSQL and was answered 500.
+        "q=ada%00".to_owned(),
+        "q=%00".to_owned(),
     ] {
         let (status, body) = s
             .admin(Method::GET, &format!("/v1/admin/users?{query}"), None)
