@@ -664,7 +664,10 @@ mod tests {
                 "cursor is not one this API returned",
             ),
             ("stream=", "stream must not be empty"),
-            ("stream=a%00b", "query parameter stream holds a NUL character"),
+            (
+                "stream=a%00b",
+                "query parameter stream holds a NUL character",
+            ),
             ("correlation_id=42", "correlation_id \"42\" is not a UUID"),
         ] {
             let detail = read::<ListParams>(query).await.unwrap_err();
