@@ -288,12 +288,6 @@ impl EventStore {
         }
     }
 
-    /// Opens the sealed personal values of events read without the store (for example by
-    /// [`crate::query::page`]), as every read of the store does.
-    pub async fn open_personal(&self, events: &mut [RecordedEvent]) -> Result<(), ReadError> {
-        self.codec.open(None, events).await
-    }
-
     /// The connection pool the store uses.
     pub fn pool(&self) -> &PgPool {
         &self.pool

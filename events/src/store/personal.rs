@@ -88,7 +88,7 @@ impl Codec {
     }
 
     /// Opens the sealed values of `events` in place.
-    pub(crate) async fn open(
+    async fn open(
         &self,
         conn: Option<&mut PgConnection>,
         events: &mut [RecordedEvent],
