@@ -35,7 +35,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use clap::Parser;
 use idp_events::query::{EventFilter, StreamPrefix};
-use idp_events::{Append, EventStore, Metadata, NewEvent};
+use idp_events::{Append, Metadata, NewEvent};
 use idp_ops::config::DatabaseUrl;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -393,7 +393,7 @@ async fn main() -> anyhow::Result<()> {
     // The seeded events' time span (not the admin's events of this or an earlier run).
     let (first_at, last_at): (DateTime<Utc>, DateTime<Utc>) = sqlx::query_as(
         "select min(recorded_at), max(recorded_at) from events
-          where metadata->>'client_ip' = '10.0.0.7'",
+          where metadata->>'request_id' like 'seed-%'",
     )
     .fetch_one(&pool)
     .await?;
@@ -575,7 +575,7 @@ async fn main() -> anyhow::Result<()> {
 
 /// Appends `total` events in 1,000-event appends from several writers; the seconds it took.
 async fn seed(pool: &PgPool, total: u64) -> anyhow::Result<f64> {
-    let store = EventStore::new(pool.clone());
+    let store = idp_testkit::keys::event_store(pool.clone());
     let actors: Vec<String> = (0..ACTORS)
         .map(|i| match i {
             0 => "system".to_owned(),
@@ -620,7 +620,7 @@ async fn seed(pool: &PgPool, total: u64) -> anyhow::Result<f64> {
                 let metadata = Metadata {
                     actor: Some(actors[rng.random_range(0..actors.len())].clone()),
                     correlation_id: Some(Uuid::now_v7()),
-                    request_id: Some(Uuid::now_v7().to_string()),
+                    request_id: Some(format!("seed-{}", Uuid::now_v7())),
                     client_ip: Some("10.0.0.7".into()),
                     ..Metadata::default()
                 };

@@ -18,8 +18,8 @@
 //!
 //! Accounts: the administrator (`ADMIN_EMAIL`, `ADMIN_PASSWORD`) and `--users` ordinary users
 //! registered for this run. Verifying an address takes the link the worker mails; this
-//! recomputes its token from the log instead (`LOAD_DATABASE_URL`, `LOAD_EMAIL_TOKEN_KEYS`, the
-//! idp's own). Without them the administrator sends every request.
+//! recomputes its token from the log instead (`LOAD_DATABASE_URL`, `LOAD_EMAIL_TOKEN_KEYS` and
+//! `LOAD_PERSONAL_DATA_KEYS`, the idp's own). Without them the administrator sends every request.
 
 #![allow(clippy::print_stdout, clippy::cast_precision_loss)]
 
@@ -38,6 +38,8 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use idp_events::identity::one_time_token::{self, Purpose};
 use idp_events::keys::SecretKeys;
+use idp_events::privacy::fields::known_text;
+use idp_events::privacy::{KeyEncryptionKeys, SubjectKeys};
 use idp_ops::config::DatabaseUrl;
 use reqwest::{RequestBuilder, StatusCode, Url};
 use serde_json::{Value, json};
@@ -106,6 +108,9 @@ struct Args {
     /// The idp's `EMAIL_TOKEN_KEYS`, to make the verification tokens of new users.
     #[arg(long, env = "LOAD_EMAIL_TOKEN_KEYS", hide_env_values = true)]
     email_token_keys: Option<String>,
+    /// The idp's `PERSONAL_DATA_KEYS`, to read the (sealed) addresses of those events.
+    #[arg(long, env = "LOAD_PERSONAL_DATA_KEYS", hide_env_values = true)]
+    personal_data_keys: Option<String>,
 }
 
 /// What a request of the load is.
@@ -551,8 +556,10 @@ async fn ordinary_users(
     count: usize,
     database_url: &str,
     email_token_keys: &str,
+    personal_data_keys: &str,
 ) -> anyhow::Result<Vec<Arc<Account>>> {
     let email_keys = SecretKeys::parse("LOAD_EMAIL_TOKEN_KEYS", email_token_keys)?;
+    let kek_ring = SecretKeys::parse("LOAD_PERSONAL_DATA_KEYS", personal_data_keys)?;
     let options = DatabaseUrl::from_str(database_url)
         .map_err(|e| anyhow::anyhow!("invalid LOAD_DATABASE_URL: {e}"))?
         .options();
@@ -584,14 +591,35 @@ async fn ordinary_users(
         );
     }
 
-    let rows: Vec<(Uuid, String)> = sqlx::query_as(
-        "select event_id, data->>'email' from events
-          where event_type = 'VerificationRequested' and data->>'email' = any($1)",
+    let store = idp_events::EventStore::with_personal_data(
+        pool.clone(),
+        idp_events::Upcasters::default(),
+        SubjectKeys::new(pool.clone(), KeyEncryptionKeys::from_ring(&kek_ring)),
+    );
+    let streams: Vec<String> = sqlx::query_scalar(
+        "select stream_id from events where event_type = 'VerificationRequested'
+          group by stream_id",
     )
-    .bind(&emails)
     .fetch_all(&pool)
     .await
     .context("while reading the verification events")?;
+    let mut rows: Vec<(Uuid, String)> = Vec::new();
+    for stream in streams {
+        let events = store
+            .read_stream(stream.as_str(), 1)
+            .await
+            .context("while reading the verification events")?;
+        for event in events {
+            if event.event_type != "VerificationRequested" {
+                continue;
+            }
+            if let Some(email) = known_text(&event.data["email"])
+                && emails.iter().any(|e| e == email)
+            {
+                rows.push((event.event_id, email.to_owned()));
+            }
+        }
+    }
     ensure!(
         rows.len() >= count,
         "found {} verification events for {count} registrations in LOAD_DATABASE_URL; is it \
@@ -1021,16 +1049,21 @@ async fn set_up(args: &Args) -> anyhow::Result<Load> {
             .await
             .context("while signing in as the administrator (ADMIN_EMAIL, ADMIN_PASSWORD)")?,
     );
-    let users = match (&args.database_url, &args.email_token_keys, args.users) {
-        (_, _, 0) => vec![Arc::clone(&admin)],
-        (Some(db), Some(secret), count) => {
+    let users = match (
+        &args.database_url,
+        &args.email_token_keys,
+        &args.personal_data_keys,
+        args.users,
+    ) {
+        (_, _, _, 0) => vec![Arc::clone(&admin)],
+        (Some(db), Some(secret), Some(keks), count) => {
             eprintln!("load: registering, verifying and signing in {count} users ...");
-            ordinary_users(&client, &base, &run, count, db, secret).await?
+            ordinary_users(&client, &base, &run, count, db, secret, keks).await?
         }
         _ => {
             eprintln!(
-                "load: LOAD_DATABASE_URL and LOAD_EMAIL_TOKEN_KEYS are not both set: the \
-                 administrator sends every request"
+                "load: LOAD_DATABASE_URL, LOAD_EMAIL_TOKEN_KEYS and LOAD_PERSONAL_DATA_KEYS are \
+                 not all set: the administrator sends every request"
             );
             vec![Arc::clone(&admin)]
         }

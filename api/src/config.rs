@@ -140,6 +140,19 @@ pub struct IdentityConfig {
     )]
     pub address_digest_keys: Option<SecretString>,
 
+    /// Key ring of the blind indexes that stand for personal values in lookup tables (same
+    /// format): the one-account-per-address reservation and sign-in lookup (HMAC-SHA256 of the
+    /// normalised address), and the keys of rate-limit buckets (of an address or a client
+    /// address), each under its own domain. The last entry indexes new values; every entry
+    /// is looked up. Unset: the development ring `SECRETS_DIR/email-index.keys`.
+    #[arg(
+        long,
+        env = "EMAIL_INDEX_KEYS",
+        value_name = "EMAIL_INDEX_KEYS",
+        hide_env_values = true
+    )]
+    pub email_index_keys: Option<SecretString>,
+
     /// The first administrator's email, created at start if missing.
     #[arg(long, env = "ADMIN_EMAIL", value_name = "ADMIN_EMAIL")]
     pub admin_email: Option<String>,

@@ -167,7 +167,10 @@ impl From<sqlx::Error> for ApiError {
 impl From<idp_events::ReadError> for ApiError {
     fn from(err: idp_events::ReadError) -> Self {
         match err {
-            idp_events::ReadError::Database(e) => e.into(),
+            idp_events::ReadError::Database(e)
+            | idp_events::ReadError::Keys(idp_events::privacy::SubjectKeysError::Database(e)) => {
+                e.into()
+            }
             other @ idp_events::ReadError::Keys(_) => Self::Internal(other.into()),
         }
     }
@@ -181,6 +184,10 @@ impl From<idp_events::AppendError> for ApiError {
                 Self::Conflict(err.to_string())
             }
             E::InvalidEvent(detail) => Self::Unprocessable(detail),
+            E::Personal(idp_events::privacy::SubjectKeysError::Erased(_)) => {
+                Self::Gone("the person is erased".into())
+            }
+            E::Personal(idp_events::privacy::SubjectKeysError::Database(db)) => db.into(),
             E::Database(ref db) if is_unavailable(db) => Self::Unavailable,
             other => Self::Internal(other.into()),
         }

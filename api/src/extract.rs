@@ -11,6 +11,7 @@ use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, Uri, header};
+use idp_events::privacy::Personal;
 use idp_events::{Metadata, StreamId};
 use serde::de::DeserializeOwned;
 use utoipa::IntoParams;
@@ -256,8 +257,8 @@ impl ClientContext {
             request_id: self.request_id.clone(),
             correlation_id: self.correlation_id,
             causation_id: None,
-            client_ip: self.ip.map(|ip| ip.to_string()),
-            user_agent: self.user_agent.clone(),
+            client_ip: self.ip.map(|ip| Personal::Known(ip.to_string())),
+            user_agent: self.user_agent.clone().map(Personal::Known),
         }
     }
 

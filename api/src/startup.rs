@@ -357,9 +357,24 @@ async fn build_identity(config: &Config, store: EventStore) -> anyhow::Result<Id
             id.address_digest_keys.as_ref(),
             "address-digest",
         )?,
+        email_index: config.common.key_ring(
+            "EMAIL_INDEX_KEYS",
+            id.email_index_keys.as_ref(),
+            "email-index",
+        )?,
     };
     let hasher = Hasher::new(params).with_max_queue(id.argon2_max_queue as usize);
     let identity = Identity::new(store, hasher, tokens, keys, id);
+    let reindexed = identity
+        .index_clear_reservations()
+        .await
+        .map_err(|e| anyhow::anyhow!("while indexing the address reservations: {e}"))?;
+    if reindexed > 0 {
+        tracing::info!(
+            reservations = reindexed,
+            "address reservations written before blind indexes now hold the index"
+        );
+    }
     match (&id.admin_email, &id.admin_password) {
         (Some(email), Some(password)) => {
             let email = Email::parse(email).map_err(|e| anyhow::anyhow!("ADMIN_EMAIL: {e}"))?;

@@ -15,7 +15,7 @@ use common::spawn_app;
 use ed25519_dalek::pkcs8::DecodePublicKey as _;
 use ed25519_dalek::{Signature, Verifier as _, VerifyingKey};
 use idp_events::seal::{self, SealSigner};
-use idp_events::{Append, EventStore, NewEvent};
+use idp_events::{Append, NewEvent};
 use idp_testkit::database::superuser;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -213,7 +213,7 @@ async fn verify_reports_an_intact_log_then_names_an_edited_event_and_a_forged_se
         .connect_with(conn.clone())
         .await
         .unwrap();
-    let store = EventStore::new(pool.clone());
+    let store = idp_testkit::keys::event_store(pool.clone());
     store
         .append(
             Append::to("thing-1")

@@ -43,7 +43,7 @@ async fn env(conn: &PgConnectOptions, extra: &[&str]) -> Env {
         .connect_with(conn.clone())
         .await
         .unwrap();
-    let store = EventStore::new(pool.clone());
+    let store = idp_testkit::keys::event_store(pool.clone());
     let admin = app.token(common::ADMIN_EMAIL, common::ADMIN_PASSWORD).await;
     Env {
         app,

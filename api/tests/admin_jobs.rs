@@ -8,7 +8,7 @@ mod common;
 use common::spawn_app;
 use idp_events::StreamId;
 use idp_events::jobs::JobEvent;
-use idp_events::{Append, EventStore, Metadata};
+use idp_events::{Append, Metadata};
 use serde_json::{Value, json};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use uuid::Uuid;
@@ -32,7 +32,7 @@ async fn dead_jobs_are_for_admins_only_and_bad_paging_is_a_400(
         .connect_with(conn.clone())
         .await
         .unwrap();
-    let store = EventStore::new(pool.clone());
+    let store = idp_testkit::keys::event_store(pool.clone());
     let user = app
         .verified_user(&pool, "bob@example.com", "a long enough password")
         .await;

@@ -35,16 +35,18 @@ async fn append_one_by_one(
     actor: &str,
     events: Vec<NewEvent>,
 ) -> Vec<RecordedEvent> {
+    let person = idp_events::StreamId::parse(stream)
+        .ok()
+        .and_then(|s| s.user_id());
     for event in events {
-        store
-            .append(
-                Append::to(stream)
-                    .expecting(ExpectedVersion::Any)
-                    .event(event)
-                    .metadata(Metadata::actor(actor)),
-            )
-            .await
-            .unwrap();
+        let mut append = Append::to(stream)
+            .expecting(ExpectedVersion::Any)
+            .event(event)
+            .metadata(Metadata::actor(actor));
+        if let Some(person) = person {
+            append = append.about(person);
+        }
+        store.append(append).await.unwrap();
     }
     let stored = store.read_stream(stream, 1).await.unwrap();
     for pair in stored.windows(2) {
@@ -79,7 +81,7 @@ async fn as_of_returns_the_user_before_and_after_a_lock_a_role_change_and_a_pass
 ) {
     let app = spawn_app(&conn, &common::ADMIN_ARGS).await;
     let admin = app.admin_token().await;
-    let store = EventStore::new(connect(&conn).await);
+    let store = idp_testkit::keys::event_store(connect(&conn).await);
     let id = Uuid::now_v7();
     let stream = format!("user-{id}");
     let lock_end = Utc::now() + Duration::hours(1);
@@ -218,7 +220,7 @@ async fn as_of_returns_a_project_as_it_was_at_a_past_instant(
 ) {
     let app = spawn_app(&conn, &common::ADMIN_ARGS).await;
     let admin = app.admin_token().await;
-    let store = EventStore::new(connect(&conn).await);
+    let store = idp_testkit::keys::event_store(connect(&conn).await);
     let id = Uuid::now_v7();
     let stream = format!("project-{id}");
     let events = append_one_by_one(
@@ -279,7 +281,7 @@ async fn other_streams_have_a_history_without_a_state_and_unknown_streams_are_40
 ) {
     let app = spawn_app(&conn, &common::ADMIN_ARGS).await;
     let admin = app.admin_token().await;
-    let store = EventStore::new(connect(&conn).await);
+    let store = idp_testkit::keys::event_store(connect(&conn).await);
     append_one_by_one(
         &store,
         "ledger-7",

@@ -413,14 +413,10 @@ async fn a_huge_or_odd_request_id_is_replaced_and_correlation_ids_are_always_the
     let metadata_of = |email: &'static str| {
         let pool = &pool;
         async move {
-            let metadata: Value = sqlx::query_scalar(
-                "select metadata from events where event_type = 'UserRegistered'
-                    and data->>'email' = $1",
-            )
-            .bind(email)
-            .fetch_one(pool)
-            .await
-            .unwrap();
+            let mut events =
+                idp_testkit::log::events_with(pool, "UserRegistered", "email", email).await;
+            let mut metadata = events.remove(0).metadata;
+            idp_events::privacy::fields::unmark(&mut metadata);
             metadata
         }
     };
@@ -691,12 +687,7 @@ async fn forwarded_addresses_count_only_from_trusted_proxies_and_ipv6_by_its_64(
     )
     .await;
     assert_eq!(response.status(), 202);
-    let ip: String = sqlx::query_scalar(
-        "select metadata->>'client_ip' from events where event_type = 'UserRegistered'",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let ip = client_ip_of(&pool, "a@example.com").await;
     assert_eq!(
         ip, "127.0.0.1",
         "X-Forwarded-For is ignored from anyone not trusted"
@@ -723,13 +714,7 @@ async fn forwarded_addresses_count_only_from_trusted_proxies_and_ipv6_by_its_64(
     )
     .await;
     assert_eq!(response.status(), 202);
-    let ip: String = sqlx::query_scalar(
-        "select metadata->>'client_ip' from events where event_type = 'UserRegistered'
-            and data->>'email' = 'b@example.com'",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let ip = client_ip_of(&pool, "b@example.com").await;
     assert_eq!(ip, "203.0.113.9", "the nearest hop that is not a proxy");
 
     let attempt = |client: &'static str| {
@@ -819,4 +804,12 @@ async fn a_wrong_personal_data_key_ring_stops_start_up(
         missing.contains("\"k1\""),
         "names the entry it needs: {missing}"
     );
+}
+
+/// The client address recorded with the registration of `email`, opened.
+async fn client_ip_of(pool: &sqlx::PgPool, email: &str) -> String {
+    let events = idp_testkit::log::events_with(pool, "UserRegistered", "email", email).await;
+    idp_events::privacy::fields::known_text(&events[0].metadata["client_ip"])
+        .unwrap()
+        .to_owned()
 }

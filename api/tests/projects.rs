@@ -39,7 +39,7 @@ async fn env(conn: &PgConnectOptions, extra: &[&str]) -> Env {
     args.extend_from_slice(extra);
     let app = spawn_app(conn, &args).await;
     let pool = idp_testkit::database::pool(conn).await;
-    let store = EventStore::new(pool.clone());
+    let store = idp_testkit::keys::event_store(pool.clone());
     Env { app, pool, store }
 }
 

@@ -155,6 +155,7 @@ async fn sigterm_stops_the_api_gracefully(_opts: PgPoolOptions, conn: PgConnectO
     let mut command = Command::new(env!("CARGO_BIN_EXE_idp-api"));
     command
         .env("DATABASE_URL", database_url(&conn))
+        .env("PERSONAL_DATA_KEYS", idp_testkit::keys::PERSONAL_DATA_KEYS)
         .env("AMQP_URL", amqp_url())
         .env("API_ADDR", format!("127.0.0.1:{port}"))
         .env("API_INTERNAL_ADDR", format!("127.0.0.1:{internal_port}"))
@@ -172,6 +173,7 @@ async fn sigterm_stops_the_api_gracefully(_opts: PgPoolOptions, conn: PgConnectO
             "ADDRESS_DIGEST_KEYS",
             idp_testkit::keys::ADDRESS_DIGEST_KEYS,
         )
+        .env("EMAIL_INDEX_KEYS", idp_testkit::keys::EMAIL_INDEX_KEYS)
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     idp_ops::test_logs::child(&mut command, "idp-api");

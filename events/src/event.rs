@@ -5,6 +5,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::privacy::Personal;
+
 /// What the writer believes the stream's current version is. Versions start at 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExpectedVersion {
@@ -90,12 +92,13 @@ pub struct Metadata {
     /// The event that directly caused this one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub causation_id: Option<Uuid>,
-    /// Client address as seen by the API.
+    /// Client address as seen by the API: personal, sealed under the key of the append's
+    /// person and of its day, so it is gone when either is destroyed.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub client_ip: Option<String>,
-    /// Client user agent as seen by the API.
+    pub client_ip: Option<Personal<String>>,
+    /// Client user agent as seen by the API: personal, like the address.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub user_agent: Option<String>,
+    pub user_agent: Option<Personal<String>>,
 }
 
 impl Metadata {

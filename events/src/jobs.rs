@@ -48,6 +48,13 @@ pub enum JobEvent {
         /// server's answer; the message was handed over, its acceptance was not seen.
         confirmed: bool,
     },
+    /// The email was not sent and will not be: its person was erased before it went out.
+    EmailDropped {
+        /// Which email.
+        template: String,
+        /// Why (never the address).
+        reason: String,
+    },
     /// An attempt failed.
     EmailDeliveryFailed {
         /// Attempt number within the current round.
@@ -137,7 +144,7 @@ impl Job {
                 message_id,
                 ..
             } => self.unresolved = Some((*attempt, message_id.clone())),
-            JobEvent::EmailSent { .. } => {
+            JobEvent::EmailSent { .. } | JobEvent::EmailDropped { .. } => {
                 self.unresolved = None;
                 self.done = true;
             }

@@ -288,6 +288,11 @@ impl EventStore {
         }
     }
 
+    /// The key table of personal data, if this store seals personal values.
+    pub fn subject_keys(&self) -> Option<&SubjectKeys> {
+        self.codec.personal.as_ref()
+    }
+
     /// The connection pool the store uses.
     pub fn pool(&self) -> &PgPool {
         &self.pool
@@ -707,6 +712,33 @@ impl EventStore {
             metrics::counter!("idp_events_appended_total", "event_type" => event.event_type.clone())
                 .increment(1);
         }
+    }
+
+    /// The events of `stream_id` from `from_version` on, to fold into a state: their data
+    /// opened, their metadata as stored (its personal values sealed), which spares opening
+    /// what a fold never reads.
+    pub async fn read_stream_to_fold(
+        &self,
+        stream_id: impl AsRef<str>,
+        from_version: i64,
+    ) -> Result<Vec<RecordedEvent>, ReadError> {
+        let stream_id = stream_id.as_ref();
+        let rows = sqlx::query(&format!(
+            "{SELECT_COLUMNS} where e.stream_id = $1 and e.stream_version >= $2 order by e.stream_version"
+        ))
+        .bind(stream_id)
+        .bind(from_version)
+        .fetch_all(&self.pool)
+        .await?;
+        let events = self
+            .codec
+            .decode_parts(None, &rows, personal::Opening::Data)
+            .await?;
+        if let Some(last) = events.last() {
+            self.heads
+                .remember(stream_id, last.stream_version, &last.hash);
+        }
+        Ok(events)
     }
 
     /// Events of one stream from `from_version` (inclusive, versions start at 1), upcast.

@@ -229,3 +229,82 @@ async fn a_ciphertext_copied_into_another_event_does_not_open(pool: PgPool) {
     let original = store.read_stream(StreamId::user(ada), 1).await.unwrap();
     assert_eq!(read(&original), [(Personal::Known(ADDRESS.to_owned()), 1)]);
 }
+
+/// Client address and agent in metadata are sealed under the person's key and their day's:
+/// destroying the day's key (retention) takes them from every event of that day, which keep
+/// their actor and verify; what is written for a day whose key is gone keeps no value at all.
+#[sqlx::test(migrations = "../migrations")]
+async fn metadata_values_expire_with_their_day_and_the_chain_stays_intact(pool: PgPool) {
+    let store = store(&pool);
+    let ada = Uuid::now_v7();
+    let stream = StreamId::user(ada);
+    let metadata = idp_events::Metadata {
+        actor: Some(stream.to_string()),
+        client_ip: Some("192.0.2.77".into()),
+        user_agent: Some("Lovelace-Browser/1.0".into()),
+        ..idp_events::Metadata::default()
+    };
+    store
+        .append(
+            Append::to(&stream)
+                .about(ada)
+                .event(registered(1))
+                .metadata(metadata.clone()),
+        )
+        .await
+        .unwrap();
+    let text: String = sqlx::query_scalar("select metadata::text from events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(
+        !text.contains("192.0.2.77") && !text.contains("Lovelace"),
+        "{text}"
+    );
+    let events = store.read_stream(&stream, 1).await.unwrap();
+    assert_eq!(
+        events[0].metadata["client_ip"],
+        json!({"$personal": "192.0.2.77"})
+    );
+
+    // Retention: every day before tomorrow is past.
+    let tomorrow = chrono::Utc::now().date_naive() + chrono::Days::new(1);
+    assert_eq!(
+        keys(&pool).expire_periods_before(tomorrow).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        keys(&pool).expire_periods_before(tomorrow).await.unwrap(),
+        0
+    );
+    let events = store.read_stream(&stream, 1).await.unwrap();
+    assert_eq!(events[0].metadata["client_ip"], json!("[erased]"));
+    assert_eq!(events[0].metadata["user_agent"], json!("[erased]"));
+    assert_eq!(events[0].metadata["actor"], json!(stream.to_string()));
+    assert_eq!(
+        read(&events),
+        [(Personal::Known(ADDRESS.to_owned()), 1)],
+        "the data, under the person's own key, stays"
+    );
+    assert!(verify_streams(&pool, None).await.unwrap().is_intact());
+
+    // Today's key is gone: a new append of today keeps its events and drops the values.
+    store
+        .append(
+            Append::to(&stream)
+                .expecting(ExpectedVersion::Any)
+                .about(ada)
+                .event(registered(2))
+                .metadata(metadata),
+        )
+        .await
+        .unwrap();
+    let events = store.read_stream(&stream, 1).await.unwrap();
+    assert_eq!(events[1].metadata["client_ip"], json!("[erased]"));
+    let text: String = sqlx::query_scalar("select string_agg(metadata::text, ' ') from events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(!text.contains("192.0.2.77"), "{text}");
+    assert!(verify_streams(&pool, None).await.unwrap().is_intact());
+}

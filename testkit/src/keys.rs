@@ -2,6 +2,9 @@
 //! what either would (the token in a verification email, a project database's password).
 
 use idp_events::keys::SecretKeys;
+use idp_events::privacy::{KeyEncryptionKeys, SubjectKeys};
+use idp_events::{EventStore, Upcasters};
+use sqlx::PgPool;
 
 /// The key of one-time tokens shared by the test API and worker.
 pub const TOKEN_SECRET: &str = "test-token-secret-0123456789abcdef0123456789";
@@ -13,6 +16,20 @@ pub const DATABASE_SECRET: &str = "test-database-secret-0123456789abcdef01234567
 pub const PROJECT_DATABASE_KEYS: &str = "test:test-database-secret-0123456789abcdef01234567";
 /// The address-digest key ring of test apps.
 pub const ADDRESS_DIGEST_KEYS: &str = "test:test-address-digest-secret-0123456789abcdef";
+
+/// The key-encryption key ring of personal data of test apps.
+pub const PERSONAL_DATA_KEYS: &str = "test:test-personal-data-secret-0123456789abcdef01";
+/// The email blind-index key ring of test apps.
+pub const EMAIL_INDEX_KEYS: &str = "test:test-email-index-secret-0123456789abcdef0123";
+
+/// An event store that seals and opens personal values as the test apps do
+/// ([`PERSONAL_DATA_KEYS`]).
+pub fn event_store(pool: PgPool) -> EventStore {
+    let ring = SecretKeys::parse("PERSONAL_DATA_KEYS", PERSONAL_DATA_KEYS)
+        .unwrap_or_else(|err| panic!("the test ring parses: {err}"));
+    let keys = SubjectKeys::new(pool.clone(), KeyEncryptionKeys::from_ring(&ring));
+    EventStore::with_personal_data(pool, Upcasters::default(), keys)
+}
 
 /// The email-token key ring of test apps.
 pub fn email_keys() -> SecretKeys {

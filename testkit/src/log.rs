@@ -64,3 +64,42 @@ pub async fn catch_up<H: Handler>(sub: &Subscription<H>) -> u64 {
     }
     panic!("the subscription lock was never free");
 }
+
+/// Every `event_type` event of the log, oldest first, with its personal values opened (as the
+/// test apps' key ring opens them): the way a test finds an event by an address, which the log
+/// only holds sealed.
+pub async fn opened_events(pool: &PgPool, event_type: &str) -> Vec<idp_events::RecordedEvent> {
+    let streams: Vec<String> =
+        sqlx::query_scalar("select stream_id from events where event_type = $1 group by stream_id")
+            .bind(event_type)
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    let store = crate::keys::event_store(pool.clone());
+    let mut found = Vec::new();
+    for stream in streams {
+        let events = store.read_stream(stream.as_str(), 1).await.unwrap();
+        found.extend(events.into_iter().filter(|e| e.event_type == event_type));
+    }
+    found.sort_by_key(|e| e.position);
+    found
+}
+
+/// The `event_type` events whose personal string `field` reads `value`, oldest first.
+pub async fn events_with(
+    pool: &PgPool,
+    event_type: &str,
+    field: &str,
+    value: &str,
+) -> Vec<idp_events::RecordedEvent> {
+    opened_events(pool, event_type)
+        .await
+        .into_iter()
+        .filter(|e| {
+            e.data
+                .get(field)
+                .and_then(idp_events::privacy::fields::known_text)
+                == Some(value)
+        })
+        .collect()
+}

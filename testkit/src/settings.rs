@@ -4,7 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::keys::{ADDRESS_DIGEST_KEYS, EMAIL_TOKEN_KEYS, PROJECT_DATABASE_KEYS};
+use crate::keys::{
+    ADDRESS_DIGEST_KEYS, EMAIL_INDEX_KEYS, EMAIL_TOKEN_KEYS, PERSONAL_DATA_KEYS,
+    PROJECT_DATABASE_KEYS,
+};
 
 /// A fresh directory path under the system's temporary directory, `idp-test-<what>-<uuid>`
 /// (not created).
@@ -48,6 +51,10 @@ pub fn api_args(database_url: &str, jwt_keys_dir: &Path) -> Vec<String> {
         PROJECT_DATABASE_KEYS,
         "--address-digest-keys",
         ADDRESS_DIGEST_KEYS,
+        "--personal-data-keys",
+        PERSONAL_DATA_KEYS,
+        "--email-index-keys",
+        EMAIL_INDEX_KEYS,
     ]
     .map(str::to_owned)
     .to_vec()
@@ -76,6 +83,8 @@ pub fn worker_args(
         EMAIL_TOKEN_KEYS,
         "--project-database-keys",
         PROJECT_DATABASE_KEYS,
+        "--personal-data-keys",
+        PERSONAL_DATA_KEYS,
         "--public-base-url",
         "http://idp.test",
         "--provision-repo-root",

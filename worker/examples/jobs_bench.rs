@@ -283,7 +283,7 @@ async fn main() -> anyhow::Result<()> {
         .execute(&pool)
         .await?;
     idp_events::migrations::run(&pool).await?;
-    let store = EventStore::new(pool.clone());
+    let store = idp_testkit::keys::event_store(pool.clone());
     let prefix = format!("bench-{}", Uuid::new_v4().simple());
     let jobs_config = Config::parse_from(["bench", "--amqp-prefix", &prefix]).jobs;
     let amqp_url =

@@ -116,7 +116,7 @@ async fn run(args: &Args, options: PgConnectOptions) -> anyhow::Result<Vec<Row3>
         .connect_with(options.clone())
         .await?;
     idp_events::migrations::run(&pool).await?;
-    let store = EventStore::new(pool.clone());
+    let store = idp_testkit::keys::event_store(pool.clone());
     let mut rows = Vec::new();
 
     if wants("rebuild") {
@@ -235,7 +235,7 @@ impl Account {
             request_id: Some(request.to_string()),
             correlation_id: Some(request),
             causation_id: None,
-            client_ip: Some(format!("198.51.100.{}", self.n % 250)),
+            client_ip: Some(format!("198.51.100.{}", self.n % 250).into()),
             user_agent: Some(
                 "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0".into(),
             ),
@@ -256,6 +256,7 @@ impl Account {
         self.version += i64::try_from(events.len()).unwrap_or_default();
         self.produced += events.len() as u64;
         Append::to(StreamId::user(self.id))
+            .about(self.id)
             .expecting(expected)
             .events(events.iter().map(UserEvent::to_new_event))
             .metadata(meta)
@@ -308,7 +309,12 @@ impl Account {
         if self.dice.chance(5) {
             let email = format!("person{}@example.com", self.n);
             let meta = self.meta("anonymous".into());
-            appends.push(self.user_append(&[UserEvent::PasswordResetRequested { email }], meta));
+            appends.push(self.user_append(
+                &[UserEvent::PasswordResetRequested {
+                    email: email.into(),
+                }],
+                meta,
+            ));
             let meta = self.own();
             let reset = [UserEvent::PasswordReset {
                 reset_id: Uuid::now_v7(),
@@ -370,6 +376,7 @@ impl Account {
         self.produced += events.len() as u64;
         let meta = self.own();
         Append::to(StreamId::session(session_id))
+            .about(self.id)
             .events(events)
             .metadata(meta)
     }
@@ -388,6 +395,7 @@ impl Account {
             self.produced += 1;
             appends.push(
                 Append::to(StreamId::login(self.id))
+                    .about(self.id)
                     .expecting(ExpectedVersion::Any)
                     .event(login::failed(reason))
                     .metadata(meta),
@@ -454,7 +462,7 @@ async fn seed(options: &PgConnectOptions, target: u64) -> anyhow::Result<u64> {
         .max_connections(8)
         .connect_with(options.clone().options([("synchronous_commit", "off")]))
         .await?;
-    let store = EventStore::new(pool.clone());
+    let store = idp_testkit::keys::event_store(pool.clone());
     let writers = 8_u64;
     let admin = Uuid::now_v7();
     let mut tasks = tokio::task::JoinSet::new();
@@ -631,9 +639,10 @@ async fn latency(
             let (append, mark) = match cycle % 4 {
                 0 => (
                     Append::to(StreamId::user(account))
+                        .about(account)
                         .event(
                             UserEvent::UserRegistered {
-                                email: format!("probe-{task}-{cycle}@example.com"),
+                                email: format!("probe-{task}-{cycle}@example.com").into(),
                                 display_name: None,
                                 roles: vec!["user".into()],
                             }

@@ -245,7 +245,7 @@ const TYPES: [&str; 6] = [
 async fn seed(pool: &PgPool, total: u64) -> anyhow::Result<u64> {
     let transactions = total.div_ceil(SEED_TRANSACTION);
     let per_seeder = transactions.div_ceil(SEEDERS);
-    let store = EventStore::new(pool.clone());
+    let store = idp_testkit::keys::event_store(pool.clone());
     let counts: Vec<u64> = futures::stream::iter(0..SEEDERS)
         .map(|seeder| {
             let store = store.clone();
@@ -312,7 +312,7 @@ async fn seed_range(
                 request_id: Some(Uuid::from_u64_pair(dice.next(), seeder).to_string()),
                 correlation_id: Some(Uuid::from_u64_pair(dice.next(), dice.next())),
                 causation_id: None,
-                client_ip: Some(format!("10.0.{}.{}", dice.below(256), dice.below(256))),
+                client_ip: Some(format!("10.0.{}.{}", dice.below(256), dice.below(256)).into()),
                 user_agent: Some("Mozilla/5.0 (X11; Linux x86_64) idp-bench/1.0".into()),
             };
             store

@@ -21,7 +21,7 @@ use crate::provision::harden::{self, DatabaseReport, Outcome};
 ///
 /// If a running worker holds the projection, the reset makes that worker replay, and this
 /// command follows its progress; otherwise it replays here.
-pub async fn rebuild(pool: &PgPool, name: &str) -> anyhow::Result<()> {
+pub async fn rebuild(store: &EventStore, name: &str) -> anyhow::Result<()> {
     /// The rebuild of the projection called `name`, once found.
     struct Find<'a> {
         store: &'a EventStore,
@@ -38,9 +38,8 @@ pub async fn rebuild(pool: &PgPool, name: &str) -> anyhow::Result<()> {
             }
         }
     }
-    let store = EventStore::new(pool.clone());
     let mut find = Find {
-        store: &store,
+        store,
         name,
         rebuild: None,
     };
@@ -201,11 +200,10 @@ pub fn seal_public_keys(keys_dir: &Path, out_dir: &Path) -> anyhow::Result<()> {
 /// state of its aggregate folded from those events as pretty JSON. Fails (non-zero exit) if the
 /// stream has no events at all.
 pub async fn replay(
-    pool: &PgPool,
+    store: &EventStore,
     stream_id: &str,
     until: Option<idp_events::replay::Until>,
 ) -> anyhow::Result<()> {
-    let store = EventStore::new(pool.clone());
     let history = store
         .read_stream(stream_id, 1)
         .await
@@ -238,6 +236,8 @@ pub async fn replay(
             .get("actor")
             .and_then(serde_json::Value::as_str)
             .unwrap_or("-");
+        let mut data = event.data.clone();
+        idp_events::privacy::fields::unmark(&mut data);
         writeln!(
             out,
             "{:>10}  {:>7}  {:<27}  {:<30}  {:<43}  {}",
@@ -248,7 +248,7 @@ pub async fn replay(
                 .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             event.event_type,
             actor,
-            event.data
+            data
         )?;
     }
     let version = events.last().map_or(0, |e| e.stream_version);
@@ -271,11 +271,11 @@ pub async fn replay(
 /// idp's own database, one line per project database and a summary. Fails (non-zero exit) if
 /// any database could not be hardened. Safe to repeat.
 pub async fn harden_databases(
-    pool: &PgPool,
+    store: &EventStore,
     driver: &DatabaseDriver,
     rotate_passwords: bool,
 ) -> anyhow::Result<()> {
-    let store = EventStore::new(pool.clone());
+    let pool = store.pool();
     let own = close_own_database(pool)
         .await
         .context("while closing idp's own database to PUBLIC")?;
@@ -304,7 +304,7 @@ pub async fn harden_databases(
         Password::Keep
     };
     let mut write_error = None;
-    let summary = harden::harden_databases(&store, driver, password, |report| {
+    let summary = harden::harden_databases(store, driver, password, |report| {
         let mut out = std::io::stdout().lock();
         if let Err(e) = writeln!(out, "{}", describe(report)) {
             write_error.get_or_insert(e);

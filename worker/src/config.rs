@@ -167,6 +167,13 @@ pub struct JobsConfig {
     #[arg(long, env = "IDEMPOTENCY_KEY_TTL_HOURS", value_name = "IDEMPOTENCY_KEY_TTL_HOURS", default_value_t = 24,
           value_parser = clap::value_parser!(u64).range(1..=8_760))]
     pub idempotency_key_ttl_hours: u64,
+
+    /// How many days client addresses and user agents stay readable in event metadata (and in
+    /// the audit view): the key of each older day is destroyed, so its events keep their actor
+    /// and lose those details. 0 keeps them for the current day only.
+    #[arg(long, env = "PII_METADATA_RETENTION_DAYS", value_name = "PII_METADATA_RETENTION_DAYS", default_value_t = 90,
+          value_parser = clap::value_parser!(u32).range(0..=36_500))]
+    pub pii_metadata_retention_days: u32,
 }
 
 /// Email: where it goes and what it links to.

@@ -20,7 +20,8 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Rebuild { name }) => {
             let pool = connect(&config.common).await?;
             idp_events::migrations::run(&pool).await?;
-            idp_worker::cli::rebuild(&pool, name).await
+            let store = config.common.event_store(pool.clone()).await?;
+            idp_worker::cli::rebuild(&store, name).await
         }
         Some(Command::Verify {
             stream_prefix,
@@ -37,11 +38,13 @@ async fn main() -> anyhow::Result<()> {
             let pool = connect(&config.common).await?;
             idp_events::migrations::run(&pool).await?;
             let driver = idp_worker::startup::database_driver(&config, &pool)?;
-            idp_worker::cli::harden_databases(&pool, &driver, *rotate_passwords).await
+            let store = config.common.event_store(pool.clone()).await?;
+            idp_worker::cli::harden_databases(&store, &driver, *rotate_passwords).await
         }
         Some(Command::Replay { stream, until }) => {
             let pool = connect(&config.common).await?;
-            idp_worker::cli::replay(&pool, stream, *until).await
+            let store = config.common.event_store(pool).await?;
+            idp_worker::cli::replay(&store, stream, *until).await
         }
     }
 }

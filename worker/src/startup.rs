@@ -139,6 +139,14 @@ impl Worker {
             Duration::from_secs(jobs_config.idempotency_key_ttl_hours * 3600),
             shutdown.clone(),
         ));
+        if let Some(keys) = store.subject_keys() {
+            tasks.spawn(crate::housekeeping::run_retention(
+                self.pool.clone(),
+                keys.clone(),
+                jobs_config.pii_metadata_retention_days,
+                shutdown.clone(),
+            ));
+        }
         let sealer = crate::sealer::SealerSettings::from_config(&self.config);
         tasks.spawn(crate::sealer::run(
             self.pool.clone(),

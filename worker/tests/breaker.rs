@@ -35,7 +35,7 @@ async fn state(pool: &PgPool) -> BreakerState {
 async fn consecutive_failures_open_the_breaker_for_every_process_and_one_trial_call_closes_it(
     pool: PgPool,
 ) {
-    let store = EventStore::new(pool.clone());
+    let store = idp_testkit::keys::event_store(pool.clone());
     let open_for = Duration::from_millis(300);
     let one = Breaker::new("downstream", store.clone(), 3, open_for);
     let two = Breaker::new("downstream", store.clone(), 3, open_for);

@@ -13,7 +13,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::harness::{self, register_user, start_worker};
-use idp_events::EventStore;
 use idp_testkit::broker::unique_prefix;
 use idp_testkit::clock::wait_until;
 use idp_testkit::log::count_events;
@@ -43,7 +42,7 @@ async fn a_rabbitmq_restart_under_load_loses_no_job_and_repeats_no_email(
         .connect_with(conn.clone())
         .await
         .unwrap();
-    let store = EventStore::new(pool.clone());
+    let store = idp_testkit::keys::event_store(pool.clone());
     let worker = start_worker(&conn, &prefix, Some(&sink.url()), &[]).await;
 
     // A steady stream of registrations while the broker goes away and comes back.

@@ -95,7 +95,7 @@ async fn kill_9_while_2000_emails_are_in_flight_then_a_restart_delivers_each_exa
         .connect_with(conn.clone())
         .await
         .unwrap();
-    let store = EventStore::new(pool.clone());
+    let store = idp_testkit::keys::event_store(pool.clone());
     let expected = register_many(&store, 2000).await;
 
     let mut worker = spawn_worker_process(
@@ -133,7 +133,7 @@ async fn a_worker_killed_between_commit_and_publish_publishes_every_job_after_re
         .connect_with(conn.clone())
         .await
         .unwrap();
-    let store = EventStore::new(pool.clone());
+    let store = idp_testkit::keys::event_store(pool.clone());
     let expected = register_many(&store, 1000).await;
     let last = head(&pool).await;
 

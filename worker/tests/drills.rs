@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use common::harness::{self, register_user, spawn_worker_process};
-use idp_events::EventStore;
 use idp_events::jobs;
 use idp_testkit::broker::{amqp_proxy, amqp_url, amqp_url_via, unique_prefix};
 use idp_testkit::clock::wait_until;
@@ -307,14 +306,12 @@ async fn a_rabbitmq_outage_keeps_registrations_coming_and_the_dispatcher_catches
     let sent = assert_every_email_sent_once(&pool, &sink, Duration::from_secs(60)).await;
     let caught_up = restored_at.elapsed();
     // Every accepted registration is one of them.
-    let asked: BTreeSet<String> = sqlx::query_scalar(
-        "select data->>'email' from events where event_type = 'VerificationRequested'",
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap()
-    .into_iter()
-    .collect();
+    let asked: BTreeSet<String> = idp_testkit::log::opened_events(&pool, "VerificationRequested")
+        .await
+        .iter()
+        .filter_map(|e| idp_events::privacy::fields::known_text(&e.data["email"]))
+        .map(str::to_owned)
+        .collect();
     for (_, email, _) in &answers {
         assert!(
             asked.contains(email),
@@ -349,7 +346,7 @@ async fn a_database_outage_pauses_the_worker_which_then_recovers_by_itself_losin
         .connect_with(conn.clone())
         .await
         .unwrap();
-    let store = EventStore::new(pool.clone());
+    let store = idp_testkit::keys::event_store(pool.clone());
     let database = Proxy::to(conn.get_host(), conn.get_port()).await;
     let via_proxy = database_url(&conn.clone().host("127.0.0.1").port(database.port()));
     let worker = start_worker(&via_proxy, &amqp_url(), &prefix, &sink.url()).await;
@@ -442,7 +439,7 @@ async fn sigterm_with_jobs_in_flight_finishes_them_and_a_restart_sends_the_rest_
         .connect_with(conn.clone())
         .await
         .unwrap();
-    let store = EventStore::new(pool.clone());
+    let store = idp_testkit::keys::event_store(pool.clone());
     for i in 0..USERS {
         register_user(&store, &format!("user{i}@example.com")).await;
     }

@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::harness::{self, job_events, register_named_user, start_worker};
-use idp_events::EventStore;
 use idp_events::jobs::JobEvent;
 use idp_testkit::broker::unique_prefix;
 use idp_testkit::clock::wait_until;
@@ -478,7 +477,7 @@ async fn a_display_name_with_a_line_break_already_in_the_log_is_left_out_and_the
     let sink = SmtpSink::start().await;
     let prefix = unique_prefix();
     let pool = opts.connect_with(conn.clone()).await.unwrap();
-    let store = EventStore::new(pool.clone());
+    let store = idp_testkit::keys::event_store(pool.clone());
     let worker = start_worker(&conn, &prefix, Some(&sink.url()), &[]).await;
 
     // Straight into the log, as names got there before the API refused them.
@@ -525,7 +524,7 @@ async fn an_address_lettre_refuses_already_in_the_log_is_one_recorded_permanent_
     let sink = SmtpSink::start().await;
     let prefix = unique_prefix();
     let pool = opts.connect_with(conn.clone()).await.unwrap();
-    let store = EventStore::new(pool.clone());
+    let store = idp_testkit::keys::event_store(pool.clone());
     let worker = start_worker(
         &conn,
         &prefix,

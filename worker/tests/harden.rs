@@ -32,6 +32,7 @@ fn harden(conn: &PgConnectOptions, keys: &str, args: &[&str]) -> Output {
         .arg("harden-databases")
         .args(args)
         .env("DATABASE_URL", database_url(conn))
+        .env("PERSONAL_DATA_KEYS", idp_testkit::keys::PERSONAL_DATA_KEYS)
         .env("PROJECT_DATABASE_KEYS", keys)
         .env("SECRETS_GENERATE", "false")
         .env_remove("PROVISION_DATABASE_URL")
@@ -154,7 +155,7 @@ async fn the_command_isolates_databases_made_the_old_way_and_rotates_their_passw
     conn: PgConnectOptions,
 ) {
     let pool = opts.connect_with(conn.clone()).await.unwrap();
-    let store = EventStore::new(pool.clone());
+    let store = idp_testkit::keys::event_store(pool.clone());
     let idp_database = conn.get_database().unwrap().to_owned();
     // A login from before key ids were recorded, one derived with the key "old", and a project
     // whose database is not on the server.

@@ -12,7 +12,6 @@ use std::time::Duration;
 use common::harness::{
     self, ADMIN_EMAIL, ADMIN_PASSWORD, job_events, register_user, start_api, start_worker,
 };
-use idp_events::EventStore;
 use idp_events::jobs::{BreakerEvent, JobEvent};
 use idp_testkit::broker::unique_prefix;
 use idp_testkit::clock::wait_until;
@@ -148,7 +147,7 @@ async fn a_refusing_mail_server_gets_backed_off_retries_then_the_breaker_opens_t
     sink.refuse(451, None).await;
     let prefix = unique_prefix();
     let pool = opts.connect_with(conn.clone()).await.unwrap();
-    let store = EventStore::new(pool.clone());
+    let store = idp_testkit::keys::event_store(pool.clone());
     let api = start_api(&conn).await;
     let worker = start_worker(
         &conn,

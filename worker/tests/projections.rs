@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use idp_events::subscription::checkpoint;
-use idp_events::{Append, Cursor, EventStore, NewEvent};
+use idp_events::{Append, Cursor, NewEvent};
 use idp_testkit::database::database_url;
 use idp_testkit::log::last_committed;
 use serde_json::json;
@@ -40,6 +40,7 @@ fn worker(conn: &PgConnectOptions, args: &[&str]) -> Command {
     command
         .args(args)
         .env("DATABASE_URL", database_url(conn))
+        .env("PERSONAL_DATA_KEYS", idp_testkit::keys::PERSONAL_DATA_KEYS)
         .env("WORKER_ADDR", "127.0.0.1:0")
         // This test's own queues: the dispatcher runs too.
         .env("AMQP_PREFIX", queue_prefix(conn))
@@ -91,7 +92,7 @@ async fn a_worker_killed_mid_batch_resumes_from_its_checkpoint_and_equals_a_full
         .connect_with(conn.clone())
         .await
         .unwrap();
-    let store = EventStore::new(pool.clone());
+    let store = idp_testkit::keys::event_store(pool.clone());
     for call in 0..EVENTS / 100 {
         let kind =
             ["ThingCreated", "ThingRenamed", "ThingDeleted"][usize::try_from(call % 3).unwrap()];
@@ -184,7 +185,7 @@ async fn verify_reports_an_intact_log_and_names_an_edited_event(
         .connect_with(conn.clone())
         .await
         .unwrap();
-    let store = EventStore::new(pool.clone());
+    let store = idp_testkit::keys::event_store(pool.clone());
     store
         .append(
             Append::to("user-1")

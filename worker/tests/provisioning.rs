@@ -335,7 +335,7 @@ async fn a_webhook_failing_three_times_is_retried_with_backoff_and_the_project_e
     conn: PgConnectOptions,
 ) {
     let pool = opts.connect_with(conn.clone()).await.unwrap();
-    let store = EventStore::new(pool.clone());
+    let store = idp_testkit::keys::event_store(pool.clone());
     let hook = WebhookServer::start(200).await;
     hook.answer_next(&[503, 503, 503]);
     let prefix = unique_prefix();
@@ -412,7 +412,7 @@ async fn a_webhook_down_for_good_opens_the_breaker_fails_the_project_and_a_manua
     conn: PgConnectOptions,
 ) {
     let pool = opts.connect_with(conn.clone()).await.unwrap();
-    let store = EventStore::new(pool.clone());
+    let store = idp_testkit::keys::event_store(pool.clone());
     let hook = WebhookServer::start(503).await;
     let prefix = unique_prefix();
     let owner = Owner::start(&conn).await;
@@ -509,7 +509,7 @@ async fn a_worker_killed_in_the_middle_of_a_step_is_replaced_and_every_effect_ha
     conn: PgConnectOptions,
 ) {
     let pool = opts.connect_with(conn.clone()).await.unwrap();
-    let store = EventStore::new(pool.clone());
+    let store = idp_testkit::keys::event_store(pool.clone());
     let hook = WebhookServer::start(200).await;
     // The webhook holds its answer, so the kill lands while the step is under way.
     hook.delay(Duration::from_secs(3));

@@ -19,6 +19,7 @@ fn replay(conn: &PgConnectOptions, args: &[&str]) -> Output {
         .arg("replay")
         .args(args)
         .env("DATABASE_URL", database_url(conn))
+        .env("PERSONAL_DATA_KEYS", idp_testkit::keys::PERSONAL_DATA_KEYS)
         .env("WORKER_ADDR", "127.0.0.1:0")
         .env("RUST_LOG", "warn")
         .output()
@@ -77,16 +78,18 @@ async fn user_stream(store: &EventStore, id: Uuid) -> Vec<RecordedEvent> {
         ),
         (stream.as_str(), UserEvent::PasswordChanged),
     ];
+    let person = idp_events::StreamId::parse(&stream)
+        .ok()
+        .and_then(|s| s.user_id());
     for (actor, event) in steps {
-        store
-            .append(
-                Append::to(&stream)
-                    .expecting(ExpectedVersion::Any)
-                    .event(event.to_new_event())
-                    .metadata(Metadata::actor(actor)),
-            )
-            .await
-            .unwrap();
+        let mut append = Append::to(&stream)
+            .expecting(ExpectedVersion::Any)
+            .event(event.to_new_event())
+            .metadata(Metadata::actor(actor));
+        if let Some(person) = person {
+            append = append.about(person);
+        }
+        store.append(append).await.unwrap();
     }
     store.read_stream(&stream, 1).await.unwrap()
 }
@@ -101,7 +104,7 @@ async fn replay_prints_the_whole_history_and_the_current_state(
         .connect_with(conn.clone())
         .await
         .unwrap();
-    let store = EventStore::new(pool);
+    let store = idp_testkit::keys::event_store(pool);
     let id = Uuid::now_v7();
     let events = user_stream(&store, id).await;
     let stream = format!("user-{id}");
@@ -149,7 +152,7 @@ async fn replay_until_a_time_or_a_position_shows_the_state_back_then(
         .connect_with(conn.clone())
         .await
         .unwrap();
-    let store = EventStore::new(pool);
+    let store = idp_testkit::keys::event_store(pool);
     let id = Uuid::now_v7();
     let events = user_stream(&store, id).await;
     let stream = format!("user-{id}");

@@ -151,7 +151,7 @@ async fn position_of(pool: &PgPool, stream: &str, version: i64) -> i64 {
 /// Edits the data of `stream`'s event `version` and recomputes the stream's chain from there,
 /// as an attacker who knows the chain format would: the stream chain stays intact.
 async fn edit_and_rechain(pool: &PgPool, conn: &PgConnectOptions, stream: &str, version: i64) {
-    let events = EventStore::new(pool.clone())
+    let events = idp_testkit::keys::event_store(pool.clone())
         .read_stream(stream, 1)
         .await
         .unwrap();
@@ -190,6 +190,7 @@ fn verify_command(conn: &PgConnectOptions, keys: &Path, extra: &[&str]) -> (bool
         .arg("verify")
         .args(extra)
         .env("DATABASE_URL", database_url(conn))
+        .env("PERSONAL_DATA_KEYS", idp_testkit::keys::PERSONAL_DATA_KEYS)
         .env("SEAL_KEYS_DIR", keys)
         .env_remove("JWT_KEYS_DIR")
         .env("RUST_LOG", "warn")
@@ -215,7 +216,7 @@ async fn the_sealer_seals_what_was_committed_into_a_chain_of_seals(
     conn: PgConnectOptions,
 ) {
     let pool = pool(opts, &conn).await;
-    let store = EventStore::new(pool.clone());
+    let store = idp_testkit::keys::event_store(pool.clone());
     let keys = KeysDir::new();
     let mut c = pool.acquire().await.unwrap();
     let never = CancellationToken::new();
@@ -293,7 +294,7 @@ async fn one_of_two_running_sealers_seals_on_its_interval_and_the_log_verifies(
     conn: PgConnectOptions,
 ) {
     let pool = pool(opts, &conn).await;
-    let store = EventStore::new(pool.clone());
+    let store = idp_testkit::keys::event_store(pool.clone());
     let keys = KeysDir::new();
     let stop = CancellationToken::new();
     let settings = SealerSettings {
@@ -347,7 +348,7 @@ async fn an_intact_log_passes_the_verify_command_which_counts_unsealed_events(
     conn: PgConnectOptions,
 ) {
     let pool = pool(opts, &conn).await;
-    let store = EventStore::new(pool.clone());
+    let store = idp_testkit::keys::event_store(pool.clone());
     let keys = KeysDir::new();
     append(&store, "user-1", 0, 3).await;
     append(&store, "user-2", 0, 2).await;
@@ -385,7 +386,7 @@ async fn an_edited_event_whose_stream_chain_was_recomputed_is_caught_by_its_seal
     conn: PgConnectOptions,
 ) {
     let pool = pool(opts, &conn).await;
-    let store = EventStore::new(pool.clone());
+    let store = idp_testkit::keys::event_store(pool.clone());
     let keys = KeysDir::new();
     append(&store, "user-1", 0, 4).await;
     append(&store, "user-2", 0, 4).await;
@@ -426,7 +427,7 @@ async fn an_edited_event_breaks_its_stream_chain_while_its_sealed_hash_still_hol
     conn: PgConnectOptions,
 ) {
     let pool = pool(opts, &conn).await;
-    let store = EventStore::new(pool.clone());
+    let store = idp_testkit::keys::event_store(pool.clone());
     let keys = KeysDir::new();
     append(&store, "user-1", 0, 3).await;
     seal_all(&pool, &keys, 100).await;
@@ -470,7 +471,7 @@ async fn a_deleted_event_is_named_by_its_seal_and_inside_a_stream_by_its_chain(
     conn: PgConnectOptions,
 ) {
     let pool = pool(opts, &conn).await;
-    let store = EventStore::new(pool.clone());
+    let store = idp_testkit::keys::event_store(pool.clone());
     let keys = KeysDir::new();
     append(&store, "user-1", 0, 3).await;
     append(&store, "user-2", 0, 3).await;
@@ -530,7 +531,7 @@ async fn a_reordered_pair_of_events_is_named_by_its_seal(
     conn: PgConnectOptions,
 ) {
     let pool = pool(opts, &conn).await;
-    let store = EventStore::new(pool.clone());
+    let store = idp_testkit::keys::event_store(pool.clone());
     let keys = KeysDir::new();
     append(&store, "user-1", 0, 2).await;
     append(&store, "user-2", 0, 2).await;
@@ -579,7 +580,7 @@ async fn a_forged_seal_is_named_by_its_hash_or_its_signature(
     conn: PgConnectOptions,
 ) {
     let pool = pool(opts, &conn).await;
-    let store = EventStore::new(pool.clone());
+    let store = idp_testkit::keys::event_store(pool.clone());
     let keys = KeysDir::new();
     append(&store, "user-1", 0, 2).await;
     seal_all(&pool, &keys, 100).await;
@@ -676,7 +677,7 @@ async fn removed_seals_are_named_in_the_middle_by_the_chain_and_at_the_end_by_a_
     conn: PgConnectOptions,
 ) {
     let pool = pool(opts, &conn).await;
-    let store = EventStore::new(pool.clone());
+    let store = idp_testkit::keys::event_store(pool.clone());
     let keys = KeysDir::new();
     for round in 0..4 {
         append(&store, "user-1", round, 1).await;
@@ -734,7 +735,7 @@ async fn a_running_worker_seals_with_a_key_of_its_own_never_the_access_token_key
     conn: PgConnectOptions,
 ) {
     let pool = pool(opts, &conn).await;
-    let store = EventStore::new(pool.clone());
+    let store = idp_testkit::keys::event_store(pool.clone());
     let prefix = idp_testkit::broker::unique_prefix();
     let api = common::harness::start_api(&conn).await;
     let seal_keys = idp_testkit::settings::seal_keys_dir(&prefix);
@@ -813,7 +814,7 @@ async fn a_seal_signed_with_the_access_token_key_is_an_unknown_key_until_its_pub
     conn: PgConnectOptions,
 ) {
     let pool = pool(opts, &conn).await;
-    let store = EventStore::new(pool.clone());
+    let store = idp_testkit::keys::event_store(pool.clone());
     // The old scheme: the worker sealed with the API's newest access-token key.
     let access_tokens =
         KeysDir(std::env::temp_dir().join(format!("idp-test-jwt-keys-{}", uuid::Uuid::now_v7())));
@@ -862,7 +863,7 @@ async fn the_verify_command_needs_only_the_public_halves_the_export_command_writ
     conn: PgConnectOptions,
 ) {
     let pool = pool(opts, &conn).await;
-    let store = EventStore::new(pool.clone());
+    let store = idp_testkit::keys::event_store(pool.clone());
     let keys = KeysDir::new();
     append(&store, "user-1", 0, 3).await;
     seal_all(&pool, &keys, 100).await;

@@ -36,6 +36,7 @@ impl Identity {
             .append_in(
                 &mut tx,
                 Append::to(StreamId::user(user_id))
+                    .about(user_id)
                     .expecting(ExpectedVersion::after(account.version))
                     .events(events.iter().map(UserEvent::to_new_event))
                     .metadata(ctx.metadata(admin)),
@@ -134,7 +135,7 @@ impl Identity {
     /// Takes [`ADMINS_GUARD`] for the rest of `conn`'s transaction, then reads, inside it,
     /// account `user_id` and how many other administrators can sign in now (verified, not
     /// locked). Administrators are listed by `admin_accounts`; only their streams are folded.
-    async fn guard_admins(
+    pub(super) async fn guard_admins(
         &self,
         conn: &mut PgConnection,
         user_id: Uuid,

@@ -8,6 +8,7 @@ use idp_events::identity::email::Email;
 use idp_events::identity::email_request::{self, Requested, Unanswered};
 use idp_events::identity::user::{self, User, UserEvent};
 use idp_events::{Append, ExpectedVersion, StreamId};
+use uuid::Uuid;
 
 use super::{Identity, IdentityError};
 use crate::extract::ClientContext;
@@ -60,11 +61,11 @@ impl Identity {
         let turn = self.shares.turn(&ctx.ip_key()).await;
         self.limit(&[
             (
-                format!("email:ip:{}", ctx.ip_key()),
+                self.rate_key("email:ip", &ctx.ip_key()),
                 self.limits.email_per_ip,
             ),
             (
-                format!("email:account:{}", email.as_str()),
+                self.rate_key("email:account", email.as_str()),
                 self.limits.email_per_account,
             ),
         ])
@@ -115,9 +116,22 @@ impl Identity {
                 };
                 let digest = address_digest::digest(&self.address_digest_keys, email.as_str());
                 let stream = StreamId::email_request(&address_digest::stream_name(&digest));
+                // The caller's details are sealed under the digest's pseudonym and the day, so
+                // this append costs what an answered request's costs.
+                let pseudonym = Uuid::from_slice(&digest[..16]).unwrap_or_default();
+                if account.is_none() {
+                    // An account's request reads the keys of its personal fields: the same
+                    // lookup here, as a dummy hash stands in for a missing password.
+                    if let Some(keys) = self.store.subject_keys() {
+                        keys.for_reading(&[pseudonym])
+                            .await
+                            .map_err(|e| IdentityError::PersonalData(e.to_string()))?;
+                    }
+                }
                 self.store
                     .append(
                         Append::to(stream)
+                            .about(pseudonym)
                             .expecting(ExpectedVersion::Any)
                             .event(email_request::unanswered(
                                 requested,

@@ -36,6 +36,9 @@ pub enum IdentityError {
     /// No such account. 404.
     #[error("no such account")]
     NotFound,
+    /// The person is erased: nothing about them can be read any more. 410.
+    #[error("the person is erased")]
+    Erased,
     /// Another account holds the address. 409.
     #[error("email taken")]
     EmailTaken,
@@ -80,6 +83,9 @@ pub enum IdentityError {
     /// An access token could not be signed.
     #[error("while signing an access token: {0}")]
     Signing(#[source] TokenError),
+    /// The key table of personal data failed (or the store has none).
+    #[error("personal data keys: {0}")]
+    PersonalData(String),
     /// A pending registration was confirmed but its password is not stored.
     #[error("the password of pending registration {0} is missing")]
     MissingPendingPassword(Uuid),
@@ -137,7 +143,9 @@ impl From<UserError> for IdentityError {
     fn from(err: UserError) -> Self {
         match err {
             UserError::NotFound => Self::NotFound,
-            UserError::LastAdmin | UserError::LastActiveAdmin => Self::LastAdmin(err),
+            UserError::LastAdmin | UserError::LastActiveAdmin | UserError::LastAdminErased => {
+                Self::LastAdmin(err)
+            }
             other => Self::Refused(other),
         }
     }
@@ -164,6 +172,7 @@ impl From<IdentityError> for ApiError {
             E::InvalidCredentials => Self::InvalidCredentials,
             E::Unauthorized => Self::Unauthorized,
             E::NotFound => Self::NotFound,
+            E::Erased => Self::Gone(err.to_string()),
             E::EmailTaken | E::KeptChanging | E::LastAdmin(_) => Self::Conflict(err.to_string()),
             E::RateLimited { retry_after_secs } => Self::TooManyRequests { retry_after_secs },
             E::Overloaded { retry_after_secs } => Self::Overloaded { retry_after_secs },
@@ -171,7 +180,9 @@ impl From<IdentityError> for ApiError {
             E::Read(read) => read.into(),
             E::Database(db) => db.into(),
             E::Hash(hash) => hash.into(),
-            E::Signing(_) | E::MissingPendingPassword(_) => Self::Internal(err.into()),
+            E::Signing(_) | E::MissingPendingPassword(_) | E::PersonalData(_) => {
+                Self::Internal(err.into())
+            }
         }
     }
 }

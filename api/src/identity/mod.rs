@@ -9,7 +9,9 @@
 
 mod admin;
 mod email_requests;
+mod erasure;
 mod error;
+mod export;
 mod passwords;
 mod register;
 mod sessions;
@@ -21,13 +23,16 @@ use chrono::{DateTime, Utc};
 use idp_events::identity::email::Email;
 use idp_events::identity::user::{self, User, UserEvent};
 use idp_events::keys::SecretKeys;
+use idp_events::privacy::blind_index::BlindIndex;
 use idp_events::{Append, EventStore, ExpectedVersion, Metadata, StreamId};
 use sqlx::{PgConnection, PgPool};
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 pub use self::admin::AdminBootstrapError;
+pub use self::erasure::{Eraser, ErasureOutcome};
 pub use self::error::IdentityError;
+pub use self::export::PersonalExport;
 use crate::auth::password::{self, ClientShares, Hasher};
 use crate::auth::rate_limit::{Decision, Limit, RateLimiter};
 use crate::auth::tokens::Tokens;
@@ -95,6 +100,8 @@ pub struct IdentityKeys {
     pub email_tokens: SecretKeys,
     /// Keyed digest naming the streams of sign-ins to unknown addresses (`ADDRESS_DIGEST_KEYS`).
     pub address_digest: SecretKeys,
+    /// Blind indexes of addresses and rate-limit keys (`EMAIL_INDEX_KEYS`).
+    pub email_index: SecretKeys,
 }
 
 /// The identity service.
@@ -110,6 +117,8 @@ pub struct Identity {
     limiter: RateLimiter,
     email_keys: Arc<SecretKeys>,
     address_digest_keys: Arc<SecretKeys>,
+    email_index: BlindIndex,
+    rate_index: BlindIndex,
     limits: Limits,
     session_ttl: chrono::Duration,
 }
@@ -142,6 +151,8 @@ impl Identity {
             tokens,
             email_keys: Arc::new(keys.email_tokens),
             address_digest_keys: Arc::new(keys.address_digest),
+            email_index: BlindIndex::new(keys.email_index.clone(), "email"),
+            rate_index: BlindIndex::new(keys.email_index, "rate-limit-key"),
             limits: Limits {
                 login_per_ip: config.login_per_ip,
                 login_per_account: config.login_per_account,
@@ -231,7 +242,7 @@ impl Identity {
     pub async fn load_user(&self, id: Uuid) -> Result<User, IdentityError> {
         let events = self
             .store
-            .read_stream(StreamId::user(id).as_str(), 1)
+            .read_stream_to_fold(StreamId::user(id).as_str(), 1)
             .await?;
         let user = User::fold(id, &events);
         if !user.exists() {
@@ -240,10 +251,51 @@ impl Identity {
         Ok(user)
     }
 
-    /// The account holding `email`, if any (the holder of its `EMAIL_SCOPE` reservation).
+    /// The account holding `email`, if any: the holder of its `EMAIL_SCOPE` reservation, which
+    /// holds the address's blind index (under any key of the ring), never the address.
     pub async fn user_id_by_email(&self, email: &Email) -> Result<Option<Uuid>, IdentityError> {
-        let holder = self.store.holder_of(EMAIL_SCOPE, email.as_str()).await?;
-        Ok(holder.and_then(|stream| stream.user_id()))
+        for index in self.email_index.candidates(email.as_str()) {
+            if let Some(holder) = self.store.holder_of(EMAIL_SCOPE, &index).await? {
+                return Ok(holder.user_id());
+            }
+        }
+        Ok(None)
+    }
+
+    /// The value of `email`'s reservation: its blind index under the current key.
+    fn email_claim(&self, email: &Email) -> String {
+        self.email_index.index(email.as_str())
+    }
+
+    /// The key of rate-limit bucket `kind` for `value` (an address, a client address): its
+    /// blind index, so the bucket table holds neither.
+    fn rate_key(&self, kind: &str, value: &str) -> String {
+        format!("{kind}:{}", self.rate_index.index(value))
+    }
+
+    /// Replaces every address reservation that still holds an address in the clear (written
+    /// before reservations held blind indexes) by the address's index; returns how many.
+    /// Idempotent: an index holds no `@`.
+    pub async fn index_clear_reservations(&self) -> Result<u64, IdentityError> {
+        let clear: Vec<String> = sqlx::query_scalar(
+            "select value from reservations where scope = $1 and value like '%@%'",
+        )
+        .bind(EMAIL_SCOPE)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut done = 0;
+        for value in clear {
+            let index = self.email_index.index(&value);
+            done +=
+                sqlx::query("update reservations set value = $3 where scope = $1 and value = $2")
+                    .bind(EMAIL_SCOPE)
+                    .bind(&value)
+                    .bind(&index)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+        }
+        Ok(done)
     }
 
     /// The account whose stream holds event `event_id` of type `event_type` (the event a
@@ -322,6 +374,7 @@ impl Identity {
 /// `events` for `account`'s stream, on the version it was folded to.
 fn user_append(account: &User, events: &[UserEvent], metadata: Metadata) -> Append {
     Append::to(StreamId::user(account.id))
+        .about(account.id)
         .expecting(ExpectedVersion::after(account.version))
         .events(events.iter().map(UserEvent::to_new_event))
         .metadata(metadata)

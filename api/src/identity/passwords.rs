@@ -100,6 +100,7 @@ impl Identity {
             .append_in(
                 &mut tx,
                 Append::to(StreamId::user(account.id))
+                    .about(account.id)
                     .expecting(ExpectedVersion::after(account.version))
                     .events(events.iter().map(UserEvent::to_new_event))
                     .metadata(meta.clone()),

@@ -28,11 +28,11 @@ impl Identity {
         let turn = self.shares.turn(&ctx.ip_key()).await;
         self.limit(&[
             (
-                format!("register:ip:{}", ctx.ip_key()),
+                self.rate_key("register:ip", &ctx.ip_key()),
                 self.limits.email_per_ip,
             ),
             (
-                format!("register:account:{}", email.as_str()),
+                self.rate_key("register:account", email.as_str()),
                 self.limits.email_per_account,
             ),
         ])
@@ -121,8 +121,9 @@ impl Identity {
             .append_in(
                 &mut tx,
                 Append::to(StreamId::user(id))
+                    .about(id)
                     .events(events.iter().map(UserEvent::to_new_event))
-                    .claim(EMAIL_SCOPE, email.as_str())
+                    .claim(EMAIL_SCOPE, self.email_claim(email))
                     .metadata(metadata.clone()),
             )
             .await;

@@ -33,11 +33,11 @@ impl Identity {
         let _turn = self.shares.turn(&ctx.ip_key()).await;
         self.limit(&[
             (
-                format!("login:ip:{}", ctx.ip_key()),
+                self.rate_key("login:ip", &ctx.ip_key()),
                 self.limits.login_per_ip,
             ),
             (
-                format!("login:account:{}", email.as_str()),
+                self.rate_key("login:account", email.as_str()),
                 self.limits.login_per_account,
             ),
         ])
@@ -104,7 +104,10 @@ impl Identity {
         self.store
             .append_in(
                 &mut tx,
+                // The caller's details are sealed like a person's (under the digest's pseudonym
+                // and the day), so this costs what a known account's failure costs.
                 Append::to(stream)
+                    .about(pseudo_id)
                     .expecting(ExpectedVersion::Any)
                     .event(login::failed_unknown(&digest_hex))
                     .metadata(ctx.metadata("anonymous")),
@@ -146,6 +149,7 @@ impl Identity {
                 .append_in(
                     &mut tx,
                     Append::to(StreamId::user(account.id))
+                        .about(account.id)
                         .expecting(ExpectedVersion::after(account.version))
                         .events(lock.iter().map(UserEvent::to_new_event))
                         .metadata(meta),
@@ -200,6 +204,7 @@ impl Identity {
             .append_in(
                 &mut tx,
                 Append::to(StreamId::user(account.id))
+                    .about(account.id)
                     .expecting(ExpectedVersion::Any)
                     .event(UserEvent::PasswordRehashed.to_new_event())
                     .metadata(meta),
@@ -231,7 +236,7 @@ impl Identity {
             account
         } else {
             reloaded = self.load_user(account.id).await?;
-            if reloaded.is_locked(Utc::now()) {
+            if reloaded.is_locked(Utc::now()) || reloaded.erased {
                 return Err(IdentityError::InvalidCredentials);
             }
             &reloaded

@@ -351,7 +351,9 @@ pub struct LoggedEvent {
 }
 
 impl From<RecordedEvent> for LoggedEvent {
-    fn from(e: RecordedEvent) -> Self {
+    fn from(mut e: RecordedEvent) -> Self {
+        idp_events::privacy::fields::unmark(&mut e.data);
+        idp_events::privacy::fields::unmark(&mut e.metadata);
         Self {
             position: e.position,
             event_id: e.event_id,

@@ -49,14 +49,18 @@ pub struct StreamEvent {
 
 impl From<&RecordedEvent> for StreamEvent {
     fn from(event: &RecordedEvent) -> Self {
+        let mut data = event.data.clone();
+        idp_events::privacy::fields::unmark(&mut data);
+        let mut metadata = event.metadata.clone();
+        idp_events::privacy::fields::unmark(&mut metadata);
         Self {
             position: event.position,
             event_id: event.event_id,
             version: event.stream_version,
             event_type: event.event_type.clone(),
             schema_version: event.schema_version,
-            data: event.data.clone(),
-            metadata: event.metadata.clone(),
+            data,
+            metadata,
             recorded_at: event.recorded_at,
             hash: hex::encode(&event.hash),
         }

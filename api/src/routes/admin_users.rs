@@ -38,6 +38,95 @@ pub fn router() -> Router<AppState> {
             "/v1/admin/users/{id}/sessions/revoke",
             post(revoke_sessions),
         )
+        .route("/v1/admin/users/{id}/erase", post(erase_user))
+        .route("/v1/admin/users/{id}/export", get(export_user))
+}
+
+/// Why an administrator erases a person.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"reason": "erasure request 2026-114"}))]
+pub struct EraseUserRequest {
+    /// Why (recorded in `PersonErased`; name a request or a ticket, not the person): 1 to 500
+    /// characters.
+    #[schema(min_length = 1, max_length = 500)]
+    pub reason: String,
+}
+
+/// Longest erasure reason.
+const MAX_REASON: usize = 500;
+
+/// Erases a person: records `PersonErased` with the administrator as actor and destroys the
+/// person's data key, so every personal field ever written about them reads as `"[erased]"`;
+/// their sessions end and their address is free for a new account. Erasing an erased person
+/// does nothing more (`erased_now` false).
+#[utoipa::path(post, path = "/v1/admin/users/{id}/erase", tag = "admin", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The account")),
+    request_body = EraseUserRequest,
+    responses((status = 200, description = "Erased (or erased already)", body = crate::identity::ErasureOutcome,
+               example = json!({"erased_now": true, "sessions_revoked": 1})),
+              (status = 400, description = "The id is not a UUID, or the body is not JSON"),
+              (status = 403, description = "Not an administrator"),
+              (status = 404, description = "No such account"),
+              (status = 409, description = "The last administrator who can sign in"),
+              (status = 422, description = "The reason is empty or too long")))]
+#[tracing::instrument(name = "admin.users.erase", skip_all, fields(user.id = tracing::field::Empty))]
+pub async fn erase_user(
+    State(state): State<AppState>,
+    ctx: ClientContext,
+    AdminUser(admin): AdminUser,
+    id: ApiPath<Uuid>,
+    ApiJson(body): ApiJson<EraseUserRequest>,
+) -> Result<Json<crate::identity::ErasureOutcome>, ApiError> {
+    let id = account_id(id)?;
+    let reason = body.reason.trim();
+    if reason.is_empty() || reason.chars().count() > MAX_REASON {
+        return Err(ApiError::Unprocessable(format!(
+            "reason: must be 1 to {MAX_REASON} characters"
+        )));
+    }
+    let outcome = state
+        .identity
+        .erase(
+            &ctx,
+            id,
+            crate::identity::Eraser::Administrator {
+                actor: &admin.actor(),
+                reason,
+            },
+        )
+        .await?;
+    Ok(Json(outcome))
+}
+
+/// Everything idp holds about a person, as `GET /v1/account/export` gives it to them;
+/// recorded as `PersonalDataExported` with the administrator as actor.
+#[utoipa::path(get, path = "/v1/admin/users/{id}/export", tag = "admin", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The account")),
+    responses((status = 200, description = "The export (`idp-personal-data-export/v1`)",
+               content_type = "application/json", body = Object, example = json!({"format": "idp-personal-data-export/v1", "exported_at": "2026-12-02T10:00:00Z",
+                   "person": {"id": "0190f4c2-8a1e-7c3b-9d2a-5e6f7a8b9c0d", "email": "ada@example.com", "display_name": "Ada Lovelace",
+                              "roles": ["user"], "email_verified": true, "registered_at": "2026-12-01T10:00:00Z"},
+                   "users_directory": null, "projects": [],
+                   "events": [{"position": 1, "event_id": "0190f4c2-8a1e-7c3b-9d2a-5e6f7a8b9c0e",
+                               "stream_id": "user-0190f4c2-8a1e-7c3b-9d2a-5e6f7a8b9c0d", "stream_version": 1,
+                               "event_type": "UserRegistered", "recorded_at": "2026-12-01T10:00:00Z",
+                               "data": {"email": "ada@example.com", "display_name": "Ada Lovelace", "roles": ["user"]},
+                               "metadata": {"actor": "anonymous", "client_ip": "192.0.2.7", "user_agent": "curl/8.5"}}]})),
+              (status = 400, description = "The id is not a UUID"),
+              (status = 403, description = "Not an administrator"),
+              (status = 404, description = "No such account"),
+              (status = 410, description = "The person is erased: nothing is left to export")))]
+#[tracing::instrument(name = "admin.users.export", skip_all, fields(user.id = tracing::field::Empty))]
+pub async fn export_user(
+    State(state): State<AppState>,
+    ctx: ClientContext,
+    AdminUser(admin): AdminUser,
+    id: ApiPath<Uuid>,
+) -> Result<axum::response::Response, ApiError> {
+    let id = account_id(id)?;
+    let export = state.identity.export(&ctx, &admin.actor(), id).await?;
+    Ok(super::account::export_response(export))
 }
 
 /// The account id of the path (anything but a UUID is a 400, `id: not a UUID`), named in the

@@ -1,5 +1,6 @@
 //! HTTP routes. Each resource module exposes `router()`; [`router`] assembles them.
 
+pub mod account;
 pub mod admin_audit;
 pub mod admin_events;
 pub mod admin_jobs;
@@ -24,6 +25,7 @@ use crate::startup::AppState;
 pub fn router(state: AppState, health: Health) -> Router {
     Router::new()
         .merge(auth::router())
+        .merge(account::router())
         .merge(admin_users::router())
         .merge(admin_audit::router())
         .merge(admin_events::router())

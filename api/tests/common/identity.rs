@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use idp_events::identity::one_time_token;
 pub use idp_events::identity::one_time_token::Purpose;
 use idp_testkit::keys::email_keys;
+use idp_testkit::log::events_with;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -22,15 +23,10 @@ pub async fn latest_token(
 ) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
     let event_id: Uuid = loop {
-        let found: Option<Uuid> = sqlx::query_scalar(
-            "select event_id from events where event_type = $1 and data->>'email' = $2
-              order by position desc limit 1",
-        )
-        .bind(event_type)
-        .bind(email)
-        .fetch_optional(pool)
-        .await
-        .unwrap();
+        let found = events_with(pool, event_type, "email", email)
+            .await
+            .last()
+            .map(|e| e.event_id);
         if let Some(id) = found {
             break id;
         }
@@ -42,15 +38,8 @@ pub async fn latest_token(
 
 /// The verification link of the `nth` (0-based) `VerificationRequested` of `email`.
 pub async fn verification_token(pool: &PgPool, email: &str, nth: i64) -> String {
-    let event_id: Uuid = sqlx::query_scalar(
-        "select event_id from events where event_type = 'VerificationRequested'
-            and data->>'email' = $1 order by position offset $2 limit 1",
-    )
-    .bind(email)
-    .bind(nth)
-    .fetch_one(pool)
-    .await
-    .unwrap();
+    let found = events_with(pool, "VerificationRequested", "email", email).await;
+    let event_id = found[usize::try_from(nth).unwrap()].event_id;
     issue(Purpose::VerifyEmail, event_id)
 }
 

@@ -23,6 +23,8 @@ pub enum RevokeReason {
     RefreshTokenReuse,
     /// An administrator ended it.
     Admin,
+    /// The person was erased.
+    Erased,
 }
 
 /// Events of a session's stream.

@@ -8,6 +8,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::privacy::{ERASED, Personal};
 use crate::{NewEvent, RecordedEvent};
 
 /// Consecutive failed logins that lock an account.
@@ -35,16 +36,16 @@ pub enum UserEvent {
     /// An account was created.
     UserRegistered {
         /// The normalised email address.
-        email: String,
+        email: Personal<String>,
         /// Optional name to show.
-        display_name: Option<String>,
+        display_name: Option<Personal<String>>,
         /// Initial roles.
         roles: Vec<String>,
     },
     /// A verification email should be sent; its token derives from this event's id.
     VerificationRequested {
         /// Where to send it.
-        email: String,
+        email: Personal<String>,
     },
     /// The address was confirmed (by the link of `verification_id`, or by the system).
     EmailVerified {
@@ -60,24 +61,24 @@ pub enum UserEvent {
         /// Names the pending registration (and its stored password).
         registration_id: Uuid,
         /// Optional name to show, should it be confirmed.
-        display_name: Option<String>,
+        display_name: Option<Personal<String>>,
     },
     /// A pending registration's link was used: the account takes its password and name.
     PendingRegistrationConfirmed {
         /// The registration.
         registration_id: Uuid,
         /// Its name to show.
-        display_name: Option<String>,
+        display_name: Option<Personal<String>>,
     },
     /// Someone tried to register this address again; the owner gets a notice instead.
     DuplicateRegistrationAttempted {
         /// Where to send the notice.
-        email: String,
+        email: Personal<String>,
     },
     /// A password reset email should be sent; its token derives from this event's id.
     PasswordResetRequested {
         /// Where to send it.
-        email: String,
+        email: Personal<String>,
     },
     /// The password was set through the reset link of `reset_id`.
     PasswordReset {
@@ -107,6 +108,18 @@ pub enum UserEvent {
     },
     /// The lock was lifted before its end (by an admin).
     AccountUnlocked,
+    /// Everything idp holds about the person was exported (to them, or to an administrator,
+    /// the event's actor).
+    PersonalDataExported,
+    /// The person was erased (by themselves or by an administrator): their data key was
+    /// destroyed in the same transaction, so every personal field ever written about them reads
+    /// as `"[erased]"`. Nothing happens to the account afterwards: it cannot sign in, and its
+    /// address is free for a new account.
+    PersonErased {
+        /// Why, as the administrator gave it (`None` when the person erased themselves). Not
+        /// personal data: it says why, not about whom.
+        reason: Option<String>,
+    },
 }
 
 impl UserEvent {
@@ -126,10 +139,12 @@ impl UserEvent {
 pub struct User {
     /// The user's id.
     pub id: Uuid,
-    /// The normalised email address.
+    /// The normalised email address (`"[erased]"` once erased).
     pub email: String,
-    /// Optional name to show.
+    /// Optional name to show (`"[erased]"` once erased).
     pub display_name: Option<String>,
+    /// Whether the person is erased ([`UserEvent::PersonErased`]).
+    pub erased: bool,
     /// Current roles.
     pub roles: Vec<String>,
     /// Whether the address is confirmed.
@@ -175,7 +190,14 @@ pub struct PendingRegistration {
     /// Its id.
     pub id: Uuid,
     /// Its name to show.
-    pub display_name: Option<String>,
+    pub display_name: Option<Personal<String>>,
+}
+
+/// The text of a personal value in a folded state: the value, or `"[erased]"`.
+fn text(value: &Personal<String>) -> String {
+    value
+        .known()
+        .map_or_else(|| ERASED.to_owned(), Clone::clone)
 }
 
 impl User {
@@ -202,8 +224,8 @@ impl User {
                 display_name,
                 roles,
             } => {
-                self.email.clone_from(email);
-                self.display_name.clone_from(display_name);
+                self.email = text(email);
+                self.display_name = display_name.as_ref().map(text);
                 self.roles.clone_from(roles);
                 self.registered_at = Some(at);
                 self.password_changed_at = Some(at);
@@ -227,7 +249,7 @@ impl User {
                 self.current_registration = Some(*registration_id);
             }
             UserEvent::PendingRegistrationConfirmed { display_name, .. } => {
-                self.display_name.clone_from(display_name);
+                self.display_name = display_name.as_ref().map(text);
                 self.password_changed_at = Some(at);
             }
             UserEvent::EmailVerified { .. } => {
@@ -260,7 +282,21 @@ impl User {
                 self.locked_until = None;
                 self.locked_by_admin = false;
             }
-            UserEvent::DuplicateRegistrationAttempted { .. } | UserEvent::PasswordRehashed => {}
+            UserEvent::PersonErased { .. } => {
+                self.erased = true;
+                self.email = ERASED.to_owned();
+                if self.display_name.is_some() {
+                    self.display_name = Some(ERASED.to_owned());
+                }
+                self.pending_verification = None;
+                self.verifications.clear();
+                self.pending_registrations.clear();
+                self.current_registration = None;
+                self.pending_reset = None;
+            }
+            UserEvent::DuplicateRegistrationAttempted { .. }
+            | UserEvent::PasswordRehashed
+            | UserEvent::PersonalDataExported => {}
         }
     }
 
@@ -309,6 +345,9 @@ pub enum UserError {
     /// The change would leave no administrator.
     #[error("the last administrator cannot lose the admin role")]
     LastAdmin,
+    /// The last administrator cannot be erased.
+    #[error("the last administrator cannot be erased")]
+    LastAdminErased,
     /// The lock would leave no administrator who can sign in.
     #[error("the last administrator who can sign in cannot be locked")]
     LastActiveAdmin,
@@ -331,8 +370,8 @@ pub fn register(
     verified: bool,
 ) -> Vec<UserEvent> {
     let mut events = vec![UserEvent::UserRegistered {
-        email: email.to_owned(),
-        display_name,
+        email: email.to_owned().into(),
+        display_name: display_name.map(Personal::from),
         roles,
     }];
     if verified {
@@ -341,7 +380,7 @@ pub fn register(
         });
     } else {
         events.push(UserEvent::VerificationRequested {
-            email: email.to_owned(),
+            email: email.to_owned().into(),
         });
     }
     events
@@ -393,16 +432,16 @@ pub fn register_again(
 ) -> Vec<UserEvent> {
     if user.email_verified {
         vec![UserEvent::DuplicateRegistrationAttempted {
-            email: user.email.clone(),
+            email: user.email.clone().into(),
         }]
     } else {
         vec![
             UserEvent::RegistrationRepeated {
                 registration_id,
-                display_name,
+                display_name: display_name.map(Personal::from),
             },
             UserEvent::VerificationRequested {
-                email: user.email.clone(),
+                email: user.email.clone().into(),
             },
         ]
     }
@@ -410,9 +449,9 @@ pub fn register_again(
 
 /// Another verification email, if the address is not confirmed yet.
 pub fn request_verification(user: &User) -> Vec<UserEvent> {
-    if user.exists() && !user.email_verified {
+    if user.exists() && !user.erased && !user.email_verified {
         vec![UserEvent::VerificationRequested {
-            email: user.email.clone(),
+            email: user.email.clone().into(),
         }]
     } else {
         Vec::new()
@@ -421,9 +460,9 @@ pub fn request_verification(user: &User) -> Vec<UserEvent> {
 
 /// A reset email for an existing account.
 pub fn request_reset(user: &User) -> Vec<UserEvent> {
-    if user.exists() {
+    if user.exists() && !user.erased {
         vec![UserEvent::PasswordResetRequested {
-            email: user.email.clone(),
+            email: user.email.clone().into(),
         }]
     } else {
         Vec::new()
@@ -460,6 +499,26 @@ pub fn failed_login(user: &User, failures: u32, now: DateTime<Utc>) -> Vec<UserE
         until: now + length,
         lock_count,
     }]
+}
+
+/// Erases the person (`reason`: an administrator's, `None` for the person themselves);
+/// `admins` is how many administrators exist now. Erasing an erased person changes nothing;
+/// the last administrator cannot be erased.
+pub fn erase(
+    user: &User,
+    reason: Option<String>,
+    admins: usize,
+) -> Result<Vec<UserEvent>, UserError> {
+    if !user.exists() {
+        return Err(UserError::NotFound);
+    }
+    if user.erased {
+        return Ok(Vec::new());
+    }
+    if user.has_role(ROLE_ADMIN) && admins <= 1 {
+        return Err(UserError::LastAdminErased);
+    }
+    Ok(vec![UserEvent::PersonErased { reason }])
 }
 
 /// Lifts a lock early.

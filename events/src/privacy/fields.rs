@@ -165,6 +165,17 @@ pub fn seal_fields(value: &mut Value, place: Place<'_>, subjects: &[Uuid], key: 
     count
 }
 
+/// Replaces every marked value of `value` by the erased mark: for values whose key is
+/// destroyed before they are written (metadata of a day past its retention).
+pub fn drop_fields(value: &mut Value) {
+    walk(
+        value,
+        &mut String::new(),
+        &|v| marked(v).is_some(),
+        &mut |_, field| *field = Value::String(ERASED.to_owned()),
+    );
+}
+
 /// The subjects whose keys the sealed values of `value` are under.
 pub fn sealed_subjects(value: &Value, subjects: &mut BTreeSet<Uuid>) {
     match value {
@@ -249,6 +260,15 @@ pub fn open_fields(
         },
     );
     found
+}
+
+/// The text of a personal string as read from the log: the value of a marked value, a plain
+/// string written before values were marked, `None` for the erased mark and anything else.
+pub fn known_text(value: &Value) -> Option<&str> {
+    match marked(value) {
+        Some(inner) => inner.as_str(),
+        None => value.as_str().filter(|text| *text != ERASED),
+    }
 }
 
 /// `value` as people read it: every marked value replaced by the value itself.

@@ -55,6 +55,12 @@ impl<T> From<T> for Personal<T> {
     }
 }
 
+impl From<&str> for Personal<String> {
+    fn from(value: &str) -> Self {
+        Self::Known(value.to_owned())
+    }
+}
+
 impl<T> fmt::Debug for Personal<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

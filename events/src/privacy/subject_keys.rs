@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 
+use chrono::NaiveDate;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -106,6 +107,60 @@ impl SubjectKeys {
             // Another transaction created it first: read theirs.
         }
         Err(SubjectKeysError::Database(sqlx::Error::RowNotFound))
+    }
+
+    /// The key of `day`'s metadata ([`period_subject`]), created if the day has none yet, in
+    /// the caller's transaction; `None` once the day is past its retention and its key
+    /// destroyed (what would be sealed under it is not kept).
+    pub async fn for_period_in(
+        &self,
+        conn: &mut PgConnection,
+        day: NaiveDate,
+    ) -> Result<Option<DataKey>, SubjectKeysError> {
+        let subject = period_subject(day);
+        for _ in 0..2 {
+            let row: Option<Row> = sqlx::query_as(
+                "select subject_id, kek_id, wrapped from subject_keys where subject_id = $1",
+            )
+            .bind(subject)
+            .fetch_optional(&mut *conn)
+            .await?;
+            if let Some(row) = row {
+                return Ok(self.unwrap_row(row)?.map(|(_, key)| key));
+            }
+            let key = DataKey::generate();
+            let wrapped = self.keks.wrap_key(subject, &key);
+            let created = sqlx::query(
+                "insert into subject_keys (subject_id, kek_id, wrapped, period_day)
+                 values ($1, $2, $3, $4) on conflict do nothing",
+            )
+            .bind(subject)
+            .bind(&wrapped.kek_id)
+            .bind(&wrapped.bytes)
+            .bind(day)
+            .execute(&mut *conn)
+            .await?;
+            if created.rows_affected() == 1 {
+                return Ok(Some(key));
+            }
+        }
+        Err(SubjectKeysError::Database(sqlx::Error::RowNotFound))
+    }
+
+    /// Destroys the keys of every day before `first_kept`: the metadata sealed under them
+    /// reads as erased from now on. Returns how many day keys it destroyed.
+    pub async fn expire_periods_before(
+        &self,
+        first_kept: NaiveDate,
+    ) -> Result<u64, SubjectKeysError> {
+        let done = sqlx::query(
+            "update subject_keys set kek_id = null, wrapped = null, erased_at = now()
+              where period_day < $1 and erased_at is null",
+        )
+        .bind(first_kept)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
     }
 
     /// The keys of `subjects` that exist and are not erased.
@@ -247,6 +302,16 @@ impl SubjectKeys {
             progress(done, total.max(done));
         }
     }
+}
+
+/// The subject id of `day`'s metadata key: derived from the day, so every process finds the
+/// same key without coordination, and never a person's id (those are random or time-ordered,
+/// never name-based).
+pub fn period_subject(day: NaiveDate) -> Uuid {
+    Uuid::new_v5(
+        &Uuid::NAMESPACE_OID,
+        format!("idp/metadata-period/{day}").as_bytes(),
+    )
 }
 
 #[cfg(test)]

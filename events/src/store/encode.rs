@@ -10,7 +10,7 @@ use super::personal::Codec;
 use crate::chain::canonical_body;
 use crate::error::AppendError;
 use crate::event::NewEvent;
-use crate::privacy::fields::{Place, has_personal, seal_fields};
+use crate::privacy::fields::{Place, drop_fields, has_personal, seal_fields};
 
 /// What every append path stores besides the events' ids, types and versions: each event's
 /// data as stored (its personal values sealed), the metadata as JSON (likewise), the time of
@@ -36,16 +36,14 @@ pub(super) async fn encode<'a>(
     for event in &append.events {
         check_schema_version(event)?;
     }
-    let parts = append
-        .events
-        .iter()
-        .map(|e| &e.data)
-        .chain(std::iter::once(&metadata));
-    let sealing = codec.sealing(conn, append.subject, parts).await?;
+    let data_parts = append.events.iter().map(|e| &e.data);
+    let sealings = codec
+        .sealing(conn, append.subject, data_parts, &metadata, recorded_at)
+        .await?;
     let data: Vec<Cow<'a, serde_json::Value>> = append
         .events
         .iter()
-        .map(|event| match &sealing {
+        .map(|event| match &sealings.data {
             Some(sealing) if has_personal(&event.data) => {
                 let mut data = event.data.clone();
                 seal_fields(
@@ -59,12 +57,16 @@ pub(super) async fn encode<'a>(
             _ => Cow::Borrowed(&event.data),
         })
         .collect();
-    if let Some(sealing) = &sealing {
-        let place = Place::Metadata {
-            stream_id: &append.stream_id,
-            recorded_at,
-        };
-        seal_fields(&mut metadata, place, &sealing.subjects, &sealing.key);
+    match &sealings.metadata {
+        Some(Some(sealing)) => {
+            let place = Place::Metadata {
+                stream_id: &append.stream_id,
+                recorded_at,
+            };
+            seal_fields(&mut metadata, place, &sealing.subjects, &sealing.key);
+        }
+        Some(None) => drop_fields(&mut metadata),
+        None => {}
     }
     let bodies = append
         .events

@@ -3,7 +3,13 @@
 //! Writing: an append whose events or metadata hold a [`Personal`](crate::privacy::Personal)
 //! value is about one person (`Append::about`); the store takes that person's data key in the
 //! append's own transaction and seals every such value before the events are hashed, so the
-//! chain and the seals cover the ciphertext. An append with personal data but no person, or
+//! chain and the seals cover the ciphertext. Metadata values (client address, user agent) are
+//! sealed under the person's key combined with the key of the append's day, which the worker
+//! destroys after the retention period; once a day's key is gone, metadata written for that
+//! day keeps no personal value at all. The client details belong to the append's actor when
+//! that is a person (an administrator acting on someone's account), else to its subject (an
+//! anonymous caller registering or signing in), else to no one (a sign-in to an address no
+//! account has): then they are sealed under the day's key alone. An append with personal data but no person, or
 //! with a store that has no key-encryption keys, is refused: nothing personal is ever stored
 //! in the clear.
 //!
@@ -13,20 +19,43 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use sqlx::postgres::PgRow;
 use uuid::Uuid;
 
 use crate::error::{AppendError, ReadError};
 use crate::event::RecordedEvent;
-use crate::privacy::fields::{Place, has_personal, open_fields, sealed_subjects};
-use crate::privacy::{DataKey, SubjectKeys};
+use crate::privacy::fields::{Opened, Place, has_personal, open_fields, sealed_subjects};
+use crate::privacy::subject_keys::period_subject;
+use crate::privacy::{DataKey, SubjectKeys, SubjectKeysError};
+use crate::stream_id::StreamId;
 use crate::upcast::Upcasters;
 
 /// The key an append's personal values are sealed under, and whose it is.
 pub(crate) struct Sealing {
     pub(crate) subjects: Vec<Uuid>,
     pub(crate) key: DataKey,
+}
+
+/// How an append's personal values are stored.
+#[derive(Default)]
+pub(crate) struct Sealings {
+    /// For its events' data: the person's key.
+    pub(crate) data: Option<Sealing>,
+    /// For its metadata: the person's key and its day's combined, or `None` when the day's key
+    /// is destroyed already (the values are not kept).
+    pub(crate) metadata: Option<Option<Sealing>>,
+}
+
+/// What a read opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Opening {
+    /// Data and metadata.
+    All,
+    /// The data only: the metadata stays as stored (its personal values sealed). For folds,
+    /// which never look at metadata.
+    Data,
 }
 
 /// Turns stored rows into events as readers see them, and seals what appends write.
@@ -36,17 +65,66 @@ pub(crate) struct Codec {
     pub(crate) personal: Option<SubjectKeys>,
 }
 
+/// The person a metadata's `actor` names (`user-<uuid>`), if it names one.
+fn actor_user(metadata: &serde_json::Value) -> Option<Uuid> {
+    let actor = metadata.get("actor")?.as_str()?;
+    StreamId::parse(actor).ok()?.user_id()
+}
+
+/// The sealing of metadata written at `recorded_at` about `owner`: under the owner's key and
+/// the day's combined (the day's alone without an owner); `None` when either key is destroyed,
+/// so nothing of it is kept.
+/// `taken` is a key already taken in this append (the data's), reused when it is the owner's.
+async fn metadata_sealing(
+    keys: &SubjectKeys,
+    conn: &mut PgConnection,
+    owner: Option<Uuid>,
+    taken: Option<&Sealing>,
+    recorded_at: DateTime<Utc>,
+) -> Result<Option<Sealing>, AppendError> {
+    let day = recorded_at.date_naive();
+    let Some(period) = keys
+        .for_period_in(conn, day)
+        .await
+        .map_err(AppendError::Personal)?
+    else {
+        return Ok(None);
+    };
+    let Some(owner) = owner else {
+        return Ok(Some(Sealing {
+            subjects: vec![period_subject(day)],
+            key: period,
+        }));
+    };
+    let owners = match taken {
+        Some(taken) if taken.subjects == [owner] => Ok(taken.key.clone()),
+        _ => keys.for_writing_in(conn, owner).await,
+    };
+    match owners {
+        Ok(key) => Ok(Some(Sealing {
+            subjects: vec![owner, period_subject(day)],
+            key: DataKey::combine(&[&key, &period]),
+        })),
+        Err(SubjectKeysError::Erased(_)) => Ok(None),
+        Err(err) => Err(AppendError::Personal(err)),
+    }
+}
+
 impl Codec {
-    /// The sealing of an append about `subject` whose events or metadata are `parts`, if any
-    /// of them holds a personal value. Runs in the append's transaction.
+    /// The sealings of an append about `subject` whose events' data are `data` and whose
+    /// metadata is `metadata`, written at `recorded_at`. Runs in the append's transaction.
     pub(crate) async fn sealing<'a>(
         &self,
         conn: &mut PgConnection,
         subject: Option<Uuid>,
-        mut parts: impl Iterator<Item = &'a serde_json::Value>,
-    ) -> Result<Option<Sealing>, AppendError> {
-        if !parts.any(has_personal) {
-            return Ok(None);
+        mut data: impl Iterator<Item = &'a serde_json::Value>,
+        metadata: &serde_json::Value,
+        recorded_at: DateTime<Utc>,
+    ) -> Result<Sealings, AppendError> {
+        let in_data = data.any(has_personal);
+        let in_metadata = has_personal(metadata);
+        if !in_data && !in_metadata {
+            return Ok(Sealings::default());
         }
         let Some(keys) = &self.personal else {
             return Err(AppendError::InvalidEvent(
@@ -54,19 +132,31 @@ impl Codec {
                     .into(),
             ));
         };
-        let Some(subject) = subject else {
-            return Err(AppendError::InvalidEvent(
-                "personal data must be about someone (Append::about)".into(),
-            ));
-        };
-        let key = keys
-            .for_writing_in(conn, subject)
-            .await
-            .map_err(AppendError::Personal)?;
-        Ok(Some(Sealing {
-            subjects: vec![subject],
-            key,
-        }))
+        let mut sealings = Sealings::default();
+        if in_data {
+            let Some(subject) = subject else {
+                return Err(AppendError::InvalidEvent(
+                    "personal data must be about someone (Append::about)".into(),
+                ));
+            };
+            let key = keys
+                .for_writing_in(conn, subject)
+                .await
+                .map_err(AppendError::Personal)?;
+            sealings.data = Some(Sealing {
+                subjects: vec![subject],
+                key,
+            });
+        }
+        if in_metadata {
+            // The client details are the actor's, if the actor is a person; else (an anonymous
+            // caller) the append's subject's, if it has one.
+            let owner = actor_user(metadata).or(subject);
+            let taken = sealings.data.as_ref();
+            sealings.metadata =
+                Some(metadata_sealing(keys, conn, owner, taken, recorded_at).await?);
+        }
+        Ok(sealings)
     }
 
     /// Events from rows with the `events` columns: personal values opened (with the keys read
@@ -76,11 +166,21 @@ impl Codec {
         conn: Option<&mut PgConnection>,
         rows: &[PgRow],
     ) -> Result<Vec<RecordedEvent>, ReadError> {
+        self.decode_parts(conn, rows, Opening::All).await
+    }
+
+    /// As [`Codec::decode`], opening only what `opening` says.
+    pub(crate) async fn decode_parts(
+        &self,
+        conn: Option<&mut PgConnection>,
+        rows: &[PgRow],
+        opening: Opening,
+    ) -> Result<Vec<RecordedEvent>, ReadError> {
         let mut events = rows
             .iter()
             .map(RecordedEvent::from_row)
             .collect::<Result<Vec<_>, _>>()?;
-        self.open(conn, &mut events).await?;
+        self.open(conn, &mut events, opening).await?;
         for event in &mut events {
             self.upcasters.apply(event);
         }
@@ -92,11 +192,15 @@ impl Codec {
         &self,
         conn: Option<&mut PgConnection>,
         events: &mut [RecordedEvent],
+        opening: Opening,
     ) -> Result<(), ReadError> {
+        let with_metadata = opening == Opening::All;
         let mut subjects = BTreeSet::new();
         for event in events.iter() {
             sealed_subjects(&event.data, &mut subjects);
-            sealed_subjects(&event.metadata, &mut subjects);
+            if with_metadata {
+                sealed_subjects(&event.metadata, &mut subjects);
+            }
         }
         if subjects.is_empty() {
             return Ok(());
@@ -107,20 +211,32 @@ impl Codec {
             (Some(keys), None) => keys.for_reading(&subjects).await?,
             (None, _) => HashMap::new(),
         };
+        // Combined keys are derived once per set of subjects, not once per field.
+        let combined: std::cell::RefCell<HashMap<Vec<Uuid>, Option<DataKey>>> =
+            std::cell::RefCell::default();
         let key_of = |ids: &[Uuid]| {
+            if let Some(known) = combined.borrow().get(ids) {
+                return known.clone();
+            }
             let found: Option<Vec<&DataKey>> = ids.iter().map(|id| keys.get(id)).collect();
-            found.map(|keys| DataKey::combine(&keys))
+            let key = found.map(|keys| DataKey::combine(&keys));
+            combined.borrow_mut().insert(ids.to_vec(), key.clone());
+            key
         };
         for event in events {
             let data = open_fields(&mut event.data, Place::Data(event.event_id), &key_of);
-            let metadata = open_fields(
-                &mut event.metadata,
-                Place::Metadata {
-                    stream_id: &event.stream_id,
-                    recorded_at: event.recorded_at,
-                },
-                &key_of,
-            );
+            let metadata = if with_metadata {
+                open_fields(
+                    &mut event.metadata,
+                    Place::Metadata {
+                        stream_id: &event.stream_id,
+                        recorded_at: event.recorded_at,
+                    },
+                    &key_of,
+                )
+            } else {
+                Opened::default()
+            };
             let refused = data.refused + metadata.refused;
             if refused > 0 {
                 tracing::warn!(

@@ -23,6 +23,7 @@ use idp_events::identity::one_time_token::{self, Purpose};
 use idp_events::identity::user::{User, UserEvent};
 use idp_events::jobs::{self, JobEvent};
 use idp_events::keys::SecretKeys;
+use idp_events::privacy::Personal;
 use idp_events::{
     Append, AppendError, EventStore, ExpectedVersion, Metadata, RecordedEvent, StreamId,
 };
@@ -71,7 +72,9 @@ impl Template {
             | UserEvent::PasswordReset { .. }
             | UserEvent::PasswordRehashed
             | UserEvent::RolesChanged { .. }
-            | UserEvent::AccountUnlocked => None,
+            | UserEvent::AccountUnlocked
+            | UserEvent::PersonErased { .. }
+            | UserEvent::PersonalDataExported => None,
         }
     }
 }
@@ -263,6 +266,7 @@ async fn attempt_until_done(
                             let _ = ctx.breaker.success(permit).await;
                             Failure::Permanent(error)
                         }
+                        Err(failure @ Failure::Dropped(_)) => failure,
                         Err(Failure::Job(err)) => return Err(err),
                     }
                 }
@@ -270,6 +274,16 @@ async fn attempt_until_done(
         };
         let version = ctx.store.stream_version(stream.as_str()).await?;
         match failure {
+            Failure::Dropped(reason) => {
+                let dropped = JobEvent::EmailDropped {
+                    template: template_name(job.template).to_owned(),
+                    reason,
+                };
+                match record(ctx, &stream, version, &dropped, &metadata).await {
+                    Err(JobError::Conflict(_)) => continue,
+                    other => return other,
+                }
+            }
             Failure::Permanent(error) => {
                 let failed = JobEvent::EmailDeliveryFailed {
                     attempt,
@@ -333,6 +347,8 @@ enum Sent {
 enum Failure {
     Transient(String),
     Permanent(String),
+    /// The email must not be sent at all (its person is erased).
+    Dropped(String),
     Job(JobError),
 }
 
@@ -510,6 +526,13 @@ fn template_name(template: Template) -> &'static str {
     }
 }
 
+/// The address of a personal field; one whose key is destroyed is not sent to.
+fn known(email: Personal<String>) -> Result<String, Failure> {
+    email
+        .into_known()
+        .ok_or_else(|| Failure::Dropped("the address is erased".into()))
+}
+
 /// Composes the email from the account's stream and the causing event, and builds its message.
 async fn compose(job: &SendEmail, ctx: &EmailJobs) -> Result<(OutgoingEmail, BuiltEmail), Failure> {
     let events = ctx
@@ -520,6 +543,9 @@ async fn compose(job: &SendEmail, ctx: &EmailJobs) -> Result<(OutgoingEmail, Bui
     let account = User::fold(job.user_id, &events);
     if !account.exists() {
         return Err(Failure::Permanent("the account does not exist".into()));
+    }
+    if account.erased {
+        return Err(Failure::Dropped("the person is erased".into()));
     }
     let cause_index = events.iter().position(|e| e.event_id == job.cause_id);
     let cause = cause_index
@@ -534,10 +560,10 @@ async fn compose(job: &SendEmail, ctx: &EmailJobs) -> Result<(OutgoingEmail, Bui
         (Template::Verification, UserEvent::VerificationRequested { email }) => {
             let token = one_time_token::issue(&ctx.email_keys, Purpose::VerifyEmail, job.cause_id);
             let link = ctx.links.verification(&token);
-            (email, EmailKind::Verification { link })
+            (known(email)?, EmailKind::Verification { link })
         }
         (Template::DuplicateRegistration, UserEvent::DuplicateRegistrationAttempted { email }) => (
-            email,
+            known(email)?,
             EmailKind::DuplicateRegistration {
                 sign_in_link: ctx.links.sign_in(),
                 reset_link: ctx.links.forgot_password(),
@@ -547,7 +573,7 @@ async fn compose(job: &SendEmail, ctx: &EmailJobs) -> Result<(OutgoingEmail, Bui
             let token =
                 one_time_token::issue(&ctx.email_keys, Purpose::ResetPassword, job.cause_id);
             let link = ctx.links.password_reset(&token);
-            (email, EmailKind::PasswordReset { link })
+            (known(email)?, EmailKind::PasswordReset { link })
         }
         (Template::AccountLocked, UserEvent::AccountLocked { until, .. }) => {
             // Who locked it is a matter of the account as the lock left it, not as it is now.

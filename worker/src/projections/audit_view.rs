@@ -17,6 +17,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use idp_events::identity::login::FailureReason;
 use idp_events::identity::session::{RevokeReason, SessionEvent};
 use idp_events::identity::user::UserEvent;
+use idp_events::privacy::fields::known_text;
 use idp_events::subscription::{Batch, BatchHandler, HandlerError, SubscriptionOptions};
 use idp_events::{Category, EventTypes, RecordedEvent, StreamId};
 use serde_json::Value;
@@ -145,6 +146,11 @@ fn meta_text(metadata: &Value, key: &str) -> Option<String> {
     metadata.get(key)?.as_str().map(str::to_owned)
 }
 
+/// A personal metadata value as opened by the store (`None` once erased).
+fn meta_personal(metadata: &Value, key: &str) -> Option<String> {
+    known_text(metadata.get(key)?).map(str::to_owned)
+}
+
 fn meta_uuid(metadata: &Value, key: &str) -> Option<Uuid> {
     Uuid::parse_str(metadata.get(key)?.as_str()?).ok()
 }
@@ -163,20 +169,18 @@ fn role_list(roles: &[String]) -> String {
 
 fn user_summary(event: &UserEvent) -> String {
     match event {
-        UserEvent::UserRegistered { email, roles, .. } => {
-            format!("registered {email} with roles {}", role_list(roles))
+        UserEvent::UserRegistered { roles, .. } => {
+            format!("registered with roles {}", role_list(roles))
         }
-        UserEvent::VerificationRequested { email } => {
-            format!("verification email requested for {email}")
-        }
+        UserEvent::VerificationRequested { .. } => "verification email requested".to_owned(),
         UserEvent::EmailVerified {
             verification_id: Some(_),
         } => "email address verified".to_owned(),
         UserEvent::EmailVerified {
             verification_id: None,
         } => "email address marked verified without a link".to_owned(),
-        UserEvent::DuplicateRegistrationAttempted { email } => {
-            format!("registration attempted again for {email}")
+        UserEvent::DuplicateRegistrationAttempted { .. } => {
+            "registration attempted again (the owner gets a notice)".to_owned()
         }
         UserEvent::RegistrationRepeated { .. } => {
             "registered again while unverified (a pending registration with its own link)"
@@ -186,9 +190,7 @@ fn user_summary(event: &UserEvent) -> String {
             "a pending registration was confirmed with its link (its password and name apply)"
                 .to_owned()
         }
-        UserEvent::PasswordResetRequested { email } => {
-            format!("password reset requested for {email}")
-        }
+        UserEvent::PasswordResetRequested { .. } => "password reset requested".to_owned(),
         UserEvent::PasswordReset { .. } => "password reset with an emailed link".to_owned(),
         UserEvent::PasswordChanged => "password changed".to_owned(),
         UserEvent::PasswordRehashed => "password hash upgraded to current parameters".to_owned(),
@@ -197,6 +199,13 @@ fn user_summary(event: &UserEvent) -> String {
             format!("account locked until {} (lock {lock_count})", time(until))
         }
         UserEvent::AccountUnlocked => "account unlocked".to_owned(),
+        UserEvent::PersonErased {
+            reason: Some(reason),
+        } => {
+            format!("person erased by an administrator: {reason}")
+        }
+        UserEvent::PersonErased { reason: None } => "person erased at their request".to_owned(),
+        UserEvent::PersonalDataExported => "personal data exported".to_owned(),
     }
 }
 
@@ -219,6 +228,7 @@ fn session_summary(event: &SessionEvent) -> String {
                 RevokeReason::PasswordChanged => "password changed",
                 RevokeReason::RefreshTokenReuse => "refresh token reuse",
                 RevokeReason::Admin => "by an administrator",
+                RevokeReason::Erased => "the person was erased",
             }
         ),
     }
@@ -315,8 +325,8 @@ fn entry_of(event: &RecordedEvent) -> AuditEntry {
         event_type: event.event_type.clone(),
         actor: meta_text(meta, "actor"),
         subject: subject_of(event, stream.as_ref()),
-        client_ip: meta_text(meta, "client_ip"),
-        user_agent: meta_text(meta, "user_agent"),
+        client_ip: meta_personal(meta, "client_ip"),
+        user_agent: meta_personal(meta, "user_agent"),
         request_id: meta_text(meta, "request_id"),
         correlation_id: meta_uuid(meta, "correlation_id"),
         causation_id: meta_uuid(meta, "causation_id"),
@@ -395,8 +405,29 @@ impl BatchHandler for AuditView {
             .bind(column!(|e| e.correlation_id))
             .bind(column!(|e| e.causation_id))
             .bind(column!(|e| e.summary.as_str()))
+            .execute(&mut *conn)
+            .await?;
+        // An erased person's earlier rows lose the client details the log no longer reads.
+        let erased: Vec<Uuid> = entries
+            .iter()
+            .filter(|e| e.event_type == "PersonErased")
+            .filter_map(|e| StreamId::parse(&e.stream_id).ok()?.user_id())
+            .collect();
+        if !erased.is_empty() {
+            let actors: Vec<String> = erased
+                .iter()
+                .map(|id| StreamId::user(*id).to_string())
+                .collect();
+            sqlx::query(
+                "update audit_view set client_ip = null, user_agent = null
+                  where (subject_user_id = any($1) or actor = any($2))
+                    and (client_ip is not null or user_agent is not null)",
+            )
+            .bind(&erased)
+            .bind(&actors)
             .execute(conn)
             .await?;
+        }
         Ok(())
     }
 

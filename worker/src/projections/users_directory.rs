@@ -20,6 +20,7 @@ use chrono::{DateTime, Utc};
 use idp_events::identity::login::FailureReason;
 use idp_events::identity::session::SessionEvent;
 use idp_events::identity::user::UserEvent;
+use idp_events::privacy::ERASED;
 use idp_events::subscription::{Batch, BatchHandler, HandlerError, SubscriptionOptions};
 use idp_events::{Category, EventTypes, RecordedEvent, StreamId};
 use sqlx::PgConnection;
@@ -205,8 +206,10 @@ fn apply(entry: &mut Option<Entry>, change: &Change) -> bool {
         }
         *entry = Some(Entry::registered(
             change,
-            email,
-            display_name.as_deref(),
+            email.known().map_or(ERASED, String::as_str),
+            display_name
+                .as_ref()
+                .map(|name| name.known().map_or(ERASED, String::as_str)),
             roles,
         ));
         return true;
@@ -263,7 +266,9 @@ fn apply_user_event(e: &mut Entry, event: &UserEvent, at: DateTime<Utc>) {
             e.failed_logins = 0;
         }
         UserEvent::PendingRegistrationConfirmed { display_name, .. } => {
-            e.display_name.clone_from(display_name);
+            e.display_name = display_name
+                .as_ref()
+                .map(|name| name.known().map_or_else(|| ERASED.to_owned(), Clone::clone));
             e.password_changed_at = Some(at);
         }
         UserEvent::RolesChanged { roles } => e.roles.clone_from(roles),
@@ -276,7 +281,12 @@ fn apply_user_event(e: &mut Entry, event: &UserEvent, at: DateTime<Utc>) {
             e.locked_until = None;
             e.failed_logins = 0;
         }
+        UserEvent::PersonErased { .. } => {
+            e.email = ERASED.to_owned();
+            e.display_name = None;
+        }
         UserEvent::VerificationRequested { .. }
+        | UserEvent::PersonalDataExported
         | UserEvent::RegistrationRepeated { .. }
         | UserEvent::DuplicateRegistrationAttempted { .. }
         | UserEvent::PasswordResetRequested { .. }

@@ -120,19 +120,20 @@ pub async fn register_named_user(
 ) -> (Uuid, Uuid) {
     let id = Uuid::now_v7();
     let registered = UserEvent::UserRegistered {
-        email: email.to_owned(),
-        display_name: display_name.map(str::to_owned),
+        email: email.into(),
+        display_name: display_name.map(Into::into),
         roles: vec!["user".into()],
     }
     .to_new_event();
     let verification = UserEvent::VerificationRequested {
-        email: email.to_owned(),
+        email: email.into(),
     }
     .to_new_event();
     let cause = verification.event_id;
     store
         .append(
             Append::to(StreamId::user(id))
+                .about(id)
                 .expecting(ExpectedVersion::NoStream)
                 .events([registered, verification]),
         )

@@ -357,3 +357,106 @@ fn a_reset_link_works_once_within_the_hour() {
         Err(UserError::InvalidToken)
     );
 }
+
+#[test]
+fn erasure_erases_once_and_never_the_last_administrator() {
+    let user = given(&registered());
+    assert_eq!(erase(&User::default(), None, 1), Err(UserError::NotFound));
+    assert_eq!(
+        erase(&user, Some("request 42".into()), 1),
+        Ok(vec![UserEvent::PersonErased {
+            reason: Some("request 42".into())
+        }])
+    );
+    let mut events = registered();
+    events.push(UserEvent::PersonErased { reason: None });
+    let erased = given(&events);
+    assert!(erased.erased);
+    assert_eq!(erased.email, "[erased]");
+    assert!(erased.verifications.is_empty());
+    assert_eq!(
+        erase(&erased, None, 1),
+        Ok(Vec::new()),
+        "twice: nothing more"
+    );
+    // Nothing is sent to an erased person.
+    assert!(request_verification(&erased).is_empty());
+    assert!(request_reset(&erased).is_empty());
+
+    let admin = given(&register(
+        "root@example.com",
+        None,
+        vec![ROLE_USER.into(), ROLE_ADMIN.into()],
+        true,
+    ));
+    assert_eq!(erase(&admin, None, 1), Err(UserError::LastAdminErased));
+    assert!(erase(&admin, None, 2).is_ok());
+}
+
+/// Every field of a user event that holds personal data, by JSON pointer into its data: the
+/// list a reviewer checks when an event gains a field.
+#[test]
+fn every_personal_field_of_the_user_events_is_listed() {
+    use crate::privacy::fields::personal_paths;
+    let id = Uuid::from_u128(1);
+    let cases = [
+        (
+            UserEvent::UserRegistered {
+                email: "ada@example.com".into(),
+                display_name: Some("Ada".into()),
+                roles: vec![ROLE_USER.into()],
+            },
+            vec!["/email", "/display_name"],
+        ),
+        (
+            UserEvent::VerificationRequested {
+                email: "ada@example.com".into(),
+            },
+            vec!["/email"],
+        ),
+        (
+            UserEvent::RegistrationRepeated {
+                registration_id: id,
+                display_name: Some("Ada".into()),
+            },
+            vec!["/display_name"],
+        ),
+        (
+            UserEvent::PendingRegistrationConfirmed {
+                registration_id: id,
+                display_name: Some("Ada".into()),
+            },
+            vec!["/display_name"],
+        ),
+        (
+            UserEvent::DuplicateRegistrationAttempted {
+                email: "ada@example.com".into(),
+            },
+            vec!["/email"],
+        ),
+        (
+            UserEvent::PasswordResetRequested {
+                email: "ada@example.com".into(),
+            },
+            vec!["/email"],
+        ),
+        (UserEvent::PersonErased { reason: None }, vec![]),
+    ];
+    for (event, expected) in cases {
+        let mut paths = personal_paths(&event.to_new_event().data);
+        paths.sort();
+        let mut expected: Vec<String> = expected.into_iter().map(str::to_owned).collect();
+        expected.sort();
+        assert_eq!(paths, expected, "{event:?}");
+    }
+    let metadata = serde_json::to_value(crate::Metadata {
+        actor: Some("user-1".into()),
+        client_ip: Some("192.0.2.7".into()),
+        user_agent: Some("curl/8".into()),
+        ..crate::Metadata::default()
+    })
+    .unwrap();
+    let mut paths = personal_paths(&metadata);
+    paths.sort();
+    assert_eq!(paths, ["/client_ip", "/user_agent"]);
+}

@@ -1,0 +1,416 @@
+//! Personal data end to end, with the real API and worker on a test's own database: a person
+//! registers, signs in from a known address and agent, requests a project, is exported, then
+//! erases themselves; afterwards a dump of the whole database holds none of their address,
+//! name, client address or agent, their tokens are refused, the log still verifies and shows
+//! `"[erased]"`, and the address registers again as a new account. Bad input and repeated
+//! erasures are answered as documented.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::worker::start_worker;
+use common::{ADMIN_ARGS, TestApp, spawn_app};
+use idp_testkit::clock::wait_until;
+use idp_testkit::database::database_url;
+use reqwest::Method;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use sqlx::postgres::PgConnectOptions;
+use uuid::Uuid;
+
+const EMAIL: &str = "Ada.Erasable@example.com";
+const NAME: &str = "Ada Erasable";
+const IP: &str = "198.51.100.23";
+const AGENT: &str = "Erasable-Agent/7.1";
+const PASSWORD: &str = "a long enough password for tests";
+
+/// Calls the API as a client at [`IP`] with [`AGENT`] (the app trusts loopback proxies); the
+/// status and the JSON body (`null` when empty).
+async fn call(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = app
+        .client
+        .request(method, app.url(path))
+        .header("x-forwarded-for", IP)
+        .header("user-agent", AGENT);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
+    (status, body)
+}
+
+/// Registers [`EMAIL`] with [`NAME`], verifies it with the token the worker would mail, and
+/// signs in; the account id, access and refresh tokens.
+async fn register_ada(app: &TestApp, pool: &PgPool) -> (Uuid, String, String) {
+    let (status, body) = call(
+        app,
+        Method::POST,
+        "/v1/auth/register",
+        None,
+        Some(json!({ "email": EMAIL, "password": PASSWORD, "display_name": NAME })),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let token = common::identity::latest_token(
+        pool,
+        "VerificationRequested",
+        &EMAIL.to_lowercase(),
+        common::identity::Purpose::VerifyEmail,
+    )
+    .await;
+    let (status, body) = call(
+        app,
+        Method::POST,
+        "/v1/auth/verify-email",
+        None,
+        Some(json!({ "token": token })),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, pair) = call(
+        app,
+        Method::POST,
+        "/v1/auth/login",
+        None,
+        Some(json!({ "email": EMAIL, "password": PASSWORD })),
+    )
+    .await;
+    assert_eq!(status, 200, "{pair}");
+    let access = pair["access_token"].as_str().unwrap().to_owned();
+    let refresh = pair["refresh_token"].as_str().unwrap().to_owned();
+    let (_, me) = call(app, Method::GET, "/v1/auth/me", Some(&access), None).await;
+    (me["id"].as_str().unwrap().parse().unwrap(), access, refresh)
+}
+
+/// `pg_dump` of the whole test database, as text.
+fn dump(conn: &PgConnectOptions) -> String {
+    let output = std::process::Command::new("pg_dump")
+        .arg("--dbname")
+        .arg(database_url(conn))
+        .output()
+        .expect("pg_dump runs");
+    assert!(
+        output.status.success(),
+        "pg_dump: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Which of the person's values `text` holds, as written or lowercased.
+fn found_in(text: &str) -> Vec<&'static str> {
+    let lower = text.to_lowercase();
+    [EMAIL, NAME, IP, AGENT]
+        .into_iter()
+        .filter(|value| text.contains(value) || lower.contains(&value.to_lowercase()))
+        .collect()
+}
+
+#[sqlx::test(migrations = false)]
+async fn an_erased_person_is_gone_from_the_database_while_the_log_still_verifies(
+    _opts: sqlx::postgres::PgPoolOptions,
+    conn: PgConnectOptions,
+) {
+    let mut args = ADMIN_ARGS.to_vec();
+    args.extend(["--trusted-proxies", "127.0.0.0/8"]);
+    let app = spawn_app(&conn, &args).await;
+    let worker = start_worker(&conn).await;
+    let pool = idp_testkit::database::pool(&conn).await;
+    let admin = app.admin_token().await;
+    let bob = app
+        .verified_user(&pool, "bob.kept@example.com", PASSWORD)
+        .await;
+
+    let (ada, access, refresh) = register_ada(&app, &pool).await;
+    let (status, project) = call(
+        &app,
+        Method::POST,
+        "/v1/projects",
+        Some(&access),
+        Some(json!({ "name": "erasable", "template": "service" })),
+    )
+    .await;
+    assert_eq!(status, 202, "{project}");
+    let project_id = project["id"].as_str().unwrap().to_owned();
+
+    // The log holds none of it in the clear, even before erasure.
+    let before = dump(&conn);
+    let events_only: String =
+        sqlx::query_scalar("select string_agg(data::text || metadata::text, ' ') from events")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(found_in(&events_only), Vec::<&str>::new());
+    assert!(
+        !found_in(&before).is_empty(),
+        "the read models hold the person until erasure"
+    );
+
+    // The export: every event about them, decrypted, and their project.
+    let (status, export) = call(&app, Method::GET, "/v1/account/export", Some(&access), None).await;
+    assert_eq!(status, 200, "{export}");
+    assert_eq!(export["format"], "idp-personal-data-export/v1");
+    assert_eq!(export["person"]["email"], EMAIL.to_lowercase());
+    assert_eq!(export["person"]["display_name"], NAME);
+    let events = export["events"].as_array().unwrap();
+    let types: Vec<&str> = events
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap())
+        .collect();
+    for kind in [
+        "UserRegistered",
+        "VerificationRequested",
+        "EmailVerified",
+        "LoginSucceeded",
+        "SessionStarted",
+        "ProjectRequested",
+        "PersonalDataExported",
+    ] {
+        assert!(types.contains(&kind), "{kind} missing from {types:?}");
+    }
+    let registered = events
+        .iter()
+        .find(|e| e["event_type"] == "UserRegistered")
+        .unwrap();
+    assert_eq!(registered["data"]["email"], EMAIL.to_lowercase());
+    assert_eq!(registered["metadata"]["client_ip"], IP);
+    assert_eq!(registered["metadata"]["user_agent"], AGENT);
+    assert_eq!(export["projects"][0]["project_id"], project_id.as_str());
+
+    // A wrong password erases nothing.
+    let (status, _) = call(
+        &app,
+        Method::DELETE,
+        "/v1/account",
+        Some(&access),
+        Some(json!({ "password": "not the password at all" })),
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, _) = call(&app, Method::GET, "/v1/auth/me", Some(&access), None).await;
+    assert_eq!(status, 200, "still signed in");
+
+    let (status, erased) = call(
+        &app,
+        Method::DELETE,
+        "/v1/account",
+        Some(&access),
+        Some(json!({ "password": PASSWORD })),
+    )
+    .await;
+    assert_eq!(status, 200, "{erased}");
+    assert_eq!(erased["erased_now"], true);
+    assert_eq!(erased["sessions_revoked"], 1);
+
+    // Their tokens are refused.
+    let (status, _) = call(&app, Method::GET, "/v1/auth/me", Some(&access), None).await;
+    assert_eq!(status, 401, "the access token");
+    let (status, _) = call(
+        &app,
+        Method::POST,
+        "/v1/auth/refresh",
+        None,
+        Some(json!({ "refresh_token": refresh })),
+    )
+    .await;
+    assert_eq!(status, 401, "the refresh token");
+
+    // The worker blanks the read models; then the database holds nothing of the person.
+    wait_until(
+        "the directory forgets the person",
+        Duration::from_secs(30),
+        || async {
+            let email: Option<String> =
+                sqlx::query_scalar("select email from users_directory where user_id = $1")
+                    .bind(ada)
+                    .fetch_optional(&pool)
+                    .await
+                    .unwrap();
+            email.as_deref() == Some("[erased]")
+        },
+    )
+    .await;
+    wait_until(
+        "the audit view forgets the client",
+        Duration::from_secs(30),
+        || async {
+            let left: i64 = sqlx::query_scalar(
+                "select count(*) from audit_view where client_ip = $1 or user_agent = $2",
+            )
+            .bind(IP)
+            .bind(AGENT)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            left == 0
+        },
+    )
+    .await;
+    assert_eq!(found_in(&dump(&conn)), Vec::<&str>::new());
+
+    // Another person still reads back.
+    let (status, other) = call(&app, Method::GET, "/v1/auth/me", Some(&bob), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(other["email"], "bob.kept@example.com");
+
+    // What remains readable: the events, with every personal field erased; the chains verify.
+    let (status, history) = call(
+        &app,
+        Method::GET,
+        &format!("/v1/admin/streams/user-{ada}"),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{history}");
+    let text = history.to_string();
+    assert!(text.contains("PersonErased"), "{text}");
+    assert!(text.contains("[erased]"), "{text}");
+    assert_eq!(found_in(&text), Vec::<&str>::new());
+    let report = idp_events::chain::verify_streams(&pool, None)
+        .await
+        .unwrap();
+    assert!(report.is_intact(), "{:?}", report.first_break);
+
+    // Repeats and bad input.
+    let path = format!("/v1/admin/users/{ada}/erase");
+    let (status, again) = call(
+        &app,
+        Method::POST,
+        &path,
+        Some(&admin),
+        Some(json!({ "reason": "request 7" })),
+    )
+    .await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["erased_now"], false);
+    let erasures = idp_testkit::log::count_events(&pool, "PersonErased").await;
+    assert_eq!(erasures, 1, "erasing twice records one PersonErased");
+    let (status, _) = call(
+        &app,
+        Method::POST,
+        &format!("/v1/admin/users/{}/erase", Uuid::now_v7()),
+        Some(&admin),
+        Some(json!({ "reason": "request 8" })),
+    )
+    .await;
+    assert_eq!(status, 404, "an unknown id");
+    let (status, _) = call(
+        &app,
+        Method::POST,
+        &path,
+        Some(&admin),
+        Some(json!({ "reason": " " })),
+    )
+    .await;
+    assert_eq!(status, 422, "an empty reason");
+    let (status, _) = call(
+        &app,
+        Method::POST,
+        &path,
+        Some(&bob),
+        Some(json!({ "reason": "x" })),
+    )
+    .await;
+    assert_eq!(status, 403, "not an administrator");
+    let (status, _) = call(
+        &app,
+        Method::POST,
+        &path,
+        None,
+        Some(json!({ "reason": "x" })),
+    )
+    .await;
+    assert_eq!(status, 401, "no token");
+    let (status, _) = call(
+        &app,
+        Method::GET,
+        &format!("/v1/admin/users/{ada}/export"),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, 410, "nothing is left to export");
+
+    // The address registers again, as a new account.
+    let (again, _, _) = register_ada(&app, &pool).await;
+    assert_ne!(again, ada);
+
+    worker.stop().await;
+    app.stop().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn the_last_administrator_cannot_be_erased_and_another_can_export_a_person(
+    _opts: sqlx::postgres::PgPoolOptions,
+    conn: PgConnectOptions,
+) {
+    let app = spawn_app(&conn, &ADMIN_ARGS).await;
+    let pool = idp_testkit::database::pool(&conn).await;
+    let admin = app.admin_token().await;
+    let (_, me) = call(&app, Method::GET, "/v1/auth/me", Some(&admin), None).await;
+    let root = me["id"].as_str().unwrap();
+    let (status, body) = call(
+        &app,
+        Method::POST,
+        &format!("/v1/admin/users/{root}/erase"),
+        Some(&admin),
+        Some(json!({ "reason": "leaving" })),
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    let (status, _) = call(
+        &app,
+        Method::DELETE,
+        "/v1/account",
+        Some(&admin),
+        Some(json!({ "password": common::ADMIN_PASSWORD })),
+    )
+    .await;
+    assert_eq!(status, 409, "not even by themselves");
+
+    let bob = app
+        .verified_user(&pool, "bob.exported@example.com", PASSWORD)
+        .await;
+    let (_, bob_me) = call(&app, Method::GET, "/v1/auth/me", Some(&bob), None).await;
+    let bob_id = bob_me["id"].as_str().unwrap();
+    let (status, export) = call(
+        &app,
+        Method::GET,
+        &format!("/v1/admin/users/{bob_id}/export"),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(export["person"]["email"], "bob.exported@example.com");
+    let (status, _) = call(
+        &app,
+        Method::GET,
+        &format!("/v1/admin/users/{root}/export"),
+        Some(&bob),
+        None,
+    )
+    .await;
+    assert_eq!(status, 403, "a person cannot export another");
+    app.stop().await;
+}
