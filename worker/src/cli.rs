@@ -349,3 +349,41 @@ fn describe(report: &DatabaseReport) -> String {
         report.database, report.project_id, report.project_name
     )
 }
+
+/// `idp-worker privacy ...`: re-wraps the data keys under the current key-encryption key, or
+/// re-applies the erasures the log records; prints what it did.
+pub async fn privacy(
+    store: &EventStore,
+    action: &crate::config::PrivacyCommand,
+) -> anyhow::Result<()> {
+    let keys = store
+        .subject_keys()
+        .context("the event store has no personal data keys")?;
+    let mut out = std::io::stdout().lock();
+    match action {
+        crate::config::PrivacyCommand::RotateKek { batch } => {
+            let current = keys.keks().current_id().to_owned();
+            let done = keys
+                .rewrap_all(*batch, |done, total| {
+                    eprintln!("rotate-kek: {done}/{total} data keys re-wrapped");
+                })
+                .await
+                .context("while re-wrapping the data keys")?;
+            writeln!(
+                out,
+                "rotate-kek: {done} data keys re-wrapped; every key is now under {current:?}"
+            )?;
+        }
+        crate::config::PrivacyCommand::ReapplyErasures => {
+            let done = keys
+                .reapply_erasures()
+                .await
+                .context("while re-applying the erasures of the log")?;
+            writeln!(
+                out,
+                "reapply-erasures: {done} data keys of erased people destroyed again"
+            )?;
+        }
+    }
+    Ok(())
+}

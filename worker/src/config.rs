@@ -92,6 +92,29 @@ pub enum Command {
         #[arg(long)]
         until: Option<idp_events::replay::Until>,
     },
+    /// Personal data: re-wrap the data keys under a new key-encryption key, or re-apply the
+    /// erasures of the log after a restore (see docs/privacy.md).
+    Privacy {
+        /// What to do.
+        #[command(subcommand)]
+        action: PrivacyCommand,
+    },
+}
+
+/// `idp-worker privacy ...`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum PrivacyCommand {
+    /// Re-wrap every data key that is not under the last entry of `PERSONAL_DATA_KEYS`, in
+    /// batches, printing progress; afterwards the ring's older entries are no longer needed.
+    RotateKek {
+        /// Keys per transaction.
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(i64).range(1..=100_000))]
+        batch: i64,
+    },
+    /// Destroy the data key of every person the log records as erased (`PersonErased`) whose
+    /// key is there again (the key table restored from an older backup than the log); safe to
+    /// repeat.
+    ReapplyErasures,
 }
 
 /// RabbitMQ queue type of the job queues.

@@ -41,6 +41,12 @@ async fn main() -> anyhow::Result<()> {
             let store = config.common.event_store(pool.clone()).await?;
             idp_worker::cli::harden_databases(&store, &driver, *rotate_passwords).await
         }
+        Some(Command::Privacy { action }) => {
+            let pool = connect(&config.common).await?;
+            idp_events::migrations::run(&pool).await?;
+            let store = config.common.event_store(pool).await?;
+            idp_worker::cli::privacy(&store, action).await
+        }
         Some(Command::Replay { stream, until }) => {
             let pool = connect(&config.common).await?;
             let store = config.common.event_store(pool).await?;

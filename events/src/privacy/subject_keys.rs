@@ -219,6 +219,25 @@ impl SubjectKeys {
         Ok(destroyed.is_some())
     }
 
+    /// Destroys the key of every person the log records as erased (`PersonErased` in their
+    /// `user-<uuid>` stream) whose key is not destroyed (the key table restored from a backup
+    /// older than the log); returns how many it destroyed. Idempotent.
+    pub async fn reapply_erasures(&self) -> Result<u64, SubjectKeysError> {
+        let done = sqlx::query(
+            "insert into subject_keys (subject_id, kek_id, wrapped, erased_at)
+             select distinct substr(stream_id, 6)::uuid, null::text, null::bytea, now()
+               from events
+              where event_type = 'PersonErased'
+                and stream_id ~ '^user-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
+             on conflict (subject_id) do update
+                set kek_id = null, wrapped = null, erased_at = now()
+              where subject_keys.erased_at is null",
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     /// Whether `subject` is erased.
     pub async fn is_erased(&self, subject: Uuid) -> Result<bool, SubjectKeysError> {
         let erased: Option<bool> = sqlx::query_scalar(
