@@ -1,9 +1,11 @@
 //! Personal data end to end, with the real API and worker on a test's own database: a person
 //! registers, signs in from a known address and agent, requests a project, is exported, then
 //! erases themselves; afterwards a dump of the whole database holds none of their address,
-//! name, client address or agent, their tokens are refused, the log still verifies and shows
-//! `"[erased]"`, and the address registers again as a new account. Bad input and repeated
-//! erasures are answered as documented.
+//! name, client address or agent, and neither does the outbox; their tokens are refused, the
+//! log and a seal made before the erasure still verify, administrators' event query and export
+//! show `"[erased]"`, and the address registers again as a new account. An erasure racing
+//! sign-ins and refreshes leaves no session. Bad input and repeated erasures are answered as
+//! documented.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -11,10 +13,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::worker::start_worker;
+use common::worker::start_worker_with;
 use common::{ADMIN_ARGS, TestApp, spawn_app};
+use idp_events::seal::{Anchor, PublicKeys, VerifyOptions};
 use idp_testkit::clock::wait_until;
 use idp_testkit::database::database_url;
+use idp_testkit::settings::seal_keys_dir;
 use reqwest::Method;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -116,6 +120,67 @@ fn dump(conn: &PgConnectOptions) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
+/// The text of every mail file in `outbox`.
+fn mail_in(outbox: &std::path::Path) -> String {
+    let Ok(entries) = std::fs::read_dir(outbox) else {
+        return String::new();
+    };
+    entries
+        .map(|entry| std::fs::read_to_string(entry.unwrap().path()).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The administrators' view of the person's stream: the events page and the NDJSON export.
+async fn admin_views(app: &TestApp, admin: &str, user: Uuid) -> (Value, String) {
+    let (status, page) = call(
+        app,
+        Method::GET,
+        &format!("/v1/admin/events?stream=user-{user}"),
+        Some(admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    let (status, export) = call(
+        app,
+        Method::GET,
+        &format!("/v1/admin/events/export?format=ndjson&stream=user-{user}"),
+        Some(admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{export}");
+    let export = match export {
+        Value::String(text) => text,
+        one => one.to_string(),
+    };
+    (page, export)
+}
+
+/// The newest seal, once one covers every event committed now (the worker seals each second).
+async fn seal_covering_now(pool: &PgPool) -> Anchor {
+    let last: i64 = sqlx::query_scalar("select max(position) from events")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    wait_until("a seal covers the log", Duration::from_secs(30), || async {
+        let covered: Option<i64> = sqlx::query_scalar("select max(to_position) from seals")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        covered.is_some_and(|to| to >= last)
+    })
+    .await;
+    let (number, hash): (i64, Vec<u8>) = sqlx::query_as(
+        "select seal_number, seal_hash from seals order by seal_number desc limit 1",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    format!("{number}:{}", hex::encode(hash)).parse().unwrap()
+}
+
 /// Which of the person's values `text` holds, as written or lowercased.
 fn found_in(text: &str) -> Vec<&'static str> {
     let lower = text.to_lowercase();
@@ -133,12 +198,16 @@ async fn an_erased_person_is_gone_from_the_database_while_the_log_still_verifies
     let mut args = ADMIN_ARGS.to_vec();
     args.extend(["--trusted-proxies", "127.0.0.0/8"]);
     let app = spawn_app(&conn, &args).await;
-    let worker = start_worker(&conn).await;
+    let worker = start_worker_with(&conn, &["--seal-interval-secs", "1"]).await;
     let pool = idp_testkit::database::pool(&conn).await;
     let admin = app.admin_token().await;
     let bob = app
         .verified_user(&pool, "bob.kept@example.com", PASSWORD)
         .await;
+    // The log scan of the test run (scripts/scan-test-logs) looks for these too.
+    for value in [EMAIL, &EMAIL.to_lowercase(), NAME, IP, AGENT] {
+        idp_ops::test_logs::remember_secret("personal", value);
+    }
 
     let (ada, access, refresh) = register_ada(&app, &pool).await;
     let (status, project) = call(
@@ -195,6 +264,29 @@ async fn an_erased_person_is_gone_from_the_database_while_the_log_still_verifies
     assert_eq!(registered["metadata"]["client_ip"], IP);
     assert_eq!(registered["metadata"]["user_agent"], AGENT);
     assert_eq!(export["projects"][0]["project_id"], project_id.as_str());
+
+    // Administrators read the person's events opened, in the event query and its export.
+    let (page, exported) = admin_views(&app, &admin, ada).await;
+    let registered = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event_type"] == "UserRegistered")
+        .unwrap();
+    assert_eq!(registered["data"]["email"], EMAIL.to_lowercase());
+    assert_eq!(registered["metadata"]["user_agent"], AGENT);
+    assert!(exported.contains(&EMAIL.to_lowercase()), "{exported}");
+    assert!(exported.contains(IP), "{exported}");
+    assert!(!exported.contains("$sealed"), "{exported}");
+
+    // The worker mailed the verification link to the outbox; the log is sealed.
+    wait_until(
+        "the verification email",
+        Duration::from_secs(30),
+        || async { mail_in(&worker.outbox()).contains(&EMAIL.to_lowercase()) },
+    )
+    .await;
+    let sealed_before = seal_covering_now(&pool).await;
 
     // A wrong password erases nothing.
     let (status, _) = call(
@@ -265,6 +357,12 @@ async fn an_erased_person_is_gone_from_the_database_while_the_log_still_verifies
         },
     )
     .await;
+    wait_until(
+        "the outbox forgets the person",
+        Duration::from_secs(30),
+        || async { found_in(&mail_in(&worker.outbox())).is_empty() },
+    )
+    .await;
     assert_eq!(found_in(&dump(&conn)), Vec::<&str>::new());
 
     // Another person still reads back.
@@ -286,10 +384,25 @@ async fn an_erased_person_is_gone_from_the_database_while_the_log_still_verifies
     assert!(text.contains("PersonErased"), "{text}");
     assert!(text.contains("[erased]"), "{text}");
     assert_eq!(found_in(&text), Vec::<&str>::new());
-    let report = idp_events::chain::verify_streams(&pool, None)
+    let (page, exported) = admin_views(&app, &admin, ada).await;
+    for view in [page.to_string(), exported] {
+        assert!(view.contains("PersonErased"), "{view}");
+        assert!(view.contains("[erased]"), "{view}");
+        assert!(!view.contains("$sealed"), "{view}");
+        assert_eq!(found_in(&view), Vec::<&str>::new());
+    }
+    // `idp-worker verify --expect-seal`: every chain, every seal, and the seal made before the
+    // erasure.
+    let keys = PublicKeys::load_dir(&seal_keys_dir(&worker.prefix)).unwrap();
+    let options = VerifyOptions {
+        expect_seal: Some(sealed_before),
+        ..VerifyOptions::default()
+    };
+    let report = idp_events::seal::verify_log(&pool, &keys, &options)
         .await
         .unwrap();
-    assert!(report.is_intact(), "{:?}", report.first_break);
+    assert!(report.is_intact(), "{:?}", report.first_problem());
+    assert!(report.seals >= 1, "{report:?}");
 
     // Repeats and bad input.
     let path = format!("/v1/admin/users/{ada}/erase");
@@ -412,5 +525,113 @@ async fn the_last_administrator_cannot_be_erased_and_another_can_export_a_person
     )
     .await;
     assert_eq!(status, 403, "a person cannot export another");
+    app.stop().await;
+}
+
+/// Signs `email` in; the access and refresh tokens when the answer is 200.
+async fn sign_in(app: &TestApp, email: &str) -> Option<(String, String)> {
+    let (status, pair) = call(
+        app,
+        Method::POST,
+        "/v1/auth/login",
+        None,
+        Some(json!({ "email": email, "password": PASSWORD })),
+    )
+    .await;
+    (status == 200).then(|| tokens_of(&pair))
+}
+
+/// Refreshes `refresh`; the new tokens when the answer is 200.
+async fn refresh_of(app: &TestApp, refresh: &str) -> Option<(String, String)> {
+    let (status, pair) = call(
+        app,
+        Method::POST,
+        "/v1/auth/refresh",
+        None,
+        Some(json!({ "refresh_token": refresh })),
+    )
+    .await;
+    (status == 200).then(|| tokens_of(&pair))
+}
+
+fn tokens_of(pair: &Value) -> (String, String) {
+    (
+        pair["access_token"].as_str().unwrap().to_owned(),
+        pair["refresh_token"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[sqlx::test(migrations = false)]
+async fn no_session_survives_an_erasure_racing_sign_ins_and_refreshes(
+    _opts: sqlx::postgres::PgPoolOptions,
+    conn: PgConnectOptions,
+) {
+    let app = spawn_app(&conn, &ADMIN_ARGS).await;
+    let pool = idp_testkit::database::pool(&conn).await;
+    let admin = app.admin_token().await;
+    for round in 0..3 {
+        let email = format!("racer.{round}@example.com");
+        app.verified_user(&pool, &email, PASSWORD).await;
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(
+                sign_in(&app, &email)
+                    .await
+                    .expect("signs in before the race"),
+            );
+        }
+        let (_, me) = call(&app, Method::GET, "/v1/auth/me", Some(&held[0].0), None).await;
+        let user: Uuid = me["id"].as_str().unwrap().parse().unwrap();
+
+        // Sign-ins, refreshes and the erasure at once.
+        let sign_ins = futures::future::join_all((0..4).map(|_| sign_in(&app, &email)));
+        let refreshes = futures::future::join_all(held.iter().map(|(_, r)| refresh_of(&app, r)));
+        let erase = format!("/v1/admin/users/{user}/erase");
+        let erasure = call(
+            &app,
+            Method::POST,
+            &erase,
+            Some(&admin),
+            Some(json!({ "reason": "race" })),
+        );
+        let (signed_in, refreshed, (status, erased)) = tokio::join!(sign_ins, refreshes, erasure);
+        assert_eq!(status, 200, "{erased}");
+
+        // Whatever won its race, nothing of it still works.
+        let mut issued: Vec<(String, String)> = held;
+        issued.extend(signed_in.into_iter().flatten());
+        issued.extend(refreshed.into_iter().flatten());
+        for (access, refresh) in &issued {
+            let (status, _) = call(&app, Method::GET, "/v1/auth/me", Some(access), None).await;
+            assert_eq!(status, 401, "an access token survived round {round}");
+            assert_eq!(
+                refresh_of(&app, refresh).await,
+                None,
+                "a refresh token survived round {round}"
+            );
+        }
+        let active: i64 = sqlx::query_scalar(
+            "select count(*) from sessions where user_id = $1 and revoked_at is null",
+        )
+        .bind(user)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(active, 0, "round {round}");
+        let tokens: i64 = sqlx::query_scalar(
+            "select count(*) from refresh_tokens t join sessions s using (session_id)
+              where s.user_id = $1",
+        )
+        .bind(user)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(tokens, 0, "round {round}");
+        assert_eq!(
+            sign_in(&app, &email).await,
+            None,
+            "the erased person signs in"
+        );
+    }
     app.stop().await;
 }

@@ -55,6 +55,11 @@ pub enum JobEvent {
         /// Why (never the address).
         reason: String,
     },
+    /// The mail files the outbox held for an erased person were removed (`forget_mail`).
+    MailForgotten {
+        /// How many files were removed (none when the mailer keeps no files).
+        files: u32,
+    },
     /// An attempt failed.
     EmailDeliveryFailed {
         /// Attempt number within the current round.
@@ -111,7 +116,7 @@ pub struct Job {
     pub failed_attempts: u32,
     /// An attempt that handed the message over and whose outcome was never recorded.
     pub unresolved: Option<(u32, String)>,
-    /// The effect is done (`EmailSent`).
+    /// The effect is done (`EmailSent`, `EmailDropped`, `MailForgotten`).
     pub done: bool,
     /// The job is in the dead-letter queue (and not sent back since).
     pub dead: bool,
@@ -144,7 +149,9 @@ impl Job {
                 message_id,
                 ..
             } => self.unresolved = Some((*attempt, message_id.clone())),
-            JobEvent::EmailSent { .. } | JobEvent::EmailDropped { .. } => {
+            JobEvent::EmailSent { .. }
+            | JobEvent::EmailDropped { .. }
+            | JobEvent::MailForgotten { .. } => {
                 self.unresolved = None;
                 self.done = true;
             }

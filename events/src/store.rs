@@ -303,6 +303,21 @@ impl EventStore {
         &self.codec.upcasters
     }
 
+    /// Opens, in place, the personal values of events read as stored (not through the store,
+    /// for example by [`crate::query::page`]): each becomes its value, marked as personal, or
+    /// `"[erased]"` when its key is destroyed. The keys are read on `conn`, or on the pool.
+    /// Nothing is upcast.
+    ///
+    /// # Errors
+    /// When the keys cannot be read or unwrapped.
+    pub async fn open_personal(
+        &self,
+        conn: Option<&mut PgConnection>,
+        events: &mut [RecordedEvent],
+    ) -> Result<(), ReadError> {
+        self.codec.open(conn, events, personal::Opening::All).await
+    }
+
     pub(crate) fn shared_codec(&self) -> Arc<Codec> {
         Arc::clone(&self.codec)
     }

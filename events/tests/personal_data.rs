@@ -308,3 +308,60 @@ async fn metadata_values_expire_with_their_day_and_the_chain_stays_intact(pool: 
     assert!(!text.contains("192.0.2.77"), "{text}");
     assert!(verify_streams(&pool, None).await.unwrap().is_intact());
 }
+
+/// Collects the data of the rows of an export.
+struct Rows(Vec<serde_json::Value>);
+
+impl idp_events::query::ExportSink for Rows {
+    async fn accept(&mut self, row: &idp_events::query::ExportRow) -> bool {
+        self.0.push(serde_json::from_str(&row.data).unwrap());
+        true
+    }
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn the_event_query_and_the_export_open_values_and_show_erased_ones(pool: PgPool) {
+    use idp_events::query::{self, EventFilter, Extent, PageLimit};
+
+    let store = store(&pool);
+    let (ada, bob) = (Uuid::now_v7(), Uuid::now_v7());
+    for (who, n) in [(ada, 1), (bob, 2)] {
+        store
+            .append(
+                Append::to(StreamId::user(who))
+                    .about(who)
+                    .event(registered(n)),
+            )
+            .await
+            .unwrap();
+    }
+    let mut conn = pool.acquire().await.unwrap();
+    assert!(keys(&pool).erase_in(&mut conn, ada).await.unwrap());
+
+    let filter = EventFilter {
+        stream_prefix: Some(idp_events::query::StreamPrefix::new("user-")),
+        ..EventFilter::default()
+    };
+    let mut page = query::page(&mut conn, &filter, None, PageLimit::new(10).unwrap())
+        .await
+        .unwrap();
+    assert!(page.events[0].data["email"].get("$sealed").is_some());
+    store
+        .open_personal(Some(&mut conn), &mut page.events)
+        .await
+        .unwrap();
+    let emails: Vec<_> = page
+        .events
+        .iter()
+        .map(|e| e.data["email"].clone())
+        .collect();
+    assert_eq!(emails, [json!("[erased]"), json!({ "$personal": ADDRESS })]);
+
+    let extent = Extent::of(&mut conn, &filter).await.unwrap();
+    let mut rows = Rows(Vec::new());
+    query::export(&store, &filter, extent, &mut rows)
+        .await
+        .unwrap();
+    let emails: Vec<_> = rows.0.iter().map(|data| data["email"].clone()).collect();
+    assert_eq!(emails, [json!("[erased]"), json!(ADDRESS)]);
+}

@@ -166,7 +166,7 @@ async fn an_export_hands_on_every_matching_event_in_log_order(pool: PgPool) {
         positions: Vec::new(),
         stop_after: None,
     };
-    let summary = query::export(&pool, &filter, extent, &mut all)
+    let summary = query::export(&store, &filter, extent, &mut all)
         .await
         .unwrap();
     assert_eq!(all.positions, wanted.positions);
@@ -176,7 +176,7 @@ async fn an_export_hands_on_every_matching_event_in_log_order(pool: PgPool) {
         positions: Vec::new(),
         stop_after: Some(2),
     };
-    let summary = query::export(&pool, &filter, extent, &mut two)
+    let summary = query::export(&store, &filter, extent, &mut two)
         .await
         .unwrap();
     assert_eq!(two.positions, wanted.positions[..2]);

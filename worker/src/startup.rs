@@ -21,6 +21,7 @@ use crate::broker::{Publisher, Topology};
 use crate::config::{Config, EmailConfig};
 use crate::dispatcher::{self, Dispatcher};
 use crate::email::Mailer;
+use crate::jobs::forget_mail::ForgetMail;
 use crate::jobs::provision_project::{Drivers, ProvisionJobs, ProvisionProject, ProvisionSettings};
 use crate::jobs::send_email::{EmailJobs, SendEmail};
 use crate::jobs::{self, RetryPolicy};
@@ -209,9 +210,10 @@ impl Worker {
             monitor,
             &topology,
             &store,
-            email_jobs,
+            Arc::clone(&email_jobs),
             jobs_config.job_concurrency,
         );
+        let monitor = jobs::register::<ForgetMail>(monitor, &topology, &store, email_jobs, 1);
         let monitor = jobs::register::<ProvisionProject>(
             monitor,
             &topology,

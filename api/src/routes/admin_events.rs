@@ -315,6 +315,7 @@ fn refused(err: QueryError) -> ApiError {
             retry_after_secs: UNSETTLED_RETRY_AFTER_SECS,
         },
         QueryError::Database(e) => e.into(),
+        QueryError::Keys(e) => idp_events::ReadError::Keys(e).into(),
     }
 }
 
@@ -414,9 +415,13 @@ pub async fn list_events(
     let filter = params.filter.into_filter()?;
     let limit = params.page.limit.unwrap_or_default();
     let mut conn = state.store.pool().acquire().await?;
-    let page = query::page(&mut conn, &filter, params.page.cursor, limit)
+    let mut page = query::page(&mut conn, &filter, params.page.cursor, limit)
         .await
         .map_err(refused)?;
+    state
+        .store
+        .open_personal(Some(&mut conn), &mut page.events)
+        .await?;
     drop(conn);
     Ok(Json(EventPage {
         items: page.events.into_iter().map(LoggedEvent::from).collect(),
@@ -461,12 +466,12 @@ pub async fn export_events(
         Extent::of(&mut conn, &filter).await.map_err(refused)?
     };
     let (tx, rx) = mpsc::channel(EXPORT_CHUNKS_IN_FLIGHT);
-    let pool = state.store.pool().clone();
+    let store = state.store.clone();
     tokio::spawn(
         async move {
             let started = std::time::Instant::now();
             let mut sink = ChunkedBody::new(format, tx);
-            let outcome = query::export(&pool, &filter, extent, &mut sink).await;
+            let outcome = query::export(&store, &filter, extent, &mut sink).await;
             sink.finish(outcome, started).await;
         }
         .instrument(tracing::info_span!(

@@ -20,9 +20,15 @@ pub struct TestWorker {
 
 /// Starts the worker on the database of `conn`, with a queue prefix of its own.
 pub async fn start_worker(conn: &PgConnectOptions) -> TestWorker {
+    start_worker_with(conn, &[]).await
+}
+
+/// As [`start_worker`], with `extra` arguments after the usual ones.
+pub async fn start_worker_with(conn: &PgConnectOptions, extra: &[&str]) -> TestWorker {
     idp_ops::test_logs::init();
     let prefix = unique_prefix();
-    let args = worker_args(&database_url(conn), &amqp_url(), &prefix, None);
+    let mut args = worker_args(&database_url(conn), &amqp_url(), &prefix, None);
+    args.extend(extra.iter().map(|arg| (*arg).to_owned()));
     let config = Config::try_parse_from(args).unwrap();
     let worker = Worker::build(&config).await.unwrap();
     TestWorker {

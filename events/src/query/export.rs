@@ -7,10 +7,14 @@ use std::io::Write as _;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures::TryStreamExt;
-use sqlx::{FromRow, PgPool, QueryBuilder};
+use serde_json::Value;
+use sqlx::{FromRow, PgConnection, QueryBuilder};
 use uuid::Uuid;
 
 use super::{EventFilter, Extent, QueryError};
+use crate::event::RecordedEvent;
+use crate::privacy::fields::unmark;
+use crate::store::EventStore;
 
 /// Rows an export reads per query (keyset batches by position).
 pub const EXPORT_BATCH: i64 = 5_000;
@@ -67,13 +71,15 @@ pub struct ExportSummary {
 }
 
 /// Hands every event of `filter` within `extent` to `sink`, in log order, reading batches of
-/// [`EXPORT_BATCH`] rows, each on a connection of its own. Rows go to the sink as they arrive,
-/// so a slow sink keeps the batch's connection busy.
+/// [`EXPORT_BATCH`] rows, each on a connection of its own. The personal values of a batch are
+/// opened with one query for their keys (each becomes its value, or `"[erased]"` when its key
+/// is destroyed); events without personal values pass through as PostgreSQL renders them.
 ///
 /// # Errors
-/// The database's error; the rows before it have been handed on.
+/// The database's error, or the keys' when they cannot be read; the rows before it have been
+/// handed on.
 pub async fn export(
-    pool: &PgPool,
+    store: &EventStore,
     filter: &EventFilter,
     extent: Extent,
     sink: &mut impl ExportSink,
@@ -81,7 +87,7 @@ pub async fn export(
     let mut after = extent.first - 1;
     let mut events = 0_u64;
     loop {
-        let mut conn = pool.acquire().await?;
+        let mut conn = store.pool().acquire().await?;
         let mut query = QueryBuilder::new(SELECT_EXPORT);
         query
             .push(" where e.position > ")
@@ -92,23 +98,26 @@ pub async fn export(
         query
             .push(" order by e.position limit ")
             .push_bind(EXPORT_BATCH);
-        let mut rows = query
+        let mut rows: Vec<ExportRow> = query
             .build_query_as::<ExportRow>()
             .persistent(false)
-            .fetch(&mut *conn);
-        let mut read = 0_i64;
-        while let Some(row) = rows.try_next().await? {
+            .fetch(&mut *conn)
+            .try_collect()
+            .await?;
+        open_rows(store, &mut conn, &mut rows).await?;
+        drop(conn);
+        let read = rows.len();
+        for row in &rows {
             after = row.position;
-            read += 1;
             events += 1;
-            if !sink.accept(&row).await {
+            if !sink.accept(row).await {
                 return Ok(ExportSummary {
                     events,
                     stopped: true,
                 });
             }
         }
-        if read < EXPORT_BATCH {
+        if i64::try_from(read).unwrap_or(i64::MAX) < EXPORT_BATCH {
             return Ok(ExportSummary {
                 events,
                 stopped: false,
@@ -116,6 +125,59 @@ pub async fn export(
         }
     }
 }
+
+/// Opens the personal values of `rows` in place, with one query for the keys of all of them.
+/// Only rows whose text holds a sealed value are parsed.
+async fn open_rows(
+    store: &EventStore,
+    conn: &mut PgConnection,
+    rows: &mut [ExportRow],
+) -> Result<(), QueryError> {
+    let sealed = |text: &str| text.contains(SEALED_KEY);
+    let mut which = Vec::new();
+    let mut events = Vec::new();
+    for (i, row) in rows.iter().enumerate() {
+        if !sealed(&row.data) && !sealed(&row.metadata) {
+            continue;
+        }
+        // PostgreSQL's rendering of jsonb always parses; a row that somehow does not is handed
+        // on as stored.
+        let (Ok(data), Ok(metadata)) = (
+            serde_json::from_str::<Value>(&row.data),
+            serde_json::from_str::<Value>(&row.metadata),
+        ) else {
+            continue;
+        };
+        which.push(i);
+        events.push(RecordedEvent {
+            position: row.position,
+            transaction_id: 0,
+            event_id: row.event_id,
+            stream_id: row.stream_id.clone(),
+            stream_version: row.stream_version,
+            event_type: row.event_type.clone(),
+            schema_version: row.schema_version,
+            data,
+            metadata,
+            recorded_at: row.recorded_at,
+            hash: Vec::new(),
+        });
+    }
+    if events.is_empty() {
+        return Ok(());
+    }
+    store.open_personal(Some(conn), &mut events).await?;
+    for (i, mut event) in which.into_iter().zip(events) {
+        unmark(&mut event.data);
+        unmark(&mut event.metadata);
+        rows[i].data = event.data.to_string();
+        rows[i].metadata = event.metadata.to_string();
+    }
+    Ok(())
+}
+
+/// How a sealed value's object key reads in stored JSON text.
+const SEALED_KEY: &str = "\"$sealed\"";
 
 /// The formats of an export.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -56,6 +56,18 @@ pub enum QueryError {
     /// The database failed.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    /// The keys of personal values could not be read or unwrapped.
+    #[error("personal data keys are unavailable: {0}")]
+    Keys(crate::privacy::SubjectKeysError),
+}
+
+impl From<crate::error::ReadError> for QueryError {
+    fn from(err: crate::error::ReadError) -> Self {
+        match err {
+            crate::error::ReadError::Database(e) => Self::Database(e),
+            crate::error::ReadError::Keys(e) => Self::Keys(e),
+        }
+    }
 }
 
 /// The positions a read covers: every event it may return lies in `first..=last`, and the log

@@ -188,7 +188,7 @@ impl Codec {
     }
 
     /// Opens the sealed values of `events` in place.
-    async fn open(
+    pub(crate) async fn open(
         &self,
         conn: Option<&mut PgConnection>,
         events: &mut [RecordedEvent],

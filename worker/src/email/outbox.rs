@@ -76,6 +76,15 @@ impl OutboxDir {
             reply: path.display().to_string(),
         })
     }
+
+    /// Removes the file of message `message_id`; `false` when there was none.
+    pub(super) async fn remove(&self, message_id: &str) -> std::io::Result<bool> {
+        match tokio::fs::remove_file(self.dir.join(file_name(message_id))).await {
+            Ok(()) => Ok(true),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
 }
 
 /// Writes a new file, 0600 from its creation on (not chmod-ed later: no moment where others

@@ -265,6 +265,23 @@ impl Mailer {
             }
         }
     }
+
+    /// Removes what this mailer keeps of message `message_id`: its outbox file; `false` when
+    /// nothing was kept (an SMTP mailer keeps nothing, the message has left).
+    ///
+    /// # Errors
+    /// When the file exists and cannot be removed.
+    pub async fn forget(&self, message_id: &str) -> std::io::Result<bool> {
+        match &self.transport {
+            Transport::Smtp(_) => Ok(false),
+            Transport::Outbox(outbox) => outbox.remove(message_id).await,
+        }
+    }
+
+    /// Whether this mailer keeps the messages it sends (an outbox does).
+    pub fn keeps_messages(&self) -> bool {
+        matches!(self.transport, Transport::Outbox(_))
+    }
 }
 
 impl fmt::Debug for Mailer {

@@ -8,6 +8,7 @@
 
 mod cause;
 pub mod dead_letters;
+pub mod forget_mail;
 pub mod provision_project;
 pub mod send_email;
 
@@ -25,6 +26,7 @@ pub use cause::{Cause, Undecodable};
 
 use crate::broker::{Ack, OutgoingJob, QueueBackend, Topology};
 use dead_letters::{DeadLetters, record_dead_letter};
+use forget_mail::ForgetMail;
 use provision_project::ProvisionProject;
 use send_email::SendEmail;
 
@@ -34,6 +36,7 @@ use send_email::SendEmail;
 pub const KINDS: &[JobKind] = &[
     JobKind::of::<SendEmail>(),
     JobKind::of::<ProvisionProject>(),
+    JobKind::of::<ForgetMail>(),
 ];
 
 /// Prefetch and concurrency of each queue's dead-letter recorder.

@@ -176,6 +176,71 @@ impl EmailJobs {
             shutdown,
         })
     }
+
+    /// The event store.
+    pub(super) fn store(&self) -> &EventStore {
+        &self.store
+    }
+
+    /// The `Message-ID` (without angle brackets) of the email of job `job_id`.
+    fn message_id(&self, job_id: Uuid) -> String {
+        format!("{job_id}@{}", self.message_id_domain)
+    }
+
+    /// Removes every message the mailer keeps (outbox files) of the emails account `user_id`'s
+    /// events asked for; how many there were.
+    ///
+    /// # Errors
+    /// When the account's stream cannot be read or a file cannot be removed.
+    pub async fn forget_mail_of(&self, user_id: Uuid) -> Result<u32, JobError> {
+        if !self.mailer.keeps_messages() {
+            return Ok(0);
+        }
+        let events = self
+            .store
+            .read_stream(StreamId::user(user_id).as_str(), 1)
+            .await?;
+        let mut removed = 0_u32;
+        for event in &events {
+            let asked = UserEvent::from_recorded(event)
+                .as_ref()
+                .and_then(Template::for_event);
+            if asked.is_none() {
+                continue;
+            }
+            let job_id = jobs::job_id(SendEmail::KIND, event.event_id);
+            let forgotten = self
+                .mailer
+                .forget(&self.message_id(job_id))
+                .await
+                .map_err(|err| JobError::Storage(format!("outbox: {err}")))?;
+            removed += u32::from(forgotten);
+        }
+        Ok(removed)
+    }
+
+    /// Removes the kept message `message_id` of account `user_id` if the account was erased
+    /// since the email was composed (the erasure's own clean-up may have run before the message
+    /// was written).
+    async fn forget_if_erased(&self, user_id: Uuid, message_id: &str) {
+        if !self.mailer.keeps_messages() {
+            return;
+        }
+        let erased = match self
+            .store
+            .read_stream(StreamId::user(user_id).as_str(), 1)
+            .await
+        {
+            Ok(events) => User::fold(user_id, &events).erased,
+            Err(err) => {
+                tracing::warn!(error = %err, "could not check whether the person was erased after sending");
+                return;
+            }
+        };
+        if erased && let Err(err) = self.mailer.forget(message_id).await {
+            tracing::warn!(error = %err, "could not remove the message of an erased person");
+        }
+    }
 }
 
 #[tracing::instrument(name = "job.send_email", skip_all, fields(job.id = %job.job_id, cause.id = %job.cause_id, template = ?job.template))]
@@ -393,6 +458,7 @@ async fn send_once(
             record(ctx, stream, version + 1, &sent, metadata)
                 .await
                 .map_err(Failure::Job)?;
+            ctx.forget_if_erased(job.user_id, &email.message_id).await;
             metrics::counter!("idp_emails_sent_total", "template" => template).increment(1);
             Ok(Sent::Done)
         }
@@ -502,7 +568,7 @@ fn job_error(err: AppendError) -> JobError {
 }
 
 /// Appends `event` to the job's stream at `version`; a concurrent writer makes it a conflict.
-async fn record(
+pub(super) async fn record(
     ctx: &EmailJobs,
     stream: &StreamId,
     version: u64,
@@ -616,7 +682,7 @@ async fn compose(job: &SendEmail, ctx: &EmailJobs) -> Result<(OutgoingEmail, Bui
     let rendered = render(&kind, account.display_name.as_deref(), "idp")
         .map_err(|err| Failure::Permanent(err.to_string()))?;
     let email = OutgoingEmail {
-        message_id: format!("{}@{}", job.job_id, ctx.message_id_domain),
+        message_id: ctx.message_id(job.job_id),
         from: ctx.from.clone(),
         to,
         to_name: account.display_name.clone(),
