@@ -153,6 +153,19 @@ pub struct IdentityConfig {
     )]
     pub email_index_keys: Option<SecretString>,
 
+    /// The purposes a person may consent to, each with the version of the text they are shown:
+    /// `<purpose>:<text version>,...` (purpose: 1-64 of `a-z 0-9 _ -`; version: 1-32 of
+    /// `A-Z a-z 0-9 . _ -`), e.g. `product_news:2026-11,usage_analytics:3`. Changing a
+    /// purpose's version asks everyone again: earlier consents name the older text. Empty: no
+    /// purposes (`GET /v1/account/consents` lists only consents recorded earlier).
+    #[arg(
+        long,
+        env = "CONSENT_PURPOSES",
+        value_name = "CONSENT_PURPOSES",
+        default_value = ""
+    )]
+    pub consent_purposes: idp_events::identity::consent::Purposes,
+
     /// The first administrator's email, created at start if missing.
     #[arg(long, env = "ADMIN_EMAIL", value_name = "ADMIN_EMAIL")]
     pub admin_email: Option<String>,

@@ -59,6 +59,8 @@ pub struct AppState {
     pub database_keys: Arc<SecretKeys>,
     /// Where the keys that verify seals are (`SEAL_KEYS_DIR`), read at each verification.
     pub seal_keys_dir: Arc<std::path::Path>,
+    /// What people may consent to (`CONSENT_PURPOSES`).
+    pub consent_purposes: Arc<idp_events::identity::consent::Purposes>,
 }
 
 /// A built API, bound to its address, not yet serving.
@@ -111,6 +113,7 @@ impl Application {
             log_watch: log_watch.clone(),
             database_keys,
             seal_keys_dir: Arc::from(config.common.seal_keys_dir.as_path()),
+            consent_purposes: Arc::new(config.identity.consent_purposes.clone()),
         };
         let identity_handle = state.identity.clone();
         let health = Health::new(pool.clone(), broker).with_optional_broker();

@@ -635,3 +635,121 @@ async fn no_session_survives_an_erasure_racing_sign_ins_and_refreshes(
     }
     app.stop().await;
 }
+
+#[sqlx::test(migrations = false)]
+async fn consents_are_given_to_the_text_in_force_withdrawn_and_exported(
+    _opts: sqlx::postgres::PgPoolOptions,
+    conn: PgConnectOptions,
+) {
+    let mut args = ADMIN_ARGS.to_vec();
+    args.extend([
+        "--consent-purposes",
+        "product_news:2026-11,usage_analytics:3",
+    ]);
+    let app = spawn_app(&conn, &args).await;
+    let pool = idp_testkit::database::pool(&conn).await;
+    let ada = app
+        .verified_user(&pool, "ada.consents@example.com", PASSWORD)
+        .await;
+    let bob = app
+        .verified_user(&pool, "bob.consents@example.com", PASSWORD)
+        .await;
+    let news = "/v1/account/consents/product_news";
+    let decide = |token: Option<String>, body: Value| {
+        let app = &app;
+        async move { call(app, Method::PUT, news, token.as_deref(), Some(body)).await }
+    };
+
+    // Without a token, nothing.
+    let (status, _) = call(&app, Method::GET, "/v1/account/consents", None, None).await;
+    assert_eq!(status, 401);
+    let (status, _) = decide(None, json!({ "given": true, "version": "2026-11" })).await;
+    assert_eq!(status, 401);
+
+    let (status, listed) = call(&app, Method::GET, "/v1/account/consents", Some(&ada), None).await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(
+        listed["consents"],
+        json!([
+            {"purpose": "product_news", "current_version": "2026-11", "given": false, "version": null, "decided_at": null},
+            {"purpose": "usage_analytics", "current_version": "3", "given": false, "version": null, "decided_at": null},
+        ])
+    );
+
+    // Bad decisions change nothing.
+    let (status, body) = decide(
+        Some(ada.clone()),
+        json!({ "given": true, "version": "2026-10" }),
+    )
+    .await;
+    assert_eq!(status, 409, "an older text: {body}");
+    let (status, _) = decide(Some(ada.clone()), json!({ "given": true })).await;
+    assert_eq!(status, 422, "no version");
+    let (status, _) = decide(Some(ada.clone()), json!({ "given": "yes" })).await;
+    assert_eq!(status, 422, "not a boolean");
+    let (status, _) = call(
+        &app,
+        Method::PUT,
+        "/v1/account/consents/no_such_purpose",
+        Some(&ada),
+        Some(json!({ "given": true, "version": "1" })),
+    )
+    .await;
+    assert_eq!(status, 404, "an unknown purpose");
+    assert_eq!(
+        idp_testkit::log::count_events(&pool, "ConsentGiven").await,
+        0
+    );
+
+    // Given, twice: one event; withdrawn: the version they had agreed to.
+    for _ in 0..2 {
+        let (status, view) = decide(
+            Some(ada.clone()),
+            json!({ "given": true, "version": "2026-11" }),
+        )
+        .await;
+        assert_eq!(status, 200, "{view}");
+        assert_eq!(view["given"], true);
+        assert_eq!(view["version"], "2026-11");
+    }
+    assert_eq!(
+        idp_testkit::log::count_events(&pool, "ConsentGiven").await,
+        1
+    );
+    let (_, bobs) = call(&app, Method::GET, "/v1/account/consents", Some(&bob), None).await;
+    assert_eq!(
+        bobs["consents"][0]["given"], false,
+        "another person's are their own"
+    );
+
+    let (status, export) = call(&app, Method::GET, "/v1/account/export", Some(&ada), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(export["person"]["consents"]["product_news"]["given"], true);
+    assert_eq!(
+        export["person"]["consents"]["product_news"]["version"],
+        "2026-11"
+    );
+    let given = export["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event_type"] == "ConsentGiven")
+        .unwrap();
+    assert_eq!(
+        given["data"],
+        json!({ "purpose": "product_news", "version": "2026-11" })
+    );
+
+    let (status, view) = decide(Some(ada.clone()), json!({ "given": false })).await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["given"], false);
+    assert_eq!(view["version"], "2026-11");
+    let (_, listed) = call(&app, Method::GET, "/v1/account/consents", Some(&ada), None).await;
+    assert_eq!(listed["consents"][0]["given"], false);
+    assert!(listed["consents"][0]["decided_at"].is_string());
+    assert_eq!(
+        idp_testkit::log::count_events(&pool, "ConsentWithdrawn").await,
+        1
+    );
+    app.stop().await;
+}

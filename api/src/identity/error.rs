@@ -52,6 +52,10 @@ pub enum IdentityError {
     /// The change would leave no administrator (who can sign in). 409.
     #[error(transparent)]
     LastAdmin(UserError),
+    /// The request rests on something that has changed since (a consent to a text version no
+    /// longer in force). 409.
+    #[error(transparent)]
+    Outdated(UserError),
     /// The account's state refuses the command (an unknown role, a lock that ends in the
     /// past, nothing to unlock). 422.
     #[error(transparent)]
@@ -146,6 +150,7 @@ impl From<UserError> for IdentityError {
             UserError::LastAdmin | UserError::LastActiveAdmin | UserError::LastAdminErased => {
                 Self::LastAdmin(err)
             }
+            UserError::ConsentTextChanged { .. } => Self::Outdated(err),
             other => Self::Refused(other),
         }
     }
@@ -173,7 +178,9 @@ impl From<IdentityError> for ApiError {
             E::Unauthorized => Self::Unauthorized,
             E::NotFound => Self::NotFound,
             E::Erased => Self::Gone(err.to_string()),
-            E::EmailTaken | E::KeptChanging | E::LastAdmin(_) => Self::Conflict(err.to_string()),
+            E::EmailTaken | E::KeptChanging | E::LastAdmin(_) | E::Outdated(_) => {
+                Self::Conflict(err.to_string())
+            }
             E::RateLimited { retry_after_secs } => Self::TooManyRequests { retry_after_secs },
             E::Overloaded { retry_after_secs } => Self::Overloaded { retry_after_secs },
             E::Conflict(append) | E::Append(append) => append.into(),

@@ -132,6 +132,7 @@ impl Identity {
                 "roles": account.roles,
                 "email_verified": account.email_verified,
                 "registered_at": account.registered_at,
+                "consents": account.consents,
             },
             "users_directory": directory,
             "projects": projects,

@@ -8,6 +8,7 @@
 //! [`IdentityError`], which becomes an HTTP answer in one place (`error.rs`).
 
 mod admin;
+mod consents;
 mod email_requests;
 mod erasure;
 mod error;
@@ -30,6 +31,7 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 pub use self::admin::AdminBootstrapError;
+pub use self::consents::{ConsentView, consent_views};
 pub use self::erasure::{Eraser, ErasureOutcome};
 pub use self::error::IdentityError;
 pub use self::export::PersonalExport;

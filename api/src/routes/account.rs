@@ -1,19 +1,21 @@
 //! `/v1/account`: what a person can do about the data idp holds about them: export it all
-//! (`GET /v1/account/export`) and erase themselves (`DELETE /v1/account`). The administrators'
-//! equivalents are `GET /v1/admin/users/{id}/export` and `POST /v1/admin/users/{id}/erase`.
+//! (`GET /v1/account/export`), erase themselves (`DELETE /v1/account`), and give or withdraw
+//! consent (`GET /v1/account/consents`, `PUT /v1/account/consents/{purpose}`). The
+//! administrators' equivalents of the first two are `GET /v1/admin/users/{id}/export` and
+//! `POST /v1/admin/users/{id}/erase`.
 
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
 use crate::error::ApiError;
-use crate::extract::{ApiJson, AuthUser, ClientContext};
-use crate::identity::{Eraser, ErasureOutcome, PersonalExport};
+use crate::extract::{ApiJson, ApiPath, AuthUser, ClientContext};
+use crate::identity::{ConsentView, Eraser, ErasureOutcome, PersonalExport};
 use crate::startup::AppState;
 
 /// Events per chunk of an export's body.
@@ -24,6 +26,90 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/account", delete(erase_account))
         .route("/v1/account/export", get(export_account))
+        .route("/v1/account/consents", get(list_consents))
+        .route("/v1/account/consents/{purpose}", put(decide_consent))
+}
+
+/// The caller's consents.
+#[derive(Debug, serde::Serialize, ToSchema)]
+pub struct Consents {
+    /// Every configured purpose (`CONSENT_PURPOSES`) in the configured order, then every
+    /// purpose decided earlier that is no longer configured.
+    pub consents: Vec<ConsentView>,
+}
+
+/// What the caller decided about each purpose they may consent to.
+#[utoipa::path(get, path = "/v1/account/consents", tag = "account", security(("bearer" = [])),
+    responses((status = 200, description = "The caller's consents", body = Consents,
+               example = json!({"consents": [{"purpose": "product_news", "current_version": "2026-11", "given": true,
+                   "version": "2026-11", "decided_at": "2026-12-01T10:00:00Z"},
+                   {"purpose": "usage_analytics", "current_version": "3", "given": false, "version": null, "decided_at": null}]})),
+              (status = 401, description = "No valid token")))]
+#[tracing::instrument(name = "account.consents", skip_all, fields(user.id = %user.user_id))]
+pub async fn list_consents(
+    State(state): State<AppState>,
+    user: AuthUser,
+) -> Result<Json<Consents>, ApiError> {
+    let consents = state
+        .identity
+        .consents(user.user_id, &state.consent_purposes)
+        .await?;
+    Ok(Json(Consents { consents }))
+}
+
+/// A decision on one purpose.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"given": true, "version": "2026-11"}))]
+pub struct ConsentDecision {
+    /// `true` to agree, `false` to withdraw.
+    pub given: bool,
+    /// The version of the purpose's text the person was shown; required to agree, and it
+    /// must be the version in force (`current_version`).
+    pub version: Option<String>,
+}
+
+/// Gives or withdraws the caller's consent to `purpose`, recorded as `ConsentGiven` or
+/// `ConsentWithdrawn` with the version of the text. Deciding what is decided already records
+/// nothing.
+#[utoipa::path(put, path = "/v1/account/consents/{purpose}", tag = "account", request_body = ConsentDecision,
+    security(("bearer" = [])),
+    params(("purpose" = String, Path, description = "A purpose of `CONSENT_PURPOSES`")),
+    responses((status = 200, description = "The purpose as it stands now", body = ConsentView,
+               example = json!({"purpose": "product_news", "current_version": "2026-11", "given": true,
+                   "version": "2026-11", "decided_at": "2026-12-01T10:00:00Z"})),
+              (status = 401, description = "No valid token"),
+              (status = 404, description = "No such purpose"),
+              (status = 409, description = "The version given is not the one in force: show the current text and ask again"),
+              (status = 422, description = "Agreeing without a version")))]
+#[tracing::instrument(name = "account.consent", skip_all, fields(user.id = %user.user_id))]
+pub async fn decide_consent(
+    State(state): State<AppState>,
+    ctx: ClientContext,
+    user: AuthUser,
+    ApiPath(purpose): ApiPath<String>,
+    ApiJson(body): ApiJson<ConsentDecision>,
+) -> Result<Json<ConsentView>, ApiError> {
+    let Some(purpose) = state.consent_purposes.get(&purpose) else {
+        return Err(ApiError::NotFound);
+    };
+    if body.given && body.version.is_none() {
+        return Err(ApiError::Unprocessable(
+            "version: agreeing names the version of the text the person was shown".into(),
+        ));
+    }
+    let view = state
+        .identity
+        .decide_consent(
+            &ctx,
+            &user.actor(),
+            user.user_id,
+            purpose,
+            body.given,
+            body.version.as_deref(),
+        )
+        .await?;
+    Ok(Json(view))
 }
 
 /// The caller's password, re-entered.
@@ -73,7 +159,8 @@ pub async fn erase_account(
     responses((status = 200, description = "The export (`idp-personal-data-export/v1`)",
                content_type = "application/json", body = Object, example = json!({"format": "idp-personal-data-export/v1", "exported_at": "2026-12-02T10:00:00Z",
                    "person": {"id": "0190f4c2-8a1e-7c3b-9d2a-5e6f7a8b9c0d", "email": "ada@example.com", "display_name": "Ada Lovelace",
-                              "roles": ["user"], "email_verified": true, "registered_at": "2026-12-01T10:00:00Z"},
+                              "roles": ["user"], "email_verified": true, "registered_at": "2026-12-01T10:00:00Z",
+                              "consents": {"product_news": {"given": true, "version": "2026-11", "at": "2026-12-01T10:05:00Z"}}},
                    "users_directory": null, "projects": [],
                    "events": [{"position": 1, "event_id": "0190f4c2-8a1e-7c3b-9d2a-5e6f7a8b9c0e",
                                "stream_id": "user-0190f4c2-8a1e-7c3b-9d2a-5e6f7a8b9c0d", "stream_version": 1,

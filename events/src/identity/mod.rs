@@ -4,6 +4,7 @@
 //! Pure types and decisions only; the API performs them against the store.
 
 pub mod address_digest;
+pub mod consent;
 pub mod display_name;
 pub mod email;
 pub mod email_request;

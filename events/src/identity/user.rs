@@ -4,6 +4,8 @@
 //! and exported to auditors): the API keeps them in a credentials table written in the same
 //! transaction as the event that changes them, and the events only say that they changed.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -111,6 +113,20 @@ pub enum UserEvent {
     /// Everything idp holds about the person was exported (to them, or to an administrator,
     /// the event's actor).
     PersonalDataExported,
+    /// The person agreed to `purpose`, as worded in version `version` of its text.
+    ConsentGiven {
+        /// The purpose (`CONSENT_PURPOSES`).
+        purpose: String,
+        /// The version of the text they agreed to.
+        version: String,
+    },
+    /// The person withdrew their consent to `purpose`.
+    ConsentWithdrawn {
+        /// The purpose.
+        purpose: String,
+        /// The version of the text they had agreed to.
+        version: String,
+    },
     /// The person was erased (by themselves or by an administrator): their data key was
     /// destroyed in the same transaction, so every personal field ever written about them reads
     /// as `"[erased]"`. Nothing happens to the account afterwards: it cannot sign in, and its
@@ -169,8 +185,21 @@ pub struct User {
     pub locked_by_admin: bool,
     /// When the password last changed (registration, change or reset).
     pub password_changed_at: Option<DateTime<Utc>>,
+    /// The latest decision on each purpose ever consented to, by purpose.
+    pub consents: BTreeMap<String, Consent>,
     /// Stream version (0 = no such user).
     pub version: u64,
+}
+
+/// A person's latest decision on one purpose.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Consent {
+    /// Whether they agree now.
+    pub given: bool,
+    /// The version of the text they agreed to (and, once withdrawn, had agreed to).
+    pub version: String,
+    /// When they decided.
+    pub at: DateTime<Utc>,
 }
 
 /// A verification link still waiting to be used.
@@ -294,6 +323,18 @@ impl User {
                 self.current_registration = None;
                 self.pending_reset = None;
             }
+            UserEvent::ConsentGiven { purpose, version }
+            | UserEvent::ConsentWithdrawn { purpose, version } => {
+                let given = matches!(event, UserEvent::ConsentGiven { .. });
+                self.consents.insert(
+                    purpose.clone(),
+                    Consent {
+                        given,
+                        version: version.clone(),
+                        at,
+                    },
+                );
+            }
             UserEvent::DuplicateRegistrationAttempted { .. }
             | UserEvent::PasswordRehashed
             | UserEvent::PersonalDataExported => {}
@@ -360,6 +401,18 @@ pub enum UserError {
     /// Nothing to do.
     #[error("the account is not locked")]
     NotLocked,
+    /// Consent was given to another version of the purpose's text than the one in force.
+    #[error(
+        "version {current:?} of the text of {purpose:?} is in force, not {given:?}: show it and ask again"
+    )]
+    ConsentTextChanged {
+        /// The purpose.
+        purpose: String,
+        /// The version in force.
+        current: String,
+        /// The version the consent named.
+        given: String,
+    },
 }
 
 /// A new account: registered, with a verification request (or verified at once).
@@ -519,6 +572,46 @@ pub fn erase(
         return Err(UserError::LastAdminErased);
     }
     Ok(vec![UserEvent::PersonErased { reason }])
+}
+
+/// The person's decision on `purpose`: agreeing (`given`, to version `version` of its text,
+/// which must be the one in force) or withdrawing. Deciding what is decided already changes
+/// nothing; agreeing to a newer version of the text records a new consent.
+pub fn decide_consent(
+    user: &User,
+    purpose: &super::consent::Purpose,
+    given: bool,
+    version: Option<&str>,
+) -> Result<Vec<UserEvent>, UserError> {
+    if !user.exists() {
+        return Err(UserError::NotFound);
+    }
+    let current = user.consents.get(&purpose.name);
+    if given {
+        if let Some(named) = version
+            && named != purpose.version
+        {
+            return Err(UserError::ConsentTextChanged {
+                purpose: purpose.name.clone(),
+                current: purpose.version.clone(),
+                given: named.to_owned(),
+            });
+        }
+        if current.is_some_and(|c| c.given && c.version == purpose.version) {
+            return Ok(Vec::new());
+        }
+        return Ok(vec![UserEvent::ConsentGiven {
+            purpose: purpose.name.clone(),
+            version: purpose.version.clone(),
+        }]);
+    }
+    match current {
+        Some(consent) if consent.given => Ok(vec![UserEvent::ConsentWithdrawn {
+            purpose: purpose.name.clone(),
+            version: consent.version.clone(),
+        }]),
+        _ => Ok(Vec::new()),
+    }
 }
 
 /// Lifts a lock early.

@@ -74,7 +74,9 @@ impl Template {
             | UserEvent::RolesChanged { .. }
             | UserEvent::AccountUnlocked
             | UserEvent::PersonErased { .. }
-            | UserEvent::PersonalDataExported => None,
+            | UserEvent::PersonalDataExported
+            | UserEvent::ConsentGiven { .. }
+            | UserEvent::ConsentWithdrawn { .. } => None,
         }
     }
 }

@@ -206,6 +206,12 @@ fn user_summary(event: &UserEvent) -> String {
         }
         UserEvent::PersonErased { reason: None } => "person erased at their request".to_owned(),
         UserEvent::PersonalDataExported => "personal data exported".to_owned(),
+        UserEvent::ConsentGiven { purpose, version } => {
+            format!("consent to {purpose} given (text version {version})")
+        }
+        UserEvent::ConsentWithdrawn { purpose, version } => {
+            format!("consent to {purpose} withdrawn (text version {version})")
+        }
     }
 }
 

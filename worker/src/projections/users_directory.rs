@@ -287,6 +287,8 @@ fn apply_user_event(e: &mut Entry, event: &UserEvent, at: DateTime<Utc>) {
         }
         UserEvent::VerificationRequested { .. }
         | UserEvent::PersonalDataExported
+        | UserEvent::ConsentGiven { .. }
+        | UserEvent::ConsentWithdrawn { .. }
         | UserEvent::RegistrationRepeated { .. }
         | UserEvent::DuplicateRegistrationAttempted { .. }
         | UserEvent::PasswordResetRequested { .. }

@@ -441,6 +441,20 @@ fn every_personal_field_of_the_user_events_is_listed() {
             vec!["/email"],
         ),
         (UserEvent::PersonErased { reason: None }, vec![]),
+        (
+            UserEvent::ConsentGiven {
+                purpose: "news".into(),
+                version: "1".into(),
+            },
+            vec![],
+        ),
+        (
+            UserEvent::ConsentWithdrawn {
+                purpose: "news".into(),
+                version: "1".into(),
+            },
+            vec![],
+        ),
     ];
     for (event, expected) in cases {
         let mut paths = personal_paths(&event.to_new_event().data);
@@ -459,4 +473,66 @@ fn every_personal_field_of_the_user_events_is_listed() {
     let mut paths = personal_paths(&metadata);
     paths.sort();
     assert_eq!(paths, ["/client_ip", "/user_agent"]);
+}
+
+fn news(version: &str) -> crate::identity::consent::Purpose {
+    crate::identity::consent::Purpose {
+        name: "news".into(),
+        version: version.into(),
+    }
+}
+
+#[test]
+fn consent_is_given_to_the_text_in_force_and_withdrawn_once() {
+    let user = given(&registered());
+    let gave = decide_consent(&user, &news("2"), true, Some("2")).unwrap();
+    assert_eq!(
+        gave,
+        [UserEvent::ConsentGiven {
+            purpose: "news".into(),
+            version: "2".into()
+        }]
+    );
+    assert_eq!(
+        decide_consent(&user, &news("2"), true, Some("1")),
+        Err(UserError::ConsentTextChanged {
+            purpose: "news".into(),
+            current: "2".into(),
+            given: "1".into()
+        })
+    );
+    assert_eq!(decide_consent(&user, &news("2"), false, None), Ok(vec![]));
+
+    let mut events = registered();
+    events.extend(gave);
+    let user = given(&events);
+    assert!(user.consents["news"].given);
+    assert_eq!(
+        decide_consent(&user, &news("2"), true, Some("2")),
+        Ok(vec![])
+    );
+    // A newer text asks again.
+    assert_eq!(
+        decide_consent(&user, &news("3"), true, Some("3"))
+            .unwrap()
+            .len(),
+        1
+    );
+    let withdrew = decide_consent(&user, &news("3"), false, None).unwrap();
+    assert_eq!(
+        withdrew,
+        [UserEvent::ConsentWithdrawn {
+            purpose: "news".into(),
+            version: "2".into()
+        }]
+    );
+    events.extend(withdrew);
+    let user = given(&events);
+    assert!(!user.consents["news"].given);
+    assert_eq!(user.consents["news"].version, "2");
+    assert_eq!(decide_consent(&user, &news("3"), false, None), Ok(vec![]));
+    assert_eq!(
+        decide_consent(&User::default(), &news("3"), true, Some("3")),
+        Err(UserError::NotFound)
+    );
 }
