@@ -4,7 +4,10 @@
 //! plain single-row and 100-row `INSERT`s into a table of the same shape, a plain keyset scan
 //! by position, and plain LISTEN/NOTIFY delivery.
 //!
-//! Arguments: the sections to run, any of `appends`, `batches`, `read`, `latency` (default: all).
+//! Arguments: the sections to run, any of `appends`, `batches`, `personal`, `read`, `latency`
+//! (default: all). `personal` compares single-event appends whose address, client address and
+//! agent are personal fields (sealed under the person's key, metadata under the person's and
+//! the day's) with the same appends holding them in the clear, and with plain `INSERT`s.
 //!
 //! Options (environment): `DATABASE_URL` (it is wiped: use a scratch database), `BENCH_SECONDS`
 //! (per round of a throughput scenario; four alternating rounds each, default 5), `BENCH_READ_EVENTS` (log size for the read-all figure,
@@ -19,8 +22,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use idp_events::privacy::{KeyEncryptionKeys, Personal, SubjectKeys};
 use idp_events::subscription::{Handler, HandlerError, Subscription, SubscriptionOptions};
-use idp_events::{Append, Cursor, EventStore, ExpectedVersion, NewEvent, RecordedEvent};
+use idp_events::{Append, Cursor, EventStore, ExpectedVersion, Metadata, NewEvent, RecordedEvent};
 use idp_ops::config::DatabaseUrl;
 use serde_json::json;
 use sqlx::postgres::{PgListener, PgPoolOptions};
@@ -110,6 +114,39 @@ async fn main() -> anyhow::Result<()> {
             target: ">= 0.70x".into(),
             met: idp >= 0.7 * plain,
         });
+    }
+
+    if wants("personal") {
+        let sealing = personal_store(&pool);
+        for writers in [1_usize, 8, 32] {
+            eprintln!("single-event appends with personal fields, {writers} writers ...");
+            let (mut sealed, mut clear, mut plain) = (0.0, 0.0, 0.0);
+            for _ in 0..ROUNDS {
+                sealed += append_person(&sealing, writers, duration, true).await? / ROUNDS as f64;
+                clear += append_person(&store, writers, duration, false).await? / ROUNDS as f64;
+                if writers == 32 {
+                    plain += plain_single(&pool, writers, duration).await? / ROUNDS as f64;
+                }
+            }
+            rows.push(Row3 {
+                scenario: format!("personal vs clear fields, {writers} writers"),
+                idp: sealed,
+                baseline: clear,
+                unit: "events/s",
+                target: ">= 0.90x".into(),
+                met: sealed >= 0.9 * clear,
+            });
+            if writers == 32 {
+                rows.push(Row3 {
+                    scenario: format!("personal vs plain INSERT, {writers} writers"),
+                    idp: sealed,
+                    baseline: plain,
+                    unit: "events/s",
+                    target: ">= 0.80x".into(),
+                    met: sealed >= 0.8 * plain,
+                });
+            }
+        }
     }
 
     if wants("read") {
@@ -280,6 +317,66 @@ async fn append_single(
                         .event(NewEvent::new("BenchEventRecorded", payload(call))),
                 )
                 .await?;
+            Ok(1)
+        }
+    })
+    .await
+}
+
+/// A store that seals personal fields, with a benchmark key-encryption key.
+fn personal_store(pool: &PgPool) -> EventStore {
+    let ring = idp_events::keys::SecretKeys::parse(
+        "PERSONAL_DATA_KEYS",
+        "bench:benchmark-key-encryption-key-0000000001",
+    )
+    .unwrap_or_else(|_| unreachable!("a well-formed ring"));
+    let keys = SubjectKeys::new(pool.clone(), KeyEncryptionKeys::from_ring(&ring));
+    EventStore::with_personal_data(pool.clone(), idp_events::Upcasters::default(), keys)
+}
+
+/// Single-event appends about one person per writer, each carrying an address in its data and
+/// a client address and agent in its metadata: as personal fields when `personal`, else as
+/// plain values in the data (the store then seals nothing).
+async fn append_person(
+    store: &EventStore,
+    writers: usize,
+    duration: Duration,
+    personal: bool,
+) -> anyhow::Result<f64> {
+    let run = Uuid::now_v7();
+    let people: Arc<Vec<Uuid>> = Arc::new((0..writers).map(|_| Uuid::now_v7()).collect());
+    let store = store.clone();
+    run_writers(writers, duration, move |w, call| {
+        let (store, people) = (store.clone(), Arc::clone(&people));
+        async move {
+            let person = people[w];
+            let expected = if call == 0 {
+                ExpectedVersion::NoStream
+            } else {
+                ExpectedVersion::Exact(call)
+            };
+            let address = format!("person.{w}@example.com");
+            let (ip, agent) = ("192.0.2.7", "Mozilla/5.0 (X11; Linux x86_64) bench/1");
+            let mut append = Append::to(format!("user-{run}-{w}")).expecting(expected);
+            append = if personal {
+                let data = json!({ "email": Personal::Known(address), "attempt": call % 5 });
+                append
+                    .about(person)
+                    .event(NewEvent::new("BenchSignedIn", data))
+                    .metadata(Metadata {
+                        actor: Some(format!("user-{person}")),
+                        client_ip: Some(ip.into()),
+                        user_agent: Some(agent.into()),
+                        ..Metadata::default()
+                    })
+            } else {
+                let data = json!({ "email": address, "attempt": call % 5,
+                                   "client_ip": ip, "user_agent": agent });
+                append
+                    .event(NewEvent::new("BenchSignedIn", data))
+                    .metadata(Metadata::actor(format!("user-{person}")))
+            };
+            store.append(append).await?;
             Ok(1)
         }
     })

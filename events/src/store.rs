@@ -228,6 +228,17 @@ insert into events (event_id, stream_id, stream_version, event_type, schema_vers
 values ($2, $1, $3, $4, $5, $6, $7, $8, $9)
 returning array[position], pg_current_xact_id()::text::bigint";
 
+/// [`INSERT_KNOWN_ONE`] for an event sealed with keys kept in memory: it inserts only while
+/// every person of `$10` still has a key (none of them erased since the key was kept); no row
+/// comes back otherwise.
+const INSERT_KNOWN_ONE_GUARDED: &str = "
+insert into events (event_id, stream_id, stream_version, event_type, schema_version,
+                    data, metadata, recorded_at, hash)
+select $2, $1, $3, $4, $5, $6, $7, $8, $9
+ where (select count(*) from subject_keys k
+         where k.subject_id = any($10::uuid[]) and k.wrapped is not null) = cardinality($10::uuid[])
+returning array[position], pg_current_xact_id()::text::bigint";
+
 /// Events on a head known to the writer: the links are computed by the writer (same formula as
 /// above), and a writer whose head was not the head anymore fails on
 /// `events_stream_version_key`.
@@ -409,16 +420,24 @@ impl EventStore {
         committed: bool,
     ) -> Option<Result<AppendOutcome, AppendError>> {
         let (version, previous) = self.known_head(append)?;
+        let n = append.events.len();
+        // Outside a transaction, one event seals with the keys kept in memory and one guarded
+        // statement; everything else takes its keys in its transaction.
+        let source = if committed && n == 1 {
+            personal::KeySource::Kept
+        } else {
+            personal::KeySource::Table
+        };
         let Encoded {
             data: stored_data,
             metadata,
             recorded_at,
             bodies,
-        } = match encode(&self.codec, conn, append).await {
+            guard,
+        } = match encode(&self.codec, conn, append, source).await {
             Ok(encoded) => encoded,
             Err(e) => return Some(Err(e)),
         };
-        let n = append.events.len();
         let (mut ids, mut versions, mut types, mut schemas, mut data, mut hashes) = (
             Vec::with_capacity(n),
             Vec::with_capacity(n),
@@ -447,18 +466,25 @@ impl EventStore {
         }
         let expected = append.expected.as_db();
         let inserted = if n == 1 {
-            sqlx::query(INSERT_KNOWN_ONE)
-                .bind(&append.stream_id)
-                .bind(ids[0])
-                .bind(versions[0])
-                .bind(types[0])
-                .bind(schemas[0])
-                .bind(data[0])
-                .bind(&metadata)
-                .bind(recorded_at)
-                .bind(&hashes[0])
-                .fetch_all(&mut *conn)
-                .await
+            let statement = sqlx::query(if guard.is_empty() {
+                INSERT_KNOWN_ONE
+            } else {
+                INSERT_KNOWN_ONE_GUARDED
+            })
+            .bind(&append.stream_id)
+            .bind(ids[0])
+            .bind(versions[0])
+            .bind(types[0])
+            .bind(schemas[0])
+            .bind(data[0])
+            .bind(&metadata)
+            .bind(recorded_at)
+            .bind(&hashes[0]);
+            if guard.is_empty() {
+                statement.fetch_all(&mut *conn).await
+            } else {
+                statement.bind(&guard).fetch_all(&mut *conn).await
+            }
         } else {
             sqlx::query(INSERT_KNOWN_HEAD)
                 .bind(&append.stream_id)
@@ -476,6 +502,13 @@ impl EventStore {
         match inserted {
             Ok(rows) => {
                 let Some(row) = rows.first() else {
+                    if let (Some(first), Some(keys)) = (guard.first(), &self.codec.personal) {
+                        // A kept key's row is gone: its person was erased meanwhile.
+                        guard.iter().for_each(|person| keys.forget_sealing(*person));
+                        return Some(Err(AppendError::Personal(
+                            crate::privacy::SubjectKeysError::Erased(*first),
+                        )));
+                    }
                     return Some(Err(AppendError::Database(sqlx::Error::RowNotFound)));
                 };
                 let outcome = match (row.try_get::<Vec<i64>, _>(0), row.try_get::<i64, _>(1)) {
@@ -604,7 +637,8 @@ impl EventStore {
             metadata,
             recorded_at,
             mut bodies,
-        } = encode(&self.codec, conn, append).await?;
+            guard: _,
+        } = encode(&self.codec, conn, append, personal::KeySource::Table).await?;
         let canonical = bodies.swap_remove(0);
         let expected = append.expected.as_db();
         let row = sqlx::query(APPEND_ONE)
@@ -667,7 +701,8 @@ impl EventStore {
             metadata,
             recorded_at,
             bodies,
-        } = encode(&self.codec, conn, &append).await?;
+            guard: _,
+        } = encode(&self.codec, conn, &append, personal::KeySource::Table).await?;
         let ids: Vec<Uuid> = append.events.iter().map(|e| e.event_id).collect();
         let types: Vec<&str> = append
             .events

@@ -365,3 +365,59 @@ async fn the_event_query_and_the_export_open_values_and_show_erased_ones(pool: P
     let emails: Vec<_> = rows.0.iter().map(|data| data["email"].clone()).collect();
     assert_eq!(emails, [json!("[erased]"), json!(ADDRESS)]);
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_key_kept_for_sealing_is_refused_once_another_process_erased_its_person(pool: PgPool) {
+    let writer = store(&pool);
+    let ada = Uuid::now_v7();
+    let stream = StreamId::user(ada);
+    for n in 1..=2 {
+        // The second append seals with the key kept from the first.
+        writer
+            .append(
+                Append::to(&stream)
+                    .expecting(ExpectedVersion::after(n - 1))
+                    .about(ada)
+                    .event(registered(i64::try_from(n).unwrap())),
+            )
+            .await
+            .unwrap();
+    }
+    // Another process (its own key table handle) erases the person.
+    let mut conn = pool.acquire().await.unwrap();
+    assert!(keys(&pool).erase_in(&mut conn, ada).await.unwrap());
+
+    let refused = writer
+        .append(
+            Append::to(&stream)
+                .expecting(ExpectedVersion::after(2))
+                .about(ada)
+                .event(registered(3)),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, AppendError::Personal(SubjectKeysError::Erased(id)) if id == ada),
+        "{refused:?}"
+    );
+    let events = writer.read_stream(&stream, 1).await.unwrap();
+    assert_eq!(
+        read(&events),
+        [(Personal::Erased, 1), (Personal::Erased, 2)]
+    );
+    // And again, now without a kept key.
+    let again = writer
+        .append(
+            Append::to(&stream)
+                .expecting(ExpectedVersion::after(2))
+                .about(ada)
+                .event(registered(3)),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        again,
+        AppendError::Personal(SubjectKeysError::Erased(_))
+    ));
+    assert!(verify_streams(&pool, None).await.unwrap().is_intact());
+}

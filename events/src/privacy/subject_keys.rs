@@ -1,8 +1,16 @@
 //! The `subject_keys` table: one data key per person, created with their first personal field,
 //! destroyed by their erasure.
 //!
-//! Keys are read from the table on every use and never cached across calls: once an erasure
-//! has committed, no process can open that person's fields again.
+//! Keys that open are read from the table on every use and never kept: once an erasure has
+//! committed, no process can open that person's fields again. Keys that seal single-event
+//! appends outside a transaction are kept unwrapped in memory for at most
+//! [`SEALING_KEY_TTL`] (so such an append is one statement, as one without personal data is);
+//! that statement inserts only while every kept person's key row is still there
+//! (the event store's guarded insert), so an erasure committed in any process refuses the next append
+//! about the person, as it does without the kept key.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use std::collections::HashMap;
 
@@ -35,11 +43,53 @@ pub enum SubjectKeysError {
     Erased(Uuid),
 }
 
+/// How long a key that seals stays in memory.
+pub const SEALING_KEY_TTL: Duration = Duration::from_secs(60);
+/// At most this many sealing keys are kept (more: the oldest half is dropped).
+const SEALING_KEYS_KEPT: usize = 10_000;
+
+/// Unwrapped keys that seal (never open), each with when it was taken.
+#[derive(Default)]
+struct SealingKeys(Mutex<HashMap<Uuid, (DataKey, Instant)>>);
+
+impl SealingKeys {
+    fn get(&self, subject: Uuid) -> Option<DataKey> {
+        let kept = self.0.lock().ok()?;
+        kept.get(&subject)
+            .filter(|(_, taken)| taken.elapsed() < SEALING_KEY_TTL)
+            .map(|(key, _)| key.clone())
+    }
+
+    fn put(&self, subject: Uuid, key: &DataKey) {
+        let Ok(mut kept) = self.0.lock() else { return };
+        if kept.len() >= SEALING_KEYS_KEPT {
+            let now = Instant::now();
+            kept.retain(|_, (_, taken)| now.duration_since(*taken) < SEALING_KEY_TTL / 2);
+        }
+        if kept.len() < SEALING_KEYS_KEPT {
+            kept.insert(subject, (key.clone(), Instant::now()));
+        }
+    }
+
+    fn remove(&self, subject: Uuid) {
+        if let Ok(mut kept) = self.0.lock() {
+            kept.remove(&subject);
+        }
+    }
+}
+
+impl std::fmt::Debug for SealingKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SealingKeys(..)")
+    }
+}
+
 /// The data keys of people, wrapped by the key-encryption keys of configuration.
 #[derive(Debug, Clone)]
 pub struct SubjectKeys {
     pool: PgPool,
     keks: KeyEncryptionKeys,
+    sealing: Arc<SealingKeys>,
 }
 
 type Row = (Uuid, Option<String>, Option<Vec<u8>>);
@@ -47,7 +97,11 @@ type Row = (Uuid, Option<String>, Option<Vec<u8>>);
 impl SubjectKeys {
     /// Keys in `pool`'s `subject_keys`, wrapped by `keks`.
     pub fn new(pool: PgPool, keks: KeyEncryptionKeys) -> Self {
-        Self { pool, keks }
+        Self {
+            pool,
+            keks,
+            sealing: Arc::default(),
+        }
     }
 
     /// The key-encryption keys.
@@ -77,36 +131,9 @@ impl SubjectKeys {
         conn: &mut PgConnection,
         subject: Uuid,
     ) -> Result<DataKey, SubjectKeysError> {
-        for _ in 0..2 {
-            let row: Option<Row> = sqlx::query_as(
-                "select subject_id, kek_id, wrapped from subject_keys where subject_id = $1",
-            )
-            .bind(subject)
-            .fetch_optional(&mut *conn)
-            .await?;
-            if let Some(row) = row {
-                return match self.unwrap_row(row)? {
-                    Some((_, key)) => Ok(key),
-                    None => Err(SubjectKeysError::Erased(subject)),
-                };
-            }
-            let key = DataKey::generate();
-            let wrapped = self.keks.wrap_key(subject, &key);
-            let created = sqlx::query(
-                "insert into subject_keys (subject_id, kek_id, wrapped) values ($1, $2, $3)
-                 on conflict (subject_id) do nothing",
-            )
-            .bind(subject)
-            .bind(&wrapped.kek_id)
-            .bind(&wrapped.bytes)
-            .execute(&mut *conn)
-            .await?;
-            if created.rows_affected() == 1 {
-                return Ok(key);
-            }
-            // Another transaction created it first: read theirs.
-        }
-        Err(SubjectKeysError::Database(sqlx::Error::RowNotFound))
+        self.get_or_create(conn, subject, None)
+            .await?
+            .ok_or(SubjectKeysError::Erased(subject))
     }
 
     /// The key of `day`'s metadata ([`period_subject`]), created if the day has none yet, in
@@ -117,7 +144,58 @@ impl SubjectKeys {
         conn: &mut PgConnection,
         day: NaiveDate,
     ) -> Result<Option<DataKey>, SubjectKeysError> {
+        self.get_or_create(conn, period_subject(day), Some(day))
+            .await
+    }
+
+    /// As [`SubjectKeys::for_writing_in`] on a connection outside a transaction (a key it
+    /// creates commits at once), through the keys kept for sealing: `true` with a key taken
+    /// from memory, whose row the append must find still there (the event store's guarded insert).
+    pub(crate) async fn for_sealing(
+        &self,
+        conn: &mut PgConnection,
+        subject: Uuid,
+    ) -> Result<(DataKey, bool), SubjectKeysError> {
+        if let Some(key) = self.sealing.get(subject) {
+            return Ok((key, true));
+        }
+        let key = self.for_writing_in(conn, subject).await?;
+        self.sealing.put(subject, &key);
+        Ok((key, false))
+    }
+
+    /// As [`SubjectKeys::for_period_in`] outside a transaction, through the keys kept for
+    /// sealing. A day's key is destroyed only once the day is past its retention, so a kept
+    /// key of today needs no check.
+    pub(crate) async fn for_period_sealing(
+        &self,
+        conn: &mut PgConnection,
+        day: NaiveDate,
+    ) -> Result<Option<DataKey>, SubjectKeysError> {
         let subject = period_subject(day);
+        if let Some(key) = self.sealing.get(subject) {
+            return Ok(Some(key));
+        }
+        let key = self.for_period_in(conn, day).await?;
+        if let Some(key) = &key {
+            self.sealing.put(subject, key);
+        }
+        Ok(key)
+    }
+
+    /// Drops the kept sealing key of `subject` (its row was found gone).
+    pub(crate) fn forget_sealing(&self, subject: Uuid) {
+        self.sealing.remove(subject);
+    }
+
+    /// The key of `subject`, created (for `day`'s metadata, with `day`) if it has none;
+    /// `None` once destroyed.
+    async fn get_or_create(
+        &self,
+        conn: &mut PgConnection,
+        subject: Uuid,
+        day: Option<NaiveDate>,
+    ) -> Result<Option<DataKey>, SubjectKeysError> {
         for _ in 0..2 {
             let row: Option<Row> = sqlx::query_as(
                 "select subject_id, kek_id, wrapped from subject_keys where subject_id = $1",
@@ -143,6 +221,7 @@ impl SubjectKeys {
             if created.rows_affected() == 1 {
                 return Ok(Some(key));
             }
+            // Another transaction created it first: read theirs.
         }
         Err(SubjectKeysError::Database(sqlx::Error::RowNotFound))
     }
@@ -216,6 +295,7 @@ impl SubjectKeys {
         .bind(subject)
         .fetch_optional(conn)
         .await?;
+        self.sealing.remove(subject);
         Ok(destroyed.is_some())
     }
 

@@ -4,9 +4,10 @@ use std::borrow::Cow;
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
+use uuid::Uuid;
 
 use super::Append;
-use super::personal::Codec;
+use super::personal::{Codec, KeySource};
 use crate::chain::canonical_body;
 use crate::error::AppendError;
 use crate::event::NewEvent;
@@ -21,14 +22,18 @@ pub(super) struct Encoded<'a> {
     pub(super) metadata: serde_json::Value,
     pub(super) recorded_at: DateTime<Utc>,
     pub(super) bodies: Vec<Vec<u8>>,
+    /// The people whose keys came from memory ([`KeySource::Kept`]): the statement must check
+    /// their key rows.
+    pub(super) guard: Vec<Uuid>,
 }
 
 /// Encodes `append`; its personal values, if any, are sealed under the key of its subject,
-/// taken on `conn` (in the append's transaction).
+/// taken on `conn` (in the append's transaction) from `source`.
 pub(super) async fn encode<'a>(
     codec: &Codec,
     conn: &mut PgConnection,
     append: &'a Append,
+    source: KeySource,
 ) -> Result<Encoded<'a>, AppendError> {
     let mut metadata = serde_json::to_value(&append.metadata)
         .map_err(|e| AppendError::InvalidEvent(e.to_string()))?;
@@ -38,7 +43,14 @@ pub(super) async fn encode<'a>(
     }
     let data_parts = append.events.iter().map(|e| &e.data);
     let sealings = codec
-        .sealing(conn, append.subject, data_parts, &metadata, recorded_at)
+        .sealing(
+            conn,
+            append.subject,
+            data_parts,
+            &metadata,
+            recorded_at,
+            source,
+        )
         .await?;
     let data: Vec<Cow<'a, serde_json::Value>> = append
         .events
@@ -88,6 +100,7 @@ pub(super) async fn encode<'a>(
         metadata,
         recorded_at,
         bodies,
+        guard: sealings.guard,
     })
 }
 

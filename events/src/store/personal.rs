@@ -46,6 +46,39 @@ pub(crate) struct Sealings {
     /// For its metadata: the person's key and its day's combined, or `None` when the day's key
     /// is destroyed already (the values are not kept).
     pub(crate) metadata: Option<Option<Sealing>>,
+    /// The people whose keys were taken from memory: the append inserts only while their key
+    /// rows are still there (`INSERT_KNOWN_ONE_GUARDED`).
+    pub(crate) guard: Vec<Uuid>,
+}
+
+/// Where an append takes its keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeySource {
+    /// From the table, in the append's transaction.
+    Table,
+    /// Through the keys kept for sealing (a single-event append outside a transaction, whose
+    /// statement checks the kept people's rows).
+    Kept,
+}
+
+/// A person's key for sealing, from `source`; adds them to `guard` when it came from memory.
+async fn person_key(
+    keys: &SubjectKeys,
+    conn: &mut PgConnection,
+    person: Uuid,
+    source: KeySource,
+    guard: &mut Vec<Uuid>,
+) -> Result<DataKey, SubjectKeysError> {
+    match source {
+        KeySource::Table => keys.for_writing_in(conn, person).await,
+        KeySource::Kept => {
+            let (key, kept) = keys.for_sealing(conn, person).await?;
+            if kept && !guard.contains(&person) {
+                guard.push(person);
+            }
+            Ok(key)
+        }
+    }
 }
 
 /// What a read opens.
@@ -81,13 +114,15 @@ async fn metadata_sealing(
     owner: Option<Uuid>,
     taken: Option<&Sealing>,
     recorded_at: DateTime<Utc>,
+    source: KeySource,
+    guard: &mut Vec<Uuid>,
 ) -> Result<Option<Sealing>, AppendError> {
     let day = recorded_at.date_naive();
-    let Some(period) = keys
-        .for_period_in(conn, day)
-        .await
-        .map_err(AppendError::Personal)?
-    else {
+    let period = match source {
+        KeySource::Table => keys.for_period_in(conn, day).await,
+        KeySource::Kept => keys.for_period_sealing(conn, day).await,
+    };
+    let Some(period) = period.map_err(AppendError::Personal)? else {
         return Ok(None);
     };
     let Some(owner) = owner else {
@@ -98,7 +133,7 @@ async fn metadata_sealing(
     };
     let owners = match taken {
         Some(taken) if taken.subjects == [owner] => Ok(taken.key.clone()),
-        _ => keys.for_writing_in(conn, owner).await,
+        _ => person_key(keys, conn, owner, source, guard).await,
     };
     match owners {
         Ok(key) => Ok(Some(Sealing {
@@ -112,7 +147,8 @@ async fn metadata_sealing(
 
 impl Codec {
     /// The sealings of an append about `subject` whose events' data are `data` and whose
-    /// metadata is `metadata`, written at `recorded_at`. Runs in the append's transaction.
+    /// metadata is `metadata`, written at `recorded_at`, with keys from `source`. Runs in the
+    /// append's transaction (or, with [`KeySource::Kept`], before its single statement).
     pub(crate) async fn sealing<'a>(
         &self,
         conn: &mut PgConnection,
@@ -120,6 +156,7 @@ impl Codec {
         mut data: impl Iterator<Item = &'a serde_json::Value>,
         metadata: &serde_json::Value,
         recorded_at: DateTime<Utc>,
+        source: KeySource,
     ) -> Result<Sealings, AppendError> {
         let in_data = data.any(has_personal);
         let in_metadata = has_personal(metadata);
@@ -139,8 +176,7 @@ impl Codec {
                     "personal data must be about someone (Append::about)".into(),
                 ));
             };
-            let key = keys
-                .for_writing_in(conn, subject)
+            let key = person_key(keys, conn, subject, source, &mut sealings.guard)
                 .await
                 .map_err(AppendError::Personal)?;
             sealings.data = Some(Sealing {
@@ -153,8 +189,11 @@ impl Codec {
             // caller) the append's subject's, if it has one.
             let owner = actor_user(metadata).or(subject);
             let taken = sealings.data.as_ref();
-            sealings.metadata =
-                Some(metadata_sealing(keys, conn, owner, taken, recorded_at).await?);
+            let mut guard = std::mem::take(&mut sealings.guard);
+            let sealing =
+                metadata_sealing(keys, conn, owner, taken, recorded_at, source, &mut guard).await;
+            sealings.guard = guard;
+            sealings.metadata = Some(sealing?);
         }
         Ok(sealings)
     }
