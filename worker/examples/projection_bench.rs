@@ -6,6 +6,9 @@
 //!   `idp-worker rebuild` does) over a log of realistic identity traffic (default 1,000,000
 //!   events). Baseline: reading the same events with `read_all` in the same batch size, with no
 //!   handler. Rounds alternate the three and the means are reported.
+//! - **Decryption**: `users_directory` rebuilt over the seeded log, whose addresses, names and
+//!   client details are sealed, against the same rebuild over a copy of the log holding the same
+//!   values in the clear (database `idp_bench_projections_clear`, created and dropped here).
 //! - **Latency**: both projections running, an appender at a steady rate (default 1,000
 //!   events/s for 10 s), and a watcher on its own connection that polls the read models until
 //!   each appended event's effect is visible; the latency runs from the append returning to the
@@ -39,6 +42,8 @@ use uuid::Uuid;
 
 /// The scratch database, created and dropped by the benchmark.
 const DATABASE: &str = "idp_bench_projections";
+/// Its copy with personal values in the clear, created and dropped by the benchmark.
+const CLEAR_DATABASE: &str = "idp_bench_projections_clear";
 
 /// Rounds of activity in each seeded account's life (registration comes before them).
 const LIFE_ROUNDS: u32 = 4;
@@ -90,24 +95,34 @@ async fn main() -> anyhow::Result<()> {
         .connect_with(server.clone())
         .await
         .context("while connecting to DATABASE_URL")?;
-    let recreate = format!("drop database if exists {DATABASE} with (force)");
-    sqlx::raw_sql(&recreate).execute(&admin).await?;
-    sqlx::raw_sql(&format!("create database {DATABASE}"))
+    let drop_both = format!(
+        "drop database if exists {DATABASE} with (force); \
+         drop database if exists {CLEAR_DATABASE} with (force)"
+    );
+    sqlx::raw_sql(&drop_both).execute(&admin).await?;
+    for name in [DATABASE, CLEAR_DATABASE] {
+        sqlx::raw_sql(&format!("create database {name}"))
+            .execute(&admin)
+            .await
+            .context("while creating the benchmark databases")?;
+    }
+
+    let clear = server.clone().database(CLEAR_DATABASE);
+    let result = run(&args, server.database(DATABASE), clear).await;
+
+    sqlx::raw_sql(&drop_both)
         .execute(&admin)
         .await
-        .context("while creating the benchmark database")?;
-
-    let result = run(&args, server.database(DATABASE)).await;
-
-    sqlx::raw_sql(&recreate)
-        .execute(&admin)
-        .await
-        .context("while dropping the benchmark database")?;
+        .context("while dropping the benchmark databases")?;
     print_table(&result?);
     Ok(())
 }
 
-async fn run(args: &Args, options: PgConnectOptions) -> anyhow::Result<Vec<Row3>> {
+async fn run(
+    args: &Args,
+    options: PgConnectOptions,
+    clear_options: PgConnectOptions,
+) -> anyhow::Result<Vec<Row3>> {
     let wants = |name: &str| args.sections.is_empty() || args.sections.iter().any(|s| s == name);
     let pool = PgPoolOptions::new()
         .max_connections(16)
@@ -127,7 +142,17 @@ async fn run(args: &Args, options: PgConnectOptions) -> anyhow::Result<Vec<Row3>
             "seeded {seeded} events in {:.0}s",
             started.elapsed().as_secs_f64()
         );
-        rebuild(&store, args.rounds, args.batch, seeded, &mut rows).await?;
+        eprintln!("copying the log with its personal values in the clear ...");
+        let clear_pool = PgPoolOptions::new()
+            .max_connections(4)
+            .test_before_acquire(false)
+            .connect_with(clear_options)
+            .await?;
+        idp_events::migrations::run(&clear_pool).await?;
+        let clear = EventStore::new(clear_pool.clone());
+        copy_in_the_clear(&store, &clear, seeded).await?;
+        rebuild(&store, &clear, args.rounds, args.batch, seeded, &mut rows).await?;
+        clear_pool.close().await;
         // Let the vacuum that the rebuilds' millions of inserts call for happen now, rather
         // than during the latency figure, which is about steady traffic.
         eprintln!("vacuuming the rebuilt read models ...");
@@ -168,6 +193,9 @@ fn print_table(rows: &[Row3]) {
     println!();
     println!(
         "baselines: rebuild = read_all of the same events in the same batch size, no handler;"
+    );
+    println!(
+        "sealed vs clear = the same rebuild over a copy of the log with its personal values in the clear;"
     );
     println!("latency = the same watcher seeing the appended event in the log (its polling cost).");
 }
@@ -504,8 +532,73 @@ async fn seed(options: &PgConnectOptions, target: u64) -> anyhow::Result<u64> {
 // ---------------------------------------------------------------------------------------------
 // Rebuild throughput.
 
+/// Copies every event of `sealed` into `clear` with its personal values opened (marked, not
+/// sealed), so a read of `clear` has nothing to open. The copy's chains are not valid: it is
+/// only read.
+async fn copy_in_the_clear(
+    sealed: &EventStore,
+    clear: &EventStore,
+    expected: u64,
+) -> anyhow::Result<()> {
+    let mut cursor = Cursor::START;
+    let mut copied = 0_u64;
+    loop {
+        let events = sealed.read_all(cursor, 5_000).await?;
+        let Some(last) = events.last() else { break };
+        cursor = last.cursor();
+        let mut text = String::new();
+        for event in &events {
+            text.push_str(&event.data.to_string());
+            text.push_str(&event.metadata.to_string());
+        }
+        anyhow::ensure!(!text.contains("$sealed"), "a value stayed sealed");
+        sqlx::query(
+            "insert into events (event_id, stream_id, stream_version, event_type, schema_version,
+                                 data, metadata, recorded_at, hash)
+             select * from unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::int[],
+                                  $6::jsonb[], $7::jsonb[], $8::timestamptz[], $9::bytea[])",
+        )
+        .bind(events.iter().map(|e| e.event_id).collect::<Vec<_>>())
+        .bind(
+            events
+                .iter()
+                .map(|e| e.stream_id.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(events.iter().map(|e| e.stream_version).collect::<Vec<_>>())
+        .bind(
+            events
+                .iter()
+                .map(|e| e.event_type.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(events.iter().map(|e| e.schema_version).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.data.clone()).collect::<Vec<_>>())
+        .bind(
+            events
+                .iter()
+                .map(|e| e.metadata.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(events.iter().map(|e| e.recorded_at).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.hash.clone()).collect::<Vec<_>>())
+        .execute(clear.pool())
+        .await?;
+        copied += events.len() as u64;
+    }
+    anyhow::ensure!(
+        copied == expected,
+        "copied {copied} events, expected {expected}"
+    );
+    sqlx::raw_sql("vacuum analyze events")
+        .execute(clear.pool())
+        .await?;
+    Ok(())
+}
+
 async fn rebuild(
     store: &EventStore,
+    clear: &EventStore,
     rounds: u32,
     batch: Option<i64>,
     events: u64,
@@ -521,14 +614,32 @@ async fn rebuild(
         directory = directory.with_options(options.clone());
         audit = audit.with_options(options);
     }
+    let mut clear_directory = projections::users_directory(clear);
+    if let Some(batch_size) = batch {
+        clear_directory = clear_directory.with_options(SubscriptionOptions {
+            batch_size,
+            ..projections::set_based_options()
+        });
+    }
     let batch = batch.unwrap_or(projections::set_based_options().batch_size);
-    let (mut read, mut dir, mut aud) = (0.0, 0.0, 0.0);
+    let (mut read, mut dir, mut aud, mut dir_clear) = (0.0, 0.0, 0.0, 0.0);
     for round in 1..=rounds {
-        eprintln!("rebuild round {round}/{rounds}: read_all, users_directory, audit_view ...");
+        eprintln!(
+            "rebuild round {round}/{rounds}: read_all, users_directory (sealed, clear), audit_view ..."
+        );
         read += read_all(store, batch, events).await? / f64::from(rounds);
         dir += replay(store, &directory, events).await? / f64::from(rounds);
+        dir_clear += replay(clear, &clear_directory, events).await? / f64::from(rounds);
         aud += replay(store, &audit, events).await? / f64::from(rounds);
     }
+    rows.push(Row3 {
+        scenario: format!("rebuild {} sealed vs clear", UsersDirectory::NAME),
+        idp: dir,
+        baseline: dir_clear,
+        unit: "events/s",
+        target: ">= 0.80x".into(),
+        met: dir >= 0.8 * dir_clear,
+    });
     for (name, rate) in [(UsersDirectory::NAME, dir), (AuditView::NAME, aud)] {
         rows.push(Row3 {
             scenario: format!("rebuild {name} ({events} events)"),
