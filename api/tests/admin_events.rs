@@ -23,8 +23,8 @@ use idp_events::privacy::fields::unmark;
 use idp_events::{Append, EventStore, ExpectedVersion, Metadata, NewEvent, RecordedEvent};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 /// The API, an admin's token, and a pool and store on its database.
@@ -1058,22 +1058,12 @@ async fn expected_fingerprints(env: &Env, sql_filter: &str) -> Vec<Fingerprint> 
     let mut out = Vec::new();
     let mut after = 0_i64;
     loop {
-        let rows: Vec<(
-            i64,
-            i64,
-            Uuid,
-            String,
-            i64,
-            String,
-            i32,
-            Value,
-            Value,
-            DateTime<Utc>,
-        )> = sqlx::query_as(&format!(
-            "select position, transaction_id::text::bigint, event_id, stream_id,
-                        stream_version, event_type, schema_version, data, metadata, recorded_at
-                   from events where position > $1 and ({sql_filter})
-                  order by position limit 5000"
+        let rows = sqlx::query(&format!(
+            "select position, transaction_id::text::bigint as transaction_id, event_id,
+                    stream_id, stream_version, event_type, schema_version, data, metadata,
+                    recorded_at
+               from events where position > $1 and ({sql_filter})
+              order by position limit 5000"
         ))
         .bind(after)
         .fetch_all(&env.pool)
@@ -1082,20 +1072,20 @@ async fn expected_fingerprints(env: &Env, sql_filter: &str) -> Vec<Fingerprint> 
         let Some(last) = rows.last() else {
             return out;
         };
-        after = last.0;
+        after = last.get("position");
         let mut events: Vec<RecordedEvent> = rows
-            .into_iter()
-            .map(|(p, tx, id, s, v, t, sv, d, m, at)| RecordedEvent {
-                position: p,
-                transaction_id: tx,
-                event_id: id,
-                stream_id: s,
-                stream_version: v,
-                event_type: t,
-                schema_version: sv,
-                data: d,
-                metadata: m,
-                recorded_at: at,
+            .iter()
+            .map(|row| RecordedEvent {
+                position: row.get("position"),
+                transaction_id: row.get("transaction_id"),
+                event_id: row.get("event_id"),
+                stream_id: row.get("stream_id"),
+                stream_version: row.get("stream_version"),
+                event_type: row.get("event_type"),
+                schema_version: row.get("schema_version"),
+                data: row.get("data"),
+                metadata: row.get("metadata"),
+                recorded_at: row.get("recorded_at"),
                 hash: Vec::new(),
             })
             .collect();
