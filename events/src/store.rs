@@ -256,9 +256,25 @@ select array_agg(position order by position), pg_current_xact_id()::text::bigint
 
 // The table is aliased `e` so that `order by e.transaction_id` sorts by the column (and can
 // walk its index), not by the bigint cast that the select list names `transaction_id`.
-const SELECT_COLUMNS: &str = "select e.position, e.transaction_id::text::bigint as transaction_id,
+/// The columns [`RecordedEvent::from_row`] reads, from `events e`.
+macro_rules! event_columns {
+    () => {
+        "e.position, e.transaction_id::text::bigint as transaction_id,
         e.event_id, e.stream_id, e.stream_version, e.event_type, e.schema_version, e.data,
-        e.metadata, e.recorded_at, e.hash from events e";
+        e.metadata, e.recorded_at, e.hash"
+    };
+}
+
+const SELECT_COLUMNS: &str = concat!("select ", event_columns!(), " from events e");
+
+/// The events of one person's stream with the person's stored key (if any) on every row.
+const SELECT_PERSON_STREAM: &str = concat!(
+    "select ",
+    event_columns!(),
+    ", k.kek_id, k.wrapped from events e
+       left join subject_keys k on k.subject_id = $3 and k.erased_at is null
+      where e.stream_id = $1 and e.stream_version >= $2 order by e.stream_version"
+);
 
 impl EventStore {
     /// A store over `pool` with no upcasters.
@@ -766,29 +782,15 @@ impl EventStore {
 
     /// The events of `stream_id` from `from_version` on, to fold into a state: their data
     /// opened, their metadata as stored (its personal values sealed), which spares opening
-    /// what a fold never reads.
+    /// what a fold never reads. A person's stream (`user-<uuid>`) is read with their key in the
+    /// same statement.
     pub async fn read_stream_to_fold(
         &self,
         stream_id: impl AsRef<str>,
         from_version: i64,
     ) -> Result<Vec<RecordedEvent>, ReadError> {
-        let stream_id = stream_id.as_ref();
-        let rows = sqlx::query(&format!(
-            "{SELECT_COLUMNS} where e.stream_id = $1 and e.stream_version >= $2 order by e.stream_version"
-        ))
-        .bind(stream_id)
-        .bind(from_version)
-        .fetch_all(&self.pool)
-        .await?;
-        let events = self
-            .codec
-            .decode_parts(None, &rows, personal::Opening::Data)
-            .await?;
-        if let Some(last) = events.last() {
-            self.heads
-                .remember(stream_id, last.stream_version, &last.hash);
-        }
-        Ok(events)
+        self.read_one_stream(stream_id.as_ref(), from_version, personal::Opening::Data)
+            .await
     }
 
     /// Events of one stream from `from_version` (inclusive, versions start at 1), upcast.
@@ -797,15 +799,46 @@ impl EventStore {
         stream_id: impl AsRef<str>,
         from_version: i64,
     ) -> Result<Vec<RecordedEvent>, ReadError> {
-        let stream_id = stream_id.as_ref();
-        let rows = sqlx::query(&format!(
-            "{SELECT_COLUMNS} where e.stream_id = $1 and e.stream_version >= $2 order by e.stream_version"
-        ))
-        .bind(stream_id)
-        .bind(from_version)
-        .fetch_all(&self.pool)
-        .await?;
-        let events = self.codec.decode(None, &rows).await?;
+        self.read_one_stream(stream_id.as_ref(), from_version, personal::Opening::All)
+            .await
+    }
+
+    async fn read_one_stream(
+        &self,
+        stream_id: &str,
+        from_version: i64,
+        opening: personal::Opening,
+    ) -> Result<Vec<RecordedEvent>, ReadError> {
+        // The data of a person's stream is sealed under their key alone: fetched with the
+        // events, it spares a query. Metadata also needs the keys of its days.
+        let person = StreamId::parse(stream_id)
+            .ok()
+            .and_then(|stream| stream.user_id())
+            .filter(|_| opening == personal::Opening::Data && self.codec.personal.is_some());
+        let rows = match person {
+            Some(person) => sqlx::query(SELECT_PERSON_STREAM)
+            .bind(stream_id)
+            .bind(from_version)
+            .bind(person)
+            .fetch_all(&self.pool)
+            .await?,
+            None => sqlx::query(&format!(
+                "{SELECT_COLUMNS} where e.stream_id = $1 and e.stream_version >= $2 order by e.stream_version"
+            ))
+            .bind(stream_id)
+            .bind(from_version)
+            .fetch_all(&self.pool)
+            .await?,
+        };
+        let known = match (person, rows.first(), &self.codec.personal) {
+            (Some(person), Some(row), Some(keys)) => {
+                let key =
+                    keys.unwrap_stored(person, row.try_get("kek_id")?, row.try_get("wrapped")?)?;
+                HashMap::from([(person, key)])
+            }
+            _ => HashMap::new(),
+        };
+        let events = self.codec.decode_known(None, &rows, opening, known).await?;
         if let Some(last) = events.last() {
             self.heads
                 .remember(stream_id, last.stream_version, &last.hash);

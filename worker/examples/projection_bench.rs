@@ -95,11 +95,16 @@ async fn main() -> anyhow::Result<()> {
         .connect_with(server.clone())
         .await
         .context("while connecting to DATABASE_URL")?;
-    let drop_both = format!(
-        "drop database if exists {DATABASE} with (force); \
-         drop database if exists {CLEAR_DATABASE} with (force)"
-    );
-    sqlx::raw_sql(&drop_both).execute(&admin).await?;
+    let drop_both = || async {
+        for name in [DATABASE, CLEAR_DATABASE] {
+            sqlx::raw_sql(&format!("drop database if exists {name} with (force)"))
+                .execute(&admin)
+                .await
+                .context("while dropping the benchmark databases")?;
+        }
+        anyhow::Ok(())
+    };
+    drop_both().await?;
     for name in [DATABASE, CLEAR_DATABASE] {
         sqlx::raw_sql(&format!("create database {name}"))
             .execute(&admin)
@@ -110,10 +115,7 @@ async fn main() -> anyhow::Result<()> {
     let clear = server.clone().database(CLEAR_DATABASE);
     let result = run(&args, server.database(DATABASE), clear).await;
 
-    sqlx::raw_sql(&drop_both)
-        .execute(&admin)
-        .await
-        .context("while dropping the benchmark databases")?;
+    drop_both().await?;
     print_table(&result?);
     Ok(())
 }

@@ -109,6 +109,19 @@ impl SubjectKeys {
         &self.keks
     }
 
+    /// The key of `subject` from its stored columns, read with other rows (`None`: it has no
+    /// key, or it is destroyed).
+    pub(crate) fn unwrap_stored(
+        &self,
+        subject: Uuid,
+        kek_id: Option<String>,
+        wrapped: Option<Vec<u8>>,
+    ) -> Result<Option<DataKey>, SubjectKeysError> {
+        Ok(self
+            .unwrap_row((subject, kek_id, wrapped))?
+            .map(|(_, key)| key))
+    }
+
     fn unwrap_row(
         &self,
         (subject, kek_id, wrapped): Row,

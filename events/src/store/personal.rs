@@ -215,11 +215,23 @@ impl Codec {
         rows: &[PgRow],
         opening: Opening,
     ) -> Result<Vec<RecordedEvent>, ReadError> {
+        self.decode_known(conn, rows, opening, HashMap::new()).await
+    }
+
+    /// As [`Codec::decode_parts`], with the keys of some subjects read already (`None`: the
+    /// subject has no key, or it is destroyed).
+    pub(crate) async fn decode_known(
+        &self,
+        conn: Option<&mut PgConnection>,
+        rows: &[PgRow],
+        opening: Opening,
+        known: HashMap<Uuid, Option<DataKey>>,
+    ) -> Result<Vec<RecordedEvent>, ReadError> {
         let mut events = rows
             .iter()
             .map(RecordedEvent::from_row)
             .collect::<Result<Vec<_>, _>>()?;
-        self.open(conn, &mut events, opening).await?;
+        self.open_known(conn, &mut events, opening, known).await?;
         for event in &mut events {
             self.upcasters.apply(event);
         }
@@ -233,6 +245,17 @@ impl Codec {
         events: &mut [RecordedEvent],
         opening: Opening,
     ) -> Result<(), ReadError> {
+        self.open_known(conn, events, opening, HashMap::new()).await
+    }
+
+    /// As [`Codec::open`], reading only the keys `known` does not hold.
+    async fn open_known(
+        &self,
+        conn: Option<&mut PgConnection>,
+        events: &mut [RecordedEvent],
+        opening: Opening,
+        known: HashMap<Uuid, Option<DataKey>>,
+    ) -> Result<(), ReadError> {
         let with_metadata = opening == Opening::All;
         let mut subjects = BTreeSet::new();
         for event in events.iter() {
@@ -244,12 +267,21 @@ impl Codec {
         if subjects.is_empty() {
             return Ok(());
         }
-        let subjects: Vec<Uuid> = subjects.into_iter().collect();
-        let keys: HashMap<Uuid, DataKey> = match (&self.personal, conn) {
-            (Some(keys), Some(conn)) => keys.for_reading_in(conn, &subjects).await?,
-            (Some(keys), None) => keys.for_reading(&subjects).await?,
+        let missing: Vec<Uuid> = subjects
+            .into_iter()
+            .filter(|subject| !known.contains_key(subject))
+            .collect();
+        let mut keys: HashMap<Uuid, DataKey> = match (&self.personal, conn) {
+            (_, _) if missing.is_empty() => HashMap::new(),
+            (Some(keys), Some(conn)) => keys.for_reading_in(conn, &missing).await?,
+            (Some(keys), None) => keys.for_reading(&missing).await?,
             (None, _) => HashMap::new(),
         };
+        keys.extend(
+            known
+                .into_iter()
+                .filter_map(|(subject, key)| Some((subject, key?))),
+        );
         // Combined keys are derived once per set of subjects, not once per field.
         let combined: std::cell::RefCell<HashMap<Vec<Uuid>, Option<DataKey>>> =
             std::cell::RefCell::default();
