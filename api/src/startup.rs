@@ -44,9 +44,22 @@ use crate::routes;
 
 const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Shared state of the handlers.
+/// Shared state of the handlers: one allocation, so that the clone each request's extractors
+/// make is one reference count, not one per service.
 #[derive(Debug, Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+/// What the handlers share ([`AppState`]).
+#[derive(Debug)]
+pub struct Services {
     /// The event log.
     pub store: EventStore,
     /// Sign-in, sessions and tokens.
@@ -106,7 +119,7 @@ impl Application {
         let identity = build_identity(config, store.clone()).await?;
         let database_keys = Arc::new(config.common.project_database_ring()?);
         let log_watch = LogWatch::new(pool.clone(), config.sse_max_streams_per_user as usize);
-        let state = AppState {
+        let state = AppState(Arc::new(Services {
             store,
             identity,
             catalogue,
@@ -114,7 +127,7 @@ impl Application {
             database_keys,
             seal_keys_dir: Arc::from(config.common.seal_keys_dir.as_path()),
             consent_purposes: Arc::new(config.identity.consent_purposes.clone()),
-        };
+        }));
         let identity_handle = state.identity.clone();
         let health = Health::new(pool.clone(), broker).with_optional_broker();
         let internal_router = idp_ops::health::router(health.clone());
