@@ -23,8 +23,8 @@ use idp_events::privacy::fields::unmark;
 use idp_events::{Append, EventStore, ExpectedVersion, Metadata, NewEvent, RecordedEvent};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 /// The API, an admin's token, and a pool and store on its database.
@@ -1059,36 +1059,24 @@ async fn expected_fingerprints(env: &Env, sql_filter: &str) -> Vec<Fingerprint> 
     let mut after = 0_i64;
     loop {
         let rows = sqlx::query(&format!(
-            "select position, transaction_id::text::bigint as transaction_id, event_id,
-                    stream_id, stream_version, event_type, schema_version, data, metadata,
-                    recorded_at
-               from events where position > $1 and ({sql_filter})
-              order by position limit 5000"
+            "select e.position, e.transaction_id::text::bigint as transaction_id, e.event_id,
+                    e.stream_id, e.stream_version, e.event_type, e.schema_version, e.data,
+                    e.metadata, e.recorded_at, e.hash
+               from events e where e.position > $1 and ({sql_filter})
+              order by e.position limit 5000"
         ))
         .bind(after)
         .fetch_all(&env.pool)
         .await
         .unwrap();
-        let Some(last) = rows.last() else {
-            return out;
-        };
-        after = last.get("position");
         let mut events: Vec<RecordedEvent> = rows
             .iter()
-            .map(|row| RecordedEvent {
-                position: row.get("position"),
-                transaction_id: row.get("transaction_id"),
-                event_id: row.get("event_id"),
-                stream_id: row.get("stream_id"),
-                stream_version: row.get("stream_version"),
-                event_type: row.get("event_type"),
-                schema_version: row.get("schema_version"),
-                data: row.get("data"),
-                metadata: row.get("metadata"),
-                recorded_at: row.get("recorded_at"),
-                hash: Vec::new(),
-            })
+            .map(|row| RecordedEvent::from_row(row).unwrap())
             .collect();
+        let Some(last) = events.last() else {
+            return out;
+        };
+        after = last.position;
         env.store.open_personal(None, &mut events).await.unwrap();
         for event in &mut events {
             unmark(&mut event.data);

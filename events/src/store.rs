@@ -267,12 +267,21 @@ macro_rules! event_columns {
 
 const SELECT_COLUMNS: &str = concat!("select ", event_columns!(), " from events e");
 
-/// The events of one person's stream with the person's stored key (if any) on every row.
+/// The events of stream `$1` from version `$2` on.
+const SELECT_STREAM: &str = concat!(
+    "select ",
+    event_columns!(),
+    " from events e where e.stream_id = $1 and e.stream_version >= $2 order by e.stream_version"
+);
+
+/// [`SELECT_STREAM`] for the stream of person `$3`, with the person's stored key (if any) on
+/// its first row only (versions start at 1 and have no gaps).
 const SELECT_PERSON_STREAM: &str = concat!(
     "select ",
     event_columns!(),
     ", k.kek_id, k.wrapped from events e
        left join subject_keys k on k.subject_id = $3 and k.erased_at is null
+                               and e.stream_version = greatest($2, 1)
       where e.stream_id = $1 and e.stream_version >= $2 order by e.stream_version"
 );
 
@@ -342,7 +351,9 @@ impl EventStore {
         conn: Option<&mut PgConnection>,
         events: &mut [RecordedEvent],
     ) -> Result<(), ReadError> {
-        self.codec.open(conn, events, personal::Opening::All).await
+        self.codec
+            .open(conn, events, personal::Opening::All, HashMap::new())
+            .await
     }
 
     pub(crate) fn shared_codec(&self) -> Arc<Codec> {
@@ -782,8 +793,7 @@ impl EventStore {
 
     /// The events of `stream_id` from `from_version` on, to fold into a state: their data
     /// opened, their metadata as stored (its personal values sealed), which spares opening
-    /// what a fold never reads. A person's stream (`user-<uuid>`) is read with their key in the
-    /// same statement.
+    /// what a fold never reads.
     pub async fn read_stream_to_fold(
         &self,
         stream_id: impl AsRef<str>,
@@ -803,33 +813,30 @@ impl EventStore {
             .await
     }
 
+    /// The events of one stream, opened as `opening` says; a person's stream (`user-<uuid>`)
+    /// is read with the person's key in the same statement.
     async fn read_one_stream(
         &self,
         stream_id: &str,
         from_version: i64,
         opening: personal::Opening,
     ) -> Result<Vec<RecordedEvent>, ReadError> {
-        // The data of a person's stream is sealed under their key alone: fetched with the
-        // events, it spares a query. Metadata also needs the keys of its days.
+        // The data of a person's stream is sealed under their key: fetched with the events, it
+        // spares a query (its metadata may still need the keys of its days).
         let person = StreamId::parse(stream_id)
             .ok()
             .and_then(|stream| stream.user_id())
-            .filter(|_| opening == personal::Opening::Data && self.codec.personal.is_some());
-        let rows = match person {
+            .filter(|_| self.codec.personal.is_some());
+        let query = match person {
             Some(person) => sqlx::query(SELECT_PERSON_STREAM)
-            .bind(stream_id)
-            .bind(from_version)
-            .bind(person)
-            .fetch_all(&self.pool)
-            .await?,
-            None => sqlx::query(&format!(
-                "{SELECT_COLUMNS} where e.stream_id = $1 and e.stream_version >= $2 order by e.stream_version"
-            ))
-            .bind(stream_id)
-            .bind(from_version)
-            .fetch_all(&self.pool)
-            .await?,
+                .bind(stream_id)
+                .bind(from_version)
+                .bind(person),
+            None => sqlx::query(SELECT_STREAM)
+                .bind(stream_id)
+                .bind(from_version),
         };
+        let rows = query.fetch_all(&self.pool).await?;
         let known = match (person, rows.first(), &self.codec.personal) {
             (Some(person), Some(row), Some(keys)) => {
                 let key =
@@ -838,7 +845,7 @@ impl EventStore {
             }
             _ => HashMap::new(),
         };
-        let events = self.codec.decode_known(None, &rows, opening, known).await?;
+        let events = self.codec.decode_parts(None, &rows, opening, known).await?;
         if let Some(last) = events.last() {
             self.heads
                 .remember(stream_id, last.stream_version, &last.hash);

@@ -205,22 +205,13 @@ impl Codec {
         conn: Option<&mut PgConnection>,
         rows: &[PgRow],
     ) -> Result<Vec<RecordedEvent>, ReadError> {
-        self.decode_parts(conn, rows, Opening::All).await
+        self.decode_parts(conn, rows, Opening::All, HashMap::new())
+            .await
     }
 
-    /// As [`Codec::decode`], opening only what `opening` says.
+    /// As [`Codec::decode`], opening only what `opening` says, with the keys of some subjects
+    /// read already (`known`; `None`: the subject has no key, or it is destroyed).
     pub(crate) async fn decode_parts(
-        &self,
-        conn: Option<&mut PgConnection>,
-        rows: &[PgRow],
-        opening: Opening,
-    ) -> Result<Vec<RecordedEvent>, ReadError> {
-        self.decode_known(conn, rows, opening, HashMap::new()).await
-    }
-
-    /// As [`Codec::decode_parts`], with the keys of some subjects read already (`None`: the
-    /// subject has no key, or it is destroyed).
-    pub(crate) async fn decode_known(
         &self,
         conn: Option<&mut PgConnection>,
         rows: &[PgRow],
@@ -231,25 +222,15 @@ impl Codec {
             .iter()
             .map(RecordedEvent::from_row)
             .collect::<Result<Vec<_>, _>>()?;
-        self.open_known(conn, &mut events, opening, known).await?;
+        self.open(conn, &mut events, opening, known).await?;
         for event in &mut events {
             self.upcasters.apply(event);
         }
         Ok(events)
     }
 
-    /// Opens the sealed values of `events` in place.
+    /// Opens the sealed values of `events` in place, reading the keys `known` does not hold.
     pub(crate) async fn open(
-        &self,
-        conn: Option<&mut PgConnection>,
-        events: &mut [RecordedEvent],
-        opening: Opening,
-    ) -> Result<(), ReadError> {
-        self.open_known(conn, events, opening, HashMap::new()).await
-    }
-
-    /// As [`Codec::open`], reading only the keys `known` does not hold.
-    async fn open_known(
         &self,
         conn: Option<&mut PgConnection>,
         events: &mut [RecordedEvent],
