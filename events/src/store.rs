@@ -19,7 +19,7 @@ mod encode;
 mod personal;
 
 use self::encode::{Encoded, encode};
-pub(crate) use self::personal::Codec;
+pub(crate) use self::personal::{Codec, Opening};
 use crate::privacy::SubjectKeys;
 
 /// A stream's current version: the highest version it holds.
@@ -864,7 +864,7 @@ impl EventStore {
         limit: i64,
     ) -> Result<Vec<RecordedEvent>, ReadError> {
         let mut conn = self.pool.acquire().await?;
-        read_all_in(&mut conn, &self.codec, after, limit).await
+        read_all_in(&mut conn, &self.codec, after, limit, Opening::All).await
     }
 
     /// The cursor of the last event visible in commit-safe order, if any.
@@ -893,6 +893,7 @@ pub(crate) async fn read_all_in(
     codec: &Codec,
     after: Cursor,
     limit: i64,
+    opening: Opening,
 ) -> Result<Vec<RecordedEvent>, ReadError> {
     let rows = sqlx::query(&format!(
         "{SELECT_COLUMNS}
@@ -906,7 +907,9 @@ pub(crate) async fn read_all_in(
     .bind(limit)
     .fetch_all(&mut *conn)
     .await?;
-    codec.decode(Some(conn), &rows).await
+    codec
+        .decode_parts(Some(conn), &rows, opening, HashMap::new())
+        .await
 }
 
 impl RecordedEvent {

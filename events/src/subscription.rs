@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::error::ReadError;
 use crate::event::{Cursor, RecordedEvent};
-use crate::store::{Codec, EventStore, NOTIFY_CHANNEL, read_all_in};
+use crate::store::{Codec, EventStore, NOTIFY_CHANNEL, Opening, read_all_in};
 
 /// First delay before looking again for an announced but not yet visible event.
 const RECHECK_MIN: Duration = Duration::from_millis(2);
@@ -65,6 +65,11 @@ impl From<serde_json::Error> for HandlerError {
 
 /// A read model kept by a subscription.
 pub trait Handler: Send + Sync + 'static {
+    /// Whether the handler reads the personal values of events' metadata (the client address
+    /// and user agent). A handler that does not gets them as stored, sealed, and spares the
+    /// subscription opening two values of nearly every event.
+    const OPENS_METADATA: bool = true;
+
     /// Applies one event. `conn` is inside the batch's transaction: write the read model
     /// through it so the writes commit with the checkpoint.
     fn handle(
@@ -130,6 +135,9 @@ pub trait BatchHandler: Send + Sync + 'static {
     /// What one event contributes to a batch.
     type Item: Send + 'static;
 
+    /// As [`Handler::OPENS_METADATA`].
+    const OPENS_METADATA: bool = true;
+
     /// Where the items of the batch in progress are kept.
     fn batch(&self) -> &Batch<Self::Item>;
 
@@ -157,6 +165,8 @@ pub trait BatchHandler: Send + Sync + 'static {
 }
 
 impl<B: BatchHandler> Handler for B {
+    const OPENS_METADATA: bool = <B as BatchHandler>::OPENS_METADATA;
+
     fn handle(
         &self,
         _conn: &mut PgConnection,
@@ -250,6 +260,9 @@ impl From<ReadError> for SubscriptionError {
     }
 }
 
+/// A batch being read in the background ([`Subscription::prefetch`]).
+type Prefetch = tokio::task::JoinHandle<Result<Vec<RecordedEvent>, ReadError>>;
+
 /// A named subscription with its handler.
 #[derive(Debug)]
 pub struct Subscription<H> {
@@ -262,6 +275,13 @@ pub struct Subscription<H> {
 }
 
 impl<H: Handler> Subscription<H> {
+    /// What this subscription opens of the events it reads.
+    const OPENING: Opening = if H::OPENS_METADATA {
+        Opening::All
+    } else {
+        Opening::Data
+    };
+
     /// A subscription named `name` over `store`'s log, with default options.
     pub fn new(name: impl Into<String>, handler: H, store: &EventStore) -> Self {
         Self {
@@ -339,18 +359,58 @@ impl<H: Handler> Subscription<H> {
         result.map(Some)
     }
 
+    /// Handles batches until none is left. While one batch is handled, the next is read and
+    /// opened on another connection (it starts where the batch ends), so reading and opening
+    /// overlap the handler's writes; a prefetched batch that does not start where the
+    /// checkpoint ended up (a reset moved it) is dropped and read again.
     async fn drain(&self, conn: &mut PgConnection) -> Result<u64, SubscriptionError> {
         let never = CancellationToken::new();
         let mut cursor = load_checkpoint(conn, &self.name).await?;
         let mut handled = 0_u64;
+        let mut prefetched: Option<(Cursor, Prefetch)> = None;
         loop {
-            let batch = read_all_in(conn, &self.codec, cursor, self.options.batch_size).await?;
-            if batch.is_empty() {
+            let batch = match prefetched.take() {
+                Some((from, next)) if from == cursor => match next.await {
+                    Ok(read) => read?,
+                    Err(_) => self.read_batch(conn, cursor).await?,
+                },
+                _ => self.read_batch(conn, cursor).await?,
+            };
+            let Some(end) = batch.last().map(RecordedEvent::cursor) else {
                 return Ok(handled);
-            }
+            };
+            prefetched = Some((end, self.prefetch(end)));
             handled += batch.len() as u64;
             cursor = self.process_batch(conn, cursor, batch, &never).await?;
         }
+    }
+
+    async fn read_batch(
+        &self,
+        conn: &mut PgConnection,
+        after: Cursor,
+    ) -> Result<Vec<RecordedEvent>, ReadError> {
+        read_all_in(
+            conn,
+            &self.codec,
+            after,
+            self.options.batch_size,
+            Self::OPENING,
+        )
+        .await
+    }
+
+    /// Reads the batch after `after` on a connection of the pool, in the background.
+    fn prefetch(&self, after: Cursor) -> Prefetch {
+        let (pool, codec, limit) = (
+            self.pool.clone(),
+            self.codec.clone(),
+            self.options.batch_size,
+        );
+        tokio::spawn(async move {
+            let mut conn = pool.acquire().await.map_err(ReadError::Database)?;
+            read_all_in(&mut conn, &codec, after, limit, Self::OPENING).await
+        })
     }
 
     async fn session(&self, shutdown: &CancellationToken) -> Result<(), SubscriptionError> {
@@ -385,8 +445,7 @@ impl<H: Handler> Subscription<H> {
         let mut seen_position = cursor.position;
         let mut recheck = RECHECK_MIN;
         while !shutdown.is_cancelled() {
-            let batch =
-                read_all_in(&mut conn, &self.codec, cursor, self.options.batch_size).await?;
+            let batch = self.read_batch(&mut conn, cursor).await?;
             if let Some(max) = batch.iter().map(|e| e.position).max() {
                 seen_position = seen_position.max(max);
                 recheck = RECHECK_MIN;

@@ -87,7 +87,8 @@ pub(crate) enum Opening {
     /// Data and metadata.
     All,
     /// The data only: the metadata stays as stored (its personal values sealed). For folds,
-    /// which never look at metadata.
+    /// which never look at metadata, and subscriptions whose handler does not
+    /// ([`Handler::OPENS_METADATA`](crate::subscription::Handler::OPENS_METADATA)).
     Data,
 }
 

@@ -363,6 +363,8 @@ async fn upsert(conn: &mut PgConnection, entries: &[&Entry]) -> Result<(), sqlx:
 
 impl BatchHandler for UsersDirectory {
     type Item = Change;
+    /// The directory keeps no client details.
+    const OPENS_METADATA: bool = false;
 
     fn batch(&self) -> &Batch<Change> {
         &self.batch
