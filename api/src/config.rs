@@ -166,6 +166,27 @@ pub struct IdentityConfig {
     )]
     pub consent_purposes: idp_events::identity::consent::Purposes,
 
+    /// The issuer name authenticator apps show beside a second factor enrolled here (the
+    /// `issuer` of its `otpauth://` URI).
+    #[arg(
+        long,
+        env = "MFA_ISSUER",
+        value_name = "MFA_ISSUER",
+        default_value = "idp"
+    )]
+    pub mfa_issuer: String,
+
+    /// Roles whose holders must enrol a second factor before they can use anything but
+    /// enrolment (and signing out), comma-separated, e.g. `admin`. Empty: no one must.
+    #[arg(
+        long,
+        env = "MFA_REQUIRED_ROLES",
+        value_name = "MFA_REQUIRED_ROLES",
+        default_value = "",
+        value_delimiter = ','
+    )]
+    pub mfa_required_roles: Vec<String>,
+
     /// The first administrator's email, created at start if missing.
     #[arg(long, env = "ADMIN_EMAIL", value_name = "ADMIN_EMAIL")]
     pub admin_email: Option<String>,

@@ -21,9 +21,17 @@ pub enum ApiError {
     /// or a locked account.
     #[error("invalid credentials")]
     InvalidCredentials,
+    /// 401 for the second step of a sign-in: the same answer for an unknown, expired or used
+    /// challenge, a wrong, malformed or replayed code, and a locked second factor.
+    #[error("second factor refused")]
+    SecondFactorRefused,
     /// 403: authenticated, but not allowed.
     #[error("forbidden")]
     Forbidden,
+    /// 403: the caller's role must have a second factor (`MFA_REQUIRED_ROLES`), and they have
+    /// none yet: only enrolment is open to them.
+    #[error("second factor enrolment required")]
+    SecondFactorEnrolmentRequired,
     /// 404: no such route or resource.
     #[error("not found")]
     NotFound,
@@ -107,8 +115,10 @@ impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Self::Unauthorized | Self::InvalidCredentials => StatusCode::UNAUTHORIZED,
-            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::Unauthorized | Self::InvalidCredentials | Self::SecondFactorRefused => {
+                StatusCode::UNAUTHORIZED
+            }
+            Self::Forbidden | Self::SecondFactorEnrolmentRequired => StatusCode::FORBIDDEN,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -129,6 +139,8 @@ impl ApiError {
             Self::Unauthorized => "unauthorized",
             Self::InvalidCredentials => "invalid-credentials",
             Self::Forbidden => "forbidden",
+            Self::SecondFactorRefused => "second-factor-refused",
+            Self::SecondFactorEnrolmentRequired => "second-factor-enrolment-required",
             Self::UnsupportedMediaType => "unsupported-media-type",
             Self::Unprocessable(_) => "unprocessable",
             Self::TooManyRequests { .. } => "too-many-requests",
@@ -218,6 +230,14 @@ impl IntoResponse for ApiError {
             Self::InvalidCredentials => Some(
                 "the email or password is incorrect, or the account cannot sign in now".to_owned(),
             ),
+            Self::SecondFactorRefused => Some(
+                "the challenge or the code is not valid (wrong, used or expired), or the second factor cannot be used now; sign in again"
+                    .to_owned(),
+            ),
+            Self::SecondFactorEnrolmentRequired => Some(
+                "your role requires a second factor: enrol one (POST /v1/auth/2fa/enable-init) before anything else"
+                    .to_owned(),
+            ),
             Self::TooManyRequests { retry_after_secs } => Some(format!(
                 "too many requests; try again in {retry_after_secs} s"
             )),
@@ -242,7 +262,7 @@ impl IntoResponse for ApiError {
                     response.headers_mut().insert(header::RETRY_AFTER, value);
                 }
             }
-            Self::Unauthorized | Self::InvalidCredentials => {
+            Self::Unauthorized | Self::InvalidCredentials | Self::SecondFactorRefused => {
                 response
                     .headers_mut()
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

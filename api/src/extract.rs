@@ -329,6 +329,40 @@ impl AuthUser {
     }
 }
 
+/// The caller of a valid access token whose session is active.
+async fn authenticate(parts: &Parts, state: &AppState) -> Result<AuthUser, ApiError> {
+    let token = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .ok_or(ApiError::Unauthorized)?;
+    let claims = state
+        .identity
+        .tokens()
+        .verify_access(token.trim())
+        .map_err(|err| {
+            tracing::debug!(reason = ?err, "access token refused");
+            ApiError::Unauthorized
+        })?;
+    if !state.identity.session_is_active(claims.sid).await? {
+        return Err(ApiError::Unauthorized);
+    }
+    // The request's span (see `startup::http_span`) names the caller from here on.
+    tracing::Span::current().record("user.id", tracing::field::display(claims.sub));
+    Ok(AuthUser {
+        user_id: claims.sub,
+        session_id: claims.sid,
+        roles: claims.roles,
+    })
+}
+
+/// An authenticated caller. With `MFA_REQUIRED_ROLES`, a holder of such a role (as of the
+/// token) who has no second factor on is refused (403 `second-factor-enrolment-required`):
+/// only the enrolment routes ([`EnrollingUser`]) are open to them.
 impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
@@ -336,33 +370,27 @@ impl FromRequestParts<AppState> for AuthUser {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .ok_or(ApiError::Unauthorized)?;
-        let claims = state
-            .identity
-            .tokens()
-            .verify_access(token.trim())
-            .map_err(|err| {
-                tracing::debug!(reason = ?err, "access token refused");
-                ApiError::Unauthorized
-            })?;
-        if !state.identity.session_is_active(claims.sid).await? {
-            return Err(ApiError::Unauthorized);
+        let user = authenticate(parts, state).await?;
+        if state.identity.must_enrol(user.user_id, &user.roles).await? {
+            return Err(ApiError::SecondFactorEnrolmentRequired);
         }
-        // The request's span (see `startup::http_span`) names the caller from here on.
-        tracing::Span::current().record("user.id", tracing::field::display(claims.sub));
-        Ok(Self {
-            user_id: claims.sub,
-            session_id: claims.sid,
-            roles: claims.roles,
-        })
+        Ok(user)
+    }
+}
+
+/// An authenticated caller on a route that enrols a second factor: open to those who must
+/// enrol one before anything else.
+#[derive(Debug, Clone)]
+pub struct EnrollingUser(pub AuthUser);
+
+impl FromRequestParts<AppState> for EnrollingUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self(authenticate(parts, state).await?))
     }
 }
 
@@ -381,6 +409,11 @@ impl FromRequestParts<AppState> for AdminUser {
         let user = AuthUser::from_request_parts(parts, state).await?;
         if !user.is_admin(state).await? {
             return Err(ApiError::Forbidden);
+        }
+        // The role is checked as it is now, so is the second factor it may need.
+        let admin = [idp_events::identity::user::ROLE_ADMIN.to_owned()];
+        if state.identity.must_enrol(user.user_id, &admin).await? {
+            return Err(ApiError::SecondFactorEnrolmentRequired);
         }
         Ok(Self(user))
     }

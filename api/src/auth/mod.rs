@@ -3,4 +3,5 @@
 pub mod keys;
 pub mod password;
 pub mod rate_limit;
+pub mod second_factor;
 pub mod tokens;

@@ -51,7 +51,7 @@ const ADDRESS_LIMITS: [&str; 3] = ["login:account", "register:account", "email:a
 
 impl Identity {
     /// The store's key table, to erase with.
-    fn subject_keys(&self) -> Result<&SubjectKeys, IdentityError> {
+    pub(super) fn subject_keys(&self) -> Result<&SubjectKeys, IdentityError> {
         self.store
             .subject_keys()
             .ok_or_else(|| IdentityError::PersonalData("the event store has none".into()))
@@ -118,6 +118,7 @@ impl Identity {
         ] {
             sqlx::query(sql).bind(user_id).execute(&mut *tx).await?;
         }
+        super::second_factor::delete_factor(&mut tx, user_id).await?;
         sqlx::query("delete from reservations where scope = $1 and stream_id = $2")
             .bind(EMAIL_SCOPE)
             .bind(idp_events::StreamId::user(user_id).as_str())

@@ -33,6 +33,16 @@ pub enum IdentityError {
     /// `unauthorized`.
     #[error("no valid session")]
     Unauthorized,
+    /// The second step of a sign-in was refused: one answer whatever the reason.
+    #[error("second factor refused")]
+    SecondFactorRefused,
+    /// The caller's role must enrol a second factor before anything else.
+    #[error("second factor enrolment required")]
+    SecondFactorEnrolmentRequired,
+    /// The request does not fit the account's second factor as it stands (none to disable,
+    /// one on already, no enrolment in progress).
+    #[error("{0}")]
+    SecondFactorState(&'static str),
     /// No such account. 404.
     #[error("no such account")]
     NotFound,
@@ -176,6 +186,9 @@ impl From<IdentityError> for ApiError {
             E::Invalid { .. } | E::Refused(_) => Self::Unprocessable(err.to_string()),
             E::InvalidCredentials => Self::InvalidCredentials,
             E::Unauthorized => Self::Unauthorized,
+            E::SecondFactorRefused => Self::SecondFactorRefused,
+            E::SecondFactorEnrolmentRequired => Self::SecondFactorEnrolmentRequired,
+            E::SecondFactorState(detail) => Self::Conflict(detail.to_owned()),
             E::NotFound => Self::NotFound,
             E::Erased => Self::Gone(err.to_string()),
             E::EmailTaken | E::KeptChanging | E::LastAdmin(_) | E::Outdated(_) => {

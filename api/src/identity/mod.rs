@@ -15,6 +15,7 @@ mod error;
 mod export;
 mod passwords;
 mod register;
+mod second_factor;
 mod sessions;
 mod sign_in;
 
@@ -35,6 +36,7 @@ pub use self::consents::{ConsentView, consent_views};
 pub use self::erasure::{Eraser, ErasureOutcome};
 pub use self::error::IdentityError;
 pub use self::export::PersonalExport;
+pub use self::second_factor::{Enrolment, SignIn};
 use crate::auth::password::{self, ClientShares, Hasher};
 use crate::auth::rate_limit::{Decision, Limit, RateLimiter};
 use crate::auth::tokens::Tokens;
@@ -123,6 +125,10 @@ pub struct Identity {
     rate_index: BlindIndex,
     limits: Limits,
     session_ttl: chrono::Duration,
+    /// `MFA_ISSUER`.
+    mfa_issuer: Arc<str>,
+    /// `MFA_REQUIRED_ROLES`.
+    mfa_required_roles: Arc<[String]>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -162,6 +168,13 @@ impl Identity {
                 email_per_account: config.email_per_account,
             },
             session_ttl: chrono::Duration::days(i64::from(config.session_ttl_days)),
+            mfa_issuer: config.mfa_issuer.as_str().into(),
+            mfa_required_roles: config
+                .mfa_required_roles
+                .iter()
+                .map(|role| role.trim().to_owned())
+                .filter(|role| !role.is_empty())
+                .collect(),
         }
     }
 

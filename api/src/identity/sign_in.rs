@@ -4,7 +4,7 @@
 use chrono::Utc;
 use idp_events::identity::address_digest;
 use idp_events::identity::email::Email;
-use idp_events::identity::login::{self, FailureReason};
+use idp_events::identity::login::{self, FailureReason, SecondFactorMethod};
 use idp_events::identity::session::SessionEvent;
 use idp_events::identity::user::{self, User, UserEvent};
 use idp_events::{Append, AppendError, ExpectedVersion, Metadata, StreamId};
@@ -12,7 +12,7 @@ use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
 use super::sessions::lock_sessions_shared;
-use super::{Identity, IdentityError, TokenPair, reset_failures};
+use super::{Identity, IdentityError, SignIn, TokenPair, reset_failures};
 use crate::auth::tokens;
 use crate::extract::ClientContext;
 
@@ -25,7 +25,7 @@ impl Identity {
         ctx: &ClientContext,
         email: &str,
         password: &str,
-    ) -> Result<TokenPair, IdentityError> {
+    ) -> Result<SignIn, IdentityError> {
         let email = &Email::parse(email)?;
         // One request of this client at a time, from before its limits are counted to the end
         // (see `ClientShares`): a flood from one address queues behind itself, not in the
@@ -78,9 +78,14 @@ impl Identity {
         if verified.needs_rehash {
             self.rehash(&account, password, meta.clone()).await?;
         }
-        let pair = self.start_session(&account, meta).await?;
+        if account.second_factor {
+            metrics::counter!("idp_auth_logins_total", "outcome" => "second_factor_required")
+                .increment(1);
+            return self.challenge(&account, meta).await;
+        }
+        let pair = self.start_session(&account, meta, None).await?;
         metrics::counter!("idp_auth_logins_total", "outcome" => "success").increment(1);
-        Ok(pair)
+        Ok(SignIn::Tokens(pair))
     }
 
     /// An attempt on an address no account has goes through the same steps as a wrong
@@ -214,11 +219,13 @@ impl Identity {
         Ok(())
     }
 
-    /// Starts a session of `account`, unless an administrator locked it since it was read.
-    async fn start_session(
+    /// Starts a session of `account`, unless an administrator locked it since it was read;
+    /// `second_factor` says how a second step completed the sign-in, if one did.
+    pub(super) async fn start_session(
         &self,
         account: &User,
         meta: Metadata,
+        second_factor: Option<SecondFactorMethod>,
     ) -> Result<TokenPair, IdentityError> {
         let session_id = Uuid::now_v7();
         let (refresh_token, refresh_hash) = tokens::new_refresh_token();
@@ -236,7 +243,10 @@ impl Identity {
             account
         } else {
             reloaded = self.load_user(account.id).await?;
-            if reloaded.is_locked(Utc::now()) || reloaded.erased {
+            if reloaded.is_locked(Utc::now())
+                || reloaded.erased
+                || (second_factor.is_some() && !reloaded.second_factor)
+            {
                 return Err(IdentityError::InvalidCredentials);
             }
             &reloaded
@@ -260,7 +270,10 @@ impl Identity {
             .append_in(
                 &mut tx,
                 Append::to(StreamId::session(session_id))
-                    .event(login::succeeded(session_id))
+                    .event(match second_factor {
+                        None => login::succeeded(session_id),
+                        Some(method) => login::succeeded_with(session_id, method),
+                    })
                     .event(
                         SessionEvent::SessionStarted {
                             user_id: account.id,

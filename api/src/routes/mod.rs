@@ -12,6 +12,7 @@ pub mod openapi;
 pub mod paging;
 pub mod projects;
 pub mod templates;
+pub mod two_factor;
 
 use axum::Router;
 use axum::http::StatusCode;
@@ -25,6 +26,7 @@ use crate::startup::AppState;
 pub fn router(state: AppState, health: Health) -> Router {
     Router::new()
         .merge(auth::router())
+        .merge(two_factor::router())
         .merge(account::router())
         .merge(admin_users::router())
         .merge(admin_audit::router())

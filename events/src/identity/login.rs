@@ -18,6 +18,23 @@ pub enum FailureReason {
     Locked,
     /// No account has this address.
     UnknownAccount,
+    /// The password was right, but the second-factor code was wrong, malformed or used
+    /// already.
+    WrongCode,
+    /// The password was right, but the recovery code was not an unused one of the account.
+    WrongRecoveryCode,
+    /// The password was right, but the second factor is locked after too many wrong codes.
+    SecondFactorLocked,
+}
+
+/// How a sign-in that needed a second factor was completed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecondFactorMethod {
+    /// A code of the authenticator app (TOTP).
+    Totp,
+    /// One of the recovery codes.
+    RecoveryCode,
 }
 
 /// A successful sign-in that started `session_id`.
@@ -25,6 +42,23 @@ pub fn succeeded(session_id: Uuid) -> NewEvent {
     NewEvent::new(
         "LoginSucceeded",
         serde_json::json!({ "session_id": session_id }),
+    )
+}
+
+/// The password of a sign-in was right and the account has a second factor: challenge
+/// `challenge_id` waits for its code.
+pub fn second_factor_required(challenge_id: Uuid) -> NewEvent {
+    NewEvent::new(
+        "SecondFactorRequired",
+        serde_json::json!({ "challenge_id": challenge_id }),
+    )
+}
+
+/// A sign-in completed with the second factor `method`, starting `session_id`.
+pub fn succeeded_with(session_id: Uuid, method: SecondFactorMethod) -> NewEvent {
+    NewEvent::new(
+        "LoginSucceeded",
+        serde_json::json!({ "session_id": session_id, "second_factor": method }),
     )
 }
 

@@ -127,6 +127,39 @@ pub enum UserEvent {
         /// The version of the text they had agreed to.
         version: String,
     },
+    /// The person began enrolling a second factor (TOTP): a new secret was made, kept beside
+    /// the log sealed under the person's data key, never in an event. Enrolling again before
+    /// completing replaces it.
+    SecondFactorEnrolmentStarted,
+    /// A first code of the new secret was given: sign-ins ask for a code from now on.
+    SecondFactorEnabled,
+    /// The person turned the second factor off (with their password and a code).
+    SecondFactorDisabled,
+    /// An administrator (the event's actor) removed the second factor; the person is told at
+    /// `email`.
+    SecondFactorReset {
+        /// Where the notice goes.
+        email: Personal<String>,
+    },
+    /// A new set of `count` recovery codes replaced any earlier set (kept only as hashes,
+    /// beside the log).
+    RecoveryCodesGenerated {
+        /// How many.
+        count: u32,
+    },
+    /// A recovery code was used to sign in; `remaining` are left.
+    RecoveryCodeUsed {
+        /// Unused codes left in the set.
+        remaining: u32,
+    },
+    /// No second-factor code is accepted until `until`, after too many wrong ones; the
+    /// length escalates with `lock_count` as a password lock's does.
+    SecondFactorLocked {
+        /// End of the lock.
+        until: DateTime<Utc>,
+        /// How many times the second factor was locked so far, this one included.
+        lock_count: u32,
+    },
     /// The person was erased (by themselves or by an administrator): their data key was
     /// destroyed in the same transaction, so every personal field ever written about them reads
     /// as `"[erased]"`. Nothing happens to the account afterwards: it cannot sign in, and its
@@ -185,6 +218,12 @@ pub struct User {
     pub locked_by_admin: bool,
     /// When the password last changed (registration, change or reset).
     pub password_changed_at: Option<DateTime<Utc>>,
+    /// Whether sign-ins need a second-factor code.
+    pub second_factor: bool,
+    /// End of the current second-factor lock, if any.
+    pub second_factor_locked_until: Option<DateTime<Utc>>,
+    /// How many times the second factor was locked.
+    pub second_factor_lock_count: u32,
     /// The latest decision on each purpose ever consented to, by purpose.
     pub consents: BTreeMap<String, Consent>,
     /// Stream version (0 = no such user).
@@ -311,8 +350,18 @@ impl User {
                 self.locked_until = None;
                 self.locked_by_admin = false;
             }
+            UserEvent::SecondFactorEnabled => self.second_factor = true,
+            UserEvent::SecondFactorDisabled | UserEvent::SecondFactorReset { .. } => {
+                self.second_factor = false;
+                self.second_factor_locked_until = None;
+            }
+            UserEvent::SecondFactorLocked { until, lock_count } => {
+                self.second_factor_locked_until = Some(*until);
+                self.second_factor_lock_count = *lock_count;
+            }
             UserEvent::PersonErased { .. } => {
                 self.erased = true;
+                self.second_factor = false;
                 self.email = ERASED.to_owned();
                 if self.display_name.is_some() {
                     self.display_name = Some(ERASED.to_owned());
@@ -336,6 +385,9 @@ impl User {
                 );
             }
             UserEvent::DuplicateRegistrationAttempted { .. }
+            | UserEvent::SecondFactorEnrolmentStarted
+            | UserEvent::RecoveryCodesGenerated { .. }
+            | UserEvent::RecoveryCodeUsed { .. }
             | UserEvent::PasswordRehashed
             | UserEvent::PersonalDataExported => {}
         }
@@ -363,6 +415,12 @@ impl User {
     /// True while an administrator's lock is in force at `now`.
     pub fn is_locked_by_admin(&self, now: DateTime<Utc>) -> bool {
         self.locked_by_admin && self.is_locked(now)
+    }
+
+    /// True while a second-factor lock is in force at `now`.
+    pub fn is_second_factor_locked(&self, now: DateTime<Utc>) -> bool {
+        self.second_factor_locked_until
+            .is_some_and(|until| until > now)
     }
 
     /// True if the user has `role`.
@@ -546,12 +604,31 @@ pub fn failed_login(user: &User, failures: u32, now: DateTime<Utc>) -> Vec<UserE
         return Vec::new();
     }
     let lock_count = user.lock_count.saturating_add(1);
-    let factor = 2_i32.saturating_pow(lock_count.saturating_sub(1).min(16));
-    let length = (FIRST_LOCK * factor).min(LONGEST_LOCK);
     vec![UserEvent::AccountLocked {
-        until: now + length,
+        until: now + lock_length(lock_count),
         lock_count,
     }]
+}
+
+/// The consequence of a wrong second-factor code that brought the consecutive wrong codes
+/// to `failures`: five lock the second factor, for 5 minutes doubling with each lock up to a
+/// day, as [`failed_login`] locks the password.
+pub fn failed_second_factor(user: &User, failures: u32, now: DateTime<Utc>) -> Vec<UserEvent> {
+    if failures < LOCK_AFTER_FAILURES || user.is_second_factor_locked(now) {
+        return Vec::new();
+    }
+    let lock_count = user.second_factor_lock_count.saturating_add(1);
+    vec![UserEvent::SecondFactorLocked {
+        until: now + lock_length(lock_count),
+        lock_count,
+    }]
+}
+
+/// How long the `lock_count`th automatic lock lasts: [`FIRST_LOCK`], doubling with each
+/// further lock, at most [`LONGEST_LOCK`].
+fn lock_length(lock_count: u32) -> Duration {
+    let factor = 2_i32.saturating_pow(lock_count.saturating_sub(1).min(16));
+    (FIRST_LOCK * factor).min(LONGEST_LOCK)
 }
 
 /// Erases the person (`reason`: an administrator's, `None` for the person themselves);

@@ -50,6 +50,12 @@ pub enum EmailKind {
         /// Where to reset the password if the change was not the user's.
         reset_link: String,
     },
+    /// An administrator removed the second factor; reset the password if the person did not
+    /// ask for it.
+    SecondFactorReset {
+        /// Where to reset the password.
+        reset_link: String,
+    },
 }
 
 impl EmailKind {
@@ -61,6 +67,7 @@ impl EmailKind {
             Self::PasswordReset { .. } => "password_reset",
             Self::AccountLocked { .. } => "account_locked",
             Self::PasswordChanged { .. } => "password_changed",
+            Self::SecondFactorReset { .. } => "second_factor_reset",
         }
     }
 
@@ -93,7 +100,7 @@ impl EmailKind {
                 ("by_admin", Value::from(*by_admin)),
                 ("reset_link", Value::from(reset_link.as_str())),
             ],
-            Self::PasswordChanged { reset_link } => {
+            Self::PasswordChanged { reset_link } | Self::SecondFactorReset { reset_link } => {
                 vec![("reset_link", Value::from(reset_link.as_str()))]
             }
         }
@@ -225,6 +232,14 @@ const TEMPLATES: &[(&str, &str)] = &[
     (
         "password_changed.html",
         include_str!("../../templates/email/password_changed.html"),
+    ),
+    (
+        "second_factor_reset.txt",
+        include_str!("../../templates/email/second_factor_reset.txt"),
+    ),
+    (
+        "second_factor_reset.html",
+        include_str!("../../templates/email/second_factor_reset.html"),
     ),
 ];
 

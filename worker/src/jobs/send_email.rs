@@ -53,6 +53,8 @@ pub enum Template {
     AccountLocked,
     /// The password was changed (`PasswordChanged`).
     PasswordChanged,
+    /// An administrator removed the second factor (`SecondFactorReset`).
+    SecondFactorReset,
 }
 
 impl Template {
@@ -65,6 +67,7 @@ impl Template {
             UserEvent::PasswordResetRequested { .. } => Some(Self::PasswordReset),
             UserEvent::AccountLocked { .. } => Some(Self::AccountLocked),
             UserEvent::PasswordChanged => Some(Self::PasswordChanged),
+            UserEvent::SecondFactorReset { .. } => Some(Self::SecondFactorReset),
             UserEvent::UserRegistered { .. }
             | UserEvent::EmailVerified { .. }
             | UserEvent::RegistrationRepeated { .. }
@@ -76,7 +79,13 @@ impl Template {
             | UserEvent::PersonErased { .. }
             | UserEvent::PersonalDataExported
             | UserEvent::ConsentGiven { .. }
-            | UserEvent::ConsentWithdrawn { .. } => None,
+            | UserEvent::ConsentWithdrawn { .. }
+            | UserEvent::SecondFactorEnrolmentStarted
+            | UserEvent::SecondFactorEnabled
+            | UserEvent::SecondFactorDisabled
+            | UserEvent::RecoveryCodesGenerated { .. }
+            | UserEvent::RecoveryCodeUsed { .. }
+            | UserEvent::SecondFactorLocked { .. } => None,
         }
     }
 }
@@ -591,6 +600,7 @@ fn template_name(template: Template) -> &'static str {
         Template::PasswordReset => "password_reset",
         Template::AccountLocked => "account_locked",
         Template::PasswordChanged => "password_changed",
+        Template::SecondFactorReset => "second_factor_reset",
     }
 }
 
@@ -664,6 +674,12 @@ async fn compose(job: &SendEmail, ctx: &EmailJobs) -> Result<(OutgoingEmail, Bui
         (Template::PasswordChanged, UserEvent::PasswordChanged) => (
             account.email.clone(),
             EmailKind::PasswordChanged {
+                reset_link: ctx.links.forgot_password(),
+            },
+        ),
+        (Template::SecondFactorReset, UserEvent::SecondFactorReset { email }) => (
+            known(email)?,
+            EmailKind::SecondFactorReset {
                 reset_link: ctx.links.forgot_password(),
             },
         ),

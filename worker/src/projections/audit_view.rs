@@ -212,6 +212,24 @@ fn user_summary(event: &UserEvent) -> String {
         UserEvent::ConsentWithdrawn { purpose, version } => {
             format!("consent to {purpose} withdrawn (text version {version})")
         }
+        UserEvent::SecondFactorEnrolmentStarted => "second factor enrolment started".to_owned(),
+        UserEvent::SecondFactorEnabled => "second factor turned on".to_owned(),
+        UserEvent::SecondFactorDisabled => "second factor turned off".to_owned(),
+        UserEvent::SecondFactorReset { .. } => {
+            "second factor removed by an administrator".to_owned()
+        }
+        UserEvent::RecoveryCodesGenerated { count } => {
+            format!("{count} new recovery codes replaced the old ones")
+        }
+        UserEvent::RecoveryCodeUsed { remaining } => {
+            format!("a recovery code was used ({remaining} left)")
+        }
+        UserEvent::SecondFactorLocked { until, lock_count } => {
+            format!(
+                "second factor locked until {} (lock {lock_count})",
+                time(until)
+            )
+        }
     }
 }
 
@@ -248,6 +266,9 @@ fn login_failed_summary(reason: FailureReason) -> String {
             FailureReason::Unverified => "address not verified",
             FailureReason::Locked => "account locked",
             FailureReason::UnknownAccount => "unknown account",
+            FailureReason::WrongCode => "wrong second-factor code",
+            FailureReason::WrongRecoveryCode => "wrong recovery code",
+            FailureReason::SecondFactorLocked => "second factor locked",
         }
     )
 }

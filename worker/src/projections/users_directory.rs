@@ -292,7 +292,14 @@ fn apply_user_event(e: &mut Entry, event: &UserEvent, at: DateTime<Utc>) {
         | UserEvent::RegistrationRepeated { .. }
         | UserEvent::DuplicateRegistrationAttempted { .. }
         | UserEvent::PasswordResetRequested { .. }
-        | UserEvent::PasswordRehashed => {}
+        | UserEvent::PasswordRehashed
+        | UserEvent::SecondFactorEnrolmentStarted
+        | UserEvent::SecondFactorEnabled
+        | UserEvent::SecondFactorDisabled
+        | UserEvent::SecondFactorReset { .. }
+        | UserEvent::RecoveryCodesGenerated { .. }
+        | UserEvent::RecoveryCodeUsed { .. }
+        | UserEvent::SecondFactorLocked { .. } => {}
     }
 }
 

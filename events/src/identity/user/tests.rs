@@ -455,7 +455,62 @@ fn every_personal_field_of_the_user_events_is_listed() {
             },
             vec![],
         ),
+        (
+            UserEvent::EmailVerified {
+                verification_id: None,
+            },
+            vec![],
+        ),
+        (UserEvent::PasswordReset { reset_id: id }, vec![]),
+        (UserEvent::PasswordChanged, vec![]),
+        (UserEvent::PasswordRehashed, vec![]),
+        (
+            UserEvent::RolesChanged {
+                roles: vec![ROLE_USER.into()],
+            },
+            vec![],
+        ),
+        (
+            UserEvent::AccountLocked {
+                until: Utc::now(),
+                lock_count: 1,
+            },
+            vec![],
+        ),
+        (UserEvent::AccountUnlocked, vec![]),
+        (UserEvent::PersonalDataExported, vec![]),
+        (UserEvent::SecondFactorEnrolmentStarted, vec![]),
+        (UserEvent::SecondFactorEnabled, vec![]),
+        (UserEvent::SecondFactorDisabled, vec![]),
+        (
+            UserEvent::SecondFactorReset {
+                email: "ada@example.com".into(),
+            },
+            vec!["/email"],
+        ),
+        (UserEvent::RecoveryCodesGenerated { count: 10 }, vec![]),
+        (UserEvent::RecoveryCodeUsed { remaining: 9 }, vec![]),
+        (
+            UserEvent::SecondFactorLocked {
+                until: Utc::now(),
+                lock_count: 1,
+            },
+            vec![],
+        ),
     ];
+    // Every kind of user event is in the list.
+    let mut listed: Vec<String> = cases
+        .iter()
+        .map(|(event, _)| event.to_new_event().event_type)
+        .collect();
+    listed.sort();
+    listed.dedup();
+    let mut kinds: Vec<String> = <UserEvent as strum::VariantNames>::VARIANTS
+        .iter()
+        .map(|name| (*name).to_owned())
+        .collect();
+    kinds.sort();
+    assert_eq!(listed, kinds, "a user event is missing from the list");
     for (event, expected) in cases {
         let mut paths = personal_paths(&event.to_new_event().data);
         paths.sort();
@@ -535,4 +590,49 @@ fn consent_is_given_to_the_text_in_force_and_withdrawn_once() {
         decide_consent(&User::default(), &news("3"), true, Some("3")),
         Err(UserError::NotFound)
     );
+}
+
+#[test]
+fn five_wrong_codes_lock_the_second_factor_and_each_lock_lasts_twice_as_long() {
+    let mut events = register("ada@example.com", None, vec![ROLE_USER.into()], true);
+    events.push(UserEvent::SecondFactorEnabled);
+    let user = given(&events);
+    assert!(user.second_factor);
+    let now = Utc::now();
+    assert!(failed_second_factor(&user, 4, now).is_empty());
+    let first = failed_second_factor(&user, 5, now);
+    assert_eq!(
+        first,
+        vec![UserEvent::SecondFactorLocked {
+            until: now + FIRST_LOCK,
+            lock_count: 1
+        }]
+    );
+    events.extend(first);
+    let locked = given(&events);
+    assert!(locked.is_second_factor_locked(now));
+    assert!(
+        !locked.is_locked(now),
+        "the password still works; the code does not"
+    );
+    assert!(
+        failed_second_factor(&locked, 5, now).is_empty(),
+        "no new lock while locked"
+    );
+    let later = now + FIRST_LOCK + Duration::seconds(1);
+    assert!(!locked.is_second_factor_locked(later));
+    assert_eq!(
+        failed_second_factor(&locked, 5, later),
+        vec![UserEvent::SecondFactorLocked {
+            until: later + FIRST_LOCK * 2,
+            lock_count: 2
+        }]
+    );
+    // Turning it off (or an administrator's reset) ends the lock.
+    events.push(UserEvent::SecondFactorReset {
+        email: "ada@example.com".into(),
+    });
+    let reset = given(&events);
+    assert!(!reset.second_factor);
+    assert!(!reset.is_second_factor_locked(now));
 }

@@ -1,0 +1,635 @@
+//! Two-factor sign-in: enrolling a TOTP authenticator, recovery codes, the second step of a
+//! sign-in, turning it off, and an administrator's reset.
+//!
+//! The secret and the codes live beside the log (`second_factors`, `recovery_codes`,
+//! `mfa_challenges`); the events say only what happened. The secret is sealed under the
+//! person's data key, so erasing the person shreds it. Every refusal of the second step is
+//! the same [`IdentityError::SecondFactorRefused`], whatever its reason.
+
+use chrono::Utc;
+use idp_events::identity::login::{self, FailureReason, SecondFactorMethod};
+use idp_events::identity::user::{self, User, UserEvent};
+use idp_events::privacy::DataKey;
+use idp_events::{Append, ExpectedVersion, Metadata, StreamId};
+use sqlx::{Connection, PgConnection};
+use uuid::Uuid;
+
+use super::{Identity, IdentityError, TokenPair};
+use crate::auth::second_factor::{
+    self as factor, CHALLENGE_TTL, TotpSecret, accept, challenge_digest, new_challenge,
+    new_recovery_codes, open_secret, recovery_code_digest, seal_secret, step_of,
+};
+use crate::extract::{AuthUser, ClientContext};
+
+/// What a first sign-in step answers: tokens, or a challenge for the second factor.
+#[derive(Debug)]
+pub enum SignIn {
+    /// Signed in.
+    Tokens(TokenPair),
+    /// The password was right; `challenge` waits for a code (or a recovery code).
+    SecondFactorRequired {
+        /// The challenge token.
+        challenge: String,
+        /// Seconds it stays valid.
+        expires_in: u64,
+    },
+}
+
+/// A second factor being enrolled: what the authenticator app needs.
+#[derive(Debug)]
+pub struct Enrolment {
+    /// The secret in base32, to type in by hand.
+    pub secret: String,
+    /// The `otpauth://` URI of the secret.
+    pub otpauth_uri: String,
+    /// The URI as a QR code (an SVG document).
+    pub qr_svg: String,
+}
+
+/// A stored second factor, locked for the caller's transaction.
+struct Stored {
+    secret: TotpSecret,
+    enabled: bool,
+    last_step: i64,
+}
+
+impl Identity {
+    /// The data key of `user_id` for the second factor's secret, in `conn`'s transaction.
+    async fn factor_key(
+        &self,
+        conn: &mut PgConnection,
+        user_id: Uuid,
+    ) -> Result<DataKey, IdentityError> {
+        let keys = self.subject_keys()?;
+        keys.for_writing_in(conn, user_id)
+            .await
+            .map_err(|e| match e {
+                idp_events::privacy::SubjectKeysError::Erased(_) => IdentityError::Erased,
+                other => IdentityError::PersonalData(other.to_string()),
+            })
+    }
+
+    /// The second factor of `user_id`, locked until the transaction ends; `None` without one.
+    async fn stored_factor(
+        &self,
+        conn: &mut PgConnection,
+        user_id: Uuid,
+    ) -> Result<Option<Stored>, IdentityError> {
+        let row: Option<(Vec<u8>, bool, i64)> = sqlx::query_as(
+            "select secret, enabled_at is not null, last_step from second_factors
+              where user_id = $1 for update",
+        )
+        .bind(user_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some((sealed, enabled, last_step)) = row else {
+            return Ok(None);
+        };
+        let key = self.factor_key(conn, user_id).await?;
+        let secret = open_secret(&key, user_id, &sealed)
+            .map_err(|e| IdentityError::PersonalData(format!("second factor secret: {e}")))?;
+        Ok(Some(Stored {
+            secret,
+            enabled,
+            last_step,
+        }))
+    }
+
+    /// Checks the password of a signed-in caller re-entering it, under the per-account limit.
+    async fn reauthenticate(&self, user_id: Uuid, password: &str) -> Result<(), IdentityError> {
+        self.limit(&[(
+            format!("login:account-id:{user_id}"),
+            self.limits.login_per_account,
+        )])
+        .await?;
+        if !self.verify_password(user_id, password).await?.matches {
+            return Err(IdentityError::Unauthorized);
+        }
+        Ok(())
+    }
+
+    /// Starts enrolling a second factor: a new secret (replacing one whose enrolment was not
+    /// completed), answered once. Needs the password again; refused while one is on.
+    pub async fn enrol_second_factor(
+        &self,
+        ctx: &ClientContext,
+        caller: &AuthUser,
+        password: &str,
+    ) -> Result<Enrolment, IdentityError> {
+        self.reauthenticate(caller.user_id, password).await?;
+        let account = self.load_user(caller.user_id).await?;
+        let secret = TotpSecret::generate();
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        let key = self.factor_key(&mut tx, account.id).await?;
+        let stored = sqlx::query(
+            "insert into second_factors (user_id, secret) values ($1, $2)
+             on conflict (user_id) do update
+                set secret = excluded.secret, created_at = now(), last_step = 0, failures = 0
+              where second_factors.enabled_at is null",
+        )
+        .bind(account.id)
+        .bind(seal_secret(&key, account.id, &secret))
+        .execute(&mut *tx)
+        .await?;
+        if stored.rows_affected() == 0 {
+            return Err(IdentityError::SecondFactorState(
+                "a second factor is on already: turn it off first (POST /v1/auth/2fa/disable)",
+            ));
+        }
+        self.append_user_in(
+            &mut tx,
+            &account,
+            &[UserEvent::SecondFactorEnrolmentStarted],
+            ctx.metadata(caller.actor()),
+        )
+        .await?;
+        tx.commit().await?;
+        let otpauth_uri = secret.otpauth_uri(&self.mfa_issuer, &account.email);
+        let qr_svg = factor::qr_svg(&otpauth_uri).unwrap_or_default();
+        Ok(Enrolment {
+            secret: secret.base32(),
+            otpauth_uri,
+            qr_svg,
+        })
+    }
+
+    /// Completes an enrolment with a code of the new secret: sign-ins ask for a code from now
+    /// on. Answers the recovery codes, once.
+    pub async fn complete_second_factor(
+        &self,
+        ctx: &ClientContext,
+        caller: &AuthUser,
+        code: &str,
+    ) -> Result<Vec<String>, IdentityError> {
+        let account = self.load_user(caller.user_id).await?;
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        let stored = match self.stored_factor(&mut tx, account.id).await? {
+            Some(stored) if !stored.enabled => stored,
+            Some(_) => {
+                return Err(IdentityError::SecondFactorState(
+                    "the second factor is on already",
+                ));
+            }
+            None => {
+                return Err(IdentityError::SecondFactorState(
+                    "no enrolment is in progress: start one (POST /v1/auth/2fa/enable-init)",
+                ));
+            }
+        };
+        let now_step = step_of(Utc::now().timestamp());
+        let Some(step) = accept(&stored.secret, code, now_step, stored.last_step) else {
+            return Err(IdentityError::invalid(
+                "code",
+                "not a current code of the new secret",
+            ));
+        };
+        sqlx::query(
+            "update second_factors set enabled_at = now(), last_step = $2, failures = 0
+              where user_id = $1",
+        )
+        .bind(account.id)
+        .bind(step)
+        .execute(&mut *tx)
+        .await?;
+        let codes = replace_recovery_codes(&mut tx, account.id).await?;
+        self.append_user_in(
+            &mut tx,
+            &account,
+            &[
+                UserEvent::SecondFactorEnabled,
+                UserEvent::RecoveryCodesGenerated {
+                    count: u32::try_from(codes.len()).unwrap_or(u32::MAX),
+                },
+            ],
+            ctx.metadata(caller.actor()),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(codes)
+    }
+
+    /// Turns the second factor off, with the password and a current code.
+    pub async fn disable_second_factor(
+        &self,
+        ctx: &ClientContext,
+        caller: &AuthUser,
+        password: &str,
+        code: &str,
+    ) -> Result<(), IdentityError> {
+        self.reauthenticate(caller.user_id, password).await?;
+        let account = self.load_user(caller.user_id).await?;
+        let meta = ctx.metadata(caller.actor());
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        let Some(stored) = self
+            .stored_factor(&mut tx, account.id)
+            .await?
+            .filter(|s| s.enabled)
+        else {
+            return Err(IdentityError::SecondFactorState(
+                "there is no second factor to turn off",
+            ));
+        };
+        let now = Utc::now();
+        let step = if account.is_second_factor_locked(now) {
+            None
+        } else {
+            accept(
+                &stored.secret,
+                code,
+                step_of(now.timestamp()),
+                stored.last_step,
+            )
+        };
+        if step.is_none() {
+            self.count_wrong_code(tx, &account, FailureReason::WrongCode, meta)
+                .await?;
+            return Err(IdentityError::SecondFactorRefused);
+        }
+        delete_factor(&mut tx, account.id).await?;
+        self.append_user_in(&mut tx, &account, &[UserEvent::SecondFactorDisabled], meta)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A new set of recovery codes, replacing the old one; needs the password again.
+    pub async fn regenerate_recovery_codes(
+        &self,
+        ctx: &ClientContext,
+        caller: &AuthUser,
+        password: &str,
+    ) -> Result<Vec<String>, IdentityError> {
+        self.reauthenticate(caller.user_id, password).await?;
+        let account = self.load_user(caller.user_id).await?;
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        if !self
+            .stored_factor(&mut tx, account.id)
+            .await?
+            .is_some_and(|s| s.enabled)
+        {
+            return Err(IdentityError::SecondFactorState(
+                "recovery codes come with a second factor, and there is none",
+            ));
+        }
+        let codes = replace_recovery_codes(&mut tx, account.id).await?;
+        self.append_user_in(
+            &mut tx,
+            &account,
+            &[UserEvent::RecoveryCodesGenerated {
+                count: u32::try_from(codes.len()).unwrap_or(u32::MAX),
+            }],
+            ctx.metadata(caller.actor()),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(codes)
+    }
+
+    /// An administrator (`actor`) removes the second factor of `user_id`; the person is told
+    /// by email. Refused when there is none.
+    pub async fn reset_second_factor(
+        &self,
+        ctx: &ClientContext,
+        actor: &AuthUser,
+        user_id: Uuid,
+    ) -> Result<(), IdentityError> {
+        let account = self.load_user(user_id).await?;
+        if account.erased {
+            return Err(IdentityError::Erased);
+        }
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        let removed = delete_factor(&mut tx, user_id).await?;
+        if !removed && !account.second_factor {
+            return Err(IdentityError::SecondFactorState(
+                "the account has no second factor",
+            ));
+        }
+        self.append_user_in(
+            &mut tx,
+            &account,
+            &[UserEvent::SecondFactorReset {
+                email: account.email.clone().into(),
+            }],
+            ctx.metadata(actor.actor()),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The first step's answer for `account`, whose password was right: a challenge for its
+    /// second factor, recorded in its login stream.
+    pub(super) async fn challenge(
+        &self,
+        account: &User,
+        meta: Metadata,
+    ) -> Result<SignIn, IdentityError> {
+        let (challenge, digest) = new_challenge();
+        let challenge_id = Uuid::now_v7();
+        let expires_at = Utc::now() + CHALLENGE_TTL;
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        sqlx::query(
+            "insert into mfa_challenges (challenge_digest, challenge_id, user_id, expires_at)
+             values ($1, $2, $3, $4)",
+        )
+        .bind(&digest)
+        .bind(challenge_id)
+        .bind(account.id)
+        .bind(expires_at)
+        .execute(&mut *tx)
+        .await?;
+        // Challenges of the account that expired long ago go with each new one.
+        sqlx::query(
+            "delete from mfa_challenges where user_id = $1 and expires_at < now() - interval '1 day'",
+        )
+        .bind(account.id)
+        .execute(&mut *tx)
+        .await?;
+        self.store
+            .append_in(
+                &mut tx,
+                Append::to(StreamId::login(account.id))
+                    .expecting(ExpectedVersion::Any)
+                    .event(login::second_factor_required(challenge_id))
+                    .metadata(meta),
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(SignIn::SecondFactorRequired {
+            challenge,
+            expires_in: u64::try_from(CHALLENGE_TTL.num_seconds()).unwrap_or(300),
+        })
+    }
+
+    /// The second step of a sign-in: `challenge` and a code of the authenticator app.
+    pub async fn verify_second_factor(
+        &self,
+        ctx: &ClientContext,
+        challenge: &str,
+        code: &str,
+    ) -> Result<TokenPair, IdentityError> {
+        self.second_step(ctx, challenge, Proof::Totp(code)).await
+    }
+
+    /// The second step of a sign-in with one of the recovery codes, which then is used up.
+    pub async fn recovery_login(
+        &self,
+        ctx: &ClientContext,
+        challenge: &str,
+        recovery_code: &str,
+    ) -> Result<TokenPair, IdentityError> {
+        self.second_step(ctx, challenge, Proof::RecoveryCode(recovery_code))
+            .await
+    }
+
+    async fn second_step(
+        &self,
+        ctx: &ClientContext,
+        challenge: &str,
+        proof: Proof<'_>,
+    ) -> Result<TokenPair, IdentityError> {
+        let _turn = self.shares.turn(&ctx.ip_key()).await;
+        self.limit(&[(
+            self.rate_key("login:ip", &ctx.ip_key()),
+            self.limits.login_per_ip,
+        )])
+        .await?;
+        let digest = challenge_digest(challenge);
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        let found: Option<(Uuid, Uuid)> = sqlx::query_as(
+            "select challenge_id, user_id from mfa_challenges
+              where challenge_digest = $1 and used_at is null and expires_at > now()
+              for update",
+        )
+        .bind(&digest)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((challenge_id, user_id)) = found else {
+            metrics::counter!("idp_auth_second_factor_total", "outcome" => "bad_challenge")
+                .increment(1);
+            return Err(IdentityError::SecondFactorRefused);
+        };
+        let account = self.load_user(user_id).await?;
+        let now = Utc::now();
+        let meta = ctx.metadata(StreamId::user(user_id));
+        if account.erased || account.is_locked(now) || !account.second_factor {
+            return Err(IdentityError::SecondFactorRefused);
+        }
+        let Some(stored) = self
+            .stored_factor(&mut tx, user_id)
+            .await?
+            .filter(|s| s.enabled)
+        else {
+            return Err(IdentityError::SecondFactorRefused);
+        };
+        let wrong = match proof {
+            Proof::Totp(_) => FailureReason::WrongCode,
+            Proof::RecoveryCode(_) => FailureReason::WrongRecoveryCode,
+        };
+        if account.is_second_factor_locked(now) {
+            self.record_second_factor_failure(
+                &mut tx,
+                user_id,
+                FailureReason::SecondFactorLocked,
+                meta,
+            )
+            .await?;
+            tx.commit().await?;
+            metrics::counter!("idp_auth_second_factor_total", "outcome" => "locked").increment(1);
+            return Err(IdentityError::SecondFactorRefused);
+        }
+        let (method, recovery_left) = match proof {
+            Proof::Totp(code) => {
+                let Some(step) = accept(
+                    &stored.secret,
+                    code,
+                    step_of(now.timestamp()),
+                    stored.last_step,
+                ) else {
+                    self.count_wrong_code(tx, &account, wrong, meta).await?;
+                    return Err(IdentityError::SecondFactorRefused);
+                };
+                sqlx::query(
+                    "update second_factors set last_step = $2, failures = 0 where user_id = $1",
+                )
+                .bind(user_id)
+                .bind(step)
+                .execute(&mut *tx)
+                .await?;
+                (SecondFactorMethod::Totp, None)
+            }
+            Proof::RecoveryCode(code) => {
+                let used = sqlx::query(
+                    "update recovery_codes set used_at = now()
+                      where user_id = $1 and code_digest = $2 and used_at is null",
+                )
+                .bind(user_id)
+                .bind(recovery_code_digest(code))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if used == 0 {
+                    self.count_wrong_code(tx, &account, wrong, meta).await?;
+                    return Err(IdentityError::SecondFactorRefused);
+                }
+                sqlx::query("update second_factors set failures = 0 where user_id = $1")
+                    .bind(user_id)
+                    .execute(&mut *tx)
+                    .await?;
+                let left: i64 = sqlx::query_scalar(
+                    "select count(*) from recovery_codes where user_id = $1 and used_at is null",
+                )
+                .bind(user_id)
+                .fetch_one(&mut *tx)
+                .await?;
+                (
+                    SecondFactorMethod::RecoveryCode,
+                    Some(u32::try_from(left).unwrap_or(0)),
+                )
+            }
+        };
+        sqlx::query("update mfa_challenges set used_at = now() where challenge_digest = $1")
+            .bind(&digest)
+            .execute(&mut *tx)
+            .await?;
+        if let Some(remaining) = recovery_left {
+            self.append_user_in(
+                &mut tx,
+                &account,
+                &[UserEvent::RecoveryCodeUsed { remaining }],
+                meta.clone(),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        tracing::debug!(challenge.id = %challenge_id, "second factor accepted");
+        metrics::counter!("idp_auth_second_factor_total", "outcome" => "success").increment(1);
+        let account = if recovery_left.is_some() {
+            self.load_user(user_id).await?
+        } else {
+            account
+        };
+        self.start_session(&account, meta, Some(method)).await
+    }
+
+    /// Records a wrong code of `account` and, at the fifth in a row, locks its second factor;
+    /// commits `tx`.
+    async fn count_wrong_code(
+        &self,
+        mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+        account: &User,
+        reason: FailureReason,
+        meta: Metadata,
+    ) -> Result<(), IdentityError> {
+        self.record_second_factor_failure(&mut tx, account.id, reason, meta.clone())
+            .await?;
+        let failures: i32 = sqlx::query_scalar(
+            "update second_factors set failures = failures + 1 where user_id = $1
+             returning failures",
+        )
+        .bind(account.id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .unwrap_or(0);
+        let lock =
+            user::failed_second_factor(account, u32::try_from(failures).unwrap_or(0), Utc::now());
+        if !lock.is_empty() {
+            self.append_user_in(&mut tx, account, &lock, meta).await?;
+            sqlx::query("update second_factors set failures = 0 where user_id = $1")
+                .bind(account.id)
+                .execute(&mut *tx)
+                .await?;
+            metrics::counter!("idp_auth_second_factor_lockouts_total").increment(1);
+        }
+        tx.commit().await?;
+        metrics::counter!("idp_auth_second_factor_total", "outcome" => "failure").increment(1);
+        Ok(())
+    }
+
+    async fn record_second_factor_failure(
+        &self,
+        conn: &mut PgConnection,
+        user_id: Uuid,
+        reason: FailureReason,
+        meta: Metadata,
+    ) -> Result<(), IdentityError> {
+        self.store
+            .append_in(
+                conn,
+                Append::to(StreamId::login(user_id))
+                    .expecting(ExpectedVersion::Any)
+                    .event(login::failed(reason))
+                    .metadata(meta),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Whether `caller` must enrol a second factor before anything else: one of their roles
+    /// is in `MFA_REQUIRED_ROLES` and they have none on.
+    pub async fn must_enrol(&self, user_id: Uuid, roles: &[String]) -> Result<bool, IdentityError> {
+        if !roles.iter().any(|r| self.mfa_required_roles.contains(r)) {
+            return Ok(false);
+        }
+        let enabled: Option<bool> = sqlx::query_scalar(
+            "select enabled_at is not null from second_factors where user_id = $1",
+        )
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(!enabled.unwrap_or(false))
+    }
+}
+
+/// What the second step of a sign-in presents.
+#[derive(Debug, Clone, Copy)]
+enum Proof<'a> {
+    Totp(&'a str),
+    RecoveryCode(&'a str),
+}
+
+/// Replaces the recovery codes of `user_id` by a new set; answers the codes.
+async fn replace_recovery_codes(
+    conn: &mut PgConnection,
+    user_id: Uuid,
+) -> Result<Vec<String>, IdentityError> {
+    let codes = new_recovery_codes();
+    sqlx::query("delete from recovery_codes where user_id = $1")
+        .bind(user_id)
+        .execute(&mut *conn)
+        .await?;
+    let digests: Vec<Vec<u8>> = codes.iter().map(|(_, digest)| digest.clone()).collect();
+    sqlx::query("insert into recovery_codes (user_id, code_digest) select $1, unnest($2::bytea[])")
+        .bind(user_id)
+        .bind(&digests)
+        .execute(&mut *conn)
+        .await?;
+    Ok(codes.into_iter().map(|(shown, _)| shown).collect())
+}
+
+/// Removes the second factor of `user_id`: its secret, recovery codes and open challenges.
+/// True if there was one.
+pub(super) async fn delete_factor(
+    conn: &mut PgConnection,
+    user_id: Uuid,
+) -> Result<bool, IdentityError> {
+    let removed = sqlx::query("delete from second_factors where user_id = $1")
+        .bind(user_id)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    for sql in [
+        "delete from recovery_codes where user_id = $1",
+        "delete from mfa_challenges where user_id = $1",
+    ] {
+        sqlx::query(sql).bind(user_id).execute(&mut *conn).await?;
+    }
+    Ok(removed > 0)
+}
