@@ -334,21 +334,18 @@ impl Identity {
         let expires_at = Utc::now() + CHALLENGE_TTL;
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin().await?;
+        // Challenges of the account that expired a day ago go with each new one.
         sqlx::query(
-            "insert into mfa_challenges (challenge_digest, challenge_id, user_id, expires_at)
+            "with expired as (
+                 delete from mfa_challenges where user_id = $3 and expires_at < now() - interval '1 day'
+             )
+             insert into mfa_challenges (challenge_digest, challenge_id, user_id, expires_at)
              values ($1, $2, $3, $4)",
         )
         .bind(&digest)
         .bind(challenge_id)
         .bind(account.id)
         .bind(expires_at)
-        .execute(&mut *tx)
-        .await?;
-        // Challenges of the account that expired long ago go with each new one.
-        sqlx::query(
-            "delete from mfa_challenges where user_id = $1 and expires_at < now() - interval '1 day'",
-        )
-        .bind(account.id)
         .execute(&mut *tx)
         .await?;
         self.store
@@ -394,12 +391,10 @@ impl Identity {
         challenge: &str,
         proof: Proof<'_>,
     ) -> Result<TokenPair, IdentityError> {
+        // No rate limit of its own: a challenge is 256 random bits (guessing one is hopeless,
+        // and each costs one indexed lookup), and wrong codes on a real one lock the second
+        // factor after five. One request of a client address at a time, as for the first step.
         let _turn = self.shares.turn(&ctx.ip_key()).await;
-        self.limit(&[(
-            self.rate_key("login:ip", &ctx.ip_key()),
-            self.limits.login_per_ip,
-        )])
-        .await?;
         let digest = challenge_digest(challenge);
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin().await?;

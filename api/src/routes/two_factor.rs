@@ -164,8 +164,7 @@ pub struct VerifyRequest {
     responses((status = 200, description = "Signed in", body = TokenPair,
                example = json!({"access_token": "eyJ0eXAiOiJhdCtqd3QiLCJhbGciOiJFZERTQSJ9.eyJzdWIiOiIwMTkwZjRjMiJ9.c2lnbmF0dXJl",
                                 "refresh_token": "3q2Vb8yJkq0m1f0S6yWm2Q0Yb0u5Zl9cXw4tR7uI1oP", "token_type": "Bearer", "expires_in": 900})),
-              (status = 401, description = "Refused: the same answer for an unknown, expired or used challenge, a wrong, malformed or used code, and a locked second factor"),
-              (status = 429, description = "Too many sign-ins from this address")))]
+              (status = 401, description = "Refused: the same answer for an unknown, expired or used challenge, a wrong, malformed or used code, and a locked second factor")))]
 #[tracing::instrument(name = "auth.2fa.verify", skip_all)]
 pub async fn verify(
     State(state): State<AppState>,
@@ -196,8 +195,7 @@ pub struct RecoveryLoginRequest {
     responses((status = 200, description = "Signed in", body = TokenPair,
                example = json!({"access_token": "eyJ0eXAiOiJhdCtqd3QiLCJhbGciOiJFZERTQSJ9.eyJzdWIiOiIwMTkwZjRjMiJ9.c2lnbmF0dXJl",
                                 "refresh_token": "3q2Vb8yJkq0m1f0S6yWm2Q0Yb0u5Zl9cXw4tR7uI1oP", "token_type": "Bearer", "expires_in": 900})),
-              (status = 401, description = "Refused: the same answer whatever the reason"),
-              (status = 429, description = "Too many sign-ins from this address")))]
+              (status = 401, description = "Refused: the same answer whatever the reason")))]
 #[tracing::instrument(name = "auth.recovery_login", skip_all)]
 pub async fn recovery_login(
     State(state): State<AppState>,
