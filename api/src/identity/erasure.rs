@@ -68,14 +68,7 @@ impl Identity {
     ) -> Result<ErasureOutcome, IdentityError> {
         let (actor, reason) = match eraser {
             Eraser::Themselves { password } => {
-                self.limit(&[(
-                    format!("login:account-id:{user_id}"),
-                    self.limits.login_per_account,
-                )])
-                .await?;
-                if !self.verify_password(user_id, password).await?.matches {
-                    return Err(IdentityError::Unauthorized);
-                }
+                self.reauthenticate(user_id, password).await?;
                 (idp_events::StreamId::user(user_id).to_string(), None)
             }
             Eraser::Administrator { actor, reason } => (actor.to_owned(), Some(reason.to_owned())),

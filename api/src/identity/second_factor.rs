@@ -96,7 +96,11 @@ impl Identity {
     }
 
     /// Checks the password of a signed-in caller re-entering it, under the per-account limit.
-    async fn reauthenticate(&self, user_id: Uuid, password: &str) -> Result<(), IdentityError> {
+    pub(super) async fn reauthenticate(
+        &self,
+        user_id: Uuid,
+        password: &str,
+    ) -> Result<(), IdentityError> {
         self.limit(&[(
             format!("login:account-id:{user_id}"),
             self.limits.login_per_account,
