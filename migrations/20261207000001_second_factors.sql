@@ -41,4 +41,3 @@ create table mfa_challenges (
 );
 
 create index mfa_challenges_by_user_idx on mfa_challenges (user_id);
-create index mfa_challenges_expiry_idx on mfa_challenges (expires_at);

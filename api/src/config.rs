@@ -183,7 +183,8 @@ pub struct IdentityConfig {
         env = "MFA_REQUIRED_ROLES",
         value_name = "MFA_REQUIRED_ROLES",
         default_value = "",
-        value_delimiter = ','
+        value_delimiter = ',',
+        value_parser = required_role
     )]
     pub mfa_required_roles: Vec<String>,
 
@@ -270,6 +271,20 @@ pub struct IdentityConfig {
     pub email_per_account: Limit,
 }
 
+/// A role of `MFA_REQUIRED_ROLES`, trimmed: one idp knows, or empty (none).
+fn required_role(value: &str) -> Result<String, String> {
+    let roles = idp_events::identity::user::ROLES;
+    let role = value.trim();
+    if role.is_empty() || roles.contains(&role) {
+        Ok(role.to_owned())
+    } else {
+        Err(format!(
+            "{role:?} is not a role; roles: {}",
+            roles.join(", ")
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,5 +321,22 @@ mod tests {
             assert!(!debug.contains(secret), "{secret} in {debug}");
         }
         assert!(debug.contains("admin_password"), "{debug}");
+    }
+
+    #[test]
+    fn required_roles_are_trimmed_and_must_be_roles() {
+        let parse = |roles: &str| {
+            Config::try_parse_from([
+                "idp-api",
+                "--database-url",
+                "postgres://127.0.0.1/idp",
+                "--mfa-required-roles",
+                roles,
+            ])
+        };
+        let config = parse(" admin , user").unwrap();
+        assert_eq!(config.identity.mfa_required_roles, ["admin", "user"]);
+        let refused = parse("admin,root").unwrap_err().to_string();
+        assert!(refused.contains("\"root\" is not a role"), "{refused}");
     }
 }

@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use crate::client_address::{self, TrustedProxies};
 use crate::error::ApiError;
+use crate::identity::SessionState;
 use crate::startup::AppState;
 
 /// A JSON body. Malformed JSON is 400, a body of the wrong shape (missing or unknown fields,
@@ -329,8 +330,11 @@ impl AuthUser {
     }
 }
 
-/// The caller of a valid access token whose session is active.
-async fn authenticate(parts: &Parts, state: &AppState) -> Result<AuthUser, ApiError> {
+/// The caller of a valid access token whose session is active, with the session as found.
+async fn authenticate(
+    parts: &Parts,
+    state: &AppState,
+) -> Result<(AuthUser, SessionState), ApiError> {
     let token = parts
         .headers
         .get(header::AUTHORIZATION)
@@ -348,16 +352,18 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<AuthUser, ApiEr
             tracing::debug!(reason = ?err, "access token refused");
             ApiError::Unauthorized
         })?;
-    if !state.identity.session_is_active(claims.sid).await? {
+    let session = state.identity.session_state(claims.sid).await?;
+    if !session.active {
         return Err(ApiError::Unauthorized);
     }
     // The request's span (see `startup::http_span`) names the caller from here on.
     tracing::Span::current().record("user.id", tracing::field::display(claims.sub));
-    Ok(AuthUser {
+    let user = AuthUser {
         user_id: claims.sub,
         session_id: claims.sid,
         roles: claims.roles,
-    })
+    };
+    Ok((user, session))
 }
 
 /// An authenticated caller. With `MFA_REQUIRED_ROLES`, a holder of such a role (as of the
@@ -370,8 +376,8 @@ impl FromRequestParts<AppState> for AuthUser {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let user = authenticate(parts, state).await?;
-        if state.identity.must_enrol(user.user_id, &user.roles).await? {
+        let (user, session) = authenticate(parts, state).await?;
+        if state.identity.must_enrol(&user.roles, session) {
             return Err(ApiError::SecondFactorEnrolmentRequired);
         }
         Ok(user)
@@ -390,7 +396,7 @@ impl FromRequestParts<AppState> for EnrollingUser {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        Ok(Self(authenticate(parts, state).await?))
+        Ok(Self(authenticate(parts, state).await?.0))
     }
 }
 
@@ -406,13 +412,16 @@ impl FromRequestParts<AppState> for AdminUser {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let user = AuthUser::from_request_parts(parts, state).await?;
-        if !user.is_admin(state).await? {
+        let (user, session) = authenticate(parts, state).await?;
+        let account = state.identity.load_user(user.user_id).await?;
+        if state.identity.must_enrol(&user.roles, session) {
+            return Err(ApiError::SecondFactorEnrolmentRequired);
+        }
+        if !account.has_role(idp_events::identity::user::ROLE_ADMIN) {
             return Err(ApiError::Forbidden);
         }
         // The role is checked as it is now, so is the second factor it may need.
-        let admin = [idp_events::identity::user::ROLE_ADMIN.to_owned()];
-        if state.identity.must_enrol(user.user_id, &admin).await? {
+        if state.identity.must_enrol(&account.roles, session) {
             return Err(ApiError::SecondFactorEnrolmentRequired);
         }
         Ok(Self(user))

@@ -379,17 +379,6 @@ async fn build_identity(config: &Config, store: EventStore) -> anyhow::Result<Id
             "email-index",
         )?,
     };
-    if let Some(unknown) = id
-        .mfa_required_roles
-        .iter()
-        .map(|role| role.trim())
-        .find(|role| !role.is_empty() && !idp_events::identity::user::ROLES.contains(role))
-    {
-        anyhow::bail!(
-            "MFA_REQUIRED_ROLES names {unknown:?}, which is not a role; roles: {}",
-            idp_events::identity::user::ROLES.join(", ")
-        );
-    }
     let hasher = Hasher::new(params).with_max_queue(id.argon2_max_queue as usize);
     let identity = Identity::new(store, hasher, tokens, keys, id);
     let reindexed = identity

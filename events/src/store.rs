@@ -352,7 +352,7 @@ impl EventStore {
         events: &mut [RecordedEvent],
     ) -> Result<(), ReadError> {
         self.codec
-            .open(conn, events, personal::Opening::All, HashMap::new())
+            .open(conn, events, Opening::All, HashMap::new())
             .await
     }
 
@@ -799,7 +799,7 @@ impl EventStore {
         stream_id: impl AsRef<str>,
         from_version: i64,
     ) -> Result<Vec<RecordedEvent>, ReadError> {
-        self.read_one_stream(stream_id.as_ref(), from_version, personal::Opening::Data)
+        self.read_one_stream(stream_id.as_ref(), from_version, Opening::Data)
             .await
     }
 
@@ -809,7 +809,7 @@ impl EventStore {
         stream_id: impl AsRef<str>,
         from_version: i64,
     ) -> Result<Vec<RecordedEvent>, ReadError> {
-        self.read_one_stream(stream_id.as_ref(), from_version, personal::Opening::All)
+        self.read_one_stream(stream_id.as_ref(), from_version, Opening::All)
             .await
     }
 
@@ -819,7 +819,7 @@ impl EventStore {
         &self,
         stream_id: &str,
         from_version: i64,
-        opening: personal::Opening,
+        opening: Opening,
     ) -> Result<Vec<RecordedEvent>, ReadError> {
         // The data of a person's stream is sealed under their key: fetched with the events, it
         // spares a query (its metadata may still need the keys of its days).

@@ -4,11 +4,9 @@
 //! A TOTP secret is 160 random bits. It is stored sealed under the person's data key
 //! ([`seal_secret`]), bound to the person and to this purpose, so erasing the person shreds it.
 //! A code is accepted for a step later than the last step accepted ([`accept`]), so no code
-//! works twice. Recovery codes hold 80 random bits each and are stored as SHA-256 digests, as
-//! are challenge tokens (256 random bits).
+//! works twice. Recovery codes hold 80 random bits each and are stored as SHA-256 digests;
+//! challenges are opaque tokens ([`crate::auth::tokens::new_opaque_token`]).
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use idp_events::privacy::{CipherError, DataKey};
 use rand::RngCore as _;
 use secrecy::{ExposeSecret as _, SecretBox};
@@ -52,11 +50,13 @@ impl TotpSecret {
         Some(Self(SecretBox::new(Box::new(bytes))))
     }
 
+    /// The secret's generator; its own skew is 0, since [`accept`] walks the window itself
+    /// (it needs the step that matched).
     fn totp(&self, issuer: &str, account: &str) -> TOTP {
         TOTP::new_unchecked(
             Algorithm::SHA1,
             DIGITS,
-            1,
+            0,
             STEP_SECS,
             self.0.expose_secret().to_vec(),
             Some(issuer.to_owned()),
@@ -76,9 +76,13 @@ impl TotpSecret {
 
     /// The code of step `step` (seconds since the epoch / [`STEP_SECS`]).
     pub fn code_at_step(&self, step: i64) -> String {
-        let time = u64::try_from(step).unwrap_or(0).saturating_mul(STEP_SECS);
-        self.totp("", "").generate(time)
+        self.totp("", "").generate(step_start(step))
     }
+}
+
+/// The first second of `step`.
+fn step_start(step: i64) -> u64 {
+    u64::try_from(step).unwrap_or(0).saturating_mul(STEP_SECS)
 }
 
 /// The step of `unix_secs`.
@@ -93,20 +97,16 @@ pub fn accept(secret: &TotpSecret, code: &str, now_step: i64, last_step: i64) ->
     if code.len() != DIGITS || !code.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
+    let totp = secret.totp("", "");
     let mut found = None;
-    // Every candidate is computed and compared in constant time, whichever matches.
+    // Every candidate is computed and compared (in constant time, by the crate), whichever
+    // matches.
     for step in now_step - SKEW_STEPS..=now_step + SKEW_STEPS {
-        let expected = secret.code_at_step(step);
-        let same: bool = constant_time_eq(expected.as_bytes(), code.as_bytes());
-        if same && step > last_step && found.is_none() {
+        if totp.check(code, step_start(step)) && step > last_step && found.is_none() {
             found = Some(step);
         }
     }
     found
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The associated data of `user_id`'s sealed secret: it opens for no one else and as nothing
@@ -135,7 +135,7 @@ pub fn new_recovery_codes() -> Vec<(String, Vec<u8>)> {
         .map(|_| {
             let mut bytes = [0u8; 10];
             rand::rng().fill_bytes(&mut bytes);
-            let plain = base32_lower(&bytes);
+            let plain = base32::encode(base32::Alphabet::Rfc4648Lower { padding: false }, &bytes);
             let shown = plain
                 .as_bytes()
                 .chunks(4)
@@ -159,36 +159,6 @@ pub fn recovery_code_digest(code: &str) -> Vec<u8> {
     hasher.update(b"idp/recovery-code/v1:");
     hasher.update(normal.as_bytes());
     hasher.finalize().to_vec()
-}
-
-fn base32_lower(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
-    let mut out = String::with_capacity(bytes.len() * 8 / 5 + 1);
-    let (mut buffer, mut bits) = (0u32, 0u32);
-    for byte in bytes {
-        buffer = (buffer << 8) | u32::from(*byte);
-        bits += 8;
-        while bits >= 5 {
-            bits -= 5;
-            out.push(char::from(ALPHABET[((buffer >> bits) & 31) as usize]));
-        }
-    }
-    if bits > 0 {
-        out.push(char::from(ALPHABET[((buffer << (5 - bits)) & 31) as usize]));
-    }
-    out
-}
-
-/// A new challenge token and its digest as stored.
-pub fn new_challenge() -> (String, Vec<u8>) {
-    let token = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
-    let digest = challenge_digest(&token);
-    (token, digest)
-}
-
-/// The digest of a presented challenge token.
-pub fn challenge_digest(token: &str) -> Vec<u8> {
-    Sha256::digest(token.as_bytes()).to_vec()
 }
 
 /// The QR code of `uri` as an SVG document, drawn here (the secret never leaves idp for it).

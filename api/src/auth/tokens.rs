@@ -4,7 +4,8 @@
 //! header `kid` and `typ: "at+jwt"`). Verification pins the algorithm to EdDSA, picks the key by
 //! `kid`, and checks `typ`, `iss`, `aud`, `exp` and `nbf` (30 s leeway).
 //!
-//! Refresh tokens are 256 random bits; only their SHA-256 hash is stored.
+//! Refresh tokens (and sign-in challenges) are 256 random bits; only their SHA-256 hash is
+//! stored.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -188,16 +189,16 @@ fn is_access_token_typ(typ: &str) -> bool {
     typ == ACCESS_TOKEN_TYP || typ.strip_prefix("application/") == Some(ACCESS_TOKEN_TYP)
 }
 
-/// A new opaque refresh token: 32 random bytes, base64url without padding (43 chars).
-/// Returns (token, sha256 hash bytes).
-pub fn new_refresh_token() -> (String, Vec<u8>) {
+/// A new opaque token (a refresh token, a sign-in challenge): 32 random bytes, base64url
+/// without padding (43 chars). Returns (token, sha256 hash bytes).
+pub fn new_opaque_token() -> (String, Vec<u8>) {
     let token = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
-    let hash = hash_refresh_token(&token);
+    let hash = hash_opaque_token(&token);
     (token, hash)
 }
 
-/// SHA-256 of a presented refresh token, for lookup.
-pub fn hash_refresh_token(token: &str) -> Vec<u8> {
+/// SHA-256 of a presented opaque token, for lookup.
+pub fn hash_opaque_token(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 
@@ -493,7 +494,7 @@ mod tests {
     #[test]
     fn garbage_and_refresh_tokens_are_rejected() {
         let tokens = tokens();
-        let (refresh, _) = new_refresh_token();
+        let (refresh, _) = new_opaque_token();
         for token in [refresh.as_str(), "", ".", "..", "a.b.c", "not a token"] {
             assert_invalid(&tokens, token);
         }
@@ -539,18 +540,18 @@ mod tests {
 
     #[test]
     fn refresh_tokens_are_random_and_hashed() {
-        let (a, hash_a) = new_refresh_token();
-        let (b, hash_b) = new_refresh_token();
+        let (a, hash_a) = new_opaque_token();
+        let (b, hash_b) = new_opaque_token();
         assert_eq!(a.len(), 43);
         assert_eq!(b.len(), 43);
         assert_ne!(a, b);
         assert_ne!(hash_a, hash_b);
         assert_eq!(hash_a.len(), 32);
-        assert_eq!(hash_a, hash_refresh_token(&a));
-        assert_eq!(hash_b, hash_refresh_token(&b));
+        assert_eq!(hash_a, hash_opaque_token(&a));
+        assert_eq!(hash_b, hash_opaque_token(&b));
         assert_eq!(URL_SAFE_NO_PAD.decode(&a).unwrap().len(), 32);
         assert_eq!(
-            hex::encode(hash_refresh_token("abc")),
+            hex::encode(hash_opaque_token("abc")),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
     }

@@ -36,9 +36,6 @@ pub enum IdentityError {
     /// The second step of a sign-in was refused: one answer whatever the reason.
     #[error("second factor refused")]
     SecondFactorRefused,
-    /// The caller's role must enrol a second factor before anything else.
-    #[error("second factor enrolment required")]
-    SecondFactorEnrolmentRequired,
     /// The request does not fit the account's second factor as it stands (none to disable,
     /// one on already, no enrolment in progress).
     #[error("{0}")]
@@ -187,7 +184,6 @@ impl From<IdentityError> for ApiError {
             E::InvalidCredentials => Self::InvalidCredentials,
             E::Unauthorized => Self::Unauthorized,
             E::SecondFactorRefused => Self::SecondFactorRefused,
-            E::SecondFactorEnrolmentRequired => Self::SecondFactorEnrolmentRequired,
             E::SecondFactorState(detail) => Self::Conflict(detail.to_owned()),
             E::NotFound => Self::NotFound,
             E::Erased => Self::Gone(err.to_string()),

@@ -36,7 +36,7 @@ pub use self::consents::{ConsentView, consent_views};
 pub use self::erasure::{Eraser, ErasureOutcome};
 pub use self::error::IdentityError;
 pub use self::export::PersonalExport;
-pub use self::second_factor::{Enrolment, SignIn};
+pub use self::second_factor::{Enrolment, SecondFactorChallenge, SignIn};
 use crate::auth::password::{self, ClientShares, Hasher};
 use crate::auth::rate_limit::{Decision, Limit, RateLimiter};
 use crate::auth::tokens::Tokens;
@@ -79,6 +79,16 @@ pub struct LockOutcome {
     pub locked_until: DateTime<Utc>,
     /// How many sessions of the account this request ended.
     pub sessions_revoked: usize,
+}
+
+/// A session as a request finds it ([`Identity::session_state`]).
+#[derive(Debug, Clone, Copy)]
+pub struct SessionState {
+    /// Neither revoked nor expired.
+    pub active: bool,
+    /// Its account has a second factor on (only looked up when `MFA_REQUIRED_ROLES` names a
+    /// role; `false` otherwise).
+    pub second_factor: bool,
 }
 
 /// The reservation scope that keeps one account per email address.
@@ -172,8 +182,8 @@ impl Identity {
             mfa_required_roles: config
                 .mfa_required_roles
                 .iter()
-                .map(|role| role.trim().to_owned())
                 .filter(|role| !role.is_empty())
+                .cloned()
                 .collect(),
         }
     }
@@ -242,15 +252,36 @@ impl Identity {
         }
     }
 
-    /// Whether session `sid` is neither revoked nor expired.
-    pub async fn session_is_active(&self, sid: Uuid) -> Result<bool, IdentityError> {
-        let active: Option<bool> = sqlx::query_scalar(
-            "select revoked_at is null and expires_at > now() from sessions where session_id = $1",
-        )
+    /// Whether session `sid` is neither revoked nor expired, and (only asked when some role
+    /// must have a second factor, `MFA_REQUIRED_ROLES`) whether its account has one on: one
+    /// statement either way.
+    pub async fn session_state(&self, sid: Uuid) -> Result<SessionState, IdentityError> {
+        let state: Option<(bool, bool)> = if self.mfa_required_roles.is_empty() {
+            sqlx::query_as(
+                "select revoked_at is null and expires_at > now(), false
+                   from sessions where session_id = $1",
+            )
+        } else {
+            sqlx::query_as(
+                "select s.revoked_at is null and s.expires_at > now(), f.enabled_at is not null
+                   from sessions s left join second_factors f on f.user_id = s.user_id
+                  where s.session_id = $1",
+            )
+        }
         .bind(sid)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(active.unwrap_or(false))
+        let (active, second_factor) = state.unwrap_or((false, false));
+        Ok(SessionState {
+            active,
+            second_factor,
+        })
+    }
+
+    /// Whether a holder of `roles` without a second factor must enrol one before anything
+    /// else (`MFA_REQUIRED_ROLES`).
+    pub fn must_enrol(&self, roles: &[String], state: SessionState) -> bool {
+        !state.second_factor && roles.iter().any(|r| self.mfa_required_roles.contains(r))
     }
 
     /// The account `id`, folded from its stream (NotFound if it has none).

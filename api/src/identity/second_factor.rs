@@ -16,33 +16,47 @@ use uuid::Uuid;
 
 use super::{Identity, IdentityError, TokenPair};
 use crate::auth::second_factor::{
-    self as factor, CHALLENGE_TTL, TotpSecret, accept, challenge_digest, new_challenge,
-    new_recovery_codes, open_secret, recovery_code_digest, seal_secret, step_of,
+    self as factor, CHALLENGE_TTL, TotpSecret, accept, new_recovery_codes, open_secret,
+    recovery_code_digest, seal_secret, step_of,
 };
+use crate::auth::tokens;
 use crate::extract::{AuthUser, ClientContext};
 
-/// What a first sign-in step answers: tokens, or a challenge for the second factor.
-#[derive(Debug)]
+/// What a sign-in answers: tokens, or (the account has a second factor) a challenge.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
 pub enum SignIn {
     /// Signed in.
     Tokens(TokenPair),
-    /// The password was right; `challenge` waits for a code (or a recovery code).
-    SecondFactorRequired {
-        /// The challenge token.
-        challenge: String,
-        /// Seconds it stays valid.
-        expires_in: u64,
-    },
+    /// The password was right; a code is needed.
+    SecondFactorRequired(SecondFactorChallenge),
 }
 
-/// A second factor being enrolled: what the authenticator app needs.
-#[derive(Debug)]
+/// The second step a sign-in waits for: the account has a second factor.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"status": "mfa_required", "challenge": "Yk3v0m1f0S6yWm2Q0Yb0u5Zl9cXw4tR7uI1oP3q2Vb8", "expires_in": 300}))]
+pub struct SecondFactorChallenge {
+    /// Always `mfa_required`.
+    pub status: &'static str,
+    /// Give it, with a code, to `POST /v1/auth/2fa/verify` (or, with a recovery code, to
+    /// `POST /v1/auth/recovery-login`); it works for one completed sign-in.
+    pub challenge: String,
+    /// Seconds it stays valid.
+    pub expires_in: u64,
+}
+
+/// What an authenticator app needs to enrol: the secret, as text, URI and QR code. Shown
+/// once; a new `enable-init` replaces it until `enable-complete`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"secret": "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP",
+                          "otpauth_uri": "otpauth://totp/idp:ada%40example.com?secret=JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP&issuer=idp",
+                          "qr_svg": "<?xml version=\"1.0\" standalone=\"yes\"?><svg xmlns=\"http://www.w3.org/2000/svg\" ...</svg>"}))]
 pub struct Enrolment {
-    /// The secret in base32, to type in by hand.
+    /// The secret in base32 (RFC 4648, no padding), to type in by hand.
     pub secret: String,
-    /// The `otpauth://` URI of the secret.
+    /// The `otpauth://totp/` URI (SHA-1, 6 digits, 30 s).
     pub otpauth_uri: String,
-    /// The URI as a QR code (an SVG document).
+    /// The URI as a QR code, an SVG document drawn by idp.
     pub qr_svg: String,
 }
 
@@ -333,7 +347,7 @@ impl Identity {
         account: &User,
         meta: Metadata,
     ) -> Result<SignIn, IdentityError> {
-        let (challenge, digest) = new_challenge();
+        let (challenge, digest) = tokens::new_opaque_token();
         let challenge_id = Uuid::now_v7();
         let expires_at = Utc::now() + CHALLENGE_TTL;
         let mut conn = self.pool.acquire().await?;
@@ -362,10 +376,11 @@ impl Identity {
             )
             .await?;
         tx.commit().await?;
-        Ok(SignIn::SecondFactorRequired {
+        Ok(SignIn::SecondFactorRequired(SecondFactorChallenge {
+            status: "mfa_required",
             challenge,
             expires_in: u64::try_from(CHALLENGE_TTL.num_seconds()).unwrap_or(300),
-        })
+        }))
     }
 
     /// The second step of a sign-in: `challenge` and a code of the authenticator app.
@@ -399,7 +414,7 @@ impl Identity {
         // and each costs one indexed lookup), and wrong codes on a real one lock the second
         // factor after five. One request of a client address at a time, as for the first step.
         let _turn = self.shares.turn(&ctx.ip_key()).await;
-        let digest = challenge_digest(challenge);
+        let digest = tokens::hash_opaque_token(challenge);
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin().await?;
         let found: Option<(Uuid, Uuid)> = sqlx::query_as(
@@ -415,7 +430,7 @@ impl Identity {
                 .increment(1);
             return Err(IdentityError::SecondFactorRefused);
         };
-        let account = self.load_user(user_id).await?;
+        let mut account = self.load_user(user_id).await?;
         let now = Utc::now();
         let meta = ctx.metadata(StreamId::user(user_id));
         if account.erased || account.is_locked(now) || !account.second_factor {
@@ -510,11 +525,10 @@ impl Identity {
         tx.commit().await?;
         tracing::debug!(challenge.id = %challenge_id, "second factor accepted");
         metrics::counter!("idp_auth_second_factor_total", "outcome" => "success").increment(1);
-        let account = if recovery_left.is_some() {
-            self.load_user(user_id).await?
-        } else {
-            account
-        };
+        if recovery_left.is_some() {
+            // The stream is one event further (`RecoveryCodeUsed`, which changes no state).
+            account.version += 1;
+        }
         self.start_session(&account, meta, Some(method)).await
     }
 
@@ -569,21 +583,6 @@ impl Identity {
             )
             .await?;
         Ok(())
-    }
-
-    /// Whether `caller` must enrol a second factor before anything else: one of their roles
-    /// is in `MFA_REQUIRED_ROLES` and they have none on.
-    pub async fn must_enrol(&self, user_id: Uuid, roles: &[String]) -> Result<bool, IdentityError> {
-        if !roles.iter().any(|r| self.mfa_required_roles.contains(r)) {
-            return Ok(false);
-        }
-        let enabled: Option<bool> = sqlx::query_scalar(
-            "select enabled_at is not null from second_factors where user_id = $1",
-        )
-        .bind(user_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(!enabled.unwrap_or(false))
     }
 }
 

@@ -17,7 +17,7 @@ impl Identity {
         ctx: &ClientContext,
         refresh_token: &str,
     ) -> Result<TokenPair, IdentityError> {
-        let hash = tokens::hash_refresh_token(refresh_token);
+        let hash = tokens::hash_opaque_token(refresh_token);
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin().await?;
         let Some(row) = sqlx::query(
@@ -65,7 +65,7 @@ impl Identity {
             return Err(IdentityError::Unauthorized);
         }
         let account = self.load_user(user_id).await?;
-        let (new_token, new_hash) = tokens::new_refresh_token();
+        let (new_token, new_hash) = tokens::new_opaque_token();
         let next = generation + 1;
         sqlx::query(
             "insert into refresh_tokens (token_hash, session_id, generation) values ($1, $2, $3)",
@@ -137,7 +137,7 @@ impl Identity {
         ctx: &ClientContext,
         refresh_token: &str,
     ) -> Result<(), IdentityError> {
-        let hash = tokens::hash_refresh_token(refresh_token);
+        let hash = tokens::hash_opaque_token(refresh_token);
         let row: Option<(Uuid, Uuid)> = sqlx::query_as(
             "select s.session_id, s.user_id from refresh_tokens t join sessions s using (session_id) where t.token_hash = $1",
         )

@@ -228,7 +228,7 @@ impl Identity {
         second_factor: Option<SecondFactorMethod>,
     ) -> Result<TokenPair, IdentityError> {
         let session_id = Uuid::now_v7();
-        let (refresh_token, refresh_hash) = tokens::new_refresh_token();
+        let (refresh_token, refresh_hash) = tokens::new_opaque_token();
         let expires_at = Utc::now() + self.session_ttl;
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin().await?;

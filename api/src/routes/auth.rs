@@ -154,33 +154,10 @@ pub struct LoginRequest {
     pub password: String,
 }
 
-/// The second step a sign-in waits for: the account has a second factor.
-#[derive(Debug, Serialize, ToSchema)]
-#[schema(example = json!({"status": "mfa_required", "challenge": "Yk3v0m1f0S6yWm2Q0Yb0u5Zl9cXw4tR7uI1oP3q2Vb8", "expires_in": 300}))]
-pub struct SecondFactorChallenge {
-    /// Always `mfa_required`.
-    pub status: &'static str,
-    /// Give it, with a code, to `POST /v1/auth/2fa/verify` (or, with a recovery code, to
-    /// `POST /v1/auth/recovery-login`); it works for one completed sign-in.
-    pub challenge: String,
-    /// Seconds it stays valid.
-    pub expires_in: u64,
-}
-
-/// What a sign-in answers: tokens, or (the account has a second factor) a challenge.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(untagged)]
-pub enum LoginResponse {
-    /// Signed in.
-    Tokens(TokenPair),
-    /// The password was right; a code is needed.
-    SecondFactorRequired(SecondFactorChallenge),
-}
-
 /// Signs in. Unknown email, wrong password, unverified or locked account: one identical 401.
 /// An account with a second factor answers `mfa_required` with a challenge instead of tokens.
 #[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = LoginRequest,
-    responses((status = 200, description = "Signed in, or (with a second factor) a challenge for it", body = LoginResponse,
+    responses((status = 200, description = "Signed in, or (with a second factor) a challenge for it", body = SignIn,
                example = json!({"access_token": "eyJ0eXAiOiJhdCtqd3QiLCJhbGciOiJFZERTQSJ9.eyJzdWIiOiIwMTkwZjRjMiJ9.c2lnbmF0dXJl",
                                 "refresh_token": "3q2Vb8yJkq0m1f0S6yWm2Q0Yb0u5Zl9cXw4tR7uI1oP", "token_type": "Bearer", "expires_in": 900})),
               (status = 401, description = "Invalid credentials (the same answer whatever the reason)"),
@@ -192,23 +169,12 @@ pub async fn login(
     State(state): State<AppState>,
     ctx: ClientContext,
     ApiJson(body): ApiJson<LoginRequest>,
-) -> Result<Json<LoginResponse>, ApiError> {
+) -> Result<Json<SignIn>, ApiError> {
     Ok(Json(
-        match state
+        state
             .identity
             .login(&ctx, &body.email, &body.password)
-            .await?
-        {
-            SignIn::Tokens(pair) => LoginResponse::Tokens(pair),
-            SignIn::SecondFactorRequired {
-                challenge,
-                expires_in,
-            } => LoginResponse::SecondFactorRequired(SecondFactorChallenge {
-                status: "mfa_required",
-                challenge,
-                expires_in,
-            }),
-        },
+            .await?,
     ))
 }
 

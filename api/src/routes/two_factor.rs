@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::extract::{AdminUser, ApiJson, ApiPath, AuthUser, ClientContext, EnrollingUser};
-use crate::identity::TokenPair;
+use crate::identity::{Enrolment, TokenPair};
 use crate::startup::AppState;
 
 /// The routes of this module.
@@ -35,25 +35,10 @@ pub struct PasswordRequest {
     pub password: String,
 }
 
-/// What an authenticator app needs to enrol: the secret, as text, URI and QR code. Shown
-/// once; a new `enable-init` replaces it until `enable-complete`.
-#[derive(Debug, Serialize, ToSchema)]
-#[schema(example = json!({"secret": "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP",
-                          "otpauth_uri": "otpauth://totp/idp:ada%40example.com?secret=JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP&issuer=idp",
-                          "qr_svg": "<?xml version=\"1.0\" standalone=\"yes\"?><svg xmlns=\"http://www.w3.org/2000/svg\" ...</svg>"}))]
-pub struct EnrolmentResponse {
-    /// The secret in base32 (RFC 4648, no padding), to type in by hand.
-    pub secret: String,
-    /// The `otpauth://totp/` URI (SHA-1, 6 digits, 30 s).
-    pub otpauth_uri: String,
-    /// The URI as a QR code, an SVG document drawn by idp.
-    pub qr_svg: String,
-}
-
 /// Starts enrolling a TOTP authenticator. With `MFA_REQUIRED_ROLES`, open to those who must
 /// enrol.
 #[utoipa::path(post, path = "/v1/auth/2fa/enable-init", tag = "two-factor", request_body = PasswordRequest, security(("bearer" = [])),
-    responses((status = 200, description = "The new secret", body = EnrolmentResponse),
+    responses((status = 200, description = "The new secret", body = Enrolment),
               (status = 401, description = "No valid access token, or a wrong password"),
               (status = 409, description = "A second factor is on already"),
               (status = 429, description = "Too many attempts for this account")))]
@@ -63,16 +48,13 @@ pub async fn enable_init(
     ctx: ClientContext,
     EnrollingUser(user): EnrollingUser,
     ApiJson(body): ApiJson<PasswordRequest>,
-) -> Result<Json<EnrolmentResponse>, ApiError> {
-    let enrolment = state
-        .identity
-        .enrol_second_factor(&ctx, &user, &body.password)
-        .await?;
-    Ok(Json(EnrolmentResponse {
-        secret: enrolment.secret,
-        otpauth_uri: enrolment.otpauth_uri,
-        qr_svg: enrolment.qr_svg,
-    }))
+) -> Result<Json<Enrolment>, ApiError> {
+    Ok(Json(
+        state
+            .identity
+            .enrol_second_factor(&ctx, &user, &body.password)
+            .await?,
+    ))
 }
 
 /// A code of the authenticator app.
