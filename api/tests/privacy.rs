@@ -40,26 +40,14 @@ async fn call(
     token: Option<&str>,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let mut request = app
-        .client
-        .request(method, app.url(path))
-        .header("x-forwarded-for", IP)
-        .header("user-agent", AGENT);
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap();
-    let body = if text.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text).unwrap_or(Value::String(text))
-    };
-    (status, body)
+    app.call_with(
+        &[("x-forwarded-for", IP), ("user-agent", AGENT)],
+        method,
+        path,
+        token,
+        body,
+    )
+    .await
 }
 
 /// Registers [`EMAIL`] with [`NAME`], verifies it with the token the worker would mail, and

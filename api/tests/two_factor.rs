@@ -31,19 +31,8 @@ async fn call(
     body: Value,
 ) -> (u16, Value) {
     idp_ops::test_logs::remember_secrets_in(&body);
-    let mut request = app.client.request(method, app.url(path)).json(&body);
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap();
-    let body = if text.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text).unwrap_or(Value::String(text))
-    };
-    (status, body)
+    app.call(method, path, token, (!body.is_null()).then_some(body))
+        .await
 }
 
 /// The authenticator app: codes of the base32 `secret`, computed independently of idp.
@@ -327,41 +316,26 @@ async fn the_whole_totp_life(_opts: PgPoolOptions, conn: PgConnectOptions) {
 
     // Turning it off needs the password and a code later than the last one used; one step
     // ahead is accepted.
-    let (status, _) = call(
-        &app,
-        Method::POST,
-        "/v1/auth/2fa/disable",
-        Some(&token),
-        json!({ "password": PASSWORD, "code": authenticator.wrong_code() }),
-    )
-    .await;
+    let disable = |password: &'static str, code: String| {
+        let (app, token) = (&app, &token);
+        async move {
+            call(
+                app,
+                Method::POST,
+                "/v1/auth/2fa/disable",
+                Some(token),
+                json!({ "password": password, "code": code }),
+            )
+            .await
+        }
+    };
+    let (status, _) = disable(PASSWORD, authenticator.wrong_code()).await;
     assert_eq!(status, 401, "a wrong code");
-    let (status, _) = call(
-        &app,
-        Method::POST,
-        "/v1/auth/2fa/disable",
-        Some(&token),
-        json!({ "password": "not the password at all", "code": authenticator.code(1) }),
-    )
-    .await;
+    let (status, _) = disable("not the password at all", authenticator.code(1)).await;
     assert_eq!(status, 401, "a wrong password");
-    let (status, body) = call(
-        &app,
-        Method::POST,
-        "/v1/auth/2fa/disable",
-        Some(&token),
-        json!({ "password": PASSWORD, "code": authenticator.code(1) }),
-    )
-    .await;
+    let (status, body) = disable(PASSWORD, authenticator.code(1)).await;
     assert_eq!(status, 204, "one step of drift: {body}");
-    let (status, _) = call(
-        &app,
-        Method::POST,
-        "/v1/auth/2fa/disable",
-        Some(&token),
-        json!({ "password": PASSWORD, "code": authenticator.code(1) }),
-    )
-    .await;
+    let (status, _) = disable(PASSWORD, authenticator.code(1)).await;
     assert_eq!(status, 409, "off already");
     let (status, body) = call(
         &app,

@@ -251,17 +251,15 @@ impl Identity {
             ));
         };
         let now = Utc::now();
-        let step = if account.is_second_factor_locked(now) {
-            None
-        } else {
-            accept(
+        let accepted = !account.is_second_factor_locked(now)
+            && accept(
                 &stored.secret,
                 code,
                 step_of(now.timestamp()),
                 stored.last_step,
             )
-        };
-        if step.is_none() {
+            .is_some();
+        if !accepted {
             self.count_wrong_code(tx, &account, FailureReason::WrongCode, meta)
                 .await?;
             return Err(IdentityError::SecondFactorRefused);
@@ -282,17 +280,14 @@ impl Identity {
     ) -> Result<Vec<String>, IdentityError> {
         self.reauthenticate(caller.user_id, password).await?;
         let account = self.load_user(caller.user_id).await?;
-        let mut conn = self.pool.acquire().await?;
-        let mut tx = conn.begin().await?;
-        if !self
-            .stored_factor(&mut tx, account.id)
-            .await?
-            .is_some_and(|s| s.enabled)
-        {
+        // The account's stream says whether it is on; the append below is on the version read.
+        if !account.second_factor {
             return Err(IdentityError::SecondFactorState(
                 "recovery codes come with a second factor, and there is none",
             ));
         }
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
         let codes = replace_recovery_codes(&mut tx, account.id).await?;
         self.append_user_in(
             &mut tx,
@@ -436,17 +431,6 @@ impl Identity {
         if account.erased || account.is_locked(now) || !account.second_factor {
             return Err(IdentityError::SecondFactorRefused);
         }
-        let Some(stored) = self
-            .stored_factor(&mut tx, user_id)
-            .await?
-            .filter(|s| s.enabled)
-        else {
-            return Err(IdentityError::SecondFactorRefused);
-        };
-        let wrong = match proof {
-            Proof::Totp(_) => FailureReason::WrongCode,
-            Proof::RecoveryCode(_) => FailureReason::WrongRecoveryCode,
-        };
         if account.is_second_factor_locked(now) {
             self.record_second_factor_failure(
                 &mut tx,
@@ -461,13 +445,18 @@ impl Identity {
         }
         let (method, recovery_left) = match proof {
             Proof::Totp(code) => {
-                let Some(step) = accept(
-                    &stored.secret,
-                    code,
-                    step_of(now.timestamp()),
-                    stored.last_step,
-                ) else {
-                    self.count_wrong_code(tx, &account, wrong, meta).await?;
+                // Locked (and opened) only here: a recovery code needs no secret.
+                let Some(stored) = self
+                    .stored_factor(&mut tx, user_id)
+                    .await?
+                    .filter(|s| s.enabled)
+                else {
+                    return Err(IdentityError::SecondFactorRefused);
+                };
+                let now_step = step_of(now.timestamp());
+                let Some(step) = accept(&stored.secret, code, now_step, stored.last_step) else {
+                    self.count_wrong_code(tx, &account, FailureReason::WrongCode, meta)
+                        .await?;
                     return Err(IdentityError::SecondFactorRefused);
                 };
                 sqlx::query(
@@ -490,7 +479,8 @@ impl Identity {
                 .await?
                 .rows_affected();
                 if used == 0 {
-                    self.count_wrong_code(tx, &account, wrong, meta).await?;
+                    self.count_wrong_code(tx, &account, FailureReason::WrongRecoveryCode, meta)
+                        .await?;
                     return Err(IdentityError::SecondFactorRefused);
                 }
                 sqlx::query("update second_factors set failures = 0 where user_id = $1")

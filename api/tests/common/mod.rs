@@ -172,6 +172,48 @@ impl TestApp {
         self.token(email, password).await
     }
 
+    /// Calls the API; the answer's status and JSON body (`null` when empty, the text when it
+    /// is not JSON).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        self.call_with(&[], method, path, token, body).await
+    }
+
+    /// As [`TestApp::call`], with `headers` added to the request.
+    pub async fn call_with(
+        &self,
+        headers: &[(&str, &str)],
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut request = self.client.request(method, self.url(path));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        let body = if text.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
+        };
+        (status, body)
+    }
+
     /// The OpenAPI document.
     pub async fn openapi(&self) -> serde_json::Value {
         self.client
