@@ -12,31 +12,18 @@
 
 #![allow(clippy::print_stdout, clippy::cast_precision_loss)]
 
-use std::path::Path;
 use std::process::Command;
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use clap::Parser;
 use idp_api::auth::password::{HashParams, Hasher};
-use idp_api::config::Config;
-use idp_api::startup::Application;
 use idp_events::identity::one_time_token::{self, Purpose};
-use idp_ops::config::DatabaseUrl;
 use serde_json::json;
-use sqlx::postgres::PgPoolOptions;
 use tokio_util::sync::CancellationToken;
 
-const SECRET: &str = "bench-token-secret-0123456789abcdef0123456789";
-const PASSWORD: &str = "benchmark passphrase one";
+mod support;
 
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use support::{BenchApi, PASSWORD, TOKEN_SECRET as SECRET, env_u64, percentile};
 
 struct Wrk {
     requests_per_sec: f64,
@@ -129,30 +116,12 @@ end
     })
 }
 
-fn percentile(samples: &mut [Duration], q: f64) -> f64 {
-    if samples.is_empty() {
-        return f64::NAN;
-    }
-    samples.sort_unstable();
-    let i = ((samples.len() - 1) as f64 * q).round() as usize;
-    samples[i].as_secs_f64() * 1000.0
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://127.0.0.1:5432/idp_bench".into());
+    let url = support::database_url();
     let seconds = env_u64("BENCH_SECONDS", 10);
     let connections = env_u64("BENCH_CONNECTIONS", 32);
-    let db =
-        DatabaseUrl::from_str(&url).map_err(|e| anyhow::anyhow!("invalid DATABASE_URL: {e}"))?;
-    let pool = PgPoolOptions::new()
-        .max_connections(4)
-        .connect_with(db.options())
-        .await?;
-    sqlx::raw_sql("drop schema if exists public cascade; create schema public;")
-        .execute(&pool)
-        .await?;
+    let pool = support::scratch_database(&url).await?;
 
     // The argon2 ceiling: cores / the time of one hash, measured here.
     let cores = std::thread::available_parallelism().map_or(2, usize::from);
@@ -187,37 +156,8 @@ async fn main() -> anyhow::Result<()> {
     }
     let parallel_hashes = hashed as f64 / started.elapsed().as_secs_f64();
 
-    let keys = std::env::temp_dir().join(format!("idp-bench-keys-{}", uuid::Uuid::now_v7()));
-    let keys_arg = keys.display().to_string();
-    let config = Config::try_parse_from([
-        "idp-api",
-        "--database-url",
-        &url,
-        "--api-addr",
-        "127.0.0.1:0",
-        "--api-internal-addr",
-        "127.0.0.1:0",
-        "--jwt-keys-dir",
-        &keys_arg,
-        "--secrets-dir",
-        &format!("{keys_arg}/secrets"),
-        "--trusted-proxies",
-        "127.0.0.1/32",
-        "--email-token-keys",
-        &format!("bench:{SECRET}"),
-        "--database-max-connections",
-        "20",
-        "--rate-limit-login-per-ip",
-        "1000000/60s",
-        "--rate-limit-login-per-account",
-        "1000000/60s",
-        "--rate-limit-email-per-ip",
-        "1000000/60s",
-    ])?;
-    let app = Application::build(&config).await?;
-    let base = format!("http://127.0.0.1:{}", app.port());
-    let stop = CancellationToken::new();
-    let server = tokio::spawn(app.run_until_stopped(stop.clone()));
+    let api = BenchApi::start(&url).await?;
+    let base = api.base.clone();
     let client = reqwest::Client::new();
 
     let email = "bench@example.com";
@@ -304,9 +244,7 @@ async fn main() -> anyhow::Result<()> {
     })
     .await??;
 
-    stop.cancel();
-    server.await??;
-    let _ = std::fs::remove_dir_all(Path::new(&keys));
+    api.stop().await?;
 
     println!();
     println!(

@@ -16,32 +16,19 @@
 
 #![allow(clippy::print_stdout, clippy::cast_precision_loss)]
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use clap::Parser;
-use idp_api::config::Config;
-use idp_api::startup::Application;
 use idp_events::identity::one_time_token::{self, Purpose};
-use idp_ops::config::DatabaseUrl;
 use serde_json::{Value, json};
-use sqlx::postgres::PgPoolOptions;
 use tokio::sync::Mutex;
-use tokio_util::sync::CancellationToken;
 use totp_rs::{Algorithm, Secret, TOTP};
 
-const SECRET: &str = "bench-token-secret-0123456789abcdef0123456789";
-const PASSWORD: &str = "benchmark passphrase one";
+mod support;
 
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use support::{BenchApi, PASSWORD, TOKEN_SECRET as SECRET, env_u64, percentile};
 
 fn now_step() -> i64 {
     chrono::Utc::now().timestamp().div_euclid(30)
@@ -243,69 +230,22 @@ where
     Ok((done as f64 / started.elapsed().as_secs_f64(), failed))
 }
 
-fn percentile(samples: &mut [Duration], q: f64) -> f64 {
-    if samples.is_empty() {
-        return f64::NAN;
-    }
-    samples.sort_unstable();
-    let i = ((samples.len() - 1) as f64 * q).round() as usize;
-    samples[i].as_secs_f64() * 1000.0
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://127.0.0.1:5432/idp_bench".into());
+    let url = support::database_url();
     let seconds = env_u64("BENCH_SECONDS", 10);
     let verify_rate = env_u64("BENCH_VERIFY_RATE", 200).max(1);
     let verify_seconds = env_u64("BENCH_VERIFY_SECONDS", 5).max(1);
-    let db =
-        DatabaseUrl::from_str(&url).map_err(|e| anyhow::anyhow!("invalid DATABASE_URL: {e}"))?;
-    let pool = PgPoolOptions::new()
-        .max_connections(4)
-        .connect_with(db.options())
-        .await?;
-    sqlx::raw_sql("drop schema if exists public cascade; create schema public;")
-        .execute(&pool)
-        .await?;
+    let pool = support::scratch_database(&url).await?;
     let cores = std::thread::available_parallelism().map_or(2, usize::from);
     let clients = 2 * cores + 2;
 
-    let keys = std::env::temp_dir().join(format!("idp-bench-keys-{}", uuid::Uuid::now_v7()));
-    let keys_arg = keys.display().to_string();
-    let config = Config::try_parse_from([
-        "idp-api",
-        "--database-url",
-        &url,
-        "--api-addr",
-        "127.0.0.1:0",
-        "--api-internal-addr",
-        "127.0.0.1:0",
-        "--jwt-keys-dir",
-        &keys_arg,
-        "--secrets-dir",
-        &format!("{keys_arg}/secrets"),
-        "--trusted-proxies",
-        "127.0.0.1/32",
-        "--email-token-keys",
-        &format!("bench:{SECRET}"),
-        "--database-max-connections",
-        "20",
-        "--rate-limit-login-per-ip",
-        "1000000/60s",
-        "--rate-limit-login-per-account",
-        "1000000/60s",
-        "--rate-limit-email-per-ip",
-        "1000000/60s",
-    ])?;
-    let app = Application::build(&config).await?;
+    let bench_api = BenchApi::start(&url).await?;
     let api = Arc::new(Api {
-        base: format!("http://127.0.0.1:{}", app.port()),
+        base: bench_api.base.clone(),
         client: reqwest::Client::new(),
         requests: AtomicU64::new(1),
     });
-    let stop = CancellationToken::new();
-    let server = tokio::spawn(app.run_until_stopped(stop.clone()));
 
     // Enough accounts that every TOTP sign-in of the phase finds a free step (two per account
     // at least), for the sign-in rate the password alone reaches.
@@ -446,9 +386,7 @@ async fn main() -> anyhow::Result<()> {
     let p50 = percentile(&mut latencies, 0.50);
     let p99 = percentile(&mut latencies, 0.99);
 
-    stop.cancel();
-    server.await??;
-    let _ = std::fs::remove_dir_all(&keys);
+    bench_api.stop().await?;
 
     println!();
     println!(
