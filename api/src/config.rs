@@ -130,6 +130,25 @@ pub struct IdentityConfig {
           value_parser = clap::value_parser!(u32).range(1..=365))]
     pub session_ttl_days: u32,
 
+    /// What a session is bound to: `none`; `network` (a refresh from another IPv4 /24 or IPv6
+    /// /48 than the sign-in's ends the session); `network+agent` (another user agent ends it
+    /// too).
+    #[arg(
+        long,
+        env = "SESSION_BINDING",
+        value_name = "SESSION_BINDING",
+        value_enum,
+        default_value = "none"
+    )]
+    pub session_binding: SessionBinding,
+
+    /// A sign-in from a device (user agent family and network) the account has not used in
+    /// this many days emails its owner, with a link that ends the session; 0 sends none. The
+    /// first sign-in of an account sends none (there is nothing to compare it with).
+    #[arg(long, env = "NEW_DEVICE_WINDOW_DAYS", value_name = "NEW_DEVICE_WINDOW_DAYS", default_value_t = 90,
+          value_parser = clap::value_parser!(u32).range(0..=3650))]
+    pub new_device_window_days: u32,
+
     /// Key ring of the digest that names the streams of sign-ins to unknown addresses (same
     /// format). Unset: the development ring `SECRETS_DIR/address-digest.keys`.
     #[arg(
@@ -187,6 +206,29 @@ pub struct IdentityConfig {
         value_parser = required_role
     )]
     pub mfa_required_roles: Vec<String>,
+
+    /// Failed sign-ins of an account, or from a client address, within the last hour after
+    /// which sign-in, registration and the email requests need a `captcha_token`
+    /// (with `CAPTCHA_VERIFY_URL`; 0 never asks).
+    #[arg(long, env = "CAPTCHA_AFTER_FAILURES", value_name = "CAPTCHA_AFTER_FAILURES", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(0..=1000))]
+    pub captcha_after_failures: u32,
+
+    /// The siteverify endpoint of the CAPTCHA provider, e.g.
+    /// `https://challenges.cloudflare.com/turnstile/v0/siteverify`,
+    /// `https://api.hcaptcha.com/siteverify` or `https://www.google.com/recaptcha/api/siteverify`.
+    /// Unset (the default): no CAPTCHA is ever asked for.
+    #[arg(long, env = "CAPTCHA_VERIFY_URL", value_name = "CAPTCHA_VERIFY_URL")]
+    pub captcha_verify_url: Option<url::Url>,
+
+    /// The secret key the provider gave for this site; required with `CAPTCHA_VERIFY_URL`.
+    #[arg(
+        long,
+        env = "CAPTCHA_SECRET",
+        value_name = "CAPTCHA_SECRET",
+        hide_env_values = true
+    )]
+    pub captcha_secret: Option<SecretString>,
 
     /// The first administrator's email, created at start if missing.
     #[arg(long, env = "ADMIN_EMAIL", value_name = "ADMIN_EMAIL")]
@@ -271,6 +313,18 @@ pub struct IdentityConfig {
     pub email_per_account: Limit,
 }
 
+/// What a session is bound to (`SESSION_BINDING`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SessionBinding {
+    /// Nothing: a refresh token works from anywhere.
+    None,
+    /// The network (IPv4 /24, IPv6 /48) the session started from.
+    Network,
+    /// The network and the user agent.
+    #[value(name = "network+agent")]
+    NetworkAndAgent,
+}
+
 /// A role of `MFA_REQUIRED_ROLES`, trimmed: one idp knows, or empty (none).
 fn required_role(value: &str) -> Result<String, String> {
     let roles = idp_events::identity::user::ROLES;
@@ -307,6 +361,10 @@ mod tests {
             "admin@example.com",
             "--admin-password",
             "admin-password-secret",
+            "--captcha-verify-url",
+            "https://captcha.example/siteverify",
+            "--captcha-secret",
+            "captcha-secret-3",
         ])
         .unwrap();
         let debug = format!("{config:?}");
@@ -317,6 +375,7 @@ mod tests {
             "project-ring-secret",
             "digest-ring-secret",
             "admin-password-secret",
+            "captcha-secret-3",
         ] {
             assert!(!debug.contains(secret), "{secret} in {debug}");
         }

@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod client_address;
+pub mod client_device;
 pub mod config;
 pub mod error;
 pub mod extract;

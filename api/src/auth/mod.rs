@@ -1,5 +1,6 @@
-//! Identity: passwords, tokens, signing keys and rate limits.
+//! Identity: passwords, tokens, signing keys, rate limits, second factors and CAPTCHA checks.
 
+pub mod captcha;
 pub mod keys;
 pub mod password;
 pub mod rate_limit;

@@ -108,6 +108,8 @@ impl Identity {
             "delete from admin_accounts where user_id = $1",
             "delete from refresh_tokens t using sessions s
               where t.session_id = s.session_id and s.user_id = $1",
+            "update sessions set device = null, network = null, agent_digest = null
+              where user_id = $1",
         ] {
             sqlx::query(sql).bind(user_id).execute(&mut *tx).await?;
         }

@@ -37,10 +37,11 @@ pub use self::erasure::{Eraser, ErasureOutcome};
 pub use self::error::IdentityError;
 pub use self::export::PersonalExport;
 pub use self::second_factor::{Enrolment, SecondFactorChallenge, SignIn};
+pub use self::sessions::{SessionView, SessionsRevoked};
 use crate::auth::password::{self, ClientShares, Hasher};
 use crate::auth::rate_limit::{Decision, Limit, RateLimiter};
 use crate::auth::tokens::Tokens;
-use crate::config::IdentityConfig;
+use crate::config::{IdentityConfig, SessionBinding};
 
 /// Tokens answered by a sign-in or a refresh.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
@@ -135,6 +136,10 @@ pub struct Identity {
     rate_index: BlindIndex,
     limits: Limits,
     session_ttl: chrono::Duration,
+    /// `SESSION_BINDING`.
+    session_binding: SessionBinding,
+    /// `NEW_DEVICE_WINDOW_DAYS` (`None`: no notices).
+    new_device_window: Option<chrono::Duration>,
     /// `MFA_ISSUER`.
     mfa_issuer: Arc<str>,
     /// `MFA_REQUIRED_ROLES`.
@@ -178,6 +183,9 @@ impl Identity {
                 email_per_account: config.email_per_account,
             },
             session_ttl: chrono::Duration::days(i64::from(config.session_ttl_days)),
+            session_binding: config.session_binding,
+            new_device_window: (config.new_device_window_days > 0)
+                .then(|| chrono::Duration::days(i64::from(config.new_device_window_days))),
             mfa_issuer: config.mfa_issuer.as_str().into(),
             mfa_required_roles: config
                 .mfa_required_roles

@@ -519,7 +519,7 @@ impl Identity {
             // The stream is one event further (`RecoveryCodeUsed`, which changes no state).
             account.version += 1;
         }
-        self.start_session(&account, meta, Some(method)).await
+        self.start_session(&account, ctx, Some(method)).await
     }
 
     /// Records a wrong code of `account` and, at the fifth in a row, locks its second factor;

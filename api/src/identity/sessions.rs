@@ -1,6 +1,10 @@
-//! Sessions: rotating refresh tokens (a reused one ends its family), signing out, and ending
-//! the sessions of an account, under the lock that keeps sign-ins from racing past it.
+//! Sessions: rotating refresh tokens (a reused one ends its family, one from elsewhere ends a
+//! bound session), signing out, a person's own list of sessions and ending them, the link of a
+//! new-device email, and ending the sessions of an account, under the lock that keeps sign-ins
+//! from racing past it.
 
+use chrono::{DateTime, Utc};
+use idp_events::identity::one_time_token::{self, Purpose};
 use idp_events::identity::session::{RevokeReason, SessionEvent};
 use idp_events::{Append, ExpectedVersion, Metadata, StreamId};
 use sqlx::{Connection, PgConnection, Row};
@@ -8,7 +12,35 @@ use uuid::Uuid;
 
 use super::{Identity, IdentityError, TokenPair};
 use crate::auth::tokens;
+use crate::client_device::ClientDevice;
+use crate::config::SessionBinding;
 use crate::extract::ClientContext;
+
+/// One of a person's active sessions, as their list shows it.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct SessionView {
+    /// Session id.
+    pub id: Uuid,
+    /// When the sign-in started it.
+    pub created_at: DateTime<Utc>,
+    /// Its last sign-in or refresh (access tokens are used without touching the session).
+    pub last_used_at: DateTime<Utc>,
+    /// The device, from the user agent: e.g. `Firefox on Linux`; `unknown device` when the
+    /// agent said nothing recognisable (or the session is older than the list).
+    pub device: String,
+    /// Approximate location: the network of the sign-in's address, its IPv4 /24 or IPv6 /48
+    /// (`null` when unknown).
+    pub network: Option<String>,
+    /// Whether this is the session of the calling token.
+    pub current: bool,
+}
+
+/// How many sessions a request ended.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct SessionsRevoked {
+    /// Sessions ended by this request.
+    pub revoked: usize,
+}
 
 impl Identity {
     /// Rotates a refresh token. A token already rotated ends its whole session (family).
@@ -22,7 +54,8 @@ impl Identity {
         let mut tx = conn.begin().await?;
         let Some(row) = sqlx::query(
             "select s.session_id, s.user_id, s.generation, t.generation as presented,
-                    s.revoked_at is null and s.expires_at > now() as active
+                    s.revoked_at is null and s.expires_at > now() as active,
+                    s.network, s.agent_digest
                from refresh_tokens t join sessions s using (session_id)
               where t.token_hash = $1
               for update of s",
@@ -64,6 +97,22 @@ impl Identity {
             metrics::counter!("idp_auth_refresh_reuse_total").increment(1);
             return Err(IdentityError::Unauthorized);
         }
+        let device = ClientDevice::of(ctx);
+        if !self.binding_holds(&row, &device)? {
+            let reason = RevokeReason::BindingBroken;
+            self.revoke_in(
+                &mut tx,
+                session_id,
+                &[SessionEvent::SessionRevoked { reason }],
+                reason,
+                meta,
+            )
+            .await?;
+            tx.commit().await?;
+            tracing::info!(session.id = %session_id, "refresh from elsewhere than the session is bound to; session ended");
+            metrics::counter!("idp_auth_binding_broken_total").increment(1);
+            return Err(IdentityError::Unauthorized);
+        }
         let account = self.load_user(user_id).await?;
         let (new_token, new_hash) = tokens::new_opaque_token();
         let next = generation + 1;
@@ -75,11 +124,13 @@ impl Identity {
         .bind(next)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("update sessions set generation = $2 where session_id = $1")
-            .bind(session_id)
-            .bind(next)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "update sessions set generation = $2, last_used_at = now() where session_id = $1",
+        )
+        .bind(session_id)
+        .bind(next)
+        .execute(&mut *tx)
+        .await?;
         self.store
             .append_in(
                 &mut tx,
@@ -96,6 +147,129 @@ impl Identity {
             .await?;
         tx.commit().await?;
         self.token_pair(user_id, session_id, &account.roles, new_token)
+    }
+
+    /// Whether a refresh from `device` keeps to what its session (`row`) is bound to
+    /// (`SESSION_BINDING`). A session started without a known network or agent is bound to
+    /// that.
+    fn binding_holds(
+        &self,
+        row: &sqlx::postgres::PgRow,
+        device: &ClientDevice,
+    ) -> Result<bool, IdentityError> {
+        let network = || -> Result<bool, IdentityError> {
+            Ok(row.try_get::<Option<String>, _>("network")? == device.network)
+        };
+        let agent = || -> Result<bool, IdentityError> {
+            Ok(row.try_get::<Option<Vec<u8>>, _>("agent_digest")? == device.agent_digest)
+        };
+        Ok(match self.session_binding {
+            SessionBinding::None => true,
+            SessionBinding::Network => network()?,
+            SessionBinding::NetworkAndAgent => network()? && agent()?,
+        })
+    }
+
+    /// The active sessions of `user_id`, newest first; `current` is the caller's.
+    pub async fn sessions_of(
+        &self,
+        user_id: Uuid,
+        current: Uuid,
+    ) -> Result<Vec<SessionView>, IdentityError> {
+        Ok(sqlx::query_as(
+            "select session_id as id, created_at, coalesce(last_used_at, created_at) as last_used_at,
+                    coalesce(device, $3) as device, network, session_id = $2 as current
+               from sessions
+              where user_id = $1 and revoked_at is null and expires_at > now()
+              order by created_at desc",
+        )
+        .bind(user_id)
+        .bind(current)
+        .bind(crate::client_device::summary(None))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Ends session `session_id` of `user_id` at its owner's request. A session of someone
+    /// else, or none, is [`IdentityError::NotFound`]; one that ended already is left as it is.
+    pub async fn revoke_own_session(
+        &self,
+        ctx: &ClientContext,
+        user_id: Uuid,
+        session_id: Uuid,
+    ) -> Result<(), IdentityError> {
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        let owner: Option<Uuid> =
+            sqlx::query_scalar("select user_id from sessions where session_id = $1 for update")
+                .bind(session_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if owner != Some(user_id) {
+            return Err(IdentityError::NotFound);
+        }
+        let reason = RevokeReason::Owner;
+        self.revoke_in(
+            &mut tx,
+            session_id,
+            &[SessionEvent::SessionRevoked { reason }],
+            reason,
+            ctx.metadata(StreamId::user(user_id)),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Ends every session of `user_id` but `current`, at its owner's request.
+    pub async fn revoke_other_sessions(
+        &self,
+        ctx: &ClientContext,
+        user_id: Uuid,
+        current: Uuid,
+    ) -> Result<SessionsRevoked, IdentityError> {
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        let meta = ctx.metadata(StreamId::user(user_id));
+        let revoked = self
+            .revoke_all(&mut tx, user_id, Some(current), RevokeReason::Owner, &meta)
+            .await?;
+        tx.commit().await?;
+        Ok(SessionsRevoked { revoked })
+    }
+
+    /// Ends the session a new-device email is about, with the token of its link. The same
+    /// link again, or for a session that ended already, ends nothing more.
+    pub async fn revoke_by_notice(
+        &self,
+        ctx: &ClientContext,
+        token: &str,
+    ) -> Result<(), IdentityError> {
+        let notice_id = one_time_token::open(&self.email_keys, Purpose::RevokeSession, token)
+            .map_err(|_| IdentityError::invalid_token())?;
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        let found: Option<(Uuid, Uuid)> = sqlx::query_as(
+            "select session_id, user_id from sessions where notice_id = $1 for update",
+        )
+        .bind(notice_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        // The notice and its session are written together: a genuine token always finds one.
+        let Some((session_id, user_id)) = found else {
+            return Err(IdentityError::invalid_token());
+        };
+        let reason = RevokeReason::NewDeviceNotice;
+        self.revoke_in(
+            &mut tx,
+            session_id,
+            &[SessionEvent::SessionRevoked { reason }],
+            reason,
+            ctx.metadata(StreamId::user(user_id)),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Ends session `session_id` with `events`, inside `conn`'s transaction; false if it had

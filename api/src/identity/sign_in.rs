@@ -14,6 +14,7 @@ use uuid::Uuid;
 use super::sessions::lock_sessions_shared;
 use super::{Identity, IdentityError, SignIn, TokenPair, reset_failures};
 use crate::auth::tokens;
+use crate::client_device::ClientDevice;
 use crate::extract::ClientContext;
 
 impl Identity {
@@ -83,7 +84,7 @@ impl Identity {
                 .increment(1);
             return self.challenge(&account, meta).await;
         }
-        let pair = self.start_session(&account, meta, None).await?;
+        let pair = self.start_session(&account, ctx, None).await?;
         metrics::counter!("idp_auth_logins_total", "outcome" => "success").increment(1);
         Ok(SignIn::Tokens(pair))
     }
@@ -219,17 +220,24 @@ impl Identity {
         Ok(())
     }
 
-    /// Starts a session of `account`, unless an administrator locked it since it was read;
-    /// `second_factor` says how a second step completed the sign-in, if one did.
+    /// Starts a session of `account` from the device of `ctx`, unless an administrator locked
+    /// the account since it was read; `second_factor` says how a second step completed the
+    /// sign-in, if one did. A sign-in from a device the account has not used within
+    /// `NEW_DEVICE_WINDOW_DAYS` records `NewDeviceSignedIn` (its owner is emailed) in the same
+    /// transaction.
     pub(super) async fn start_session(
         &self,
         account: &User,
-        meta: Metadata,
+        ctx: &ClientContext,
         second_factor: Option<SecondFactorMethod>,
     ) -> Result<TokenPair, IdentityError> {
+        let meta = ctx.metadata(StreamId::user(account.id));
+        let device = ClientDevice::of(ctx);
         let session_id = Uuid::now_v7();
         let (refresh_token, refresh_hash) = tokens::new_opaque_token();
-        let expires_at = Utc::now() + self.session_ttl;
+        let now = Utc::now();
+        let expires_at = now + self.session_ttl;
+        let seen_since = self.new_device_window.map(|window| now - window);
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin().await?;
         lock_sessions_shared(&mut tx, account.id).await?;
@@ -252,17 +260,31 @@ impl Identity {
             &reloaded
         };
         reset_failures(&mut tx, account.id).await?;
-        sqlx::query(
+        // Whether the account signed in before, and from this device lately: read before the
+        // new session is written (the statement's snapshot does not see its own inserts).
+        let (signed_in_before, known_device): (bool, bool) = sqlx::query_as(
             "with session as (
-                 insert into sessions (session_id, user_id, generation, expires_at) values ($1, $2, 1, $3)
+                 insert into sessions (session_id, user_id, generation, expires_at, last_used_at,
+                                       device, network, agent_digest)
+                 values ($1, $2, 1, $3, now(), $5, $6, $7)
+             ), token as (
+                 insert into refresh_tokens (token_hash, session_id, generation) values ($4, $1, 1)
              )
-             insert into refresh_tokens (token_hash, session_id, generation) values ($4, $1, 1)",
+             select exists (select 1 from sessions where user_id = $2),
+                    $8::timestamptz is null or exists (
+                        select 1 from sessions
+                         where user_id = $2 and device = $5 and network is not distinct from $6
+                           and coalesce(last_used_at, created_at) > $8)",
         )
         .bind(session_id)
         .bind(account.id)
         .bind(expires_at)
         .bind(&refresh_hash)
-        .execute(&mut *tx)
+        .bind(&device.summary)
+        .bind(&device.network)
+        .bind(&device.agent_digest)
+        .bind(seen_since)
+        .fetch_one(&mut *tx)
         .await?;
         // The success is the first event of the session it starts (failures go to the
         // account's login stream, which lockout reads).
@@ -281,11 +303,50 @@ impl Identity {
                         }
                         .to_new_event(),
                     )
+                    .metadata(meta.clone()),
+            )
+            .await?;
+        if signed_in_before && !known_device {
+            self.notice_new_device(&mut tx, account, session_id, &device, meta)
+                .await?;
+        }
+        tx.commit().await?;
+        self.token_pair(account.id, session_id, &account.roles, refresh_token)
+    }
+
+    /// Records `NewDeviceSignedIn` for session `session_id` of `account`, and marks the session
+    /// as the one its emailed link ends.
+    async fn notice_new_device(
+        &self,
+        conn: &mut PgConnection,
+        account: &User,
+        session_id: Uuid,
+        device: &ClientDevice,
+        meta: Metadata,
+    ) -> Result<(), IdentityError> {
+        let events =
+            user::notice_new_device(account, session_id, &device.summary, device.network_label());
+        let Some(event) = events.first().map(UserEvent::to_new_event) else {
+            return Ok(());
+        };
+        sqlx::query("update sessions set notice_id = $2 where session_id = $1")
+            .bind(session_id)
+            .bind(event.event_id)
+            .execute(&mut *conn)
+            .await?;
+        // Any version: a notice decides nothing about the account's state.
+        self.store
+            .append_in(
+                conn,
+                Append::to(StreamId::user(account.id))
+                    .about(account.id)
+                    .expecting(ExpectedVersion::Any)
+                    .event(event)
                     .metadata(meta),
             )
             .await?;
-        tx.commit().await?;
-        self.token_pair(account.id, session_id, &account.roles, refresh_token)
+        metrics::counter!("idp_auth_new_device_notices_total").increment(1);
+        Ok(())
     }
 
     /// A token pair for a session: a new access token and the given refresh token.

@@ -11,6 +11,7 @@ pub mod docs;
 pub mod openapi;
 pub mod paging;
 pub mod projects;
+pub mod sessions;
 pub mod templates;
 pub mod two_factor;
 
@@ -28,6 +29,7 @@ pub fn router(state: AppState, health: Health) -> Router {
         .merge(auth::router())
         .merge(two_factor::router())
         .merge(account::router())
+        .merge(sessions::router())
         .merge(admin_users::router())
         .merge(admin_audit::router())
         .merge(admin_events::router())

@@ -1,5 +1,5 @@
 //! The worker in the test process, for tests of routes whose read models it keeps (the users
-//! directory) or whose effects it carries out (emails, here to its outbox): on the test's
+//! directory) or whose effects it carries out (emails, to its outbox or an SMTP server): on the test's
 //! database, with queues of its own prefix, removed when it stops.
 
 use clap::Parser;
@@ -25,9 +25,18 @@ pub async fn start_worker(conn: &PgConnectOptions) -> TestWorker {
 
 /// As [`start_worker`], with `extra` arguments after the usual ones.
 pub async fn start_worker_with(conn: &PgConnectOptions, extra: &[&str]) -> TestWorker {
+    start(conn, None, extra).await
+}
+
+/// As [`start_worker`], sending its emails to the SMTP server at `smtp_url`.
+pub async fn start_worker_mailing(conn: &PgConnectOptions, smtp_url: &str) -> TestWorker {
+    start(conn, Some(smtp_url), &[]).await
+}
+
+async fn start(conn: &PgConnectOptions, smtp_url: Option<&str>, extra: &[&str]) -> TestWorker {
     idp_ops::test_logs::init();
     let prefix = unique_prefix();
-    let mut args = worker_args(&database_url(conn), &amqp_url(), &prefix, None);
+    let mut args = worker_args(&database_url(conn), &amqp_url(), &prefix, smtp_url);
     args.extend(extra.iter().map(|arg| (*arg).to_owned()));
     let config = Config::try_parse_from(args).unwrap();
     let worker = Worker::build(&config).await.unwrap();

@@ -1,4 +1,5 @@
-//! One-time tokens (email verification, password reset) that are never stored.
+//! One-time tokens (email verification, password reset, ending a session from a new-device
+//! email) that are never stored.
 //!
 //! A token is `base64url(event_id || HMAC-SHA256(key, purpose || event_id))`, where the event
 //! is the one that asked for the token (`VerificationRequested`, `PasswordResetRequested`) and
@@ -25,6 +26,8 @@ pub enum Purpose {
     VerifyEmail,
     /// Sets a new password.
     ResetPassword,
+    /// Ends the session a new-device email is about.
+    RevokeSession,
 }
 
 impl Purpose {
@@ -32,6 +35,7 @@ impl Purpose {
         match self {
             Self::VerifyEmail => b"idp/verify-email/v1",
             Self::ResetPassword => b"idp/reset-password/v1",
+            Self::RevokeSession => b"idp/revoke-session/v1",
         }
     }
 }

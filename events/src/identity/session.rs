@@ -25,6 +25,13 @@ pub enum RevokeReason {
     Admin,
     /// The person was erased.
     Erased,
+    /// The person ended it from their list of sessions (one, or all but the current one).
+    Owner,
+    /// The person followed the link of the new-device email about it.
+    NewDeviceNotice,
+    /// A refresh came from another network or user agent than the session started from
+    /// (`SESSION_BINDING`).
+    BindingBroken,
 }
 
 /// Events of a session's stream.

@@ -160,6 +160,19 @@ pub enum UserEvent {
         /// How many times the second factor was locked so far, this one included.
         lock_count: u32,
     },
+    /// A sign-in came from a device (user agent family and network) the account had not used
+    /// within `NEW_DEVICE_WINDOW_DAYS`: its owner is told at `email`, with a link that ends
+    /// the session (its token derives from this event's id).
+    NewDeviceSignedIn {
+        /// Where the notice goes.
+        email: Personal<String>,
+        /// The session the sign-in started.
+        session_id: Uuid,
+        /// The device as shown to people, e.g. `Firefox on Linux`.
+        device: Personal<String>,
+        /// The client's network (IPv4 /24 or IPv6 /48), or `unknown network`.
+        network: Personal<String>,
+    },
     /// The person was erased (by themselves or by an administrator): their data key was
     /// destroyed in the same transaction, so every personal field ever written about them reads
     /// as `"[erased]"`. Nothing happens to the account afterwards: it cannot sign in, and its
@@ -385,6 +398,7 @@ impl User {
                 );
             }
             UserEvent::DuplicateRegistrationAttempted { .. }
+            | UserEvent::NewDeviceSignedIn { .. }
             | UserEvent::SecondFactorEnrolmentStarted
             | UserEvent::RecoveryCodesGenerated { .. }
             | UserEvent::RecoveryCodeUsed { .. }
@@ -574,6 +588,26 @@ pub fn request_reset(user: &User) -> Vec<UserEvent> {
     if user.exists() && !user.erased {
         vec![UserEvent::PasswordResetRequested {
             email: user.email.clone().into(),
+        }]
+    } else {
+        Vec::new()
+    }
+}
+
+/// Tells the owner of `user` about a sign-in from a device it had not used lately (see
+/// [`UserEvent::NewDeviceSignedIn`]); nothing for an erased account.
+pub fn notice_new_device(
+    user: &User,
+    session_id: Uuid,
+    device: &str,
+    network: &str,
+) -> Vec<UserEvent> {
+    if user.exists() && !user.erased {
+        vec![UserEvent::NewDeviceSignedIn {
+            email: user.email.clone().into(),
+            session_id,
+            device: device.to_owned().into(),
+            network: network.to_owned().into(),
         }]
     } else {
         Vec::new()

@@ -56,6 +56,11 @@ impl Links {
         self.with_token("reset-password", token)
     }
 
+    /// `{base}/revoke-session?token=<token>`, which ends the session a new-device email is about
+    pub fn revoke_session(&self, token: &str) -> String {
+        self.with_token("revoke-session", token)
+    }
+
     /// `{base}/sign-in`
     pub fn sign_in(&self) -> String {
         format!("{}/sign-in", self.base)

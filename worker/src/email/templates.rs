@@ -56,6 +56,20 @@ pub enum EmailKind {
         /// Where to reset the password.
         reset_link: String,
     },
+    /// A sign-in from a device the account had not used lately: when, which device, from
+    /// which network, and a link that ends that session.
+    NewDevice {
+        /// When the sign-in happened.
+        at: DateTime<Utc>,
+        /// The device as shown to people, e.g. `Firefox on Linux`.
+        device: String,
+        /// The client's network (IPv4 /24 or IPv6 /48).
+        network: String,
+        /// `{PUBLIC_BASE_URL}/revoke-session?token=...`
+        revoke_link: String,
+        /// Where to reset the password.
+        reset_link: String,
+    },
 }
 
 impl EmailKind {
@@ -68,6 +82,7 @@ impl EmailKind {
             Self::AccountLocked { .. } => "account_locked",
             Self::PasswordChanged { .. } => "password_changed",
             Self::SecondFactorReset { .. } => "second_factor_reset",
+            Self::NewDevice { .. } => "new_device",
         }
     }
 
@@ -103,6 +118,22 @@ impl EmailKind {
             Self::PasswordChanged { reset_link } | Self::SecondFactorReset { reset_link } => {
                 vec![("reset_link", Value::from(reset_link.as_str()))]
             }
+            Self::NewDevice {
+                at,
+                device,
+                network,
+                revoke_link,
+                reset_link,
+            } => vec![
+                (
+                    "at",
+                    Value::from(at.to_rfc3339_opts(SecondsFormat::Secs, true)),
+                ),
+                ("device", Value::from(device.as_str())),
+                ("network", Value::from(network.as_str())),
+                ("revoke_link", Value::from(revoke_link.as_str())),
+                ("reset_link", Value::from(reset_link.as_str())),
+            ],
         }
     }
 }
@@ -241,6 +272,14 @@ const TEMPLATES: &[(&str, &str)] = &[
         "second_factor_reset.html",
         include_str!("../../templates/email/second_factor_reset.html"),
     ),
+    (
+        "new_device.txt",
+        include_str!("../../templates/email/new_device.txt"),
+    ),
+    (
+        "new_device.html",
+        include_str!("../../templates/email/new_device.html"),
+    ),
 ];
 
 static ENVIRONMENT: LazyLock<Environment<'static>> = LazyLock::new(|| {
@@ -297,6 +336,7 @@ mod tests {
     const RESET: &str = "https://idp.example.com/reset-password?token=r3set_tok";
     const SIGN_IN: &str = "https://idp.example.com/sign-in";
     const FORGOT: &str = "https://idp.example.com/forgot-password";
+    const REVOKE: &str = "https://idp.example.com/revoke-session?token=r3voke";
 
     fn every_kind() -> Vec<(EmailKind, Vec<&'static str>)> {
         vec![
@@ -327,6 +367,22 @@ mod tests {
                     reset_link: FORGOT.into(),
                 },
                 vec![FORGOT],
+            ),
+            (
+                EmailKind::SecondFactorReset {
+                    reset_link: FORGOT.into(),
+                },
+                vec![FORGOT],
+            ),
+            (
+                EmailKind::NewDevice {
+                    at: Utc.with_ymd_and_hms(2030, 1, 2, 3, 4, 5).unwrap(),
+                    device: "Firefox on Linux".into(),
+                    network: "203.0.113.0/24".into(),
+                    revoke_link: REVOKE.into(),
+                    reset_link: FORGOT.into(),
+                },
+                vec![REVOKE, FORGOT],
             ),
         ]
     }
@@ -427,6 +483,8 @@ mod tests {
                 "Reset your password",
                 "Your account is temporarily locked",
                 "Your password was changed",
+                "Two-factor sign-in was turned off for your account",
+                "New sign-in to your account from Firefox on Linux",
             ]
         );
     }
@@ -501,7 +559,9 @@ mod tests {
                 "duplicate_registration",
                 "password_reset",
                 "account_locked",
-                "password_changed"
+                "password_changed",
+                "second_factor_reset",
+                "new_device"
             ]
         );
     }

@@ -1,5 +1,6 @@
 //! `send_email`: the emails an account's events ask for (verification, duplicate-registration
-//! notice, password reset, lockout notice, password-changed notice), sent exactly once.
+//! notice, password reset, lockout notice, password-changed notice, second-factor reset notice,
+//! new-device notice), sent exactly once.
 //!
 //! The job's stream says what happened so far. Each attempt first asks the SMTP circuit
 //! breaker, then hands the message to the server; the hand-over (`EmailSending`) is written
@@ -55,6 +56,8 @@ pub enum Template {
     PasswordChanged,
     /// An administrator removed the second factor (`SecondFactorReset`).
     SecondFactorReset,
+    /// A sign-in from a new device (`NewDeviceSignedIn`).
+    NewDevice,
 }
 
 impl Template {
@@ -68,6 +71,7 @@ impl Template {
             UserEvent::AccountLocked { .. } => Some(Self::AccountLocked),
             UserEvent::PasswordChanged => Some(Self::PasswordChanged),
             UserEvent::SecondFactorReset { .. } => Some(Self::SecondFactorReset),
+            UserEvent::NewDeviceSignedIn { .. } => Some(Self::NewDevice),
             UserEvent::UserRegistered { .. }
             | UserEvent::EmailVerified { .. }
             | UserEvent::RegistrationRepeated { .. }
@@ -601,6 +605,7 @@ fn template_name(template: Template) -> &'static str {
         Template::AccountLocked => "account_locked",
         Template::PasswordChanged => "password_changed",
         Template::SecondFactorReset => "second_factor_reset",
+        Template::NewDevice => "new_device",
     }
 }
 
@@ -683,6 +688,35 @@ async fn compose(job: &SendEmail, ctx: &EmailJobs) -> Result<(OutgoingEmail, Bui
                 reset_link: ctx.links.forgot_password(),
             },
         ),
+        (
+            Template::NewDevice,
+            UserEvent::NewDeviceSignedIn {
+                email,
+                device,
+                network,
+                ..
+            },
+        ) => {
+            let token =
+                one_time_token::issue(&ctx.email_keys, Purpose::RevokeSession, job.cause_id);
+            let at = cause_index
+                .and_then(|i| events.get(i))
+                .map_or_else(chrono::Utc::now, |e| e.recorded_at);
+            (
+                known(email)?,
+                EmailKind::NewDevice {
+                    at,
+                    device: device
+                        .into_known()
+                        .unwrap_or_else(|| "unknown device".into()),
+                    network: network
+                        .into_known()
+                        .unwrap_or_else(|| "unknown network".into()),
+                    revoke_link: ctx.links.revoke_session(&token),
+                    reset_link: ctx.links.forgot_password(),
+                },
+            )
+        }
         _ => {
             return Err(Failure::Permanent(
                 "the causing event does not match the template".into(),

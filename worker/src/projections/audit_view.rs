@@ -230,6 +230,11 @@ fn user_summary(event: &UserEvent) -> String {
                 time(until)
             )
         }
+        UserEvent::NewDeviceSignedIn { session_id, .. } => {
+            format!(
+                "sign-in from a device new to the account (session {session_id}); owner notified"
+            )
+        }
     }
 }
 
@@ -253,6 +258,9 @@ fn session_summary(event: &SessionEvent) -> String {
                 RevokeReason::RefreshTokenReuse => "refresh token reuse",
                 RevokeReason::Admin => "by an administrator",
                 RevokeReason::Erased => "the person was erased",
+                RevokeReason::Owner => "by its owner",
+                RevokeReason::NewDeviceNotice => "from a new-device notice",
+                RevokeReason::BindingBroken => "used from another network or device",
             }
         ),
     }

@@ -299,7 +299,8 @@ fn apply_user_event(e: &mut Entry, event: &UserEvent, at: DateTime<Utc>) {
         | UserEvent::SecondFactorReset { .. }
         | UserEvent::RecoveryCodesGenerated { .. }
         | UserEvent::RecoveryCodeUsed { .. }
-        | UserEvent::SecondFactorLocked { .. } => {}
+        | UserEvent::SecondFactorLocked { .. }
+        | UserEvent::NewDeviceSignedIn { .. } => {}
     }
 }
 

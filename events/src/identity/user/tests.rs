@@ -497,6 +497,15 @@ fn every_personal_field_of_the_user_events_is_listed() {
             },
             vec![],
         ),
+        (
+            UserEvent::NewDeviceSignedIn {
+                email: "ada@example.com".into(),
+                session_id: id,
+                device: "Firefox on Linux".into(),
+                network: "203.0.113.0/24".into(),
+            },
+            vec!["/device", "/email", "/network"],
+        ),
     ];
     // Every kind of user event is in the list.
     let mut listed: Vec<String> = cases
