@@ -207,29 +207,6 @@ pub struct IdentityConfig {
     )]
     pub mfa_required_roles: Vec<String>,
 
-    /// Failed sign-ins of an account, or from a client address, within the last hour after
-    /// which sign-in, registration and the email requests need a `captcha_token`
-    /// (with `CAPTCHA_VERIFY_URL`; 0 never asks).
-    #[arg(long, env = "CAPTCHA_AFTER_FAILURES", value_name = "CAPTCHA_AFTER_FAILURES", default_value_t = 3,
-          value_parser = clap::value_parser!(u32).range(0..=1000))]
-    pub captcha_after_failures: u32,
-
-    /// The siteverify endpoint of the CAPTCHA provider, e.g.
-    /// `https://challenges.cloudflare.com/turnstile/v0/siteverify`,
-    /// `https://api.hcaptcha.com/siteverify` or `https://www.google.com/recaptcha/api/siteverify`.
-    /// Unset (the default): no CAPTCHA is ever asked for.
-    #[arg(long, env = "CAPTCHA_VERIFY_URL", value_name = "CAPTCHA_VERIFY_URL")]
-    pub captcha_verify_url: Option<url::Url>,
-
-    /// The secret key the provider gave for this site; required with `CAPTCHA_VERIFY_URL`.
-    #[arg(
-        long,
-        env = "CAPTCHA_SECRET",
-        value_name = "CAPTCHA_SECRET",
-        hide_env_values = true
-    )]
-    pub captcha_secret: Option<SecretString>,
-
     /// The first administrator's email, created at start if missing.
     #[arg(long, env = "ADMIN_EMAIL", value_name = "ADMIN_EMAIL")]
     pub admin_email: Option<String>,
@@ -361,10 +338,6 @@ mod tests {
             "admin@example.com",
             "--admin-password",
             "admin-password-secret",
-            "--captcha-verify-url",
-            "https://captcha.example/siteverify",
-            "--captcha-secret",
-            "captcha-secret-3",
         ])
         .unwrap();
         let debug = format!("{config:?}");
@@ -375,7 +348,6 @@ mod tests {
             "project-ring-secret",
             "digest-ring-secret",
             "admin-password-secret",
-            "captcha-secret-3",
         ] {
             assert!(!debug.contains(secret), "{secret} in {debug}");
         }

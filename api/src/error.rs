@@ -25,13 +25,6 @@ pub enum ApiError {
     /// challenge, a wrong, malformed or replayed code, and a locked second factor.
     #[error("second factor refused")]
     SecondFactorRefused,
-    /// 400: this request needs a `captcha_token` (after too many failed sign-ins of the
-    /// account or from the address) and has none.
-    #[error("captcha required")]
-    CaptchaRequired,
-    /// 401: the CAPTCHA provider refused the request's `captcha_token`.
-    #[error("captcha refused")]
-    CaptchaRefused,
     /// 403: authenticated, but not allowed.
     #[error("forbidden")]
     Forbidden,
@@ -70,10 +63,6 @@ pub enum ApiError {
         /// Seconds to wait.
         retry_after_secs: u64,
     },
-    /// 503: the CAPTCHA provider gave no verdict; the request needing one is refused (fail
-    /// closed).
-    #[error("captcha verifier unavailable")]
-    CaptchaUnavailable,
     /// 503: a dependency (database, broker) is unavailable; retrying later may work.
     #[error("service unavailable")]
     Unavailable,
@@ -125,11 +114,10 @@ tokio::task_local! {
 impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
-            Self::BadRequest(_) | Self::CaptchaRequired => StatusCode::BAD_REQUEST,
-            Self::Unauthorized
-            | Self::InvalidCredentials
-            | Self::SecondFactorRefused
-            | Self::CaptchaRefused => StatusCode::UNAUTHORIZED,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized | Self::InvalidCredentials | Self::SecondFactorRefused => {
+                StatusCode::UNAUTHORIZED
+            }
             Self::Forbidden | Self::SecondFactorEnrolmentRequired => StatusCode::FORBIDDEN,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -138,10 +126,9 @@ impl ApiError {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Gone(_) => StatusCode::GONE,
-            Self::Unavailable
-            | Self::Overloaded { .. }
-            | Self::RetryLater { .. }
-            | Self::CaptchaUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable | Self::Overloaded { .. } | Self::RetryLater { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -154,9 +141,6 @@ impl ApiError {
             Self::Forbidden => "forbidden",
             Self::SecondFactorRefused => "second-factor-refused",
             Self::SecondFactorEnrolmentRequired => "second-factor-enrolment-required",
-            Self::CaptchaRequired => "captcha-required",
-            Self::CaptchaRefused => "captcha-refused",
-            Self::CaptchaUnavailable => "captcha-unavailable",
             Self::UnsupportedMediaType => "unsupported-media-type",
             Self::Unprocessable(_) => "unprocessable",
             Self::TooManyRequests { .. } => "too-many-requests",
@@ -254,15 +238,6 @@ impl IntoResponse for ApiError {
                 "your role requires a second factor: enrol one (POST /v1/auth/2fa/enable-init) before anything else"
                     .to_owned(),
             ),
-            Self::CaptchaRequired => Some(
-                "a CAPTCHA is required: solve it and send its token as captcha_token".to_owned(),
-            ),
-            Self::CaptchaRefused => Some(
-                "the CAPTCHA was not accepted (wrong, expired or used); solve a new one".to_owned(),
-            ),
-            Self::CaptchaUnavailable => {
-                Some("the CAPTCHA cannot be checked right now; try again shortly".to_owned())
-            }
             Self::TooManyRequests { retry_after_secs } => Some(format!(
                 "too many requests; try again in {retry_after_secs} s"
             )),
@@ -291,11 +266,6 @@ impl IntoResponse for ApiError {
                 response
                     .headers_mut()
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            }
-            Self::CaptchaUnavailable => {
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             }
             _ => {}
         }

@@ -1,6 +1,5 @@
-//! Identity: passwords, tokens, signing keys, rate limits, second factors and CAPTCHA checks.
+//! Identity: passwords, tokens, signing keys and rate limits.
 
-pub mod captcha;
 pub mod keys;
 pub mod password;
 pub mod rate_limit;

@@ -40,15 +40,6 @@ pub enum IdentityError {
     /// one on already, no enrolment in progress).
     #[error("{0}")]
     SecondFactorState(&'static str),
-    /// A CAPTCHA is needed and the request has no token. 400 `captcha-required`.
-    #[error("captcha required")]
-    CaptchaRequired,
-    /// The CAPTCHA provider refused the token. 401 `captcha-refused`.
-    #[error("captcha refused")]
-    CaptchaRefused,
-    /// The CAPTCHA provider gave no verdict. 503 `captcha-unavailable`.
-    #[error(transparent)]
-    CaptchaUnavailable(crate::auth::captcha::VerifierDown),
     /// No such account. 404.
     #[error("no such account")]
     NotFound,
@@ -193,12 +184,6 @@ impl From<IdentityError> for ApiError {
             E::InvalidCredentials => Self::InvalidCredentials,
             E::Unauthorized => Self::Unauthorized,
             E::SecondFactorRefused => Self::SecondFactorRefused,
-            E::CaptchaRequired => Self::CaptchaRequired,
-            E::CaptchaRefused => Self::CaptchaRefused,
-            E::CaptchaUnavailable(down) => {
-                tracing::warn!(error = %down, "CAPTCHA verification failed");
-                Self::CaptchaUnavailable
-            }
             E::SecondFactorState(detail) => Self::Conflict(detail.to_owned()),
             E::NotFound => Self::NotFound,
             E::Erased => Self::Gone(err.to_string()),
