@@ -37,7 +37,7 @@ pub use self::erasure::{Eraser, ErasureOutcome};
 pub use self::error::IdentityError;
 pub use self::export::PersonalExport;
 pub use self::second_factor::{Enrolment, SecondFactorChallenge, SignIn};
-pub use self::sessions::{SessionView, SessionsRevoked};
+pub use self::sessions::{OtherSessionsRevoked, SessionView};
 use crate::auth::password::{self, ClientShares, Hasher};
 use crate::auth::rate_limit::{Decision, Limit, RateLimiter};
 use crate::auth::tokens::Tokens;

@@ -35,9 +35,9 @@ pub struct SessionView {
     pub current: bool,
 }
 
-/// How many sessions a request ended.
+/// How many of the caller's other sessions `revoke-others` ended.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
-pub struct SessionsRevoked {
+pub struct OtherSessionsRevoked {
     /// Sessions ended by this request.
     pub revoked: usize,
 }
@@ -227,7 +227,7 @@ impl Identity {
         ctx: &ClientContext,
         user_id: Uuid,
         current: Uuid,
-    ) -> Result<SessionsRevoked, IdentityError> {
+    ) -> Result<OtherSessionsRevoked, IdentityError> {
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin().await?;
         let meta = ctx.metadata(StreamId::user(user_id));
@@ -235,7 +235,7 @@ impl Identity {
             .revoke_all(&mut tx, user_id, Some(current), RevokeReason::Owner, &meta)
             .await?;
         tx.commit().await?;
-        Ok(SessionsRevoked { revoked })
+        Ok(OtherSessionsRevoked { revoked })
     }
 
     /// Ends the session a new-device email is about, with the token of its link. The same

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::auth::TokenRequest;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, AuthUser, ClientContext, PathParam};
-use crate::identity::{SessionView, SessionsRevoked};
+use crate::identity::{OtherSessionsRevoked, SessionView};
 use crate::startup::AppState;
 
 /// The routes of this module.
@@ -93,7 +93,7 @@ pub async fn revoke_session(
 
 /// Ends every session of the caller but the one of this request.
 #[utoipa::path(post, path = "/v1/account/sessions/revoke-others", tag = "account", security(("bearer" = [])),
-    responses((status = 200, description = "How many sessions ended", body = SessionsRevoked,
+    responses((status = 200, description = "How many sessions ended", body = OtherSessionsRevoked,
                example = json!({"revoked": 2})),
               (status = 401, description = "No valid token")))]
 #[tracing::instrument(name = "account.revoke_other_sessions", skip_all, fields(user.id = %user.user_id))]
@@ -101,7 +101,7 @@ pub async fn revoke_others(
     State(state): State<AppState>,
     ctx: ClientContext,
     user: AuthUser,
-) -> Result<Json<SessionsRevoked>, ApiError> {
+) -> Result<Json<OtherSessionsRevoked>, ApiError> {
     let revoked = state
         .identity
         .revoke_other_sessions(&ctx, user.user_id, user.session_id)
