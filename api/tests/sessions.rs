@@ -115,6 +115,17 @@ async fn sessions(app: &TestApp, device: Device, token: &str) -> Vec<Value> {
     body["sessions"].as_array().unwrap().clone()
 }
 
+/// How many sessions ended for `reason` (`SessionRevoked` events).
+async fn revocations(db: &sqlx::PgPool, reason: &str) -> i64 {
+    sqlx::query_scalar(
+        "select count(*) from events where event_type = 'SessionRevoked' and data->>'reason' = $1",
+    )
+    .bind(reason)
+    .fetch_one(db)
+    .await
+    .unwrap()
+}
+
 #[sqlx::test(migrations = false)]
 async fn a_person_lists_their_sessions_and_ends_another_devices_at_once(
     _opts: PgPoolOptions,
@@ -206,13 +217,7 @@ async fn a_person_lists_their_sessions_and_ends_another_devices_at_once(
     .await;
     assert_eq!(status, 401);
     // Each ending is an event with its reason.
-    let owner_ends: i64 = sqlx::query_scalar(
-        "select count(*) from events
-          where event_type = 'SessionRevoked' and data->>'reason' = 'owner'",
-    )
-    .fetch_one(&db)
-    .await
-    .unwrap();
+    let owner_ends = revocations(&db, "owner").await;
     assert_eq!(owner_ends, 2);
     app.stop().await;
 }
@@ -277,13 +282,7 @@ async fn a_bound_session_ends_at_a_refresh_from_another_network_or_agent(
     let token = token.unwrap();
     assert_eq!(refresh(&app, other_agent, &token).await.0, 401);
     assert_eq!(refresh(&app, LAPTOP, &token).await.0, 401);
-    let broken: i64 = sqlx::query_scalar(
-        "select count(*) from events
-          where event_type = 'SessionRevoked' and data->>'reason' = 'binding_broken'",
-    )
-    .fetch_one(&db)
-    .await
-    .unwrap();
+    let broken = revocations(&db, "binding_broken").await;
     assert_eq!(broken, 2);
     app.stop().await;
 }
@@ -369,13 +368,7 @@ async fn a_new_device_is_emailed_once_and_its_link_ends_that_session(
         )
         .await;
     assert_eq!(status, 204, "the same link again changes nothing");
-    let ended: i64 = sqlx::query_scalar(
-        "select count(*) from events
-          where event_type = 'SessionRevoked' and data->>'reason' = 'new_device_notice'",
-    )
-    .fetch_one(&db)
-    .await
-    .unwrap();
+    let ended = revocations(&db, "new_device_notice").await;
     assert_eq!(ended, 1);
     // A token that is not one of ours.
     let mut forged = token.to_owned();

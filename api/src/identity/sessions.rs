@@ -100,14 +100,7 @@ impl Identity {
         let device = ClientDevice::of(ctx);
         if !self.binding_holds(&row, &device)? {
             let reason = RevokeReason::BindingBroken;
-            self.revoke_in(
-                &mut tx,
-                session_id,
-                &[SessionEvent::SessionRevoked { reason }],
-                reason,
-                meta,
-            )
-            .await?;
+            self.end_session(&mut tx, session_id, reason, meta).await?;
             tx.commit().await?;
             tracing::info!(session.id = %session_id, "refresh from elsewhere than the session is bound to; session ended");
             metrics::counter!("idp_auth_binding_broken_total").increment(1);
@@ -209,10 +202,9 @@ impl Identity {
             return Err(IdentityError::NotFound);
         }
         let reason = RevokeReason::Owner;
-        self.revoke_in(
+        self.end_session(
             &mut tx,
             session_id,
-            &[SessionEvent::SessionRevoked { reason }],
             reason,
             ctx.metadata(StreamId::user(user_id)),
         )
@@ -260,16 +252,34 @@ impl Identity {
             return Err(IdentityError::invalid_token());
         };
         let reason = RevokeReason::NewDeviceNotice;
-        self.revoke_in(
+        self.end_session(
             &mut tx,
             session_id,
-            &[SessionEvent::SessionRevoked { reason }],
             reason,
             ctx.metadata(StreamId::user(user_id)),
         )
         .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Ends session `session_id` for `reason` (`SessionRevoked`), inside `conn`'s transaction;
+    /// false if it had ended already.
+    async fn end_session(
+        &self,
+        conn: &mut PgConnection,
+        session_id: Uuid,
+        reason: RevokeReason,
+        meta: Metadata,
+    ) -> Result<bool, IdentityError> {
+        self.revoke_in(
+            conn,
+            session_id,
+            &[SessionEvent::SessionRevoked { reason }],
+            reason,
+            meta,
+        )
+        .await
     }
 
     /// Ends session `session_id` with `events`, inside `conn`'s transaction; false if it had
@@ -322,10 +332,9 @@ impl Identity {
             let mut conn = self.pool.acquire().await?;
             let mut tx = conn.begin().await?;
             let reason = RevokeReason::Logout;
-            self.revoke_in(
+            self.end_session(
                 &mut tx,
                 session_id,
-                &[SessionEvent::SessionRevoked { reason }],
                 reason,
                 ctx.metadata(StreamId::user(user_id)),
             )
@@ -354,16 +363,7 @@ impl Identity {
         .await?;
         let mut revoked = 0;
         for sid in sessions.into_iter().filter(|s| Some(*s) != keep) {
-            if self
-                .revoke_in(
-                    conn,
-                    sid,
-                    &[SessionEvent::SessionRevoked { reason }],
-                    reason,
-                    meta.clone(),
-                )
-                .await?
-            {
+            if self.end_session(conn, sid, reason, meta.clone()).await? {
                 revoked += 1;
             }
         }
