@@ -97,8 +97,10 @@ impl Identity {
             metrics::counter!("idp_auth_refresh_reuse_total").increment(1);
             return Err(IdentityError::Unauthorized);
         }
-        let device = ClientDevice::of(ctx);
-        if !self.binding_holds(&row, &device)? {
+        // Unbound sessions (the default) read nothing of the client.
+        if self.session_binding != SessionBinding::None
+            && !self.binding_holds(&row, &ClientDevice::of(ctx))?
+        {
             let reason = RevokeReason::BindingBroken;
             self.end_session(&mut tx, session_id, reason, meta).await?;
             tx.commit().await?;
