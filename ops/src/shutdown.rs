@@ -53,13 +53,20 @@ const FIRST_BYTES_GRACE: Duration = Duration::from_secs(1);
 /// cannot keep the port open.
 const BACKLOG_DRAIN_LIMIT: usize = 1024;
 
+/// How long, once new handshakes are refused, handshakes already answered may take to complete
+/// (one round trip from the client) and be accepted before the port closes.
+const HANDSHAKE_SETTLE: Duration = Duration::from_millis(200);
+
 /// A TCP listener for `axum::serve` that stops cleanly when `shutdown` is cancelled.
 ///
 /// Closing a listening socket resets every connection still waiting in its backlog, and axum's
 /// graceful shutdown drops accepted connections whose first bytes it has not read yet; a
 /// client that had already sent its request sees `connection reset` either way. This listener
-/// instead, at shutdown: accepts what already waits in the backlog, then closes the port (later
-/// connections are refused, which clients and load balancers handle as "try elsewhere"), and
+/// instead, at shutdown: stops the kernel completing new handshakes (on Linux, a socket filter
+/// drops new connection requests, which clients retry), accepts what already waits in the
+/// backlog and the handshakes that complete within [`HANDSHAKE_SETTLE`], then closes the port
+/// (later connections, and the retried requests, are refused, which clients and load balancers
+/// handle as "try elsewhere"), and
 /// [`GracefulListener::stopped`] completes only once every accepted connection has been read
 /// from, so each of them is served. Requests in flight then finish; idle keep-alive
 /// connections are closed.
@@ -71,6 +78,9 @@ pub struct GracefulListener {
     closed: CancellationToken,
     unread: Arc<watch::Sender<usize>>,
     drained: usize,
+    /// Once shutdown began: until when handshakes already answered may still be accepted, if
+    /// new ones are refused (else the backlog is taken without waiting).
+    settle: Option<Option<tokio::time::Instant>>,
 }
 
 impl GracefulListener {
@@ -83,6 +93,7 @@ impl GracefulListener {
             closed: CancellationToken::new(),
             unread: Arc::new(watch::Sender::new(0)),
             drained: 0,
+            settle: None,
         })
     }
 
@@ -127,11 +138,21 @@ impl axum::serve::Listener for GracefulListener {
                 return std::future::pending().await;
             };
             if self.shutdown.is_cancelled() {
-                // Take what already waits in the backlog without waiting for more, then close.
-                let ready = listener.poll_accept(&mut Context::from_waker(Waker::noop()));
+                let settle = *self.settle.get_or_insert_with(|| {
+                    refuse_new_handshakes(listener)
+                        .then(|| tokio::time::Instant::now() + HANDSHAKE_SETTLE)
+                });
                 if self.drained < BACKLOG_DRAIN_LIMIT {
                     self.drained += 1;
-                    match ready {
+                    let accepted = match settle {
+                        // No new handshake can start: take what waits and what completes in time.
+                        Some(until) => tokio::time::timeout_at(until, listener.accept())
+                            .await
+                            .map_or(Poll::Pending, Poll::Ready),
+                        // Take what already waits in the backlog without waiting for more.
+                        None => listener.poll_accept(&mut Context::from_waker(Waker::noop())),
+                    };
+                    match accepted {
                         Poll::Ready(Ok((stream, addr))) => return (self.tracked(stream), addr),
                         Poll::Ready(Err(_)) => continue,
                         Poll::Pending => {}
@@ -155,6 +176,42 @@ impl axum::serve::Listener for GracefulListener {
     fn local_addr(&self) -> io::Result<Self::Addr> {
         Ok(self.addr)
     }
+}
+
+/// Stops `listener` completing new TCP handshakes: a socket filter drops every segment that
+/// opens a connection (SYN without ACK), so the client retries it after a second and then meets
+/// the closed port, where closing with it in the backlog would have reset it. Handshakes
+/// already answered still complete. False where the filter is not available (not Linux).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn refuse_new_handshakes(listener: &TcpListener) -> bool {
+    use socket2::{SockFilter, SockRef};
+    // Classic BPF over the TCP header: load the flags byte, keep SYN and ACK, drop SYN alone.
+    const BPF_LD_B_ABS: u16 = 0x30;
+    const BPF_ALU_AND_K: u16 = 0x54;
+    const BPF_JMP_JEQ_K: u16 = 0x15;
+    const BPF_RET_K: u16 = 0x06;
+    const TCP_FLAGS_OFFSET: u32 = 13;
+    const SYN: u32 = 0x02;
+    const ACK: u32 = 0x10;
+    let program = [
+        SockFilter::new(BPF_LD_B_ABS, 0, 0, TCP_FLAGS_OFFSET),
+        SockFilter::new(BPF_ALU_AND_K, 0, 0, SYN | ACK),
+        SockFilter::new(BPF_JMP_JEQ_K, 0, 1, SYN),
+        SockFilter::new(BPF_RET_K, 0, 0, 0),
+        SockFilter::new(BPF_RET_K, 0, 0, u32::MAX),
+    ];
+    match SockRef::from(listener).attach_filter(&program) {
+        Ok(()) => true,
+        Err(err) => {
+            tracing::warn!(error = %err, "could not stop new handshakes before closing the port");
+            false
+        }
+    }
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn refuse_new_handshakes(_listener: &TcpListener) -> bool {
+    false
 }
 
 /// Like axum's own listener: a connection that failed before it was accepted is skipped; any
@@ -255,7 +312,7 @@ mod tests {
     use tokio::sync::Notify;
     use tokio_util::sync::CancellationToken;
 
-    use super::GracefulListener;
+    use super::{GracefulListener, refuse_new_handshakes};
 
     /// A server whose `/slow` answers after 300 ms (telling `entered` when it starts).
     async fn serve(
@@ -331,5 +388,96 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[tokio::test]
+    async fn a_listener_refusing_new_handshakes_keeps_its_connections_and_completes_no_new_one() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut before = TcpStream::connect(addr).await.unwrap();
+        let (mut accepted, _) = listener.accept().await.unwrap();
+        assert!(refuse_new_handshakes(&listener));
+
+        // The connection opened before still carries data both ways.
+        before.write_all(b"ping").await.unwrap();
+        let mut ping = [0; 4];
+        accepted.read_exact(&mut ping).await.unwrap();
+        accepted.write_all(b"pong").await.unwrap();
+        let mut pong = [0; 4];
+        before.read_exact(&mut pong).await.unwrap();
+        assert_eq!((&ping, &pong), (b"ping", b"pong"));
+        // A new one is neither completed (it would wait in the backlog and be reset at close)
+        // nor refused yet: its request is dropped, so the client retries it.
+        let attempt =
+            tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(addr)).await;
+        assert!(attempt.is_err(), "a new handshake completed: {attempt:?}");
+        let pending = tokio::time::timeout(Duration::from_millis(100), listener.accept()).await;
+        assert!(pending.is_err(), "a connection reached the backlog");
+    }
+
+    /// One client connecting and asking again and again until the port is closed: how its
+    /// attempts ended.
+    async fn hammer(addr: std::net::SocketAddr) -> (usize, Vec<std::io::Error>) {
+        let mut answered = 0;
+        loop {
+            let mut stream = match TcpStream::connect(addr).await {
+                Ok(stream) => stream,
+                Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    return (answered, Vec::new());
+                }
+                Err(err) => return (answered, vec![err]),
+            };
+            let asked = stream
+                .write_all(b"GET /fast HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n")
+                .await;
+            let mut answer = Vec::new();
+            match asked.and(stream.read_to_end(&mut answer).await) {
+                Ok(_) if answer.starts_with(b"HTTP/1.1 200") => answered += 1,
+                Ok(_) => {
+                    let answer = String::from_utf8_lossy(&answer).into_owned();
+                    return (answered, vec![std::io::Error::other(answer)]);
+                }
+                Err(err) => return (answered, vec![err]),
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn clients_connecting_while_the_port_closes_are_answered_or_refused_never_reset() {
+        let mut rounds = Vec::new();
+        for _ in 0..8 {
+            rounds.push(tokio::spawn(async {
+                let shutdown = CancellationToken::new();
+                let (addr, server) =
+                    serve(shutdown.clone(), std::sync::Arc::new(Notify::new())).await;
+                let clients: Vec<_> = (0..4).map(|_| tokio::spawn(hammer(addr))).collect();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                shutdown.cancel();
+                let mut outcomes = Vec::new();
+                for client in clients {
+                    outcomes.push(client.await.unwrap());
+                }
+                tokio::time::timeout(Duration::from_secs(5), server)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                outcomes
+            }));
+        }
+        let mut answered = 0;
+        let mut broken = Vec::new();
+        for round in rounds {
+            for (ok, errors) in round.await.unwrap() {
+                answered += ok;
+                broken.extend(errors);
+            }
+        }
+        assert!(answered > 0, "no request was answered before shutdown");
+        assert!(
+            broken.is_empty(),
+            "{} attempts broken: {broken:?}",
+            broken.len()
+        );
     }
 }
