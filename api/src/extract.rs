@@ -321,17 +321,10 @@ impl AuthUser {
     pub fn actor(&self) -> String {
         StreamId::user(self.user_id).into()
     }
-
-    /// Whether the caller is an administrator now: the account's current state decides, not
-    /// the token's roles, so a role granted or removed takes effect on the next request.
-    pub async fn is_admin(&self, state: &AppState) -> Result<bool, ApiError> {
-        let account = state.identity.load_user(self.user_id).await?;
-        Ok(account.has_role(idp_events::identity::user::ROLE_ADMIN))
-    }
 }
 
 /// The caller of a valid access token whose session is active, with the session as found.
-async fn authenticate(
+pub(crate) async fn authenticate(
     parts: &Parts,
     state: &AppState,
 ) -> Result<(AuthUser, SessionState), ApiError> {
@@ -397,33 +390,5 @@ impl FromRequestParts<AppState> for EnrollingUser {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         Ok(Self(authenticate(parts, state).await?.0))
-    }
-}
-
-/// An authenticated administrator. The role is checked against the current state of the
-/// account on every request, not against the token, so a revoked role takes effect at once.
-#[derive(Debug, Clone)]
-pub struct AdminUser(pub AuthUser);
-
-impl FromRequestParts<AppState> for AdminUser {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        let (user, session) = authenticate(parts, state).await?;
-        let account = state.identity.load_user(user.user_id).await?;
-        if state.identity.must_enrol(&user.roles, session) {
-            return Err(ApiError::SecondFactorEnrolmentRequired);
-        }
-        if !account.has_role(idp_events::identity::user::ROLE_ADMIN) {
-            return Err(ApiError::Forbidden);
-        }
-        // The role is checked as it is now, so is the second factor it may need.
-        if state.identity.must_enrol(&account.roles, session) {
-            return Err(ApiError::SecondFactorEnrolmentRequired);
-        }
-        Ok(Self(user))
     }
 }

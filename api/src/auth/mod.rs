@@ -2,6 +2,7 @@
 
 pub mod keys;
 pub mod password;
+pub mod permissions;
 pub mod rate_limit;
 pub mod second_factor;
 pub mod tokens;

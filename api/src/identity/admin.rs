@@ -1,4 +1,4 @@
-//! Account administration: locks, roles and sessions changed by an administrator, the guard
+//! Account administration: locks, roles, sessions and verification emails by an administrator, the guard
 //! that always leaves an administrator who can sign in, and the administrator ensured at start.
 
 use chrono::{DateTime, Utc};
@@ -45,6 +45,27 @@ impl Identity {
         reset_failures(&mut tx, user_id).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Sends `user_id` the verification link again, for an administrator (a person whose first
+    /// email went astray): `VerificationRequested` with the administrator as actor. Refused for
+    /// an address already verified (409) and an erased person (410).
+    pub async fn resend_verification_for(
+        &self,
+        ctx: &ClientContext,
+        admin: &str,
+        user_id: Uuid,
+    ) -> Result<(), IdentityError> {
+        let account = self.load_user(user_id).await?;
+        if account.erased {
+            return Err(IdentityError::Erased);
+        }
+        let events = user::request_verification(&account);
+        if events.is_empty() {
+            return Err(IdentityError::AlreadyVerified);
+        }
+        self.append_user(&account, &events, ctx.metadata(admin))
+            .await
     }
 
     /// Locks `user_id` for an administrator (`None`: until an administrator unlocks it): no

@@ -49,6 +49,9 @@ pub enum IdentityError {
     /// Another account holds the address. 409.
     #[error("email taken")]
     EmailTaken,
+    /// The account's address is verified already: there is nothing to send. 409.
+    #[error("the address is already verified")]
+    AlreadyVerified,
     /// The stream changed since it was read, or the append was a repeat. 409; the use cases that
     /// can decide again do so.
     #[error(transparent)]
@@ -187,9 +190,11 @@ impl From<IdentityError> for ApiError {
             E::SecondFactorState(detail) => Self::Conflict(detail.to_owned()),
             E::NotFound => Self::NotFound,
             E::Erased => Self::Gone(err.to_string()),
-            E::EmailTaken | E::KeptChanging | E::LastAdmin(_) | E::Outdated(_) => {
-                Self::Conflict(err.to_string())
-            }
+            E::EmailTaken
+            | E::AlreadyVerified
+            | E::KeptChanging
+            | E::LastAdmin(_)
+            | E::Outdated(_) => Self::Conflict(err.to_string()),
             E::RateLimited { retry_after_secs } => Self::TooManyRequests { retry_after_secs },
             E::Overloaded { retry_after_secs } => Self::Overloaded { retry_after_secs },
             E::Conflict(append) | E::Append(append) => append.into(),

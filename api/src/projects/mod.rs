@@ -14,6 +14,7 @@ use idp_events::{AppendError, Metadata, RecordedEvent};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::auth::permissions::Permission;
 use crate::error::ApiError;
 use crate::extract::AuthUser;
 use crate::startup::AppState;
@@ -27,12 +28,31 @@ pub struct Loaded {
     pub history: Vec<RecordedEvent>,
 }
 
-/// Project `id` as folded from its stream, if `user` owns it or is an administrator; 404
-/// otherwise, the same as for a project that does not exist, so ids cannot be probed.
+/// Project `id` as folded from its stream, if `user` owns it or may read other people's
+/// projects (`read_projects_of_others`); 404 otherwise, the same as for a project that does not
+/// exist, so ids cannot be probed.
 pub async fn load_visible(state: &AppState, user: &AuthUser, id: Uuid) -> Result<Loaded, ApiError> {
     let loaded = load(state, id).await?;
-    if loaded.project.owner_id != user.user_id && !user.is_admin(state).await? {
+    if loaded.project.owner_id != user.user_id
+        && !user.may(state, Permission::ReadProjectsOfOthers).await?
+    {
         return Err(ApiError::NotFound);
+    }
+    Ok(loaded)
+}
+
+/// Project `id`, as [`load_visible`], for a change: 403 for someone else's project that the
+/// caller may read but not change (`manage_projects_of_others`).
+pub async fn load_changeable(
+    state: &AppState,
+    user: &AuthUser,
+    id: Uuid,
+) -> Result<Loaded, ApiError> {
+    let loaded = load_visible(state, user, id).await?;
+    if loaded.project.owner_id != user.user_id
+        && !user.may(state, Permission::ManageProjectsOfOthers).await?
+    {
+        return Err(ApiError::Forbidden);
     }
     Ok(loaded)
 }

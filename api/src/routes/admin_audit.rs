@@ -25,8 +25,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use utoipa::{IntoParams, ToSchema};
 
+use crate::auth::permissions::{Permitted, ReadAudit};
 use crate::error::ApiError;
-use crate::extract::{AdminUser, ApiQuery};
+use crate::extract::ApiQuery;
 use crate::startup::AppState;
 
 /// While a verification runs, a newline (insignificant JSON whitespace) is sent this often, so
@@ -143,11 +144,11 @@ impl From<&AuditReport> for AuditVerifyReport {
     params(VerifyParams),
     responses((status = 200, description = "The verification report (intact or not)", body = AuditVerifyReport),
               (status = 400, description = "Bad expect_seal, or an unknown parameter"),
-              (status = 403, description = "Not an administrator")))]
+              (status = 403, description = "The caller's roles do not grant this (docs/identity.md, Roles)")))]
 #[tracing::instrument(name = "admin.audit.verify", skip_all, fields(user.id = %admin.user_id))]
 pub async fn verify(
     State(state): State<AppState>,
-    AdminUser(admin): AdminUser,
+    Permitted { user: admin, .. }: Permitted<ReadAudit>,
     ApiQuery(params): ApiQuery<VerifyParams>,
 ) -> Result<Response, ApiError> {
     let expect_seal = params
@@ -310,12 +311,12 @@ pub struct SignedSeal {
 /// The latest signed seal, with the public key that verifies it.
 #[utoipa::path(get, path = "/v1/admin/audit/seal", tag = "admin", security(("bearer" = [])),
     responses((status = 200, description = "The latest seal", body = SignedSeal),
-              (status = 403, description = "Not an administrator"),
+              (status = 403, description = "The caller's roles do not grant this (docs/identity.md, Roles)"),
               (status = 404, description = "The log has no seal yet")))]
 #[tracing::instrument(name = "admin.audit.seal", skip_all, fields(user.id = %admin.user_id))]
 pub async fn latest_seal(
     State(state): State<AppState>,
-    AdminUser(admin): AdminUser,
+    Permitted { user: admin, .. }: Permitted<ReadAudit>,
 ) -> Result<Json<SignedSeal>, ApiError> {
     let latest = seal::latest(state.store.pool())
         .await

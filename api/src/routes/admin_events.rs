@@ -34,8 +34,9 @@ use utoipa::openapi::path::{Parameter, ParameterIn};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use crate::auth::permissions::{Permitted, ReadEvents};
 use crate::error::ApiError;
-use crate::extract::{AdminUser, ApiQuery};
+use crate::extract::ApiQuery;
 use crate::startup::AppState;
 
 pub use idp_events::query::{DEFAULT_LIMIT, MAX_LIMIT};
@@ -403,13 +404,13 @@ pub struct EventPage {
     params(ListParams),
     responses((status = 200, description = "A page of events", body = EventPage),
               (status = 400, description = "Bad filter, limit or cursor, or an unknown parameter"),
-              (status = 403, description = "Not an administrator"),
+              (status = 403, description = "The caller's roles do not grant this (docs/identity.md, Roles)"),
               (status = 503, description = "A transaction writing to the log stayed open longer than 3 s: no page is settled yet. `Retry-After` says when to try again; the detail names the cause",
                headers(("Retry-After" = u64, description = "Seconds to wait before trying again")))))]
 #[tracing::instrument(name = "admin.events.list", skip_all, fields(user.id = %admin.user_id))]
 pub async fn list_events(
     State(state): State<AppState>,
-    AdminUser(admin): AdminUser,
+    Permitted { user: admin, .. }: Permitted<ReadEvents>,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<EventPage>, ApiError> {
     let filter = params.filter.into_filter()?;
@@ -447,13 +448,13 @@ pub async fn list_events(
                        (String = "application/x-ndjson", example = json!("{\"position\":1,\"event_id\":\"0190f4c2-8a1e-7c3b-9d2a-5e6f7a8b9c0d\",\"stream_id\":\"user-0190f4c2-7b00-7c3b-9d2a-111111111111\",\"stream_version\":1,\"event_type\":\"UserRegistered\",\"schema_version\":1,\"data\":{\"email\":\"ada@example.com\"},\"metadata\":{},\"recorded_at\":\"2026-12-01T10:00:00Z\",\"hash\":\"9f2c...\"}\n"))),
                headers(("Content-Disposition" = String, description = "`attachment; filename=\"idp-events-<UTC time>.<csv|ndjson>\"`"))),
               (status = 400, description = "Bad filter or format, or an unknown parameter"),
-              (status = 403, description = "Not an administrator"),
+              (status = 403, description = "The caller's roles do not grant this (docs/identity.md, Roles)"),
               (status = 503, description = "A transaction writing to the log stayed open longer than 3 s: the export's end is not settled yet. `Retry-After` says when to try again; the detail names the cause",
                headers(("Retry-After" = u64, description = "Seconds to wait before trying again")))))]
 #[tracing::instrument(name = "admin.events.export", skip_all, fields(user.id = %admin.user_id))]
 pub async fn export_events(
     State(state): State<AppState>,
-    AdminUser(admin): AdminUser,
+    Permitted { user: admin, .. }: Permitted<ReadEvents>,
     ApiQuery(params): ApiQuery<ExportParams>,
 ) -> Result<Response, ApiError> {
     let filter = params.filter.into_filter()?;

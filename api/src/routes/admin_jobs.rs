@@ -15,8 +15,9 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::paging;
+use crate::auth::permissions::{ManageJobs, Permitted, ReadJobs};
 use crate::error::ApiError;
-use crate::extract::{AdminUser, ApiPath, ApiQuery, ClientContext};
+use crate::extract::{ApiPath, ApiQuery, ClientContext};
 use crate::startup::AppState;
 
 /// The routes of this module.
@@ -80,11 +81,11 @@ pub struct PageParams {
     params(PageParams),
     responses((status = 200, description = "A page of dead jobs", body = DeadJobPage),
               (status = 400, description = "Bad cursor or limit, or an unknown parameter"),
-              (status = 403, description = "Not an administrator")))]
+              (status = 403, description = "The caller's roles do not grant this (docs/identity.md, Roles)")))]
 #[tracing::instrument(name = "admin.jobs.dead", skip_all)]
 pub async fn list_dead(
     State(state): State<AppState>,
-    AdminUser(_admin): AdminUser,
+    Permitted { user: _admin, .. }: Permitted<ReadJobs>,
     ApiQuery(params): ApiQuery<PageParams>,
 ) -> Result<Json<DeadJobPage>, ApiError> {
     let limit = paging::limit(params.limit)?;
@@ -127,14 +128,14 @@ pub struct RetryAccepted {
     params(("id" = Uuid, Path, description = "The job")),
     responses((status = 202, description = "Sent back to its queue", body = RetryAccepted),
               (status = 400, description = "The id is not a UUID"),
-              (status = 403, description = "Not an administrator"),
+              (status = 403, description = "The caller's roles do not grant this (docs/identity.md, Roles)"),
               (status = 404, description = "No such job"),
               (status = 409, description = "The job is not dead-lettered (anymore)")))]
 #[tracing::instrument(name = "admin.jobs.retry", skip_all, fields(job.id = tracing::field::Empty))]
 pub async fn retry(
     State(state): State<AppState>,
     ctx: ClientContext,
-    AdminUser(admin): AdminUser,
+    Permitted { user: admin, .. }: Permitted<ManageJobs>,
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<(StatusCode, Json<RetryAccepted>), ApiError> {
     tracing::Span::current().record("job.id", tracing::field::display(id));

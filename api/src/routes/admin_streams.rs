@@ -12,8 +12,9 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use crate::auth::permissions::{Permitted, ReadEvents};
 use crate::error::ApiError;
-use crate::extract::{AdminUser, ApiPath, ApiQuery};
+use crate::extract::{ApiPath, ApiQuery};
 use crate::startup::AppState;
 
 /// The routes of this module.
@@ -121,12 +122,12 @@ fn parse_as_of(raw: &str) -> Result<DateTime<Utc>, ApiError> {
            HistoryParams),
     responses((status = 200, description = "The stream's history and state", body = StreamHistory),
               (status = 400, description = "Bad stream id or as_of, or an unknown parameter"),
-              (status = 403, description = "Not an administrator"),
+              (status = 403, description = "The caller's roles do not grant this (docs/identity.md, Roles)"),
               (status = 404, description = "No such stream")))]
 #[tracing::instrument(name = "admin.streams.history", skip_all, fields(stream.id = tracing::field::Empty))]
 pub async fn stream_history(
     State(state): State<AppState>,
-    AdminUser(_admin): AdminUser,
+    Permitted { user: _admin, .. }: Permitted<ReadEvents>,
     ApiPath(stream_id): ApiPath<String>,
     ApiQuery(params): ApiQuery<HistoryParams>,
 ) -> Result<Json<StreamHistory>, ApiError> {

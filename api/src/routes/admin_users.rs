@@ -21,8 +21,11 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::paging;
+use crate::auth::permissions::{
+    ErasePeople, ExportPersonalData, ManageRoles, ManageUsers, Permitted, ReadUsers,
+};
 use crate::error::ApiError;
-use crate::extract::{AdminUser, ApiJson, ApiPath, ApiQuery, ClientContext};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, ClientContext};
 use crate::identity::LockOutcome;
 use crate::startup::AppState;
 
@@ -40,6 +43,10 @@ pub fn router() -> Router<AppState> {
         )
         .route("/v1/admin/users/{id}/erase", post(erase_user))
         .route("/v1/admin/users/{id}/export", get(export_user))
+        .route(
+            "/v1/admin/users/{id}/resend-verification",
+            post(resend_verification),
+        )
 }
 
 /// Why an administrator erases a person.
@@ -66,7 +73,7 @@ const MAX_REASON: usize = 500;
     responses((status = 200, description = "Erased (or erased already)", body = crate::identity::ErasureOutcome,
                example = json!({"erased_now": true, "sessions_revoked": 1})),
               (status = 400, description = "The id is not a UUID, or the body is not JSON"),
-              (status = 403, description = "Not an administrator"),
+              (status = 403, description = "The caller's roles do not grant this (docs/identity.md, Roles)"),
               (status = 404, description = "No such account"),
               (status = 409, description = "The last administrator who can sign in"),
               (status = 422, description = "The reason is empty or too long")))]
@@ -74,7 +81,7 @@ const MAX_REASON: usize = 500;
 pub async fn erase_user(
     State(state): State<AppState>,
     ctx: ClientContext,
-    AdminUser(admin): AdminUser,
+    Permitted { user: admin, .. }: Permitted<ErasePeople>,
     id: ApiPath<Uuid>,
     ApiJson(body): ApiJson<EraseUserRequest>,
 ) -> Result<Json<crate::identity::ErasureOutcome>, ApiError> {
@@ -114,14 +121,14 @@ pub async fn erase_user(
                                "data": {"email": "ada@example.com", "display_name": "Ada Lovelace", "roles": ["user"]},
                                "metadata": {"actor": "anonymous", "client_ip": "192.0.2.7", "user_agent": "curl/8.5"}}]})),
               (status = 400, description = "The id is not a UUID"),
-              (status = 403, description = "Not an administrator"),
+              (status = 403, description = "The caller's roles do not grant this (docs/identity.md, Roles)"),
               (status = 404, description = "No such account"),
               (status = 410, description = "The person is erased: nothing is left to export")))]
 #[tracing::instrument(name = "admin.users.export", skip_all, fields(user.id = tracing::field::Empty))]
 pub async fn export_user(
     State(state): State<AppState>,
     ctx: ClientContext,
-    AdminUser(admin): AdminUser,
+    Permitted { user: admin, .. }: Permitted<ExportPersonalData>,
     id: ApiPath<Uuid>,
 ) -> Result<axum::response::Response, ApiError> {
     let id = account_id(id)?;
@@ -336,11 +343,11 @@ select user_id as id, email, display_name, roles,
     params(ListParams),
     responses((status = 200, description = "A page of accounts", body = UserPage),
               (status = 400, description = "Bad search, filter, sort, cursor or limit, or an unknown parameter"),
-              (status = 403, description = "Not an administrator")))]
+              (status = 403, description = "The caller's roles do not grant this (docs/identity.md, Roles)")))]
 #[tracing::instrument(name = "admin.users.list", skip_all)]
 pub async fn list_users(
     State(state): State<AppState>,
-    AdminUser(_admin): AdminUser,
+    Permitted { user: _admin, .. }: Permitted<ReadUsers>,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<UserPage>, ApiError> {
     let limit = paging::limit(params.limit)?;
@@ -475,12 +482,12 @@ struct DirectoryFields {
     params(("id" = Uuid, Path, description = "The account")),
     responses((status = 200, description = "The account", body = UserDetail),
               (status = 400, description = "The id is not a UUID"),
-              (status = 403, description = "Not an administrator"),
+              (status = 403, description = "The caller's roles do not grant this (docs/identity.md, Roles)"),
               (status = 404, description = "No such account")))]
 #[tracing::instrument(name = "admin.users.get", skip_all, fields(user.id = tracing::field::Empty))]
 pub async fn get_user(
     State(state): State<AppState>,
-    AdminUser(_admin): AdminUser,
+    Permitted { user: _admin, .. }: Permitted<ReadUsers>,
     id: ApiPath<Uuid>,
 ) -> Result<Json<UserDetail>, ApiError> {
     let id = account_id(id)?;
@@ -579,7 +586,7 @@ fn optional_json<T: Default + DeserializeOwned>(
     responses((status = 200, description = "Locked; its sessions ended", body = LockOutcome,
                example = json!({"locked_until": "2099-01-01T00:00:00Z", "sessions_revoked": 2})),
               (status = 400, description = "The id is not a UUID, or the body is not JSON"),
-              (status = 403, description = "Not an administrator"),
+              (status = 403, description = "The caller's roles do not grant this (docs/identity.md, Roles)"),
               (status = 404, description = "No such account"),
               (status = 409, description = "The last administrator who can sign in, or the account changed meanwhile"),
               (status = 422, description = "`until` is not in the future")))]
@@ -587,7 +594,7 @@ fn optional_json<T: Default + DeserializeOwned>(
 pub async fn lock(
     State(state): State<AppState>,
     ctx: ClientContext,
-    AdminUser(admin): AdminUser,
+    Permitted { user: admin, .. }: Permitted<ManageUsers>,
     id: ApiPath<Uuid>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -606,18 +613,43 @@ pub async fn lock(
     params(("id" = Uuid, Path, description = "The account")),
     responses((status = 204, description = "Unlocked (no body)"),
               (status = 400, description = "The id is not a UUID"),
-              (status = 403, description = "Not an administrator"),
+              (status = 403, description = "The caller's roles do not grant this (docs/identity.md, Roles)"),
               (status = 404, description = "No such account"),
               (status = 422, description = "The account is not locked")))]
 #[tracing::instrument(name = "admin.unlock", skip_all, fields(user.id = tracing::field::Empty))]
 pub async fn unlock(
     State(state): State<AppState>,
     ctx: ClientContext,
-    AdminUser(admin): AdminUser,
+    Permitted { user: admin, .. }: Permitted<ManageUsers>,
     id: ApiPath<Uuid>,
 ) -> Result<StatusCode, ApiError> {
     let id = account_id(id)?;
     state.identity.unlock(&ctx, &admin.actor(), id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Sends the person the verification link again (`VerificationRequested`, the administrator
+/// as actor), for one whose first email went astray. Not rate-limited like the public request.
+#[utoipa::path(post, path = "/v1/admin/users/{id}/resend-verification", tag = "admin", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The account")),
+    responses((status = 204, description = "The email is on its way (no body)"),
+              (status = 400, description = "The id is not a UUID"),
+              (status = 403, description = "The caller's roles do not grant this (docs/identity.md, Roles)"),
+              (status = 404, description = "No such account"),
+              (status = 409, description = "The address is already verified"),
+              (status = 410, description = "The person is erased")))]
+#[tracing::instrument(name = "admin.users.resend_verification", skip_all, fields(user.id = tracing::field::Empty))]
+pub async fn resend_verification(
+    State(state): State<AppState>,
+    ctx: ClientContext,
+    Permitted { user: admin, .. }: Permitted<ManageUsers>,
+    id: ApiPath<Uuid>,
+) -> Result<StatusCode, ApiError> {
+    let id = account_id(id)?;
+    state
+        .identity
+        .resend_verification_for(&ctx, &admin.actor(), id)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -636,7 +668,11 @@ pub struct RolesRequest {
 pub enum Role {
     /// Every account.
     User,
-    /// Administration routes.
+    /// Read-only administration: accounts, the log, projects, dead jobs.
+    Support,
+    /// Plans and their limits.
+    BillingAdmin,
+    /// All administration.
     Admin,
 }
 
@@ -644,6 +680,8 @@ impl Role {
     fn as_str(self) -> &'static str {
         match self {
             Self::User => user::ROLE_USER,
+            Self::Support => user::ROLE_SUPPORT,
+            Self::BillingAdmin => user::ROLE_BILLING_ADMIN,
             Self::Admin => user::ROLE_ADMIN,
         }
     }
@@ -657,14 +695,14 @@ pub struct RolesOutcome {
     pub roles: Vec<String>,
 }
 
-/// Replaces the roles of an account. Admin routes check the role on every request, so a granted
-/// or removed `admin` takes effect at once.
+/// Replaces the roles of an account. Administration routes check the roles on every request,
+/// so a granted or removed role takes effect at once.
 #[utoipa::path(put, path = "/v1/admin/users/{id}/roles", tag = "admin", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "The account")),
     request_body = RolesRequest,
     responses((status = 200, description = "The roles now", body = RolesOutcome),
               (status = 400, description = "The id is not a UUID, or the body is not JSON"),
-              (status = 403, description = "Not an administrator"),
+              (status = 403, description = "The caller's roles do not grant this (docs/identity.md, Roles)"),
               (status = 404, description = "No such account"),
               (status = 409, description = "It would leave no administrator who can sign in, or the account changed meanwhile"),
               (status = 422, description = "An unknown role")))]
@@ -672,7 +710,7 @@ pub struct RolesOutcome {
 pub async fn set_roles(
     State(state): State<AppState>,
     ctx: ClientContext,
-    AdminUser(admin): AdminUser,
+    Permitted { user: admin, .. }: Permitted<ManageRoles>,
     id: ApiPath<Uuid>,
     ApiJson(request): ApiJson<RolesRequest>,
 ) -> Result<Json<RolesOutcome>, ApiError> {
@@ -702,13 +740,13 @@ pub struct SessionsRevoked {
     params(("id" = Uuid, Path, description = "The account")),
     responses((status = 200, description = "Its sessions ended", body = SessionsRevoked),
               (status = 400, description = "The id is not a UUID"),
-              (status = 403, description = "Not an administrator"),
+              (status = 403, description = "The caller's roles do not grant this (docs/identity.md, Roles)"),
               (status = 404, description = "No such account")))]
 #[tracing::instrument(name = "admin.users.revoke_sessions", skip_all, fields(user.id = tracing::field::Empty))]
 pub async fn revoke_sessions(
     State(state): State<AppState>,
     ctx: ClientContext,
-    AdminUser(admin): AdminUser,
+    Permitted { user: admin, .. }: Permitted<ManageUsers>,
     id: ApiPath<Uuid>,
 ) -> Result<Json<SessionsRevoked>, ApiError> {
     let id = account_id(id)?;

@@ -51,6 +51,7 @@ use crate::startup::AppState;
         super::admin_users::list_users, super::admin_users::get_user, super::admin_users::lock,
         super::admin_users::set_roles, super::admin_users::revoke_sessions,
         super::admin_users::erase_user, super::admin_users::export_user,
+        super::admin_users::resend_verification,
         super::account::erase_account, super::account::export_account,
         super::account::list_consents, super::account::decide_consent,
         super::sessions::list_sessions, super::sessions::revoke_session,

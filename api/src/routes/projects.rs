@@ -29,6 +29,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::paging;
+use crate::auth::permissions::Permission;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery, AuthUser, ClientContext, PathParam};
 use crate::projects;
@@ -307,7 +308,7 @@ pub async fn list_projects(
         .as_deref()
         .map(paging::decode_cursor)
         .transpose()?;
-    let owner = if user.is_admin(&state).await? {
+    let owner = if user.may(&state, Permission::ReadProjectsOfOthers).await? {
         None
     } else {
         Some(user.user_id)
@@ -463,7 +464,7 @@ async fn act(
     id: Uuid,
     decision: fn(&Project) -> Result<Vec<decide::ProjectEvent>, ProjectError>,
 ) -> Result<Response, ApiError> {
-    let project = projects::load_visible(state, user, id).await?.project;
+    let project = projects::load_changeable(state, user, id).await?.project;
     let events = decision(&project).map_err(refused)?;
     let mut tx = state.store.pool().begin().await?;
     let project = projects::record(
@@ -486,6 +487,7 @@ async fn act(
     responses((status = 202, description = "Provisioning resumes", body = ProjectAccepted,
                example = json!({"id": "0190f4c2-8a1e-7c3b-9d2a-5e6f7a8b9c0d", "name": "billing-api", "template": "service", "status": "provisioning",
                                 "links": {"self": "/v1/projects/0190f4c2-8a1e-7c3b-9d2a-5e6f7a8b9c0d", "events": "/v1/projects/0190f4c2-8a1e-7c3b-9d2a-5e6f7a8b9c0d/events"}})),
+              (status = 403, description = "Someone else's project, which the caller may read but not change"),
               (status = 404, description = "No such project, or not the caller's (also for an id that is not a UUID)"),
               (status = 409, description = "The project has not failed, or changed meanwhile")))]
 #[tracing::instrument(name = "projects.retry", skip_all, fields(project.id = %id))]
@@ -504,6 +506,7 @@ pub async fn retry_project(
     responses((status = 202, description = "Deletion runs in the background", body = ProjectAccepted,
                example = json!({"id": "0190f4c2-8a1e-7c3b-9d2a-5e6f7a8b9c0d", "name": "billing-api", "template": "service", "status": "deleting",
                                 "links": {"self": "/v1/projects/0190f4c2-8a1e-7c3b-9d2a-5e6f7a8b9c0d", "events": "/v1/projects/0190f4c2-8a1e-7c3b-9d2a-5e6f7a8b9c0d/events"}})),
+              (status = 403, description = "Someone else's project, which the caller may read but not change"),
               (status = 404, description = "No such project, or not the caller's (also for an id that is not a UUID)"),
               (status = 409, description = "Still being provisioned, already deleted or being deleted, or changed meanwhile")))]
 #[tracing::instrument(name = "projects.delete", skip_all, fields(project.id = %id))]
@@ -564,7 +567,7 @@ fn login_of(output: &serde_json::Value) -> Option<(String, String, String, u16)>
     params(("id" = Uuid, Path, description = "The project")),
     responses((status = 200, description = "The login, shown once", body = DatabaseCredentials,
                headers(("Cache-Control" = String, description = "`no-store`"))),
-              (status = 403, description = "An administrator asking for someone else's login"),
+              (status = 403, description = "Someone else's project: the login is only ever its owner's"),
               (status = 404, description = "No such project, or not the caller's (also for an id that is not a UUID)"),
               (status = 409, description = "No database step, or it has not succeeded, or its password must be rotated by an operator first (a login set up before password key ids were recorded, or whose key was removed)"),
               (status = 410, description = "Already handed out")))]
@@ -577,7 +580,7 @@ pub async fn issue_credentials(
 ) -> Result<Response, ApiError> {
     let project = projects::load_visible(&state, &user, id).await?.project;
     if project.owner_id != user.user_id {
-        // Visible to this administrator, but the secret is the owner's.
+        // Visible to this caller, but the secret is the owner's.
         return Err(ApiError::Forbidden);
     }
     let step = project

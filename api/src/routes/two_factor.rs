@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::auth::permissions::{ManageUsers, Permitted};
 use crate::error::ApiError;
-use crate::extract::{AdminUser, ApiJson, ApiPath, AuthUser, ClientContext, EnrollingUser};
+use crate::extract::{ApiJson, ApiPath, AuthUser, ClientContext, EnrollingUser};
 use crate::identity::{Enrolment, TokenPair};
 use crate::startup::AppState;
 
@@ -218,7 +219,7 @@ pub async fn recovery_codes(
     params(("id" = Uuid, Path, description = "The account")),
     responses((status = 204, description = "Removed (no body)"),
               (status = 400, description = "The id is not a UUID"),
-              (status = 403, description = "Not an administrator"),
+              (status = 403, description = "The caller's roles do not grant this (docs/identity.md, Roles)"),
               (status = 404, description = "No such account"),
               (status = 409, description = "The account has no second factor"),
               (status = 410, description = "The person is erased")))]
@@ -226,7 +227,7 @@ pub async fn recovery_codes(
 pub async fn reset(
     State(state): State<AppState>,
     ctx: ClientContext,
-    AdminUser(admin): AdminUser,
+    Permitted { user: admin, .. }: Permitted<ManageUsers>,
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<StatusCode, ApiError> {
     state.identity.reset_second_factor(&ctx, &admin, id).await?;

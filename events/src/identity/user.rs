@@ -26,10 +26,14 @@ pub const RESET_TTL: Duration = Duration::hours(1);
 
 /// The role every account has.
 pub const ROLE_USER: &str = "user";
+/// The role of read-only administration: accounts, the log, projects, dead jobs; no changes.
+pub const ROLE_SUPPORT: &str = "support";
+/// The role of those who manage plans and their limits.
+pub const ROLE_BILLING_ADMIN: &str = "billing_admin";
 /// The role of administrators.
 pub const ROLE_ADMIN: &str = "admin";
 /// Every role idp knows.
-pub const ROLES: &[&str] = &[ROLE_USER, ROLE_ADMIN];
+pub const ROLES: &[&str] = &[ROLE_USER, ROLE_SUPPORT, ROLE_BILLING_ADMIN, ROLE_ADMIN];
 
 /// Events of a user's stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, strum::VariantNames)]
