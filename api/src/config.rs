@@ -207,6 +207,29 @@ pub struct IdentityConfig {
     )]
     pub mfa_required_roles: Vec<String>,
 
+    /// After this many failed sign-ins within an hour for an account or from a client address,
+    /// sign-in, registration and the email requests need a CAPTCHA token (0: always). Only with
+    /// `CAPTCHA_VERIFY_URL`.
+    #[arg(long, env = "CAPTCHA_AFTER_FAILURES", value_name = "CAPTCHA_AFTER_FAILURES", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(0..=1000))]
+    pub captcha_after_failures: u32,
+
+    /// The siteverify endpoint of the CAPTCHA provider (Cloudflare Turnstile:
+    /// `https://challenges.cloudflare.com/turnstile/v0/siteverify`; hCaptcha:
+    /// `https://api.hcaptcha.com/siteverify`; reCAPTCHA:
+    /// `https://www.google.com/recaptcha/api/siteverify`). Unset: no CAPTCHA is ever asked for.
+    #[arg(long, env = "CAPTCHA_VERIFY_URL", value_name = "CAPTCHA_VERIFY_URL")]
+    pub captcha_verify_url: Option<url::Url>,
+
+    /// idp's secret at the CAPTCHA provider (required with `CAPTCHA_VERIFY_URL`).
+    #[arg(
+        long,
+        env = "CAPTCHA_SECRET",
+        value_name = "CAPTCHA_SECRET",
+        hide_env_values = true
+    )]
+    pub captcha_secret: Option<SecretString>,
+
     /// The first administrator's email, created at start if missing.
     #[arg(long, env = "ADMIN_EMAIL", value_name = "ADMIN_EMAIL")]
     pub admin_email: Option<String>,
@@ -338,6 +361,10 @@ mod tests {
             "admin@example.com",
             "--admin-password",
             "admin-password-secret",
+            "--captcha-verify-url",
+            "https://captcha.example/siteverify",
+            "--captcha-secret",
+            "captcha-secret-3",
         ])
         .unwrap();
         let debug = format!("{config:?}");
@@ -348,6 +375,7 @@ mod tests {
             "project-ring-secret",
             "digest-ring-secret",
             "admin-password-secret",
+            "captcha-secret-3",
         ] {
             assert!(!debug.contains(secret), "{secret} in {debug}");
         }

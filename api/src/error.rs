@@ -25,6 +25,13 @@ pub enum ApiError {
     /// challenge, a wrong, malformed or replayed code, and a locked second factor.
     #[error("second factor refused")]
     SecondFactorRefused,
+    /// 400 for sign-in, registration and the email requests: after too many failed sign-ins
+    /// for the account or from the address, a CAPTCHA token (`captcha_token`) is needed.
+    #[error("a CAPTCHA is required")]
+    CaptchaRequired,
+    /// 401: the CAPTCHA provider refused the token.
+    #[error("the CAPTCHA token was refused")]
+    CaptchaRefused,
     /// 403: authenticated, but not allowed.
     #[error("forbidden")]
     Forbidden,
@@ -60,6 +67,12 @@ pub enum ApiError {
     /// again after the given seconds.
     #[error("overloaded")]
     Overloaded {
+        /// Seconds to wait.
+        retry_after_secs: u64,
+    },
+    /// 503: the CAPTCHA provider cannot be asked, so the request is refused (fail closed).
+    #[error("the CAPTCHA cannot be checked now")]
+    CaptchaUnavailable {
         /// Seconds to wait.
         retry_after_secs: u64,
     },
@@ -114,10 +127,11 @@ tokio::task_local! {
 impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
-            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Self::Unauthorized | Self::InvalidCredentials | Self::SecondFactorRefused => {
-                StatusCode::UNAUTHORIZED
-            }
+            Self::BadRequest(_) | Self::CaptchaRequired => StatusCode::BAD_REQUEST,
+            Self::Unauthorized
+            | Self::InvalidCredentials
+            | Self::SecondFactorRefused
+            | Self::CaptchaRefused => StatusCode::UNAUTHORIZED,
             Self::Forbidden | Self::SecondFactorEnrolmentRequired => StatusCode::FORBIDDEN,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -126,9 +140,10 @@ impl ApiError {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Gone(_) => StatusCode::GONE,
-            Self::Unavailable | Self::Overloaded { .. } | Self::RetryLater { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::Unavailable
+            | Self::Overloaded { .. }
+            | Self::RetryLater { .. }
+            | Self::CaptchaUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -138,6 +153,9 @@ impl ApiError {
             Self::BadRequest(_) => "bad-request",
             Self::Unauthorized => "unauthorized",
             Self::InvalidCredentials => "invalid-credentials",
+            Self::CaptchaRequired => "captcha-required",
+            Self::CaptchaRefused => "captcha-refused",
+            Self::CaptchaUnavailable { .. } => "captcha-unavailable",
             Self::Forbidden => "forbidden",
             Self::SecondFactorRefused => "second-factor-refused",
             Self::SecondFactorEnrolmentRequired => "second-factor-enrolment-required",
@@ -234,6 +252,16 @@ impl IntoResponse for ApiError {
                 "the challenge or the code is not valid (wrong, used or expired), or the second factor cannot be used now; sign in again"
                     .to_owned(),
             ),
+            Self::CaptchaRequired => Some(
+                "too many failed sign-ins for this account or from this address: solve the CAPTCHA and send its token as captcha_token"
+                    .to_owned(),
+            ),
+            Self::CaptchaRefused => Some(
+                "the CAPTCHA token was refused (wrong, expired or used): solve a new one".to_owned(),
+            ),
+            Self::CaptchaUnavailable { retry_after_secs } => Some(format!(
+                "the CAPTCHA cannot be checked now; try again in {retry_after_secs} s"
+            )),
             Self::SecondFactorEnrolmentRequired => Some(
                 "your role requires a second factor: enrol one (POST /v1/auth/2fa/enable-init) before anything else"
                     .to_owned(),
@@ -255,6 +283,7 @@ impl IntoResponse for ApiError {
         match self {
             Self::TooManyRequests { retry_after_secs }
             | Self::Overloaded { retry_after_secs }
+            | Self::CaptchaUnavailable { retry_after_secs }
             | Self::RetryLater {
                 retry_after_secs, ..
             } => {
@@ -262,7 +291,10 @@ impl IntoResponse for ApiError {
                     response.headers_mut().insert(header::RETRY_AFTER, value);
                 }
             }
-            Self::Unauthorized | Self::InvalidCredentials | Self::SecondFactorRefused => {
+            Self::Unauthorized
+            | Self::InvalidCredentials
+            | Self::SecondFactorRefused
+            | Self::CaptchaRefused => {
                 response
                     .headers_mut()
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

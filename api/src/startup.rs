@@ -27,10 +27,11 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
+use crate::auth::captcha::Verifier;
 use crate::auth::keys::KeyRing;
 use crate::auth::password::{HashParams, Hasher};
 use crate::auth::tokens::{TokenConfig, Tokens};
-use crate::identity::IdentityKeys;
+use crate::identity::{Captcha, IdentityKeys};
 use idp_events::identity::email::Email;
 use idp_events::keys::SecretKeys;
 use secrecy::ExposeSecret as _;
@@ -380,7 +381,17 @@ async fn build_identity(config: &Config, store: EventStore) -> anyhow::Result<Id
         )?,
     };
     let hasher = Hasher::new(params).with_max_queue(id.argon2_max_queue as usize);
-    let identity = Identity::new(store, hasher, tokens, keys, id);
+    let mut identity = Identity::new(store, hasher, tokens, keys, id);
+    match (&id.captcha_verify_url, &id.captcha_secret) {
+        (Some(url), Some(secret)) => {
+            let verifier = Verifier::new(url.clone(), secret.clone())
+                .context("while setting up the CAPTCHA verifier")?;
+            identity = identity.with_captcha(Captcha::new(verifier, id.captcha_after_failures));
+        }
+        (None, None) => {}
+        (Some(_), None) => anyhow::bail!("CAPTCHA_VERIFY_URL is set but CAPTCHA_SECRET is not"),
+        (None, Some(_)) => anyhow::bail!("CAPTCHA_SECRET is set but CAPTCHA_VERIFY_URL is not"),
+    }
     let reindexed = identity
         .index_clear_reservations()
         .await

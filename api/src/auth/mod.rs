@@ -1,5 +1,6 @@
 //! Identity: passwords, tokens, signing keys and rate limits.
 
+pub mod captcha;
 pub mod keys;
 pub mod password;
 pub mod permissions;

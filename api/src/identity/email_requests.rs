@@ -19,10 +19,12 @@ impl Identity {
         &self,
         ctx: &ClientContext,
         email: &Email,
+        captcha_token: Option<&str>,
     ) -> Result<(), IdentityError> {
         self.request_email(
             ctx,
             email,
+            captcha_token,
             Requested::Verification,
             user::request_verification,
         )
@@ -35,19 +37,26 @@ impl Identity {
         &self,
         ctx: &ClientContext,
         email: &Email,
+        captcha_token: Option<&str>,
     ) -> Result<(), IdentityError> {
-        self.request_email(ctx, email, Requested::PasswordReset, |account| {
-            if account.is_locked_by_admin(Utc::now()) {
-                Vec::new()
-            } else {
-                user::request_reset(account)
-            }
-        })
+        self.request_email(
+            ctx,
+            email,
+            captcha_token,
+            Requested::PasswordReset,
+            |account| {
+                if account.is_locked_by_admin(Utc::now()) {
+                    Vec::new()
+                } else {
+                    user::request_reset(account)
+                }
+            },
+        )
         .await
     }
 
     /// A rate-limited request for an email about an account, answered as soon as it passed
-    /// the limits: what becomes of it (an email; or nothing, because no account has the address
+    /// the limits (and the CAPTCHA, when failures call for one): what becomes of it (an email; or nothing, because no account has the address
     /// or it needs no such email) is carried out afterwards, so neither the answer nor its
     /// timing tells anything about the address. A request that cannot be carried out (the
     /// database is away) is logged; its sender gets no email and asks again.
@@ -55,6 +64,7 @@ impl Identity {
         &self,
         ctx: &ClientContext,
         email: &Email,
+        captcha_token: Option<&str>,
         requested: Requested,
         decide: fn(&User) -> Vec<UserEvent>,
     ) -> Result<(), IdentityError> {
@@ -70,6 +80,7 @@ impl Identity {
             ),
         ])
         .await?;
+        self.pass_captcha(ctx, email, captcha_token).await?;
         let this = self.clone();
         let (ctx, email) = (ctx.clone(), email.clone());
         self.background.spawn(async move {

@@ -123,6 +123,10 @@ impl Identity {
             .bind(&limits)
             .execute(&mut *tx)
             .await?;
+        sqlx::query("delete from sign_in_failures where key = $1")
+            .bind(self.rate_key("failures:account", &account.email))
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         metrics::counter!("idp_people_erased_total").increment(1);
         Ok(ErasureOutcome {

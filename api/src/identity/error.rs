@@ -46,6 +46,17 @@ pub enum IdentityError {
     /// The person is erased: nothing about them can be read any more. 410.
     #[error("the person is erased")]
     Erased,
+    /// Too many failed sign-ins for the account or from the address: a CAPTCHA token is
+    /// needed and none came. 400 `captcha-required`.
+    #[error("a CAPTCHA is required")]
+    CaptchaRequired,
+    /// The CAPTCHA provider refused the token. 401 `captcha-refused`.
+    #[error("the CAPTCHA token was refused")]
+    CaptchaRefused,
+    /// The CAPTCHA provider cannot be asked: the request is refused (fail closed). 503
+    /// `captcha-unavailable`.
+    #[error("the CAPTCHA cannot be checked now")]
+    CaptchaUnavailable,
     /// Another account holds the address. 409.
     #[error("email taken")]
     EmailTaken,
@@ -185,6 +196,11 @@ impl From<IdentityError> for ApiError {
         match err {
             E::Invalid { .. } | E::Refused(_) => Self::Unprocessable(err.to_string()),
             E::InvalidCredentials => Self::InvalidCredentials,
+            E::CaptchaRequired => Self::CaptchaRequired,
+            E::CaptchaRefused => Self::CaptchaRefused,
+            E::CaptchaUnavailable => Self::CaptchaUnavailable {
+                retry_after_secs: 5,
+            },
             E::Unauthorized => Self::Unauthorized,
             E::SecondFactorRefused => Self::SecondFactorRefused,
             E::SecondFactorState(detail) => Self::Conflict(detail.to_owned()),

@@ -8,6 +8,7 @@
 //! [`IdentityError`], which becomes an HTTP answer in one place (`error.rs`).
 
 mod admin;
+mod captcha;
 mod consents;
 mod email_requests;
 mod erasure;
@@ -32,6 +33,7 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 pub use self::admin::AdminBootstrapError;
+pub use self::captcha::Captcha;
 pub use self::consents::{ConsentView, consent_views};
 pub use self::erasure::{Eraser, ErasureOutcome};
 pub use self::error::IdentityError;
@@ -144,6 +146,8 @@ pub struct Identity {
     mfa_issuer: Arc<str>,
     /// `MFA_REQUIRED_ROLES`.
     mfa_required_roles: Arc<[String]>,
+    /// `CAPTCHA_*` (`None`: never asked).
+    captcha: Option<Arc<Captcha>>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -193,6 +197,7 @@ impl Identity {
                 .filter(|role| !role.is_empty())
                 .cloned()
                 .collect(),
+            captcha: None,
         }
     }
 

@@ -23,6 +23,7 @@ impl Identity {
         email: &Email,
         password: &str,
         display_name: Option<String>,
+        captcha_token: Option<&str>,
     ) -> Result<(), IdentityError> {
         password::validate(password).map_err(|e| IdentityError::weak_password("password", &e))?;
         let turn = self.shares.turn(&ctx.ip_key()).await;
@@ -37,6 +38,7 @@ impl Identity {
             ),
         ])
         .await?;
+        self.pass_captcha(ctx, email, captcha_token).await?;
         let hash = self.hasher.hash(password).await?;
         drop(turn);
         for _ in 0..3 {

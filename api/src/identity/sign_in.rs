@@ -20,12 +20,14 @@ use crate::extract::ClientContext;
 impl Identity {
     /// Signs in. Every refusal is the same [`IdentityError::InvalidCredentials`], after the same work.
     /// A malformed address is answered at once (the format rule is public; nothing is hashed);
-    /// everything else passes the rate limits before any hashing.
+    /// everything else passes the rate limits, and the CAPTCHA when failures call for one,
+    /// before any hashing.
     pub async fn login(
         &self,
         ctx: &ClientContext,
         email: &str,
         password: &str,
+        captcha_token: Option<&str>,
     ) -> Result<SignIn, IdentityError> {
         let email = &Email::parse(email)?;
         // One request of this client at a time, from before its limits are counted to the end
@@ -49,13 +51,18 @@ impl Identity {
                     .increment(1);
             }
         })?;
+        self.pass_captcha(ctx, email, captcha_token).await?;
         let Some(user_id) = self.user_id_by_email(email).await? else {
             self.refuse_unknown(ctx, email, password).await?;
+            self.count_sign_in_failure(ctx, email).await?;
             metrics::counter!("idp_auth_logins_total", "outcome" => "unknown_account").increment(1);
             return Err(IdentityError::InvalidCredentials);
         };
         let account = self.load_user(user_id).await?;
         let verified = self.verify_password(user_id, password).await?;
+        if !verified.matches {
+            self.count_sign_in_failure(ctx, email).await?;
+        }
         let now = Utc::now();
         let meta = ctx.metadata(StreamId::user(user_id));
         if account.is_locked(now) {
@@ -79,6 +86,7 @@ impl Identity {
         if verified.needs_rehash {
             self.rehash(&account, password, meta.clone()).await?;
         }
+        self.forget_account_failures(email).await?;
         if account.second_factor {
             metrics::counter!("idp_auth_logins_total", "outcome" => "second_factor_required")
                 .increment(1);

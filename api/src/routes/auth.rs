@@ -65,14 +65,21 @@ pub struct RegisterRequest {
     /// paragraph separator characters.
     #[schema(max_length = 100)]
     pub display_name: Option<String>,
+    /// A CAPTCHA token, needed after too many failed sign-ins for the account or from the
+    /// client's address (a 400 `captcha-required` says so); ignored otherwise.
+    #[schema(max_length = 2048)]
+    #[serde(default)]
+    pub captcha_token: Option<String>,
 }
 
 /// Registers an account. The answer is the same whether or not the address is taken.
 #[utoipa::path(post, path = "/v1/auth/register", tag = "auth", request_body = RegisterRequest,
     responses((status = 202, description = "Accepted; check your mailbox", body = Acknowledgement),
+              (status = 400, description = "A CAPTCHA is required (captcha-required): send captcha_token"),
+              (status = 401, description = "The CAPTCHA token was refused (captcha-refused)"),
               (status = 422, description = "Invalid email, password or display name (too long, or with control or format characters)"),
               (status = 429, description = "Too many registrations from this client address or of this email address"),
-              (status = 503, description = "Too many passwords are waiting to be hashed; try again after Retry-After")))]
+              (status = 503, description = "Too many passwords are waiting to be hashed, or the CAPTCHA cannot be checked now (captcha-unavailable); try again after Retry-After")))]
 #[tracing::instrument(name = "auth.register", skip_all)]
 pub async fn register(
     State(state): State<AppState>,
@@ -87,7 +94,13 @@ pub async fn register(
     };
     state
         .identity
-        .register(&ctx, &email, &body.password, display_name)
+        .register(
+            &ctx,
+            &email,
+            &body.password,
+            display_name,
+            body.captcha_token.as_deref(),
+        )
         .await?;
     Ok(accepted())
 }
@@ -123,6 +136,11 @@ pub struct EmailRequest {
     /// The address.
     #[schema(format = Email, min_length = 3, max_length = 254)]
     pub email: String,
+    /// A CAPTCHA token, needed after too many failed sign-ins for the account or from the
+    /// client's address (a 400 `captcha-required` says so); ignored otherwise.
+    #[schema(max_length = 2048)]
+    #[serde(default)]
+    pub captcha_token: Option<String>,
 }
 
 /// Sends the verification email again (if there is an unverified account). 202 whether or not
@@ -130,7 +148,10 @@ pub struct EmailRequest {
 #[utoipa::path(post, path = "/v1/auth/resend-verification", tag = "auth", request_body = EmailRequest,
     responses((status = 202, description = "Accepted", body = Acknowledgement),
               (status = 422, description = "Not a valid email address"),
-              (status = 429, description = "Too many emails asked for, from this address or for this account")))]
+              (status = 429, description = "Too many emails asked for, from this address or for this account"),
+              (status = 400, description = "A CAPTCHA is required (captcha-required): send captcha_token"),
+              (status = 401, description = "The CAPTCHA token was refused (captcha-refused)"),
+              (status = 503, description = "The CAPTCHA cannot be checked now (captcha-unavailable); try again after Retry-After")))]
 #[tracing::instrument(name = "auth.resend_verification", skip_all)]
 pub async fn resend_verification(
     State(state): State<AppState>,
@@ -138,7 +159,10 @@ pub async fn resend_verification(
     ApiJson(body): ApiJson<EmailRequest>,
 ) -> Result<Response, ApiError> {
     let email = Email::parse(&body.email)?;
-    state.identity.resend_verification(&ctx, &email).await?;
+    state
+        .identity
+        .resend_verification(&ctx, &email, body.captcha_token.as_deref())
+        .await?;
     Ok(accepted())
 }
 
@@ -152,6 +176,11 @@ pub struct LoginRequest {
     pub email: String,
     /// Password.
     pub password: String,
+    /// A CAPTCHA token, needed after too many failed sign-ins for the account or from the
+    /// client's address (a 400 `captcha-required` says so); ignored otherwise.
+    #[schema(max_length = 2048)]
+    #[serde(default)]
+    pub captcha_token: Option<String>,
 }
 
 /// Signs in. Unknown email, wrong password, unverified or locked account: one identical 401.
@@ -160,10 +189,11 @@ pub struct LoginRequest {
     responses((status = 200, description = "Signed in, or (with a second factor) a challenge for it", body = SignIn,
                example = json!({"access_token": "eyJ0eXAiOiJhdCtqd3QiLCJhbGciOiJFZERTQSJ9.eyJzdWIiOiIwMTkwZjRjMiJ9.c2lnbmF0dXJl",
                                 "refresh_token": "3q2Vb8yJkq0m1f0S6yWm2Q0Yb0u5Zl9cXw4tR7uI1oP", "token_type": "Bearer", "expires_in": 900})),
-              (status = 401, description = "Invalid credentials (the same answer whatever the reason)"),
+              (status = 400, description = "A CAPTCHA is required (captcha-required): send captcha_token"),
+              (status = 401, description = "Invalid credentials (the same answer whatever the reason), or the CAPTCHA token was refused (captcha-refused)"),
               (status = 422, description = "Not a valid email address"),
               (status = 429, description = "Too many sign-ins from this address or for this account"),
-              (status = 503, description = "Too many sign-ins are waiting to be checked; try again after Retry-After")))]
+              (status = 503, description = "Too many sign-ins are waiting to be checked, or the CAPTCHA cannot be checked now (captcha-unavailable); try again after Retry-After")))]
 #[tracing::instrument(name = "auth.login", skip_all)]
 pub async fn login(
     State(state): State<AppState>,
@@ -173,7 +203,12 @@ pub async fn login(
     Ok(Json(
         state
             .identity
-            .login(&ctx, &body.email, &body.password)
+            .login(
+                &ctx,
+                &body.email,
+                &body.password,
+                body.captcha_token.as_deref(),
+            )
             .await?,
     ))
 }
@@ -233,7 +268,10 @@ pub async fn me(State(state): State<AppState>, user: AuthUser) -> Result<Json<Pr
 #[utoipa::path(post, path = "/v1/auth/password/forgot", tag = "auth", request_body = EmailRequest,
     responses((status = 202, description = "Accepted", body = Acknowledgement),
               (status = 422, description = "Not a valid email address"),
-              (status = 429, description = "Too many emails asked for, from this address or for this account")))]
+              (status = 429, description = "Too many emails asked for, from this address or for this account"),
+              (status = 400, description = "A CAPTCHA is required (captcha-required): send captcha_token"),
+              (status = 401, description = "The CAPTCHA token was refused (captcha-refused)"),
+              (status = 503, description = "The CAPTCHA cannot be checked now (captcha-unavailable); try again after Retry-After")))]
 #[tracing::instrument(name = "auth.forgot_password", skip_all)]
 pub async fn forgot_password(
     State(state): State<AppState>,
@@ -241,7 +279,10 @@ pub async fn forgot_password(
     ApiJson(body): ApiJson<EmailRequest>,
 ) -> Result<Response, ApiError> {
     let email = Email::parse(&body.email)?;
-    state.identity.forgot_password(&ctx, &email).await?;
+    state
+        .identity
+        .forgot_password(&ctx, &email, body.captcha_token.as_deref())
+        .await?;
     Ok(accepted())
 }
 
