@@ -14,6 +14,7 @@ use idp_events::{Append, ExpectedVersion, Metadata, StreamId};
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
+use super::sessions::lock_sessions_shared;
 use super::{Identity, IdentityError, TokenPair};
 use crate::auth::second_factor::{
     self as factor, CHALLENGE_TTL, TotpSecret, accept, new_recovery_codes, open_secret,
@@ -412,10 +413,11 @@ impl Identity {
         let digest = tokens::hash_opaque_token(challenge);
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin().await?;
+        // Read without a lock: the sessions lock comes first in every transaction that takes
+        // it; the challenge is spent at the end only if no one spent it meanwhile.
         let found: Option<(Uuid, Uuid)> = sqlx::query_as(
             "select challenge_id, user_id from mfa_challenges
-              where challenge_digest = $1 and used_at is null and expires_at > now()
-              for update",
+              where challenge_digest = $1 and used_at is null and expires_at > now()",
         )
         .bind(&digest)
         .fetch_optional(&mut *tx)
@@ -425,6 +427,7 @@ impl Identity {
                 .increment(1);
             return Err(IdentityError::SecondFactorRefused);
         };
+        lock_sessions_shared(&mut tx, user_id).await?;
         let mut account = self.load_user(user_id).await?;
         let now = Utc::now();
         let meta = ctx.metadata(StreamId::user(user_id));
@@ -499,10 +502,20 @@ impl Identity {
                 )
             }
         };
-        sqlx::query("update mfa_challenges set used_at = now() where challenge_digest = $1")
-            .bind(&digest)
-            .execute(&mut *tx)
-            .await?;
+        let spent = sqlx::query(
+            "update mfa_challenges set used_at = now()
+              where challenge_digest = $1 and used_at is null",
+        )
+        .bind(&digest)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if spent == 0 {
+            // A concurrent second step with the same challenge got there first.
+            metrics::counter!("idp_auth_second_factor_total", "outcome" => "bad_challenge")
+                .increment(1);
+            return Err(IdentityError::SecondFactorRefused);
+        }
         if let Some(remaining) = recovery_left {
             self.append_user_in(
                 &mut tx,
@@ -511,15 +524,17 @@ impl Identity {
                 meta.clone(),
             )
             .await?;
-        }
-        tx.commit().await?;
-        tracing::debug!(challenge.id = %challenge_id, "second factor accepted");
-        metrics::counter!("idp_auth_second_factor_total", "outcome" => "success").increment(1);
-        if recovery_left.is_some() {
             // The stream is one event further (`RecoveryCodeUsed`, which changes no state).
             account.version += 1;
         }
-        self.start_session(&account, ctx, Some(method)).await
+        // The challenge is spent and the session started in one transaction: one commit.
+        let started = self
+            .start_session_in(&mut tx, &account, ctx, Some(method))
+            .await?;
+        tx.commit().await?;
+        tracing::debug!(challenge.id = %challenge_id, "second factor accepted");
+        metrics::counter!("idp_auth_second_factor_total", "outcome" => "success").increment(1);
+        self.issue(started)
     }
 
     /// Records a wrong code of `account` and, at the fifth in a row, locks its second factor;

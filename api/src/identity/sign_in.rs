@@ -17,6 +17,14 @@ use crate::auth::tokens;
 use crate::client_device::ClientDevice;
 use crate::extract::ClientContext;
 
+/// A session started in a transaction not yet committed: what its tokens are made of.
+pub(super) struct StartedSession {
+    user_id: Uuid,
+    session_id: Uuid,
+    roles: Vec<String>,
+    refresh_token: String,
+}
+
 impl Identity {
     /// Signs in. Every refusal is the same [`IdentityError::InvalidCredentials`], after the same work.
     /// A malformed address is answered at once (the format rule is public; nothing is hashed);
@@ -239,6 +247,38 @@ impl Identity {
         ctx: &ClientContext,
         second_factor: Option<SecondFactorMethod>,
     ) -> Result<TokenPair, IdentityError> {
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        lock_sessions_shared(&mut tx, account.id).await?;
+        let started = self
+            .start_session_in(&mut tx, account, ctx, second_factor)
+            .await?;
+        tx.commit().await?;
+        self.issue(started)
+    }
+
+    /// The tokens of a session [`Identity::start_session_in`] started, once its transaction is
+    /// committed.
+    pub(super) fn issue(&self, started: StartedSession) -> Result<TokenPair, IdentityError> {
+        self.token_pair(
+            started.user_id,
+            started.session_id,
+            &started.roles,
+            started.refresh_token,
+        )
+    }
+
+    /// [`Identity::start_session`] in `tx`, which holds the account's sessions lock shared
+    /// (taken first, `lock_sessions_shared`) and which the caller commits before it hands out
+    /// the tokens ([`Identity::issue`]): the second step of a sign-in spends its challenge and
+    /// starts the session in one transaction.
+    pub(super) async fn start_session_in(
+        &self,
+        tx: &mut PgConnection,
+        account: &User,
+        ctx: &ClientContext,
+        second_factor: Option<SecondFactorMethod>,
+    ) -> Result<StartedSession, IdentityError> {
         let meta = ctx.metadata(StreamId::user(account.id));
         let device = ClientDevice::of(ctx);
         let session_id = Uuid::now_v7();
@@ -246,12 +286,10 @@ impl Identity {
         let now = Utc::now();
         let expires_at = now + self.session_ttl;
         let seen_since = self.new_device_window.map(|window| now - window);
-        let mut conn = self.pool.acquire().await?;
-        let mut tx = conn.begin().await?;
-        lock_sessions_shared(&mut tx, account.id).await?;
+        let tx = &mut *tx;
         let version = self
             .store
-            .stream_version_in(&mut tx, &StreamId::user(account.id))
+            .stream_version_in(tx, &StreamId::user(account.id))
             .await?;
         // The account changed since the password was checked: maybe an administrator locked it.
         let reloaded;
@@ -267,7 +305,7 @@ impl Identity {
             }
             &reloaded
         };
-        reset_failures(&mut tx, account.id).await?;
+        reset_failures(tx, account.id).await?;
         // Whether the account signed in before, and from this device lately: read before the
         // new session is written (the statement's snapshot does not see its own inserts).
         let (signed_in_before, known_device): (bool, bool) = sqlx::query_as(
@@ -298,7 +336,7 @@ impl Identity {
         // account's login stream, which lockout reads).
         self.store
             .append_in(
-                &mut tx,
+                tx,
                 Append::to(StreamId::session(session_id))
                     .event(match second_factor {
                         None => login::succeeded(session_id),
@@ -315,11 +353,15 @@ impl Identity {
             )
             .await?;
         if signed_in_before && !known_device {
-            self.notice_new_device(&mut tx, account, session_id, &device, meta)
+            self.notice_new_device(tx, account, session_id, &device, meta)
                 .await?;
         }
-        tx.commit().await?;
-        self.token_pair(account.id, session_id, &account.roles, refresh_token)
+        Ok(StartedSession {
+            user_id: account.id,
+            session_id,
+            roles: account.roles.clone(),
+            refresh_token,
+        })
     }
 
     /// Records `NewDeviceSignedIn` for session `session_id` of `account`, and marks the session
