@@ -114,6 +114,19 @@ async fn sign_in(
     .await
 }
 
+/// `n` sign-ins with a wrong password from `ip`, each refused as ordinary invalid credentials.
+async fn fail(app: &TestApp, ip: &str, email: &str, n: usize) {
+    for attempt in 1..=n {
+        let (status, body) = sign_in(app, ip, email, "wrong password!", None).await;
+        assert_eq!(status, 401, "failure {attempt}: {body}");
+        assert_eq!(
+            kind(&body),
+            "https://idp.dev/problems/invalid-credentials",
+            "failure {attempt}"
+        );
+    }
+}
+
 fn kind(body: &Value) -> &str {
     body["type"].as_str().unwrap_or_default()
 }
@@ -128,21 +141,10 @@ async fn after_the_failures_of_an_account_or_an_address_a_captcha_is_asked_for_a
     let pool = idp_testkit::database::pool(&conn).await;
     app.verified_user(&pool, "ada@example.com", PASSWORD).await;
     app.verified_user(&pool, "bob@example.com", PASSWORD).await;
-    let invalid = "https://idp.dev/problems/invalid-credentials";
     let required = "https://idp.dev/problems/captcha-required";
 
     // Below the threshold nothing is asked: the first three failures are ordinary ones.
-    for n in 1..=3 {
-        let (status, body) = sign_in(
-            &app,
-            "203.0.113.1",
-            "ada@example.com",
-            "wrong password!",
-            None,
-        )
-        .await;
-        assert_eq!((status, kind(&body)), (401, invalid), "failure {n}");
-    }
+    fail(&app, "203.0.113.1", "ada@example.com", 3).await;
     assert!(
         asked.lock().unwrap().is_empty(),
         "the provider was asked below the threshold"
@@ -248,17 +250,7 @@ async fn after_the_failures_of_an_account_or_an_address_a_captcha_is_asked_for_a
     assert_eq!(status, 202, "{body}");
 
     // An address no account has is counted the same: being asked says nothing about accounts.
-    for _ in 0..3 {
-        let (status, _) = sign_in(
-            &app,
-            "192.0.2.1",
-            "nobody@example.com",
-            "wrong password!",
-            None,
-        )
-        .await;
-        assert_eq!(status, 401);
-    }
+    fail(&app, "192.0.2.1", "nobody@example.com", 3).await;
     let (status, body) = sign_in(
         &app,
         "192.0.2.2",
@@ -332,17 +324,7 @@ async fn with_the_captcha_off_a_token_is_ignored_and_failures_ask_for_none(
     let app = spawn_app(&conn, &[]).await;
     let pool = idp_testkit::database::pool(&conn).await;
     app.verified_user(&pool, "ada@example.com", PASSWORD).await;
-    for _ in 0..4 {
-        let (status, _) = sign_in(
-            &app,
-            "203.0.113.1",
-            "ada@example.com",
-            "wrong password!",
-            None,
-        )
-        .await;
-        assert_eq!(status, 401);
-    }
+    fail(&app, "203.0.113.1", "ada@example.com", 4).await;
     let (status, body) = sign_in(
         &app,
         "203.0.113.1",
