@@ -1,6 +1,7 @@
 //! The real `idp-worker` binary killed with SIGKILL in the middle of its work: after a restart
 //! (two workers, competing for jobs), every event's job is published and every email is
-//! delivered exactly once (counted by `Message-ID` at a real SMTP server).
+//! delivered at most once and recorded exactly once (counted by `Message-ID` at a real SMTP
+//! server); only a message whose outcome is recorded as in doubt may be missing.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -78,13 +79,48 @@ async fn restart_and_check_exactly_once(
         "delivered more than once: {repeated:?}"
     );
     let received: HashSet<String> = by_id.into_keys().collect();
-    assert_eq!(received.len(), expected.len(), "every message, none lost");
-    assert_eq!(&received, expected);
+    assert!(received.is_subset(expected), "only the messages asked for");
+    // A message may be missing only if its hand-over was recorded and the worker died before
+    // the server's answer (`EmailSent { confirmed: false }`, docs/jobs.md): the crash can land
+    // between the hand-over's COMMIT and the final dot. Every confirmed message arrived.
+    let in_doubt: HashSet<String> = sqlx::query_scalar(
+        "select '<' || (data->>'message_id') || '>' from events
+          where event_type = 'EmailSent' and data->>'confirmed' = 'false'",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect();
+    let missing: HashSet<&String> = expected.difference(&received).collect();
+    assert!(
+        missing.iter().all(|id| in_doubt.contains(*id)),
+        "lost without being in doubt: {:?}",
+        missing
+            .iter()
+            .filter(|id| !in_doubt.contains(**id))
+            .collect::<Vec<_>>()
+    );
+    // In doubt are at most the messages in flight at the kill (64 jobs at a time).
+    assert!(in_doubt.len() <= 64, "{} messages in doubt", in_doubt.len());
+    assert!(
+        missing.len() * 100 <= expected.len(),
+        "{} of {} messages lost",
+        missing.len(),
+        expected.len()
+    );
+    if !missing.is_empty() {
+        eprintln!(
+            "{} of {} in-doubt messages did not arrive: the kill fell between COMMIT and dot",
+            missing.len(),
+            in_doubt.len()
+        );
+    }
     harness::delete_queues(prefix).await;
 }
 
 #[sqlx::test(migrations = "../migrations")]
-async fn kill_9_while_2000_emails_are_in_flight_then_a_restart_delivers_each_exactly_once(
+async fn kill_9_while_2000_emails_are_in_flight_then_a_restart_sends_none_twice_and_loses_none_it_confirmed(
     opts: PgPoolOptions,
     conn: PgConnectOptions,
 ) {
