@@ -325,14 +325,42 @@ async fn with_the_captcha_off_a_token_is_ignored_and_failures_ask_for_none(
     let pool = idp_testkit::database::pool(&conn).await;
     app.verified_user(&pool, "ada@example.com", PASSWORD).await;
     fail(&app, "203.0.113.1", "ada@example.com", 4).await;
+    // At the edge of the length limit: 2048 characters go, 2049 are refused (also when off).
+    let longest = "t".repeat(2048);
     let (status, body) = sign_in(
         &app,
         "203.0.113.1",
         "ada@example.com",
         PASSWORD,
-        Some("anything"),
+        Some(&longest),
     )
     .await;
     assert_eq!(status, 200, "{body}");
+    let too_long = "t".repeat(2049);
+    for (path, body) in [
+        (
+            "/v1/auth/login",
+            json!({ "email": "ada@example.com", "password": PASSWORD }),
+        ),
+        (
+            "/v1/auth/register",
+            json!({ "email": "new@example.com", "password": PASSWORD }),
+        ),
+        (
+            "/v1/auth/password/forgot",
+            json!({ "email": "ada@example.com" }),
+        ),
+        (
+            "/v1/auth/resend-verification",
+            json!({ "email": "ada@example.com" }),
+        ),
+    ] {
+        let (status, answer) = from(&app, "203.0.113.1", path, body, Some(&too_long)).await;
+        assert_eq!(status, 422, "{path}: {answer}");
+        assert_eq!(
+            answer["detail"], "captcha_token: at most 2048 characters",
+            "{path}"
+        );
+    }
     app.stop().await;
 }

@@ -67,7 +67,7 @@ impl Verifier {
 
     /// Asks the provider whether `token`, solved by the client at `remote_ip`, is good.
     pub async fn verify(&self, token: &str, remote_ip: Option<IpAddr>) -> Result<(), CaptchaError> {
-        if token.is_empty() || token.len() > MAX_TOKEN_LEN {
+        if token.is_empty() || token.chars().count() > MAX_TOKEN_LEN {
             return Err(CaptchaError::Refused);
         }
         let remote_ip = remote_ip.map(|ip| ip.to_string());

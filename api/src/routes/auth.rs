@@ -9,6 +9,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::auth::captcha;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, AuthUser, ClientContext};
 use crate::identity::{Profile, SignIn, TokenPair};
@@ -48,6 +49,20 @@ fn accepted() -> Response {
         Json(Acknowledgement { status: "accepted" }),
     )
         .into_response()
+}
+
+/// The `captcha_token` of a request: at most [`captcha::MAX_TOKEN_LEN`] characters (422
+/// otherwise, whether or not a CAPTCHA is asked for).
+fn captcha_token(token: Option<&str>) -> Result<Option<&str>, ApiError> {
+    match token {
+        Some(token) if token.chars().count() > captcha::MAX_TOKEN_LEN => {
+            Err(ApiError::Unprocessable(format!(
+                "captcha_token: at most {} characters",
+                captcha::MAX_TOKEN_LEN
+            )))
+        }
+        token => Ok(token),
+    }
 }
 
 /// A new account.
@@ -99,7 +114,7 @@ pub async fn register(
             &email,
             &body.password,
             display_name,
-            body.captcha_token.as_deref(),
+            captcha_token(body.captcha_token.as_deref())?,
         )
         .await?;
     Ok(accepted())
@@ -161,7 +176,7 @@ pub async fn resend_verification(
     let email = Email::parse(&body.email)?;
     state
         .identity
-        .resend_verification(&ctx, &email, body.captcha_token.as_deref())
+        .resend_verification(&ctx, &email, captcha_token(body.captcha_token.as_deref())?)
         .await?;
     Ok(accepted())
 }
@@ -207,7 +222,7 @@ pub async fn login(
                 &ctx,
                 &body.email,
                 &body.password,
-                body.captcha_token.as_deref(),
+                captcha_token(body.captcha_token.as_deref())?,
             )
             .await?,
     ))
@@ -281,7 +296,7 @@ pub async fn forgot_password(
     let email = Email::parse(&body.email)?;
     state
         .identity
-        .forgot_password(&ctx, &email, body.captcha_token.as_deref())
+        .forgot_password(&ctx, &email, captcha_token(body.captcha_token.as_deref())?)
         .await?;
     Ok(accepted())
 }
