@@ -359,6 +359,19 @@ pub(crate) async fn authenticate(
     Ok((user, session))
 }
 
+/// [`authenticate`], refusing a holder of a role of `MFA_REQUIRED_ROLES` (as of the token) who
+/// has no second factor on (403 `second-factor-enrolment-required`).
+pub(crate) async fn authenticate_enrolled(
+    parts: &Parts,
+    state: &AppState,
+) -> Result<(AuthUser, SessionState), ApiError> {
+    let (user, session) = authenticate(parts, state).await?;
+    if state.identity.must_enrol(&user.roles, session) {
+        return Err(ApiError::SecondFactorEnrolmentRequired);
+    }
+    Ok((user, session))
+}
+
 /// An authenticated caller. With `MFA_REQUIRED_ROLES`, a holder of such a role (as of the
 /// token) who has no second factor on is refused (403 `second-factor-enrolment-required`):
 /// only the enrolment routes ([`EnrollingUser`]) are open to them.
@@ -369,11 +382,7 @@ impl FromRequestParts<AppState> for AuthUser {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let (user, session) = authenticate(parts, state).await?;
-        if state.identity.must_enrol(&user.roles, session) {
-            return Err(ApiError::SecondFactorEnrolmentRequired);
-        }
-        Ok(user)
+        Ok(authenticate_enrolled(parts, state).await?.0)
     }
 }
 

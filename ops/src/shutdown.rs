@@ -78,9 +78,17 @@ pub struct GracefulListener {
     closed: CancellationToken,
     unread: Arc<watch::Sender<usize>>,
     drained: usize,
-    /// Once shutdown began: until when handshakes already answered may still be accepted, if
-    /// new ones are refused (else the backlog is taken without waiting).
-    settle: Option<Option<tokio::time::Instant>>,
+    /// How the backlog is taken once shutdown began (`None` before).
+    closing: Option<Closing>,
+}
+
+/// How a [`GracefulListener`] takes its backlog at shutdown.
+#[derive(Debug, Clone, Copy)]
+enum Closing {
+    /// New handshakes are refused: accept what waits and what completes until then.
+    Settling(tokio::time::Instant),
+    /// New handshakes cannot be refused: accept what already waits, without waiting for more.
+    Draining,
 }
 
 impl GracefulListener {
@@ -93,7 +101,7 @@ impl GracefulListener {
             closed: CancellationToken::new(),
             unread: Arc::new(watch::Sender::new(0)),
             drained: 0,
-            settle: None,
+            closing: None,
         })
     }
 
@@ -138,19 +146,24 @@ impl axum::serve::Listener for GracefulListener {
                 return std::future::pending().await;
             };
             if self.shutdown.is_cancelled() {
-                let settle = *self.settle.get_or_insert_with(|| {
-                    refuse_new_handshakes(listener)
-                        .then(|| tokio::time::Instant::now() + HANDSHAKE_SETTLE)
+                let closing = *self.closing.get_or_insert_with(|| {
+                    if refuse_new_handshakes(listener) {
+                        Closing::Settling(tokio::time::Instant::now() + HANDSHAKE_SETTLE)
+                    } else {
+                        Closing::Draining
+                    }
                 });
                 if self.drained < BACKLOG_DRAIN_LIMIT {
                     self.drained += 1;
-                    let accepted = match settle {
-                        // No new handshake can start: take what waits and what completes in time.
-                        Some(until) => tokio::time::timeout_at(until, listener.accept())
-                            .await
-                            .map_or(Poll::Pending, Poll::Ready),
-                        // Take what already waits in the backlog without waiting for more.
-                        None => listener.poll_accept(&mut Context::from_waker(Waker::noop())),
+                    let accepted = match closing {
+                        Closing::Settling(until) => {
+                            tokio::time::timeout_at(until, listener.accept())
+                                .await
+                                .map_or(Poll::Pending, Poll::Ready)
+                        }
+                        Closing::Draining => {
+                            listener.poll_accept(&mut Context::from_waker(Waker::noop()))
+                        }
                     };
                     match accepted {
                         Poll::Ready(Ok((stream, addr))) => return (self.tracked(stream), addr),

@@ -9,7 +9,7 @@ use axum::http::request::Parts;
 use idp_events::identity::user::{ROLE_ADMIN, ROLE_BILLING_ADMIN, ROLE_SUPPORT, ROLE_USER};
 
 use crate::error::ApiError;
-use crate::extract::{AuthUser, authenticate};
+use crate::extract::{AuthUser, authenticate_enrolled};
 use crate::startup::AppState;
 
 macro_rules! permissions {
@@ -124,10 +124,7 @@ impl<P: Requires> FromRequestParts<AppState> for Permitted<P> {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let (user, session) = authenticate(parts, state).await?;
-        if state.identity.must_enrol(&user.roles, session) {
-            return Err(ApiError::SecondFactorEnrolmentRequired);
-        }
+        let (user, session) = authenticate_enrolled(parts, state).await?;
         let account = state.identity.load_user(user.user_id).await?;
         if !granted(&account.roles, P::PERMISSION) {
             return Err(ApiError::Forbidden);

@@ -14,7 +14,7 @@ use idp_events::{AppendError, Metadata, RecordedEvent};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::auth::permissions::Permission;
+use crate::auth::permissions::{Permission, granted};
 use crate::error::ApiError;
 use crate::extract::AuthUser;
 use crate::startup::AppState;
@@ -32,13 +32,7 @@ pub struct Loaded {
 /// projects (`read_projects_of_others`); 404 otherwise, the same as for a project that does not
 /// exist, so ids cannot be probed.
 pub async fn load_visible(state: &AppState, user: &AuthUser, id: Uuid) -> Result<Loaded, ApiError> {
-    let loaded = load(state, id).await?;
-    if loaded.project.owner_id != user.user_id
-        && !user.may(state, Permission::ReadProjectsOfOthers).await?
-    {
-        return Err(ApiError::NotFound);
-    }
-    Ok(loaded)
+    load_checked(state, user, id, false).await
 }
 
 /// Project `id`, as [`load_visible`], for a change: 403 for someone else's project that the
@@ -48,10 +42,26 @@ pub async fn load_changeable(
     user: &AuthUser,
     id: Uuid,
 ) -> Result<Loaded, ApiError> {
-    let loaded = load_visible(state, user, id).await?;
-    if loaded.project.owner_id != user.user_id
-        && !user.may(state, Permission::ManageProjectsOfOthers).await?
-    {
+    load_checked(state, user, id, true).await
+}
+
+/// Project `id` for `user` (to read, or to `change`): the account's current roles are read
+/// once, and only for someone else's project.
+async fn load_checked(
+    state: &AppState,
+    user: &AuthUser,
+    id: Uuid,
+    change: bool,
+) -> Result<Loaded, ApiError> {
+    let loaded = load(state, id).await?;
+    if loaded.project.owner_id == user.user_id {
+        return Ok(loaded);
+    }
+    let roles = state.identity.load_user(user.user_id).await?.roles;
+    if !granted(&roles, Permission::ReadProjectsOfOthers) {
+        return Err(ApiError::NotFound);
+    }
+    if change && !granted(&roles, Permission::ManageProjectsOfOthers) {
         return Err(ApiError::Forbidden);
     }
     Ok(loaded)
