@@ -7,6 +7,7 @@ use clap::Parser;
 use idp_ops::config::CommonConfig;
 use secrecy::SecretString;
 
+use crate::auth::plans::{DEFAULT_PLANS, Plans};
 use crate::auth::rate_limit::Limit;
 use crate::client_address::TrustedProxies;
 
@@ -84,6 +85,34 @@ pub struct Config {
     /// Settings of sign-in and tokens.
     #[command(flatten)]
     pub identity: IdentityConfig,
+
+    /// Plans and their limits.
+    #[command(flatten)]
+    pub plans: PlansConfig,
+}
+
+/// Plans, quotas and the rate limits of authenticated routes (`docs/plans.md`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct PlansConfig {
+    /// The plans, as a JSON object by name: `{"free": {"requests_per_minute": 600,
+    /// "live_projects": 10, "monthly_spend_cents": 2000}, ...}`. Default: `free` (600 requests
+    /// a minute, 10 live projects, 20.00 a month) and `pro` (6000, 100, 500.00).
+    #[arg(long, env = "PLANS", value_name = "PLANS", default_value = DEFAULT_PLANS)]
+    pub plans: Plans,
+
+    /// The plan of accounts that were put on none (one of `PLANS`).
+    #[arg(
+        long,
+        env = "DEFAULT_PLAN",
+        value_name = "DEFAULT_PLAN",
+        default_value = "free"
+    )]
+    pub default_plan: String,
+
+    /// Limit the requests of every authenticated route by plan, per account and per API key
+    /// (`false`: no limit and no `RateLimit-*` headers, e.g. behind a gateway that limits).
+    #[arg(long, env = "RATE_LIMIT_REQUESTS", value_name = "RATE_LIMIT_REQUESTS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub rate_limit_requests: bool,
 }
 
 /// Sign-in, tokens and their limits.

@@ -32,9 +32,32 @@ pub enum ApiError {
     /// 401: the CAPTCHA provider refused the token.
     #[error("the CAPTCHA token was refused")]
     CaptchaRefused,
+    /// 401: the bearer credential starts like an API key (`idp_`) but is not one idp could
+    /// have made (its shape or checksum is wrong); refused without a lookup.
+    #[error("{0}")]
+    MalformedApiKey(crate::auth::api_key::MalformedKey),
+    /// 402: the request would take the account past a limit of its plan or its own spend cap.
+    #[error("{limit} would be exceeded")]
+    QuotaExceeded {
+        /// The limit: `live_projects` or `monthly_spend_cents`.
+        limit: &'static str,
+        /// What the account uses now.
+        usage: u64,
+        /// What the request would add.
+        requested: u64,
+        /// The limit's value.
+        cap: u64,
+    },
     /// 403: authenticated, but not allowed.
     #[error("forbidden")]
     Forbidden,
+    /// 403: the API key lacks the scope the route needs.
+    #[error("the API key lacks the scope {0}")]
+    MissingScope(idp_events::identity::api_key::Scope),
+    /// 403: the route is for a person's signed-in session (their account, sessions, second
+    /// factor, API keys); API keys cannot use it.
+    #[error("this route needs a signed-in session; API keys cannot use it")]
+    SessionRequired,
     /// 403: the caller's role must have a second factor (`MFA_REQUIRED_ROLES`), and they have
     /// none yet: only enrolment is open to them.
     #[error("second factor enrolment required")]
@@ -117,6 +140,21 @@ pub struct Problem {
     /// The request's `x-request-id`, to quote when reporting the problem.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// For a 402: the limit the request would exceed.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<QuotaProblem>,
+}
+
+/// What a 402 names: the limit, the account's usage and the limit's value.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct QuotaProblem {
+    /// `live_projects` or `monthly_spend_cents`.
+    #[schema(value_type = String, example = "live_projects")]
+    pub limit: &'static str,
+    /// What the account uses now (live projects, or their monthly cost in cents).
+    pub usage: u64,
+    /// The limit's value.
+    pub cap: u64,
 }
 
 tokio::task_local! {
@@ -131,8 +169,13 @@ impl ApiError {
             Self::Unauthorized
             | Self::InvalidCredentials
             | Self::SecondFactorRefused
-            | Self::CaptchaRefused => StatusCode::UNAUTHORIZED,
-            Self::Forbidden | Self::SecondFactorEnrolmentRequired => StatusCode::FORBIDDEN,
+            | Self::CaptchaRefused
+            | Self::MalformedApiKey(_) => StatusCode::UNAUTHORIZED,
+            Self::QuotaExceeded { .. } => StatusCode::PAYMENT_REQUIRED,
+            Self::Forbidden
+            | Self::SecondFactorEnrolmentRequired
+            | Self::MissingScope(_)
+            | Self::SessionRequired => StatusCode::FORBIDDEN,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -157,6 +200,10 @@ impl ApiError {
             Self::CaptchaRefused => "captcha-refused",
             Self::CaptchaUnavailable { .. } => "captcha-unavailable",
             Self::Forbidden => "forbidden",
+            Self::MalformedApiKey(_) => "malformed-api-key",
+            Self::QuotaExceeded { .. } => "quota-exceeded",
+            Self::MissingScope(_) => "insufficient-scope",
+            Self::SessionRequired => "session-required",
             Self::SecondFactorRefused => "second-factor-refused",
             Self::SecondFactorEnrolmentRequired => "second-factor-enrolment-required",
             Self::UnsupportedMediaType => "unsupported-media-type",
@@ -277,9 +324,35 @@ impl IntoResponse for ApiError {
             | Self::BadRequest(detail)
             | Self::Unprocessable(detail)
             | Self::Gone(detail) => Some(detail.clone()),
-            Self::UnsupportedMediaType | Self::PayloadTooLarge => Some(self.to_string()),
+            Self::QuotaExceeded {
+                limit,
+                usage,
+                requested,
+                cap,
+            } => Some(format!(
+                "{limit}: {usage} in use, this request adds {requested}, the limit is {cap}"
+            )),
+            Self::UnsupportedMediaType
+            | Self::PayloadTooLarge
+            | Self::MalformedApiKey(_)
+            | Self::MissingScope(_)
+            | Self::SessionRequired => Some(self.to_string()),
         };
-        let mut response = problem(status, self.slug(), detail);
+        let mut response = match &self {
+            Self::QuotaExceeded {
+                limit, usage, cap, ..
+            } => problem_with(
+                status,
+                self.slug(),
+                detail,
+                Some(QuotaProblem {
+                    limit,
+                    usage: *usage,
+                    cap: *cap,
+                }),
+            ),
+            _ => problem(status, self.slug(), detail),
+        };
         match self {
             Self::TooManyRequests { retry_after_secs }
             | Self::Overloaded { retry_after_secs }
@@ -294,7 +367,8 @@ impl IntoResponse for ApiError {
             Self::Unauthorized
             | Self::InvalidCredentials
             | Self::SecondFactorRefused
-            | Self::CaptchaRefused => {
+            | Self::CaptchaRefused
+            | Self::MalformedApiKey(_) => {
                 response
                     .headers_mut()
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -307,12 +381,22 @@ impl IntoResponse for ApiError {
 
 /// A problem+json response.
 pub fn problem(status: StatusCode, slug: &str, detail: Option<String>) -> Response {
+    problem_with(status, slug, detail, None)
+}
+
+fn problem_with(
+    status: StatusCode,
+    slug: &str,
+    detail: Option<String>,
+    quota: Option<QuotaProblem>,
+) -> Response {
     let body = Problem {
         kind: format!("https://idp.dev/problems/{slug}"),
         title: status.canonical_reason().unwrap_or("Error").to_owned(),
         status: status.as_u16(),
         detail,
         request_id: REQUEST_ID.try_with(Clone::clone).ok(),
+        quota,
     };
     let mut response = (status, axum::Json(body)).into_response();
     response.headers_mut().insert(

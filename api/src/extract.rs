@@ -11,6 +11,7 @@ use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, Uri, header};
+use idp_events::identity::api_key::Scope;
 use idp_events::privacy::Personal;
 use idp_events::{Metadata, StreamId};
 use serde::de::DeserializeOwned;
@@ -18,6 +19,8 @@ use utoipa::IntoParams;
 use utoipa::openapi::path::ParameterIn;
 use uuid::Uuid;
 
+use crate::auth::api_key;
+use crate::auth::request_limits::{RateDecision, RateStatus};
 use crate::client_address::{self, TrustedProxies};
 use crate::error::ApiError;
 use crate::identity::SessionState;
@@ -174,6 +177,10 @@ impl PathParam for Uuid {
     const WHAT: &'static str = "a UUID";
 }
 
+impl PathParam for (Uuid, Uuid) {
+    const WHAT: &'static str = "a UUID";
+}
+
 impl PathParam for String {
     const WHAT: &'static str = "UTF-8 text";
 }
@@ -248,6 +255,8 @@ pub struct ClientContext {
     pub ip: Option<IpAddr>,
     /// The `User-Agent` header, shortened.
     pub user_agent: Option<String>,
+    /// What authentication learnt (read when the metadata is made, after it ran).
+    pub caller: Option<CallerSlot>,
 }
 
 impl ClientContext {
@@ -260,6 +269,11 @@ impl ClientContext {
             causation_id: None,
             client_ip: self.ip.map(|ip| Personal::Known(ip.to_string())),
             user_agent: self.user_agent.clone().map(Personal::Known),
+            api_key_id: self
+                .caller
+                .as_ref()
+                .and_then(|CallerSlot(slot)| slot.get())
+                .and_then(|note| note.api_key_id),
         }
     }
 
@@ -301,34 +315,110 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientContext {
             correlation_id,
             ip,
             user_agent,
+            caller: parts.extensions.get::<CallerSlot>().cloned(),
         })
     }
 }
 
-/// The caller, authenticated by a valid access token of a session that is still active.
+/// The caller, authenticated by a valid access token of a session that is still active, or by
+/// an API key that is neither revoked nor expired.
 #[derive(Debug, Clone)]
 pub struct AuthUser {
-    /// The user.
+    /// The account: a person's, or a service account's (only with an API key).
     pub user_id: Uuid,
-    /// The session the token belongs to.
+    /// The session the token belongs to, or the API key's id.
     pub session_id: Uuid,
-    /// Roles as of the token.
+    /// Roles as of the token (a service account's as they are now; empty for a person's API
+    /// key: routes that need roles read them as they are now).
     pub roles: Vec<String>,
+    /// The API key the request was made with, if it was.
+    pub key: Option<KeyGrant>,
 }
 
-impl AuthUser {
-    /// The actor name for event metadata.
-    pub fn actor(&self) -> String {
-        StreamId::user(self.user_id).into()
+/// What an API key allows its request.
+#[derive(Debug, Clone)]
+pub struct KeyGrant {
+    /// The key.
+    pub key_id: Uuid,
+    /// Its scopes.
+    pub scopes: Vec<Scope>,
+    /// Whether its owner is a service account.
+    pub service_account: bool,
+}
+
+impl KeyGrant {
+    /// Whether the key has `scope` (`projects:write` includes `projects:read`, `admin`
+    /// includes `audit:read`).
+    pub fn allows(&self, scope: Scope) -> bool {
+        self.scopes.iter().any(|held| {
+            *held == scope
+                || matches!(
+                    (*held, scope),
+                    (Scope::ProjectsWrite, Scope::ProjectsRead) | (Scope::Admin, Scope::AuditRead)
+                )
+        })
     }
 }
 
-/// The caller of a valid access token whose session is active, with the session as found.
-pub(crate) async fn authenticate(
-    parts: &Parts,
-    state: &AppState,
-) -> Result<(AuthUser, SessionState), ApiError> {
-    let token = parts
+impl AuthUser {
+    /// The actor name for event metadata: `user-<uuid>` or `service-account-<uuid>`.
+    pub fn actor(&self) -> String {
+        if self.key.as_ref().is_some_and(|k| k.service_account) {
+            StreamId::service_account(self.user_id).into()
+        } else {
+            StreamId::user(self.user_id).into()
+        }
+    }
+
+    /// Refuses an API key that lacks `scope` (403 `insufficient-scope`); a session passes.
+    pub fn require_scope(&self, scope: Scope) -> Result<(), ApiError> {
+        match &self.key {
+            Some(key) if !key.allows(scope) => Err(ApiError::MissingScope(scope)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The scopes an API key needs on a group of routes: one to read (`GET`, `HEAD`), one for the
+/// rest. Routes without one are for signed-in sessions only; the administration routes name
+/// theirs through their permission ([`crate::auth::permissions`]).
+#[derive(Debug, Clone, Copy)]
+pub struct KeyScopes {
+    /// For `GET` and `HEAD`.
+    pub read: Scope,
+    /// For every other method.
+    pub write: Scope,
+}
+
+impl KeyScopes {
+    /// The scope `method` needs.
+    pub fn for_method(self, method: &axum::http::Method) -> Scope {
+        if method == axum::http::Method::GET || method == axum::http::Method::HEAD {
+            self.read
+        } else {
+            self.write
+        }
+    }
+}
+
+/// What authentication learnt about a request, for the events it records (the API key) and
+/// for its answer's `RateLimit-*` headers. The outermost middleware puts an empty one in each
+/// request ([`CallerSlot`]); authentication fills it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CallerNote {
+    /// The API key the request was made with.
+    pub api_key_id: Option<Uuid>,
+    /// Where the caller's rate limit stands (`None`: limits are off).
+    pub rate: Option<RateStatus>,
+}
+
+/// The request's [`CallerNote`], once authentication has run.
+#[derive(Debug, Clone, Default)]
+pub struct CallerSlot(pub Arc<OnceLock<CallerNote>>);
+
+/// The bearer credential of a request, if any.
+fn bearer(parts: &Parts) -> Option<&str> {
+    parts
         .headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -336,27 +426,95 @@ pub(crate) async fn authenticate(
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
         })
-        .ok_or(ApiError::Unauthorized)?;
-    let claims = state
-        .identity
-        .tokens()
-        .verify_access(token.trim())
-        .map_err(|err| {
-            tracing::debug!(reason = ?err, "access token refused");
-            ApiError::Unauthorized
-        })?;
-    let session = state.identity.session_state(claims.sid).await?;
-    if !session.active {
-        return Err(ApiError::Unauthorized);
-    }
-    // The request's span (see `startup::http_span`) names the caller from here on.
-    tracing::Span::current().record("user.id", tracing::field::display(claims.sub));
-    let user = AuthUser {
-        user_id: claims.sub,
-        session_id: claims.sid,
-        roles: claims.roles,
+        .map(str::trim)
+}
+
+/// The caller of a valid access token whose session is active, or of a valid API key, with the
+/// session as found; counted against the rate limit of the account's plan (and of the key).
+pub(crate) async fn authenticate(
+    parts: &Parts,
+    state: &AppState,
+) -> Result<(AuthUser, SessionState), ApiError> {
+    let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
+    let (user, session) = if api_key::looks_like_key(token) {
+        // Shape and checksum first: a malformed key costs no lookup.
+        let presented = api_key::parse(token).map_err(ApiError::MalformedApiKey)?;
+        let holder = state
+            .access
+            .key_holder(&presented.hash)
+            .await?
+            .ok_or(ApiError::Unauthorized)?;
+        let user = AuthUser {
+            user_id: holder.owner_id,
+            session_id: holder.key_id,
+            roles: holder.roles,
+            key: Some(KeyGrant {
+                key_id: holder.key_id,
+                scopes: holder.scopes,
+                service_account: holder.service_account,
+            }),
+        };
+        // A key was made in a session that had passed enrolment; it has no factor of its own.
+        let session = SessionState {
+            active: true,
+            second_factor: true,
+            plan: Some(holder.plan),
+        };
+        (user, session)
+    } else {
+        let claims = state
+            .identity
+            .tokens()
+            .verify_access(token)
+            .map_err(|err| {
+                tracing::debug!(reason = ?err, "access token refused");
+                ApiError::Unauthorized
+            })?;
+        let session = state.identity.session_state(claims.sid).await?;
+        if !session.active {
+            return Err(ApiError::Unauthorized);
+        }
+        let user = AuthUser {
+            user_id: claims.sub,
+            session_id: claims.sid,
+            roles: claims.roles,
+            key: None,
+        };
+        (user, session)
     };
+    // The request's span (see `startup::http_span`) names the caller from here on.
+    tracing::Span::current().record("user.id", tracing::field::display(user.user_id));
+    let key_id = user.key.as_ref().map(|k| k.key_id);
+    let decision = state
+        .access
+        .count_request(user.user_id, key_id, session.plan.as_deref())
+        .await?;
+    if let Some(CallerSlot(slot)) = parts.extensions.get::<CallerSlot>() {
+        let _ = slot.set(CallerNote {
+            api_key_id: key_id,
+            rate: decision.map(|d| d.status()),
+        });
+    }
+    if let Some(RateDecision::Limited { retry_after, .. }) = decision {
+        metrics::counter!("idp_rate_limited_total", "kind" => "plan").increment(1);
+        return Err(ApiError::TooManyRequests {
+            retry_after_secs: retry_after.as_secs().max(1),
+        });
+    }
     Ok((user, session))
+}
+
+/// Refuses an API key on a route that names no scope for keys (403 `session-required`) or
+/// whose scope it lacks (403 `insufficient-scope`).
+fn check_key_route(parts: &Parts, user: &AuthUser) -> Result<(), ApiError> {
+    if user.key.is_none() {
+        return Ok(());
+    }
+    let scopes = parts
+        .extensions
+        .get::<KeyScopes>()
+        .ok_or(ApiError::SessionRequired)?;
+    user.require_scope(scopes.for_method(&parts.method))
 }
 
 /// [`authenticate`], refusing a holder of a role of `MFA_REQUIRED_ROLES` (as of the token) who
@@ -366,7 +524,7 @@ pub(crate) async fn authenticate_enrolled(
     state: &AppState,
 ) -> Result<(AuthUser, SessionState), ApiError> {
     let (user, session) = authenticate(parts, state).await?;
-    if state.identity.must_enrol(&user.roles, session) {
+    if state.identity.must_enrol(&user.roles, &session) {
         return Err(ApiError::SecondFactorEnrolmentRequired);
     }
     Ok((user, session))
@@ -382,7 +540,9 @@ impl FromRequestParts<AppState> for AuthUser {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        Ok(authenticate_enrolled(parts, state).await?.0)
+        let user = authenticate_enrolled(parts, state).await?.0;
+        check_key_route(parts, &user)?;
+        Ok(user)
     }
 }
 
@@ -398,6 +558,10 @@ impl FromRequestParts<AppState> for EnrollingUser {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        Ok(Self(authenticate(parts, state).await?.0))
+        let user = authenticate(parts, state).await?.0;
+        if user.key.is_some() {
+            return Err(ApiError::SessionRequired);
+        }
+        Ok(Self(user))
     }
 }

@@ -3,6 +3,7 @@
 //! `main.rs` only reads the configuration and calls [`startup::Application`]; tests build the
 //! same application on a random port.
 
+pub mod access;
 pub mod auth;
 pub mod client_address;
 pub mod client_device;

@@ -27,9 +27,11 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
+use crate::access::Access;
 use crate::auth::captcha::Verifier;
 use crate::auth::keys::KeyRing;
 use crate::auth::password::{HashParams, Hasher};
+use crate::auth::request_limits::{RateStatus, RequestLimiter};
 use crate::auth::tokens::{TokenConfig, Tokens};
 use crate::identity::{Captcha, IdentityKeys};
 use idp_events::identity::email::Email;
@@ -38,7 +40,7 @@ use secrecy::ExposeSecret as _;
 
 use crate::config::Config;
 use crate::error::{REQUEST_ID, problem};
-use crate::extract::CorrelationId;
+use crate::extract::{CallerSlot, CorrelationId};
 use crate::identity::Identity;
 use crate::projects::live::LogWatch;
 use crate::routes;
@@ -65,6 +67,8 @@ pub struct Services {
     pub store: EventStore,
     /// Sign-in, sessions and tokens.
     pub identity: Identity,
+    /// Service accounts, API keys, plans and their limits.
+    pub access: Access,
     /// The project templates.
     pub catalogue: Arc<Catalogue>,
     /// Wake-ups for the project event streams (one LISTEN connection per process).
@@ -120,9 +124,16 @@ impl Application {
         let identity = build_identity(config, store.clone()).await?;
         let database_keys = Arc::new(config.common.project_database_ring()?);
         let log_watch = LogWatch::new(pool.clone(), config.sse_max_streams_per_user as usize);
+        let access = Access::new(
+            store.clone(),
+            config.plans.plans.clone(),
+            &config.plans.default_plan,
+            RequestLimiter::new(pool.clone(), config.plans.rate_limit_requests),
+        )?;
         let state = AppState(Arc::new(Services {
             store,
             identity,
+            access,
             catalogue,
             log_watch: log_watch.clone(),
             database_keys,
@@ -316,7 +327,36 @@ async fn identify_request(mut request: Request, next: Next) -> Response {
     request
         .extensions_mut()
         .insert(CorrelationId(uuid::Uuid::now_v7()));
-    next.run(request).await
+    let caller = CallerSlot::default();
+    request.extensions_mut().insert(caller.clone());
+    let mut response = next.run(request).await;
+    if let Some(rate) = caller.0.get().and_then(|note| note.rate) {
+        rate_limit_headers(response.headers_mut(), rate);
+    }
+    response
+}
+
+/// The `RateLimit-*` headers (IETF draft names) and their `X-RateLimit-*` equivalents, with the
+/// same values: the limit per minute, what is left, and seconds until the bucket is full again.
+fn rate_limit_headers(headers: &mut axum::http::HeaderMap, rate: RateStatus) {
+    let values = [
+        (
+            "ratelimit-limit",
+            "x-ratelimit-limit",
+            u64::from(rate.limit),
+        ),
+        (
+            "ratelimit-remaining",
+            "x-ratelimit-remaining",
+            u64::from(rate.remaining),
+        ),
+        ("ratelimit-reset", "x-ratelimit-reset", rate.reset_secs),
+    ];
+    for (name, legacy, value) in values {
+        let value = axum::http::HeaderValue::from(value);
+        headers.insert(name, value.clone());
+        headers.insert(legacy, value);
+    }
 }
 
 /// The span every request's log lines carry: method, path (never the query, which may hold

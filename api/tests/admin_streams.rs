@@ -238,6 +238,7 @@ async fn as_of_returns_a_project_as_it_was_at_a_past_instant(
                     name: "repository".into(),
                     driver: DriverKind::Repository,
                 }],
+                monthly_cost_cents: 0,
             },
             ProjectEvent::StepStarted {
                 step: "repository".into(),

@@ -99,6 +99,10 @@ pub struct Metadata {
     /// Client user agent as seen by the API: personal, like the address.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user_agent: Option<Personal<String>>,
+    /// The API key the request was made with, if it was made with one (else a signed-in
+    /// session's access token, or no credential).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_id: Option<Uuid>,
 }
 
 impl Metadata {

@@ -488,6 +488,7 @@ mod tests {
                     template_version: 1,
                     parameters: BTreeMap::new(),
                     steps: vec![],
+                    monthly_cost_cents: 0,
                 }
                 .to_new_event(),
                 ProjectEvent::ProjectReady.to_new_event(),

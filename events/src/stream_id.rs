@@ -28,11 +28,17 @@ pub enum Category {
     Job,
     /// `breaker-<name>`: a circuit breaker's transitions.
     Breaker,
+    /// `service-account-<uuid>`: a non-human account.
+    ServiceAccount,
+    /// `api-key-<uuid>`: one API key of a person or a service account.
+    ApiKey,
+    /// `plan-<uuid>`: the plan and spend cap of the account with that id.
+    Plan,
 }
 
 impl Category {
     /// Every category, longest prefix first where one prefix starts another.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 11] = [
         Self::User,
         Self::Session,
         Self::LoginUnknown,
@@ -41,6 +47,9 @@ impl Category {
         Self::Project,
         Self::Job,
         Self::Breaker,
+        Self::ServiceAccount,
+        Self::ApiKey,
+        Self::Plan,
     ];
 
     /// The category's name as the log spells it (the id without its `-<key>`).
@@ -54,6 +63,9 @@ impl Category {
             Self::Project => "project",
             Self::Job => "job",
             Self::Breaker => "breaker",
+            Self::ServiceAccount => "service-account",
+            Self::ApiKey => "api-key",
+            Self::Plan => "plan",
         }
     }
 
@@ -61,7 +73,14 @@ impl Category {
     fn keyed_by_uuid(self) -> bool {
         matches!(
             self,
-            Self::User | Self::Session | Self::Login | Self::Project | Self::Job
+            Self::User
+                | Self::Session
+                | Self::Login
+                | Self::Project
+                | Self::Job
+                | Self::ServiceAccount
+                | Self::ApiKey
+                | Self::Plan
         )
     }
 }
@@ -139,6 +158,21 @@ impl StreamId {
     /// The transitions of the circuit breaker called `name`.
     pub fn breaker(name: &str) -> Self {
         Self::new(Category::Breaker, name)
+    }
+
+    /// The stream of service account `id`.
+    pub fn service_account(id: Uuid) -> Self {
+        Self::new(Category::ServiceAccount, id)
+    }
+
+    /// The stream of API key `id`.
+    pub fn api_key(id: Uuid) -> Self {
+        Self::new(Category::ApiKey, id)
+    }
+
+    /// The plan of account `id` (a person's or a service account's).
+    pub fn plan(account_id: Uuid) -> Self {
+        Self::new(Category::Plan, account_id)
     }
 
     /// Reads a stream id as the log stores it.
@@ -291,6 +325,9 @@ mod tests {
             StreamId::project(id),
             StreamId::job(id),
             StreamId::breaker("b"),
+            StreamId::service_account(id),
+            StreamId::api_key(id),
+            StreamId::plan(id),
         ]
         .iter()
         .map(StreamId::category)

@@ -66,6 +66,9 @@ mod tests {
     use std::collections::HashSet;
 
     use super::*;
+    use crate::identity::api_key::ApiKeyEvent;
+    use crate::identity::plan::PlanEvent;
+    use crate::identity::service_account::ServiceAccountEvent;
     use crate::identity::session::SessionEvent;
     use crate::identity::user::UserEvent;
     use crate::jobs::{BreakerEvent, JobEvent};
@@ -110,6 +113,9 @@ mod tests {
         check::<ProjectEvent>("ProjectEvent");
         check::<JobEvent>("JobEvent");
         check::<BreakerEvent>("BreakerEvent");
+        check::<ApiKeyEvent>("ApiKeyEvent");
+        check::<ServiceAccountEvent>("ServiceAccountEvent");
+        check::<PlanEvent>("PlanEvent");
     }
 
     #[test]

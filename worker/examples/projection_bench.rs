@@ -269,6 +269,7 @@ impl Account {
             user_agent: Some(
                 "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0".into(),
             ),
+            api_key_id: None,
         }
     }
 

@@ -314,6 +314,7 @@ async fn seed_range(
                 causation_id: None,
                 client_ip: Some(format!("10.0.{}.{}", dice.below(256), dice.below(256)).into()),
                 user_agent: Some("Mozilla/5.0 (X11; Linux x86_64) idp-bench/1.0".into()),
+                api_key_id: None,
             };
             store
                 .append_in(

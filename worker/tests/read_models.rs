@@ -45,6 +45,7 @@ fn request(actor: &str) -> Metadata {
         causation_id: None,
         client_ip: Some(IP.into()),
         user_agent: Some(AGENT.into()),
+        api_key_id: None,
     }
 }
 

@@ -6,6 +6,7 @@ use std::marker::PhantomData;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
+use idp_events::identity::api_key::Scope;
 use idp_events::identity::user::{ROLE_ADMIN, ROLE_BILLING_ADMIN, ROLE_SUPPORT, ROLE_USER};
 
 use crate::error::ApiError;
@@ -75,6 +76,10 @@ permissions! {
     ManageProjectsOfOthers => ManageProjectsOfOthers, "manage_projects_of_others";
     /// Change plans and their limits.
     ManagePlans => ManagePlans, "manage_plans";
+    /// Create, disable, enable and delete service accounts and manage their API keys.
+    ManageServiceAccounts => ManageServiceAccounts, "manage_service_accounts";
+    /// List people's API keys and revoke them.
+    ManageApiKeys => ManageApiKeys, "manage_api_keys";
 }
 
 /// What each role may do. Every account has `user`, which grants nothing here: its holder uses
@@ -125,12 +130,13 @@ impl<P: Requires> FromRequestParts<AppState> for Permitted<P> {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let (user, session) = authenticate_enrolled(parts, state).await?;
-        let account = state.identity.load_user(user.user_id).await?;
-        if !granted(&account.roles, P::PERMISSION) {
+        user.require_scope(P::PERMISSION.key_scope())?;
+        let roles = user.current_roles(state).await?;
+        if !granted(&roles, P::PERMISSION) {
             return Err(ApiError::Forbidden);
         }
         // The roles are checked as they are now, so is the second factor they may need.
-        if state.identity.must_enrol(&account.roles, session) {
+        if state.identity.must_enrol(&roles, &session) {
             return Err(ApiError::SecondFactorEnrolmentRequired);
         }
         Ok(Self {
@@ -140,12 +146,42 @@ impl<P: Requires> FromRequestParts<AppState> for Permitted<P> {
     }
 }
 
+impl Permission {
+    /// The scope an API key needs to use this permission of its owner's: `audit:read` for
+    /// reading the log and the audit, `admin` for everything else.
+    pub fn key_scope(self) -> Scope {
+        match self {
+            Self::ReadEvents | Self::ReadAudit => Scope::AuditRead,
+            _ => Scope::Admin,
+        }
+    }
+}
+
 impl AuthUser {
     /// Whether the caller's account, as it is now, may do what `permission` allows: for routes
-    /// open to everyone that do more for some (another person's project).
+    /// open to everyone that do more for some (another person's project). With an API key,
+    /// only if the key has the permission's scope too.
     pub async fn may(&self, state: &AppState, permission: Permission) -> Result<bool, ApiError> {
-        let account = state.identity.load_user(self.user_id).await?;
-        Ok(granted(&account.roles, permission))
+        if !self.may_with_key(permission) {
+            return Ok(false);
+        }
+        Ok(granted(&self.current_roles(state).await?, permission))
+    }
+
+    /// Whether the request's credential allows `permission`: a session does (its roles
+    /// decide), an API key only with the permission's scope.
+    pub fn may_with_key(&self, permission: Permission) -> bool {
+        self.require_scope(permission.key_scope()).is_ok()
+    }
+
+    /// The roles of the caller's account as they are now: a person's folded from their
+    /// stream, a service account's from its row (none once disabled or deleted).
+    pub async fn current_roles(&self, state: &AppState) -> Result<Vec<String>, ApiError> {
+        if self.key.as_ref().is_some_and(|k| k.service_account) {
+            state.access.service_account_roles(self.user_id).await
+        } else {
+            Ok(state.identity.load_user(self.user_id).await?.roles)
+        }
     }
 }
 

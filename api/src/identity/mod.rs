@@ -85,13 +85,15 @@ pub struct LockOutcome {
 }
 
 /// A session as a request finds it ([`Identity::session_state`]).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct SessionState {
     /// Neither revoked nor expired.
     pub active: bool,
     /// Its account has a second factor on (only looked up when `MFA_REQUIRED_ROLES` names a
     /// role; `false` otherwise).
     pub second_factor: bool,
+    /// The plan its account is on (`None`: the default plan).
+    pub plan: Option<String>,
 }
 
 /// The reservation scope that keeps one account per email address.
@@ -265,35 +267,39 @@ impl Identity {
         }
     }
 
-    /// Whether session `sid` is neither revoked nor expired, and (only asked when some role
-    /// must have a second factor, `MFA_REQUIRED_ROLES`) whether its account has one on: one
-    /// statement either way.
+    /// Whether session `sid` is neither revoked nor expired, its account's plan, and (only
+    /// asked when some role must have a second factor, `MFA_REQUIRED_ROLES`) whether its
+    /// account has one on: one statement either way.
     pub async fn session_state(&self, sid: Uuid) -> Result<SessionState, IdentityError> {
-        let state: Option<(bool, bool)> = if self.mfa_required_roles.is_empty() {
+        let state: Option<(bool, bool, Option<String>)> = if self.mfa_required_roles.is_empty() {
             sqlx::query_as(
-                "select revoked_at is null and expires_at > now(), false
-                   from sessions where session_id = $1",
+                "select s.revoked_at is null and s.expires_at > now(), false, p.plan
+                   from sessions s left join account_plans p on p.account_id = s.user_id
+                  where s.session_id = $1",
             )
         } else {
             sqlx::query_as(
-                "select s.revoked_at is null and s.expires_at > now(), f.enabled_at is not null
+                "select s.revoked_at is null and s.expires_at > now(), f.enabled_at is not null,
+                        p.plan
                    from sessions s left join second_factors f on f.user_id = s.user_id
+                   left join account_plans p on p.account_id = s.user_id
                   where s.session_id = $1",
             )
         }
         .bind(sid)
         .fetch_optional(&self.pool)
         .await?;
-        let (active, second_factor) = state.unwrap_or((false, false));
+        let (active, second_factor, plan) = state.unwrap_or((false, false, None));
         Ok(SessionState {
             active,
             second_factor,
+            plan,
         })
     }
 
     /// Whether a holder of `roles` without a second factor must enrol one before anything
     /// else (`MFA_REQUIRED_ROLES`).
-    pub fn must_enrol(&self, roles: &[String], state: SessionState) -> bool {
+    pub fn must_enrol(&self, roles: &[String], state: &SessionState) -> bool {
         !state.second_factor && roles.iter().any(|r| self.mfa_required_roles.contains(r))
     }
 

@@ -312,8 +312,13 @@ async fn check_round(inner: &Inner) -> Result<(), sqlx::Error> {
     }
     if !sessions.is_empty() {
         let active: Vec<Uuid> = sqlx::query_scalar(
+            // A stream opened with an API key follows the key as it would a session.
             "select session_id from sessions
-              where session_id = any($1) and revoked_at is null and expires_at > now()",
+              where session_id = any($1) and revoked_at is null and expires_at > now()
+             union all
+             select key_id from api_keys
+              where key_id = any($1) and revoked_at is null
+                and (expires_at is null or expires_at > now())",
         )
         .bind(&sessions)
         .fetch_all(&inner.pool)
@@ -462,6 +467,7 @@ mod tests {
             template_version: 1,
             parameters: Default::default(),
             steps: vec![],
+            monthly_cost_cents: 0,
         }
     }
 

@@ -57,11 +57,16 @@ async fn load_checked(
     if loaded.project.owner_id == user.user_id {
         return Ok(loaded);
     }
-    let roles = state.identity.load_user(user.user_id).await?.roles;
-    if !granted(&roles, Permission::ReadProjectsOfOthers) {
+    let roles = user.current_roles(state).await?;
+    // An API key reaches other people's projects only with the scope of those permissions.
+    let reads = user.may_with_key(Permission::ReadProjectsOfOthers);
+    if !reads || !granted(&roles, Permission::ReadProjectsOfOthers) {
         return Err(ApiError::NotFound);
     }
-    if change && !granted(&roles, Permission::ManageProjectsOfOthers) {
+    if change
+        && (!user.may_with_key(Permission::ManageProjectsOfOthers)
+            || !granted(&roles, Permission::ManageProjectsOfOthers))
+    {
         return Err(ApiError::Forbidden);
     }
     Ok(loaded)

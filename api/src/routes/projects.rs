@@ -171,6 +171,7 @@ fn accepted(status: StatusCode, body: serde_json::Value, replayed: bool) -> Resp
                headers(("Location" = String, description = "The project, as `links.self`"),
                        ("Idempotent-Replayed" = String, description = "`true` when this is the stored answer to an earlier request with the same key"))),
               (status = 400, description = "Malformed JSON, or an Idempotency-Key that is not 1 to 255 visible ASCII characters or is given twice"),
+              (status = 402, description = "The project would take the caller past their live-project quota or monthly spend cap (the problem names the limit, the usage and the cap); nothing was created"),
               (status = 409, description = "The caller already has a project of that name"),
               (status = 422, description = "Invalid name, unknown template, bad parameters, or an Idempotency-Key reused with another request")))]
 #[tracing::instrument(name = "projects.create", skip_all, fields(user.id = %user.user_id))]
@@ -209,6 +210,12 @@ pub async fn create_project(
     })?;
     let events = decide::request(user.user_id, &name, template, parameters)
         .map_err(|e| ApiError::Unprocessable(format!("parameters: {e}")))?;
+    // The quotas are checked in this transaction, under the owner's lock: concurrent
+    // requests of one owner cannot overshoot them.
+    state
+        .access
+        .check_project_quota(&mut tx, user.user_id, template.monthly_cost_cents)
+        .await?;
     let new = Project {
         id: Uuid::now_v7(),
         ..Project::default()

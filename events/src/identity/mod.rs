@@ -4,12 +4,15 @@
 //! Pure types and decisions only; the API performs them against the store.
 
 pub mod address_digest;
+pub mod api_key;
 pub mod consent;
 pub mod display_name;
 pub mod email;
 pub mod email_request;
 pub mod login;
 pub mod one_time_token;
+pub mod plan;
+pub mod service_account;
 pub mod session;
 pub mod user;
 

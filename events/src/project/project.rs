@@ -40,6 +40,10 @@ pub enum ProjectEvent {
         parameters: BTreeMap<String, String>,
         /// The steps, copied from the template so later template changes do not alter them.
         steps: Vec<StepSpec>,
+        /// What the project costs per month, in cents, as its template declared when it was
+        /// requested (0 for projects requested before templates declared costs).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        monthly_cost_cents: u64,
     },
     /// A driver began an attempt at a step.
     StepStarted {
@@ -263,6 +267,8 @@ pub struct Project {
     pub updated_at: Option<DateTime<Utc>>,
     /// Steps whose login was handed out.
     pub credentials_issued: std::collections::BTreeSet<String>,
+    /// What it costs per month, in cents (counted against its owner's spend cap while live).
+    pub monthly_cost_cents: u64,
 }
 
 impl Project {
@@ -292,8 +298,10 @@ impl Project {
                 template_version,
                 parameters,
                 steps,
+                monthly_cost_cents,
             } => {
                 self.owner_id = *owner_id;
+                self.monthly_cost_cents = *monthly_cost_cents;
                 self.name.clone_from(name);
                 self.template.clone_from(template);
                 self.template_version = *template_version;
@@ -495,7 +503,13 @@ pub fn request(
         template_version: template.version,
         parameters,
         steps: template.steps.clone(),
+        monthly_cost_cents: template.monthly_cost_cents,
     }])
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The step provisioning is at: the first that has neither succeeded nor been skipped, while the

@@ -62,8 +62,9 @@ pub async fn save(conn: &mut PgConnection, project: &Project) -> Result<(), sqlx
     let created_at = project.created_at.unwrap_or_else(chrono::Utc::now);
     sqlx::query(
         "insert into projects
-             (project_id, owner_id, name, template, status, version, created_at, updated_at, state)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             (project_id, owner_id, name, template, status, version, created_at, updated_at, state,
+              monthly_cost_cents)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
          on conflict (project_id) do update
             set status = excluded.status, version = excluded.version,
                 updated_at = excluded.updated_at, state = excluded.state
@@ -78,6 +79,7 @@ pub async fn save(conn: &mut PgConnection, project: &Project) -> Result<(), sqlx
     .bind(created_at)
     .bind(project.updated_at.unwrap_or(created_at))
     .bind(state)
+    .bind(i64::try_from(project.monthly_cost_cents).unwrap_or(i64::MAX))
     .execute(conn)
     .await?;
     Ok(())

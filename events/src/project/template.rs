@@ -86,6 +86,10 @@ pub struct Template {
     /// (and `{{ project }}` for the project's name).
     #[serde(default)]
     pub files: BTreeMap<String, String>,
+    /// What one project of this template costs per month, in cents (0: nothing), counted
+    /// against its owner's monthly spend cap while the project is live.
+    #[serde(default)]
+    pub monthly_cost_cents: u64,
 }
 
 /// What is wrong with a template, or with the parameters given to it.
@@ -507,6 +511,8 @@ fn service_template() -> Template {
                     .to_owned(),
             ),
         ]),
+        // A database and a repository: two dollars a month.
+        monthly_cost_cents: 200,
     }
 }
 
@@ -537,6 +543,8 @@ fn static_site_template() -> Template {
                     .to_owned(),
             ),
         ]),
+        // A repository: fifty cents a month.
+        monthly_cost_cents: 50,
     }
 }
 

@@ -507,6 +507,7 @@ mod tests {
             causation_id: None,
             client_ip: Some("203.0.113.9".into()),
             user_agent: Some("curl/8.5".into()),
+            api_key_id: None,
         };
         let until = DateTime::parse_from_rfc3339("2030-01-02T03:04:05Z")
             .unwrap()

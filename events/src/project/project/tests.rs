@@ -75,6 +75,7 @@ fn a_request_yields_one_event_with_defaults_applied() {
                 ("language".to_owned(), "go".to_owned()),
             ]),
             steps: service().steps,
+            monthly_cost_cents: 0,
         }]
     );
     let project = given(&events);

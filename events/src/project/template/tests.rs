@@ -19,6 +19,7 @@ fn minimal() -> Template {
         }],
         steps: vec![step("repository", DriverKind::Repository)],
         files: BTreeMap::new(),
+        monthly_cost_cents: 0,
     }
 }
 
