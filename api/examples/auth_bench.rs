@@ -12,109 +12,14 @@
 
 #![allow(clippy::print_stdout, clippy::cast_precision_loss)]
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
 use idp_api::auth::password::{HashParams, Hasher};
-use idp_events::identity::one_time_token::{self, Purpose};
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 mod support;
 
-use support::{BenchApi, PASSWORD, TOKEN_SECRET as SECRET, env_u64, percentile};
-
-struct Wrk {
-    requests_per_sec: f64,
-    p50_ms: f64,
-    p95_ms: f64,
-    p99_ms: f64,
-    errors: u64,
-}
-
-/// Runs wrk with a Lua script that sets the request and prints percentiles and non-2xx counts.
-fn wrk(
-    url: &str,
-    connections: u64,
-    seconds: u64,
-    method: &str,
-    body: Option<&str>,
-    auth: Option<&str>,
-) -> anyhow::Result<Wrk> {
-    let dir = std::env::temp_dir().join(format!("idp-bench-{}", uuid::Uuid::now_v7()));
-    std::fs::create_dir_all(&dir)?;
-    let script = dir.join("bench.lua");
-    let mut lua = format!(
-        "wrk.method = \"{method}\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\n"
-    );
-    if let Some(body) = body {
-        lua.push_str(&format!("wrk.body = [[{body}]]\n"));
-    }
-    if let Some(token) = auth {
-        lua.push_str(&format!(
-            "wrk.headers[\"Authorization\"] = \"Bearer {token}\"\n"
-        ));
-    }
-    lua.push_str(
-        r#"
--- Sign-ins come from many addresses, as in production (through the trusted loopback proxy):
--- one address has one sign-in at a time.
-request = function()
-  wrk.headers["X-Forwarded-For"] = string.format("10.%d.%d.%d", math.random(0, 255), math.random(0, 255), math.random(1, 254))
-  return wrk.format()
-end
-bad = 0
-function response(status, headers, body)
-  if status >= 300 then bad = bad + 1 end
-end
-function setup(thread) table.insert(threads, thread) end
-threads = {}
-function done(summary, latency, requests)
-  local errors = summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.status + summary.errors.timeout
-  io.write(string.format("RESULT %f %f %f %f %d\n", summary.requests / (summary.duration / 1e6),
-    latency:percentile(50) / 1000, latency:percentile(95) / 1000, latency:percentile(99) / 1000, errors))
-end
-"#,
-    );
-    std::fs::write(&script, lua)?;
-    let output = Command::new("wrk")
-        .args([
-            "-t",
-            "2",
-            "-c",
-            &connections.to_string(),
-            "-d",
-            &format!("{seconds}s"),
-            "--timeout",
-            "10s",
-            "-s",
-        ])
-        .arg(&script)
-        .arg(url)
-        .output()
-        .context("while running wrk (install it: apt-get install wrk)")?;
-    let _ = std::fs::remove_dir_all(&dir);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let Some(line) = stdout.lines().find(|l| l.starts_with("RESULT ")) else {
-        bail!(
-            "wrk printed no result: {stdout}{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    };
-    let f: Vec<f64> = line[7..]
-        .split_whitespace()
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    anyhow::ensure!(f.len() == 5, "unexpected wrk output {line}");
-    Ok(Wrk {
-        requests_per_sec: f[0],
-        p50_ms: f[1],
-        p95_ms: f[2],
-        p99_ms: f[3],
-        errors: f[4] as u64,
-    })
-}
+use support::{BenchApi, PASSWORD, env_u64, percentile, wrk};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -161,37 +66,7 @@ async fn main() -> anyhow::Result<()> {
     let client = reqwest::Client::new();
 
     let email = "bench@example.com";
-    client
-        .post(format!("{base}/v1/auth/register"))
-        .json(&json!({"email": email, "password": PASSWORD}))
-        .send()
-        .await?;
-    let event_id: uuid::Uuid = sqlx::query_scalar(
-        "select event_id from events where event_type = 'VerificationRequested'",
-    )
-    .fetch_one(&pool)
-    .await?;
-    let token = one_time_token::issue(
-        &idp_events::keys::SecretKeys::single("bench", SECRET.as_bytes()),
-        Purpose::VerifyEmail,
-        event_id,
-    );
-    client
-        .post(format!("{base}/v1/auth/verify-email"))
-        .json(&json!({ "token": token }))
-        .send()
-        .await?;
-    let pair: serde_json::Value = client
-        .post(format!("{base}/v1/auth/login"))
-        .json(&json!({"email": email, "password": PASSWORD}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let access = pair["access_token"]
-        .as_str()
-        .context("no access token")?
-        .to_owned();
+    let access = support::signed_in(&pool, &client, &base, email).await?;
 
     // Login flood with a health probe alongside.
     eprintln!("login flood for {seconds}s ...");

@@ -369,6 +369,11 @@ async fn main() -> anyhow::Result<()> {
         ADMIN_EMAIL,
         "--admin-password",
         ADMIN_PASSWORD,
+        // Requests and projects of one benchmark account are not a plan's business here.
+        "--plans",
+        r#"{"bench":{"requests_per_minute":100000000,"live_projects":100000000,"monthly_spend_cents":100000000000}}"#,
+        "--default-plan",
+        "bench",
     ])?;
     let api = idp_api::startup::Application::build(&config).await?;
     let base = format!("http://127.0.0.1:{}", api.port());

@@ -91,6 +91,11 @@ async fn main() -> anyhow::Result<()> {
         "1000000/60s",
         "--rate-limit-email-per-ip",
         "1000000/60s",
+        // Requests and projects of one benchmark account are not a plan's business here.
+        "--plans",
+        r#"{"bench":{"requests_per_minute":100000000,"live_projects":100000000,"monthly_spend_cents":100000000000}}"#,
+        "--default-plan",
+        "bench",
     ])?;
     let app = Application::build(&config).await?;
     let base = format!("http://127.0.0.1:{}", app.port());

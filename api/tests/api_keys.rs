@@ -688,3 +688,77 @@ async fn an_account_has_at_most_fifty_working_keys(_opts: PgPoolOptions, conn: P
     assert_eq!(status, 409, "the rotated key's replacement still counts");
     app.stop().await;
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn the_document_lists_the_api_key_scheme_exactly_on_the_routes_keys_may_call(
+    _opts: PgPoolOptions,
+    conn: PgConnectOptions,
+) {
+    let app = spawn_app(&conn, &ADMIN_ARGS).await;
+    let admin = app.admin_token().await;
+    let all = [
+        "projects:read",
+        "projects:write",
+        "templates:read",
+        "audit:read",
+        "admin",
+    ];
+    let (key, _) = personal_key(&app, &admin, json!({ "name": "everything", "scopes": all })).await;
+    let doc = app.openapi().await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let mut checked = (0, 0);
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let Some(security) = operation["security"].as_array() else {
+                continue;
+            };
+            if !security.iter().any(|r| r.get("bearer").is_some()) {
+                continue;
+            }
+            let listed = security.iter().any(|r| r.get("api_key").is_some());
+            let concrete = path
+                .replace("{stream_id}", &format!("user-{}", Uuid::now_v7()))
+                .split('/')
+                .map(|part| {
+                    if part.starts_with('{') {
+                        Uuid::now_v7().to_string()
+                    } else {
+                        part.to_owned()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("/");
+            let method: Method = method.to_uppercase().parse().unwrap();
+            let response = client
+                .request(method.clone(), app.url(&concrete))
+                .bearer_auth(&key)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let kind = if status == 403 {
+                let body: Value = response.json().await.unwrap_or_default();
+                body["type"].as_str().unwrap_or_default().to_owned()
+            } else {
+                String::new()
+            };
+            let what = format!("{method} {path}: {status} {kind}");
+            if listed {
+                assert!(
+                    !kind.ends_with("/session-required") && !kind.ends_with("/insufficient-scope"),
+                    "{what}"
+                );
+                assert_ne!(status, 401, "{what}");
+                checked.0 += 1;
+            } else {
+                assert!(kind.ends_with("/session-required"), "{what}");
+                checked.1 += 1;
+            }
+        }
+    }
+    assert!(checked.0 >= 30 && checked.1 >= 15, "{checked:?}");
+    app.stop().await;
+}

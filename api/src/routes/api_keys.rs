@@ -86,6 +86,9 @@ impl From<MadeKey> for CreatedKey {
 
 /// Keys that still work.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"api_keys": [{"id": "0190f4c2-8a1e-7c3b-9d2a-5e6f7a8b9c0d", "name": "ci-preview", "prefix": "idp_4fZk2QbA",
+                          "scopes": ["projects:write"], "created_at": "2026-12-07T10:00:00Z",
+                          "expires_at": null, "last_used_at": "2026-12-07T10:05:00Z"}]}))]
 pub struct ApiKeys {
     /// Newest first.
     pub api_keys: Vec<ApiKeyView>,
@@ -193,7 +196,7 @@ pub async fn revoke_key(
 /// Recorded as `ApiKeyCreated` (naming the old key) and `ApiKeyRotated`.
 #[utoipa::path(post, path = "/v1/account/api-keys/{id}/rotate", tag = "account", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "A working key of the caller")),
-    request_body(content = Option<RotateKeyRequest>, description = "Optional: the grace period"),
+    request_body(content = RotateKeyRequest, description = "Optional (an empty body takes the default grace period)"),
     responses((status = 201, description = "The new key, shown this once", body = CreatedKey),
               (status = 403, description = "Asked with an API key"),
               (status = 404, description = "The caller has no such working key"),

@@ -10,6 +10,11 @@
 //!   `application/json`) and 422 (wrong shape), as [`crate::extract::ApiJson`] does;
 //! - an operation that declares the bearer scheme can answer 401 (with `WWW-Authenticate`);
 //! - every operation can answer 503 (a dependency is away, or the request took too long);
+//! - an operation that declares the bearer scheme is rate-limited by plan: it can answer 429
+//!   and 402 is listed where quotas apply by the handler; every answer of it carries the
+//!   `RateLimit-*` and `X-RateLimit-*` headers;
+//! - the routes an API key may call list the `api_key` scheme too, with the scope it needs
+//!   ([`key_scope`]);
 //! - 429 answers carry `Retry-After`;
 //! - a JSON body whose schema is a component with an example gets that example, so requests and
 //!   answers are shown with one.
@@ -39,8 +44,18 @@ use crate::startup::AppState;
 #[openapi(
     info(title = "idp", description = "Event-sourced backend for internal developer platforms. \
         Errors are RFC 9457 problem documents (`application/problem+json`) carrying the request id; \
-        authenticated routes take `Authorization: Bearer <access token>` from `POST /v1/auth/login`."),
+        authenticated routes take `Authorization: Bearer <access token>` from `POST /v1/auth/login`, and those that list \
+        the `api_key` scheme also `Authorization: Bearer idp_...` (an API key). Authenticated routes are rate-limited by plan \
+        (`RateLimit-*` headers on every answer, 429 beyond)."),
     paths(
+        super::api_keys::create_key, super::api_keys::list_keys, super::api_keys::revoke_key,
+        super::api_keys::rotate_key, super::api_keys::list_keys_of, super::api_keys::revoke_key_of,
+        super::service_accounts::create_account, super::service_accounts::list_accounts,
+        super::service_accounts::get_account, super::service_accounts::disable_account,
+        super::service_accounts::enable_account, super::service_accounts::delete_account,
+        super::service_accounts::create_key, super::service_accounts::list_keys,
+        super::service_accounts::revoke_key, super::service_accounts::rotate_key,
+        super::plans::plan, super::plans::limits, super::plans::set_limits, super::plans::set_plan,
         super::auth::register, super::auth::verify_email, super::auth::resend_verification,
         super::auth::login, super::auth::refresh, super::auth::logout, super::auth::me,
         super::auth::forgot_password, super::auth::reset_password, super::auth::change_password,
@@ -67,7 +82,7 @@ use crate::startup::AppState;
         super::projects::project_events,
         openapi_json, super::docs::page, super::docs::script, super::docs::style,
     ),
-    components(schemas(Problem, Liveness, Readiness,
+    components(schemas(Problem, crate::error::QuotaProblem, Liveness, Readiness,
         super::projects::StreamedEvent, super::admin_events::EventTypeName)),
     modifiers(&BearerAuth, &OperationsRoutes),
     tags((name = "auth", description = "Registration, sign-in, tokens and passwords"),
@@ -90,6 +105,13 @@ impl Modify for BearerAuth {
             http.description =
                 Some("An access token from `POST /v1/auth/login` or `/v1/auth/refresh`".into());
             components.add_security_scheme("bearer", SecurityScheme::Http(http));
+            let mut key = Http::new(HttpAuthScheme::Bearer);
+            key.bearer_format = Some("idp_ API key".into());
+            key.description = Some(
+                "An API key (`idp_` and 57 letters and digits) of a person or a service account,                  from `POST /v1/account/api-keys` or `POST /v1/admin/service-accounts/{id}/api-keys`:                  accepted on the routes that list it, within its scopes and its owner's roles"
+                    .into(),
+            );
+            components.add_security_scheme("api_key", SecurityScheme::Http(key));
         }
     }
 }
@@ -297,7 +319,7 @@ fn conventions(doc: &mut Value) {
     let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
         return;
     };
-    for item in paths.values_mut() {
+    for (path, item) in paths.iter_mut() {
         let Some(item) = item.as_object_mut() else {
             continue;
         };
@@ -305,6 +327,7 @@ fn conventions(doc: &mut Value) {
             if !matches!(method.as_str(), "get" | "put" | "post" | "delete" | "patch") {
                 continue;
             }
+            key_security(method, path, operation);
             complete_operation(operation, &examples);
         }
     }
@@ -369,7 +392,11 @@ fn complete_operation(operation: &mut Value, examples: &Map<String, Value>) {
     if secured {
         shared.push((
             "401",
-            "No valid access token: missing, malformed, expired, or its session ended",
+            "No valid access token or API key: missing, malformed, expired, revoked, or its session ended",
+        ));
+        shared.push((
+            "429",
+            "The caller's plan allows no more requests now (per account and per API key); see `Retry-After`",
         ));
     }
     shared.push((
@@ -386,9 +413,97 @@ fn complete_operation(operation: &mut Value, examples: &Map<String, Value>) {
         if code >= 400 {
             problem_content(code, response);
         }
+        if secured {
+            rate_limit_headers(response);
+        }
         if let Some(content) = response.get_mut("content") {
             add_examples(content, examples);
         }
+    }
+}
+
+/// The headers every answer of a rate-limited route carries.
+fn rate_limit_headers(response: &mut Value) {
+    let Some(response) = response.as_object_mut() else {
+        return;
+    };
+    let headers = response.entry("headers").or_insert_with(|| json!({}));
+    let Some(headers) = headers.as_object_mut() else {
+        return;
+    };
+    for (names, description, example) in [
+        (
+            ["RateLimit-Limit", "X-RateLimit-Limit"],
+            "Requests per minute the caller's plan allows",
+            600,
+        ),
+        (
+            ["RateLimit-Remaining", "X-RateLimit-Remaining"],
+            "Requests left before the limit",
+            599,
+        ),
+        (
+            ["RateLimit-Reset", "X-RateLimit-Reset"],
+            "Seconds until the allowance is full again",
+            1,
+        ),
+    ] {
+        for name in names {
+            headers.entry(name).or_insert_with(|| {
+                json!({ "description": description, "schema": { "type": "integer", "minimum": 0 }, "example": example })
+            });
+        }
+    }
+}
+
+/// The scope an API key needs for `method path`, for the routes keys may call: the ones the
+/// router gives a `KeyScopes` (projects, templates, the plan and the limits) and the
+/// administration routes, whose permission names it (`Permission::key_scope`). `None`: the
+/// route is for signed-in sessions only.
+pub fn key_scope(method: &str, path: &str) -> Option<&'static str> {
+    let read = method == "get";
+    if path == "/v1/projects" || path.starts_with("/v1/projects/") {
+        Some(if read {
+            "projects:read"
+        } else {
+            "projects:write"
+        })
+    } else if path == "/v1/templates" {
+        Some("templates:read")
+    } else if read && (path == "/v1/account/plan" || path == "/v1/account/limits") {
+        Some("projects:read")
+    } else if path.starts_with("/v1/admin/events")
+        || path.starts_with("/v1/admin/streams/")
+        || path.starts_with("/v1/admin/audit/")
+    {
+        Some("audit:read")
+    } else if path.starts_with("/v1/admin/") {
+        Some("admin")
+    } else {
+        None
+    }
+}
+
+/// Lists the `api_key` scheme beside the bearer one on the routes keys may call.
+fn key_security(method: &str, path: &str, operation: &mut Value) {
+    let Some(scope) = key_scope(method, path) else {
+        return;
+    };
+    let Some(security) = operation.get_mut("security").and_then(Value::as_array_mut) else {
+        return;
+    };
+    let listed = security.iter().any(|r| r.get("api_key").is_some());
+    if !listed && security.iter().any(|r| r.get("bearer").is_some()) {
+        security.push(json!({ "api_key": [] }));
+    }
+    let note = format!("\n\nWith an API key: needs the scope `{scope}`.");
+    let description = operation
+        .get("description")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    if !description.contains("With an API key") {
+        operation["description"] = json!(format!("{description}{note}"));
     }
 }
 
@@ -446,6 +561,7 @@ fn problem_example(status: u16, detail: &str) -> Value {
         401 => ("unauthorized", "Unauthorized"),
         403 => ("forbidden", "Forbidden"),
         404 => ("not-found", "Not Found"),
+        402 => ("quota-exceeded", "Payment Required"),
         409 => ("conflict", "Conflict"),
         410 => ("gone", "Gone"),
         413 => ("payload-too-large", "Payload Too Large"),

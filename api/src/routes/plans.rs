@@ -51,7 +51,7 @@ pub struct SetPlanRequest {
 }
 
 /// The caller's plan and what it allows.
-#[utoipa::path(get, path = "/v1/account/plan", tag = "account", security(("bearer" = []), ("api_key" = [])),
+#[utoipa::path(get, path = "/v1/account/plan", tag = "account", security(("bearer" = [])),
     responses((status = 200, description = "The plan", body = PlanView)))]
 #[tracing::instrument(name = "account.plan", skip_all, fields(user.id = %user.user_id))]
 pub async fn plan(
@@ -62,7 +62,7 @@ pub async fn plan(
 }
 
 /// What the caller uses of their plan's limits: live projects and their monthly cost.
-#[utoipa::path(get, path = "/v1/account/limits", tag = "account", security(("bearer" = []), ("api_key" = [])),
+#[utoipa::path(get, path = "/v1/account/limits", tag = "account", security(("bearer" = [])),
     responses((status = 200, description = "Usage and limits", body = LimitsView)))]
 #[tracing::instrument(name = "account.limits", skip_all, fields(user.id = %user.user_id))]
 pub async fn limits(

@@ -72,6 +72,9 @@ pub struct CreateAccountRequest {
 
 /// Every service account that is not deleted.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"service_accounts": [{"id": "0190f4c2-8a1e-7c3b-9d2a-5e6f7a8b9c0d", "name": "ci-preview",
+                          "description": "Preview databases per branch", "roles": ["user"],
+                          "created_at": "2026-12-07T10:00:00Z", "disabled": false}]}))]
 pub struct ServiceAccounts {
     /// By name.
     pub service_accounts: Vec<ServiceAccountView>,
@@ -275,7 +278,7 @@ pub async fn revoke_key(
 #[utoipa::path(post, path = "/v1/admin/service-accounts/{id}/api-keys/{key_id}/rotate", tag = "admin", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "The service account"),
            ("key_id" = Uuid, Path, description = "One of its working keys")),
-    request_body(content = Option<super::api_keys::RotateKeyRequest>, description = "Optional: the grace period"),
+    request_body(content = super::api_keys::RotateKeyRequest, description = "Optional (an empty body takes the default grace period)"),
     responses((status = 201, description = "The new key, shown this once", body = CreatedKey),
               (status = 403, description = "The caller's roles do not grant this (docs/identity.md, Roles)"),
               (status = 404, description = "The account has no such working key"),

@@ -75,7 +75,8 @@ fn a_request_yields_one_event_with_defaults_applied() {
                 ("language".to_owned(), "go".to_owned()),
             ]),
             steps: service().steps,
-            monthly_cost_cents: 0,
+            // The template's cost is copied into the project.
+            monthly_cost_cents: 200,
         }]
     );
     let project = given(&events);
