@@ -762,3 +762,72 @@ async fn the_document_lists_the_api_key_scheme_exactly_on_the_routes_keys_may_ca
     assert!(checked.0 >= 30 && checked.1 >= 15, "{checked:?}");
     app.stop().await;
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_service_accounts_keys_act_with_its_roles_as_they_are_now(
+    _opts: PgPoolOptions,
+    conn: PgConnectOptions,
+) {
+    let app = spawn_app(&conn, &ADMIN_ARGS).await;
+    let admin = app.admin_token().await;
+    let (account, _, _) = service_account_key(&app, &admin, "auditor", &["projects:read"]).await;
+    let path = format!("/v1/admin/service-accounts/{account}");
+    let audit_key = json!({ "name": "audit", "scopes": ["audit:read"] });
+    // Its roles give audit:read nothing to do yet.
+    let (status, body) = app
+        .call(
+            Method::POST,
+            &format!("{path}/api-keys"),
+            Some(&admin),
+            Some(audit_key.clone()),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    let (status, shown) = app
+        .call(
+            Method::PUT,
+            &format!("{path}/roles"),
+            Some(&admin),
+            Some(json!({ "roles": ["support"] })),
+        )
+        .await;
+    assert_eq!(status, 200, "{shown}");
+    assert_eq!(shown["roles"], json!(["user", "support"]));
+    let (status, made) = app
+        .call(
+            Method::POST,
+            &format!("{path}/api-keys"),
+            Some(&admin),
+            Some(audit_key),
+        )
+        .await;
+    assert_eq!(status, 201, "{made}");
+    let key = made["key"].as_str().unwrap().to_owned();
+    let (status, _) = app
+        .call(Method::GET, "/v1/admin/events", Some(&key), None)
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = app
+        .call(
+            Method::PUT,
+            &format!("{path}/roles"),
+            Some(&admin),
+            Some(json!({ "roles": ["user"] })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = app
+        .call(Method::GET, "/v1/admin/events", Some(&key), None)
+        .await;
+    assert_eq!(status, 403, "{body}");
+    let (status, _) = app
+        .call(
+            Method::PUT,
+            &format!("{path}/roles"),
+            Some(&admin),
+            Some(json!({ "roles": ["root"] })),
+        )
+        .await;
+    assert_eq!(status, 422);
+    app.stop().await;
+}

@@ -189,6 +189,50 @@ impl Access {
         .ok_or(ApiError::NotFound)
     }
 
+    /// Replaces the roles of service account `id` (`user` always among them): its keys have
+    /// the new roles from the next request on. The same roles again record nothing.
+    pub async fn set_service_account_roles(
+        &self,
+        metadata: Metadata,
+        id: Uuid,
+        roles: &[String],
+    ) -> Result<ServiceAccountView, ApiError> {
+        let mut tx = self.pool.begin().await?;
+        let current: Option<Vec<String>> = sqlx::query_scalar(
+            "select roles from service_accounts
+              where account_id = $1 and deleted_at is null for update",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(current) = current else {
+            return Err(ApiError::NotFound);
+        };
+        if current != roles {
+            self.store
+                .append_in(
+                    &mut tx,
+                    Append::to(StreamId::service_account(id))
+                        .expecting(ExpectedVersion::Any)
+                        .event(
+                            ServiceAccountEvent::ServiceAccountRolesChanged {
+                                roles: roles.to_vec(),
+                            }
+                            .to_new_event(),
+                        )
+                        .metadata(metadata),
+                )
+                .await?;
+            sqlx::query("update service_accounts set roles = $2 where account_id = $1")
+                .bind(id)
+                .bind(roles)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        self.service_account(id).await
+    }
+
     /// Disables, enables or deletes service account `id`; disabling and deleting revoke its
     /// keys in the same transaction. A change to the state it is in records nothing.
     pub async fn change_service_account(

@@ -109,7 +109,7 @@ impl PathParam for KeyId {
 
 /// Refuses scopes the owner's roles give nothing to: `admin` without any administration
 /// permission, `audit:read` without reading the log or the audit.
-pub(crate) fn check_scopes_against_roles(spec: &KeySpec, roles: &[String]) -> Result<(), ApiError> {
+fn check_scopes_against_roles(spec: &KeySpec, roles: &[String]) -> Result<(), ApiError> {
     for scope in &spec.scopes {
         let useful = match scope {
             Scope::Admin => Permission::ALL.iter().any(|p| granted(roles, *p)),
@@ -143,17 +143,42 @@ pub async fn create_key(
     user: AuthUser,
     ApiJson(body): ApiJson<CreateKeyRequest>,
 ) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
-    let spec = KeySpec::parse(&body.name, &body.scopes, body.expires_at, Utc::now())?;
-    check_scopes_against_roles(&spec, &user.current_roles(&state).await?)?;
+    let roles = user.current_roles(&state).await?;
     let owner = KeyOwner {
         id: user.user_id,
         service_account: false,
     };
+    make_key(&state, ctx.metadata(user.actor()), owner, &roles, &body).await
+}
+
+/// Makes a key for `owner`, whose roles are `roles`, as `body` asks: 201 with the key.
+pub(crate) async fn make_key(
+    state: &AppState,
+    metadata: idp_events::Metadata,
+    owner: KeyOwner,
+    roles: &[String],
+    body: &CreateKeyRequest,
+) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
+    let spec = KeySpec::parse(&body.name, &body.scopes, body.expires_at, Utc::now())?;
+    check_scopes_against_roles(&spec, roles)?;
+    let made = state.access.create_key(metadata, owner, &spec).await?;
+    tracing::info!(api_key.id = %made.view.id, service_account = owner.service_account, "API key made");
+    Ok((StatusCode::CREATED, Json(made.into())))
+}
+
+/// Rotates `owner`'s key `key_id` with the grace period `body` asks for: 201 with the new key.
+pub(crate) async fn rotate(
+    state: &AppState,
+    metadata: idp_events::Metadata,
+    owner: KeyOwner,
+    key_id: Uuid,
+    body: &[u8],
+) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
+    let grace = rotation_grace(body)?;
     let made = state
         .access
-        .create_key(ctx.metadata(user.actor()), owner, &spec)
+        .rotate_key(metadata, owner, key_id, grace)
         .await?;
-    tracing::info!(api_key.id = %made.view.id, "API key made");
     Ok((StatusCode::CREATED, Json(made.into())))
 }
 
@@ -209,21 +234,16 @@ pub async fn rotate_key(
     ApiPath(KeyId(id)): ApiPath<KeyId>,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
-    let grace = rotation_grace(&body)?;
     let owner = KeyOwner {
         id: user.user_id,
         service_account: false,
     };
-    let made = state
-        .access
-        .rotate_key(ctx.metadata(user.actor()), owner, id, grace)
-        .await?;
-    Ok((StatusCode::CREATED, Json(made.into())))
+    rotate(&state, ctx.metadata(user.actor()), owner, id, &body).await
 }
 
 /// The grace period a rotation's body asks for: an empty body asks for the default; anything
 /// else must be a [`RotateKeyRequest`].
-pub(crate) fn rotation_grace(body: &[u8]) -> Result<u64, ApiError> {
+fn rotation_grace(body: &[u8]) -> Result<u64, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(DEFAULT_ROTATION_GRACE_SECS);
     }

@@ -4,17 +4,14 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
-use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::api_keys::{
-    ApiKeys, CreateKeyRequest, CreatedKey, check_scopes_against_roles, rotation_grace,
-};
-use crate::access::api_keys::{KeyOwner, KeySpec};
+use super::api_keys::{ApiKeys, CreateKeyRequest, CreatedKey, make_key, rotate};
+use crate::access::api_keys::KeyOwner;
 use crate::access::service_accounts::{AccountSpec, ServiceAccountView, StateChange};
 use crate::auth::permissions::{ManageServiceAccounts, Permitted};
 use crate::error::ApiError;
@@ -32,6 +29,7 @@ pub fn router() -> Router<AppState> {
             "/v1/admin/service-accounts/{id}",
             get(get_account).delete(delete_account),
         )
+        .route("/v1/admin/service-accounts/{id}/roles", put(set_roles))
         .route(
             "/v1/admin/service-accounts/{id}/disable",
             post(disable_account),
@@ -67,6 +65,15 @@ pub struct CreateAccountRequest {
     pub description: Option<String>,
     /// Its roles (`user` is always among them); absent: `user` only.
     #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+/// A service account's new roles.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"roles": ["user", "admin"]}))]
+pub struct SetRolesRequest {
+    /// Its roles (`user` is always among them).
     pub roles: Vec<String>,
 }
 
@@ -131,6 +138,32 @@ pub async fn get_account(
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Json<ServiceAccountView>, ApiError> {
     Ok(Json(state.access.service_account(id).await?))
+}
+
+/// Replaces a service account's roles (`ServiceAccountRolesChanged`); its keys act with the new
+/// roles from the next request on.
+#[utoipa::path(put, path = "/v1/admin/service-accounts/{id}/roles", tag = "admin", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The service account")),
+    request_body = SetRolesRequest,
+    responses((status = 200, description = "The service account with its new roles", body = ServiceAccountView),
+              (status = 403, description = "The caller's roles do not grant this (docs/identity.md, Roles)"),
+              (status = 404, description = "No such service account"),
+              (status = 422, description = "An unknown role")))]
+#[tracing::instrument(name = "admin.service_accounts.roles", skip_all)]
+pub async fn set_roles(
+    State(state): State<AppState>,
+    ctx: ClientContext,
+    Permitted { user: admin, .. }: Permitted<ManageServiceAccounts>,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(body): ApiJson<SetRolesRequest>,
+) -> Result<Json<ServiceAccountView>, ApiError> {
+    let account = state.access.service_account(id).await?;
+    let roles = AccountSpec::parse(&account.name, None, &body.roles)?.roles;
+    let view = state
+        .access
+        .set_service_account_roles(ctx.metadata(admin.actor()), id, &roles)
+        .await?;
+    Ok(Json(view))
 }
 
 async fn change(
@@ -221,18 +254,18 @@ pub async fn create_key(
             "the service account is disabled; enable it first".into(),
         ));
     }
-    let spec = KeySpec::parse(&body.name, &body.scopes, body.expires_at, Utc::now())?;
-    check_scopes_against_roles(&spec, &account.roles)?;
     let owner = KeyOwner {
         id,
         service_account: true,
     };
-    let made = state
-        .access
-        .create_key(ctx.metadata(admin.actor()), owner, &spec)
-        .await?;
-    tracing::info!(api_key.id = %made.view.id, "API key made for a service account");
-    Ok((StatusCode::CREATED, Json(made.into())))
+    make_key(
+        &state,
+        ctx.metadata(admin.actor()),
+        owner,
+        &account.roles,
+        &body,
+    )
+    .await
 }
 
 /// A service account's keys that still work.
@@ -291,14 +324,9 @@ pub async fn rotate_key(
     ApiPath((id, key_id)): ApiPath<(Uuid, Uuid)>,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
-    let grace = rotation_grace(&body)?;
     let owner = KeyOwner {
         id,
         service_account: true,
     };
-    let made = state
-        .access
-        .rotate_key(ctx.metadata(admin.actor()), owner, key_id, grace)
-        .await?;
-    Ok((StatusCode::CREATED, Json(made.into())))
+    rotate(&state, ctx.metadata(admin.actor()), owner, key_id, &body).await
 }
