@@ -163,7 +163,7 @@ async fn main() -> anyhow::Result<()> {
         &templates_dir,
         // Requests and projects of one benchmark account are not a plan's business here.
         "--plans",
-        r#"{"bench":{"requests_per_minute":100000000,"live_projects":100000000,"monthly_spend_cents":100000000000}}"#,
+        r#"{"bench":{"requests_per_minute":60000000,"live_projects":100000000,"monthly_spend_cents":100000000000}}"#,
         "--default-plan",
         "bench",
     ])?;

@@ -98,7 +98,7 @@ impl BenchApi {
             "1000000/60s",
             // Requests and projects of one benchmark account are not a plan's business here.
             "--plans",
-            r#"{"bench":{"requests_per_minute":100000000,"live_projects":100000000,"monthly_spend_cents":100000000000}}"#,
+            r#"{"bench":{"requests_per_minute":60000000,"live_projects":100000000,"monthly_spend_cents":100000000000}}"#,
             "--default-plan",
             "bench",
         ];
@@ -114,6 +114,11 @@ impl BenchApi {
             server,
             keys,
         })
+    }
+
+    /// Where its signing keys and development secrets are (another API may share them).
+    pub fn keys_dir(&self) -> &std::path::Path {
+        &self.keys
     }
 
     /// Stops the API (it must end cleanly) and removes its keys.

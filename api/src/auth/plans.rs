@@ -11,6 +11,10 @@ use utoipa::ToSchema;
 /// The plans idp has when `PLANS` is not set.
 pub const DEFAULT_PLANS: &str = r#"{"free":{"requests_per_minute":600,"live_projects":10,"monthly_spend_cents":2000},"pro":{"requests_per_minute":6000,"live_projects":100,"monthly_spend_cents":50000}}"#;
 
+/// The most requests a minute a plan may allow: one a microsecond, the finest the shared
+/// buckets count.
+pub const MAX_REQUESTS_PER_MINUTE: u32 = 60_000_000;
+
 /// What one plan allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -60,9 +64,9 @@ impl FromStr for Plans {
             if !label {
                 return Err(format!("plan name {name:?}: 1 to 32 of a-z, 0-9, - and _"));
             }
-            if plan.requests_per_minute == 0 {
+            if !(1..=MAX_REQUESTS_PER_MINUTE).contains(&plan.requests_per_minute) {
                 return Err(format!(
-                    "plan {name}: requests_per_minute must be at least 1"
+                    "plan {name}: requests_per_minute must be 1 to {MAX_REQUESTS_PER_MINUTE}"
                 ));
             }
         }
@@ -97,7 +101,16 @@ mod tests {
             refused(
                 r#"{"free":{"requests_per_minute":0,"live_projects":1,"monthly_spend_cents":0}}"#
             )
-            .contains("at least 1")
+            .contains("1 to 60000000")
+        );
+        assert!(
+            refused(r#"{"free":{"requests_per_minute":60000001,"live_projects":1,"monthly_spend_cents":0}}"#)
+                .contains("1 to 60000000")
+        );
+        assert!(
+            r#"{"free":{"requests_per_minute":60000000,"live_projects":1,"monthly_spend_cents":0}}"#
+                .parse::<Plans>()
+                .is_ok()
         );
         assert!(
             refused(r#"{"free":{"requests_per_minute":1,"live_projects":1}}"#)

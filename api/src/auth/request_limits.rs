@@ -212,7 +212,8 @@ impl RequestLimiter {
 
     /// Takes a lease from the shared bucket.
     async fn lease(&self, counted: Counted, per_minute: u32) -> Result<Lease, sqlx::Error> {
-        let emission = WINDOW / per_minute;
+        // The database keeps times to the microsecond: a finer emission would be none at all.
+        let emission = (WINDOW / per_minute).max(Duration::from_micros(1));
         let want = (per_minute / LEASE_DIVISOR).max(1);
         let (granted, next_tat, now): (i32, DateTime<Utc>, DateTime<Utc>) = sqlx::query_as(
             "select granted, next_tat, now() from rate_limit_lease($1, $2,
@@ -363,6 +364,22 @@ mod tests {
                 .await
                 .unwrap();
             assert!(matches!(other, RateDecision::Allowed(_)), "{other:?}");
+        }
+
+        #[sqlx::test(migrations = "../migrations")]
+        async fn the_largest_plan_is_counted_not_refused(pool: PgPool) {
+            // Past one request a microsecond (the configuration refuses such plans) the
+            // emission stays the finest the database keeps, instead of none (a division by
+            // zero in the lease).
+            let limiter = RequestLimiter::new(pool, true);
+            let account = Counted::Account(Uuid::now_v7());
+            for _ in 0..3 {
+                let decision = limiter
+                    .check(account, 2 * crate::auth::plans::MAX_REQUESTS_PER_MINUTE)
+                    .await
+                    .unwrap();
+                assert!(matches!(decision, RateDecision::Allowed(_)), "{decision:?}");
+            }
         }
 
         #[sqlx::test(migrations = "../migrations")]
