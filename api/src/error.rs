@@ -140,21 +140,25 @@ pub struct Problem {
     /// The request's `x-request-id`, to quote when reporting the problem.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
-    /// For a 402: the limit the request would exceed.
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    pub quota: Option<QuotaProblem>,
+    /// For a 402: the limit the request would exceed, `live_projects` or
+    /// `monthly_spend_cents`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub limit: Option<&'static str>,
+    /// For a 402: what the account uses now (live projects, or their monthly cost in cents).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<u64>,
+    /// For a 402: the limit's value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cap: Option<u64>,
 }
 
 /// What a 402 names: the limit, the account's usage and the limit's value.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct QuotaProblem {
-    /// `live_projects` or `monthly_spend_cents`.
-    #[schema(value_type = String, example = "live_projects")]
-    pub limit: &'static str,
-    /// What the account uses now (live projects, or their monthly cost in cents).
-    pub usage: u64,
-    /// The limit's value.
-    pub cap: u64,
+#[derive(Debug, Clone, Copy)]
+struct QuotaProblem {
+    limit: &'static str,
+    usage: u64,
+    cap: u64,
 }
 
 tokio::task_local! {
@@ -396,7 +400,9 @@ fn problem_with(
         status: status.as_u16(),
         detail,
         request_id: REQUEST_ID.try_with(Clone::clone).ok(),
-        quota,
+        limit: quota.map(|q| q.limit),
+        usage: quota.map(|q| q.usage),
+        cap: quota.map(|q| q.cap),
     };
     let mut response = (status, axum::Json(body)).into_response();
     response.headers_mut().insert(

@@ -221,7 +221,7 @@ pub async fn revoke_key(
 /// Recorded as `ApiKeyCreated` (naming the old key) and `ApiKeyRotated`.
 #[utoipa::path(post, path = "/v1/account/api-keys/{id}/rotate", tag = "account", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "A working key of the caller")),
-    request_body(content = RotateKeyRequest, description = "Optional (an empty body takes the default grace period)"),
+    request_body(content = Option<RotateKeyRequest>, description = "Optional (an empty body takes the default grace period)", example = json!({"grace_period_secs": 3600})),
     responses((status = 201, description = "The new key, shown this once", body = CreatedKey),
               (status = 403, description = "Asked with an API key"),
               (status = 404, description = "The caller has no such working key"),
@@ -280,6 +280,7 @@ pub async fn list_keys_of(
     params(("id" = Uuid, Path, description = "The account"),
            ("key_id" = Uuid, Path, description = "One of its keys")),
     responses((status = 204, description = "Revoked"),
+              (status = 400, description = "An id is not a UUID"),
               (status = 403, description = "The caller's roles do not grant this (docs/identity.md, Roles)"),
               (status = 404, description = "The account has no such key")))]
 #[tracing::instrument(name = "admin.users.revoke_api_key", skip_all, fields(user.id = %id))]

@@ -83,7 +83,7 @@ use crate::startup::AppState;
         super::projects::project_events,
         openapi_json, super::docs::page, super::docs::script, super::docs::style,
     ),
-    components(schemas(Problem, crate::error::QuotaProblem, Liveness, Readiness,
+    components(schemas(Problem, Liveness, Readiness,
         super::projects::StreamedEvent, super::admin_events::EventTypeName)),
     modifiers(&BearerAuth, &OperationsRoutes),
     tags((name = "auth", description = "Registration, sign-in, tokens and passwords"),

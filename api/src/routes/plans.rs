@@ -104,6 +104,7 @@ pub async fn set_limits(
     params(("id" = Uuid, Path, description = "The account")),
     request_body = SetPlanRequest,
     responses((status = 200, description = "The account's plan", body = PlanView),
+              (status = 400, description = "An id is not a UUID"),
               (status = 403, description = "The caller's roles do not grant this (docs/identity.md, Roles)"),
               (status = 404, description = "No such account"),
               (status = 422, description = "No such plan")))]

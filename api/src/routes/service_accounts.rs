@@ -146,6 +146,7 @@ pub async fn get_account(
     params(("id" = Uuid, Path, description = "The service account")),
     request_body = SetRolesRequest,
     responses((status = 200, description = "The service account with its new roles", body = ServiceAccountView),
+              (status = 400, description = "An id is not a UUID"),
               (status = 403, description = "The caller's roles do not grant this (docs/identity.md, Roles)"),
               (status = 404, description = "No such service account"),
               (status = 422, description = "An unknown role")))]
@@ -185,6 +186,7 @@ async fn change(
 #[utoipa::path(post, path = "/v1/admin/service-accounts/{id}/disable", tag = "admin", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "The service account")),
     responses((status = 204, description = "Disabled"),
+              (status = 400, description = "An id is not a UUID"),
               (status = 403, description = "The caller's roles do not grant this (docs/identity.md, Roles)"),
               (status = 404, description = "No such service account")))]
 #[tracing::instrument(name = "admin.service_accounts.disable", skip_all)]
@@ -201,6 +203,7 @@ pub async fn disable_account(
 #[utoipa::path(post, path = "/v1/admin/service-accounts/{id}/enable", tag = "admin", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "The service account")),
     responses((status = 204, description = "Enabled"),
+              (status = 400, description = "An id is not a UUID"),
               (status = 403, description = "The caller's roles do not grant this (docs/identity.md, Roles)"),
               (status = 404, description = "No such service account")))]
 #[tracing::instrument(name = "admin.service_accounts.enable", skip_all)]
@@ -218,6 +221,7 @@ pub async fn enable_account(
 #[utoipa::path(delete, path = "/v1/admin/service-accounts/{id}", tag = "admin", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "The service account")),
     responses((status = 204, description = "Deleted"),
+              (status = 400, description = "An id is not a UUID"),
               (status = 403, description = "The caller's roles do not grant this (docs/identity.md, Roles)"),
               (status = 404, description = "No such service account")))]
 #[tracing::instrument(name = "admin.service_accounts.delete", skip_all)]
@@ -236,6 +240,7 @@ pub async fn delete_account(
     params(("id" = Uuid, Path, description = "The service account")),
     request_body = CreateKeyRequest,
     responses((status = 201, description = "Made; the key is shown this once", body = CreatedKey),
+              (status = 400, description = "An id is not a UUID"),
               (status = 403, description = "The caller's roles do not grant this (docs/identity.md, Roles)"),
               (status = 404, description = "No such service account"),
               (status = 409, description = "The account is disabled, or has 50 working keys"),
@@ -272,6 +277,7 @@ pub async fn create_key(
 #[utoipa::path(get, path = "/v1/admin/service-accounts/{id}/api-keys", tag = "admin", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "The service account")),
     responses((status = 200, description = "Newest first", body = ApiKeys),
+              (status = 400, description = "An id is not a UUID"),
               (status = 403, description = "The caller's roles do not grant this (docs/identity.md, Roles)"),
               (status = 404, description = "No such service account")))]
 #[tracing::instrument(name = "admin.service_accounts.list_keys", skip_all)]
@@ -290,6 +296,7 @@ pub async fn list_keys(
     params(("id" = Uuid, Path, description = "The service account"),
            ("key_id" = Uuid, Path, description = "One of its keys")),
     responses((status = 204, description = "Revoked"),
+              (status = 400, description = "An id is not a UUID"),
               (status = 403, description = "The caller's roles do not grant this (docs/identity.md, Roles)"),
               (status = 404, description = "The account has no such key")))]
 #[tracing::instrument(name = "admin.service_accounts.revoke_key", skip_all)]
@@ -311,8 +318,9 @@ pub async fn revoke_key(
 #[utoipa::path(post, path = "/v1/admin/service-accounts/{id}/api-keys/{key_id}/rotate", tag = "admin", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "The service account"),
            ("key_id" = Uuid, Path, description = "One of its working keys")),
-    request_body(content = super::api_keys::RotateKeyRequest, description = "Optional (an empty body takes the default grace period)"),
+    request_body(content = Option<super::api_keys::RotateKeyRequest>, description = "Optional (an empty body takes the default grace period)", example = json!({"grace_period_secs": 3600})),
     responses((status = 201, description = "The new key, shown this once", body = CreatedKey),
+              (status = 400, description = "An id is not a UUID"),
               (status = 403, description = "The caller's roles do not grant this (docs/identity.md, Roles)"),
               (status = 404, description = "The account has no such working key"),
               (status = 422, description = "A grace period over 7 days")))]
