@@ -328,8 +328,9 @@ pub struct AuthUser {
     pub user_id: Uuid,
     /// The session the token belongs to, or the API key's id.
     pub session_id: Uuid,
-    /// Roles as of the token (a service account's as they are now; empty for a person's API
-    /// key: routes that need roles read them as they are now).
+    /// Roles as of the token (a service account's as its key's lookup read them, in this
+    /// request; empty for a person's API key: routes that need roles read them as they are
+    /// now).
     pub roles: Vec<String>,
     /// The API key the request was made with, if it was.
     pub key: Option<KeyGrant>,

@@ -75,6 +75,19 @@ fn is_unavailable_code(code: &str) -> bool {
     code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300")
 }
 
+/// Takes the transaction-level advisory lock named `name` (hashed to a key), held until the
+/// transaction on `conn` ends: what serialises decisions about one thing across API instances.
+pub async fn lock_until_commit(
+    conn: &mut sqlx::PgConnection,
+    name: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("select pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(name)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -389,11 +389,7 @@ struct Rotated {
 
 /// Serialises the key changes of one account (the count of its keys is checked under it).
 async fn lock_owner(tx: &mut PgConnection, owner: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query("select pg_advisory_xact_lock(hashtextextended('api-keys/' || $1::text, 0))")
-        .bind(owner)
-        .execute(&mut *tx)
-        .await?;
-    Ok(())
+    idp_ops::database::lock_until_commit(tx, &format!("api-keys/{owner}")).await
 }
 
 #[cfg(test)]

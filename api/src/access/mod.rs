@@ -32,7 +32,8 @@ pub struct Access {
     store: EventStore,
     pool: PgPool,
     plans: Arc<Plans>,
-    default_plan: Arc<str>,
+    /// `DEFAULT_PLAN` and what it allows.
+    default_plan: (Arc<str>, Plan),
     limiter: RequestLimiter,
     /// When each key's use was last written, so a busy key costs one write a minute.
     last_used: Arc<Mutex<HashMap<Uuid, Instant>>>,
@@ -65,17 +66,17 @@ impl Access {
         default_plan: &str,
         limiter: RequestLimiter,
     ) -> anyhow::Result<Self> {
-        if plans.get(default_plan).is_none() {
+        let Some(default) = plans.get(default_plan).copied() else {
             anyhow::bail!(
                 "DEFAULT_PLAN={default_plan:?} is not one of the plans of PLANS ({})",
                 plans.names().collect::<Vec<_>>().join(", ")
             );
-        }
+        };
         Ok(Self {
             pool: store.pool().clone(),
             store,
             plans: Arc::new(plans),
-            default_plan: default_plan.into(),
+            default_plan: (default_plan.into(), default),
             limiter,
             last_used: Arc::default(),
         })
@@ -88,7 +89,7 @@ impl Access {
 
     /// The plan of accounts that were put on none.
     pub fn default_plan(&self) -> &str {
-        &self.default_plan
+        &self.default_plan.0
     }
 
     /// The plan called `name` (as stored for an account) and what it allows; the default
@@ -97,13 +98,7 @@ impl Access {
         if let Some((name, plan)) = name.and_then(|n| Some((n, *self.plans.get(n)?))) {
             return (name, plan);
         }
-        // `new` checked that the default plan is configured.
-        let plan = self
-            .plans
-            .get(&self.default_plan)
-            .copied()
-            .unwrap_or(FALLBACK_PLAN);
-        (&self.default_plan, plan)
+        (&self.default_plan.0, self.default_plan.1)
     }
 
     /// Counts a request of `account` (with `key`, if made with one) under the plan `plan`:
@@ -195,18 +190,6 @@ impl Access {
             }
         });
     }
-
-    /// The current roles of the service account `id` (none when it is disabled or deleted).
-    pub async fn service_account_roles(&self, id: Uuid) -> Result<Vec<String>, ApiError> {
-        let roles: Option<Vec<String>> = sqlx::query_scalar(
-            "select roles from service_accounts
-              where account_id = $1 and disabled_at is null and deleted_at is null",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(roles.unwrap_or_default())
-    }
 }
 
 /// A working key's row, with its owner's plan and (for a service account) roles.
@@ -219,10 +202,3 @@ struct KeyRow {
     plan: Option<String>,
     roles: Option<Vec<String>>,
 }
-
-/// Never used: the default plan is configured (checked at start).
-const FALLBACK_PLAN: Plan = Plan {
-    requests_per_minute: 60,
-    live_projects: 0,
-    monthly_spend_cents: 0,
-};

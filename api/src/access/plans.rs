@@ -289,9 +289,5 @@ async fn usage(conn: &mut PgConnection, owner: Uuid) -> Result<(u64, u64), ApiEr
 
 /// Serialises the plan changes and quota checks of one account.
 async fn lock_account(tx: &mut PgConnection, account: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query("select pg_advisory_xact_lock(hashtextextended('plan/' || $1::text, 0))")
-        .bind(account)
-        .execute(&mut *tx)
-        .await?;
-    Ok(())
+    idp_ops::database::lock_until_commit(tx, &format!("plan/{account}")).await
 }

@@ -175,10 +175,10 @@ impl AuthUser {
     }
 
     /// The roles of the caller's account as they are now: a person's folded from their
-    /// stream, a service account's from its row (none once disabled or deleted).
+    /// stream, a service account's as this request's key lookup read them from its row.
     pub async fn current_roles(&self, state: &AppState) -> Result<Vec<String>, ApiError> {
         if self.key.as_ref().is_some_and(|k| k.service_account) {
-            state.access.service_account_roles(self.user_id).await
+            Ok(self.roles.clone())
         } else {
             Ok(state.identity.load_user(self.user_id).await?.roles)
         }

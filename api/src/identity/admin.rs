@@ -161,10 +161,7 @@ impl Identity {
         conn: &mut PgConnection,
         user_id: Uuid,
     ) -> Result<(User, usize), IdentityError> {
-        sqlx::query("select pg_advisory_xact_lock(hashtextextended($1, 0))")
-            .bind(ADMINS_GUARD)
-            .execute(&mut *conn)
-            .await?;
+        idp_ops::database::lock_until_commit(conn, ADMINS_GUARD).await?;
         let admins: Vec<Uuid> =
             sqlx::query_scalar("select user_id from admin_accounts where user_id <> $1")
                 .bind(user_id)

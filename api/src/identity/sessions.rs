@@ -386,10 +386,7 @@ pub(super) async fn lock_sessions(
     conn: &mut PgConnection,
     user_id: Uuid,
 ) -> Result<(), IdentityError> {
-    sqlx::query("select pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind(sessions_lock(user_id))
-        .execute(conn)
-        .await?;
+    idp_ops::database::lock_until_commit(conn, &sessions_lock(user_id)).await?;
     Ok(())
 }
 
