@@ -93,6 +93,26 @@ idp_test_python() {
         idp_die "could not install $requirements into $venv"
 }
 
+# idp_test_node: makes sure `node` and `npm` exist (Debian's nodejs and npm if missing) and that
+# scripts/oidc-provider/node_modules, the tests' OpenID Connect provider (oidc-provider), is what
+# its package-lock.json says: runs `npm ci` there when it is missing or was installed from
+# another lockfile (node_modules/.idp-lock-sha256 records the lockfile of the last install).
+idp_test_node() {
+    local dir="$IDP_ROOT/scripts/oidc-provider" want have=""
+    if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+        idp_apt_install "the tests' OpenID Connect provider needs Node.js" nodejs npm
+    fi
+    [[ -f $dir/package-lock.json ]] || idp_die "$dir/package-lock.json is missing"
+    want="$(sha256sum "$dir/package-lock.json")"
+    want="${want%% *}"
+    [[ -f $dir/node_modules/.idp-lock-sha256 ]] && have="$(<"$dir/node_modules/.idp-lock-sha256")"
+    [[ -f $dir/node_modules/.package-lock.json && $have == "$want" ]] && return 0
+    idp_say "installing the tests' OpenID Connect provider (npm ci in scripts/oidc-provider)"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error) ||
+        idp_die "npm ci in $dir failed"
+    printf '%s\n' "$want" >"$dir/node_modules/.idp-lock-sha256"
+}
+
 # Splits a URL (scheme://[user[:password]@]host[:port][/path][?query]) into the globals
 # URL_SCHEME, URL_USERINFO, URL_USER, URL_HOST, URL_PORT, URL_PATH and URL_QUERY.
 # URL_HOST has no brackets for IPv6 literals; URL_PORT is empty when the URL has none.

@@ -89,6 +89,46 @@ pub struct Config {
     /// Plans and their limits.
     #[command(flatten)]
     pub plans: PlansConfig,
+
+    /// Federated sign-in.
+    #[command(flatten)]
+    pub federation: FederationConfig,
+}
+
+/// Federated sign-in: OpenID Connect issuers and GitHub (`docs/identity.md`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct FederationConfig {
+    /// The identity providers, as a JSON list: `[{"id": "google", "kind": "oidc", "issuer":
+    /// "https://accounts.google.com", "client_id": "...", "client_secret": "..."}, ...]`
+    /// (fields in docs/identity.md). Holds client secrets: never logged. Empty: passwords only.
+    #[arg(long, env = "AUTH_PROVIDERS", value_name = "AUTH_PROVIDERS")]
+    pub auth_providers: Option<SecretString>,
+
+    /// A file holding the `AUTH_PROVIDERS` list instead (not both).
+    #[arg(long, env = "AUTH_PROVIDERS_FILE", value_name = "AUTH_PROVIDERS_FILE")]
+    pub auth_providers_file: Option<PathBuf>,
+
+    /// The public base of idp as browsers reach it (the web front end, which routes `/v1` to
+    /// this API): providers redirect to `{PUBLIC_BASE_URL}/v1/auth/oidc/{id}/callback`, and its
+    /// origin may be a `return_to` (as may `CORS_ALLOWED_ORIGINS`).
+    #[arg(
+        long,
+        env = "PUBLIC_BASE_URL",
+        value_name = "PUBLIC_BASE_URL",
+        default_value = "http://localhost:8080"
+    )]
+    pub public_base_url: url::Url,
+
+    /// Seconds a session started through a provider lasts at most before the person must sign
+    /// in there again (so that closing their account there ends their access here).
+    #[arg(long, env = "PROVIDER_SESSION_MAX_AGE", value_name = "PROVIDER_SESSION_MAX_AGE", default_value_t = 43_200,
+          value_parser = clap::value_parser!(u64).range(60..=2_592_000))]
+    pub provider_session_max_age: u64,
+
+    /// Key ring (`id:secret`, comma-separated) that signs the cookie of a federated sign-in in
+    /// progress; unset: the development ring `SECRETS_DIR/federation-state.keys`.
+    #[arg(long, env = "FEDERATION_STATE_KEYS", value_name = "FEDERATION_STATE_KEYS")]
+    pub federation_state_keys: Option<SecretString>,
 }
 
 /// Plans, quotas and the rate limits of authenticated routes (`docs/plans.md`).
@@ -394,6 +434,8 @@ mod tests {
             "https://captcha.example/siteverify",
             "--captcha-secret",
             "captcha-secret-3",
+            "--auth-providers",
+            r#"[{"id": "g", "kind": "github", "client_id": "c", "client_secret": "provider-secret-4"}]"#,
         ])
         .unwrap();
         let debug = format!("{config:?}");
@@ -405,6 +447,7 @@ mod tests {
             "digest-ring-secret",
             "admin-password-secret",
             "captcha-secret-3",
+            "provider-secret-4",
         ] {
             assert!(!debug.contains(secret), "{secret} in {debug}");
         }

@@ -48,6 +48,17 @@ pub enum ApiError {
         /// The limit's value.
         cap: u64,
     },
+    /// A refusal with a problem type of its own (federated sign-in: `provider-refused`,
+    /// `federation-state-invalid`, `link-required`, ...); `detail` says what to do.
+    #[error("{detail}")]
+    Refused {
+        /// The status (4xx, or 502 when an identity provider failed).
+        status: StatusCode,
+        /// The problem type's slug.
+        slug: &'static str,
+        /// What happened.
+        detail: String,
+    },
     /// 403: authenticated, but not allowed.
     #[error("forbidden")]
     Forbidden,
@@ -176,6 +187,7 @@ impl ApiError {
             | Self::CaptchaRefused
             | Self::MalformedApiKey(_) => StatusCode::UNAUTHORIZED,
             Self::QuotaExceeded { .. } => StatusCode::PAYMENT_REQUIRED,
+            Self::Refused { status, .. } => *status,
             Self::Forbidden
             | Self::SecondFactorEnrolmentRequired
             | Self::MissingScope(_)
@@ -206,6 +218,7 @@ impl ApiError {
             Self::Forbidden => "forbidden",
             Self::MalformedApiKey(_) => "malformed-api-key",
             Self::QuotaExceeded { .. } => "quota-exceeded",
+            Self::Refused { slug, .. } => slug,
             Self::MissingScope(_) => "insufficient-scope",
             Self::SessionRequired => "session-required",
             Self::SecondFactorRefused => "second-factor-refused",
@@ -220,6 +233,17 @@ impl ApiError {
             Self::Unavailable | Self::RetryLater { .. } => "unavailable",
             Self::Overloaded { .. } => "overloaded",
             Self::Internal(_) => "internal",
+        }
+    }
+}
+
+impl ApiError {
+    /// [`ApiError::Refused`] with `err`'s text as the detail.
+    pub fn refused(status: StatusCode, slug: &'static str, err: &impl std::fmt::Display) -> Self {
+        Self::Refused {
+            status,
+            slug,
+            detail: err.to_string(),
         }
     }
 }
@@ -327,7 +351,8 @@ impl IntoResponse for ApiError {
             | Self::Conflict(detail)
             | Self::BadRequest(detail)
             | Self::Unprocessable(detail)
-            | Self::Gone(detail) => Some(detail.clone()),
+            | Self::Gone(detail)
+            | Self::Refused { detail, .. } => Some(detail.clone()),
             Self::QuotaExceeded {
                 limit,
                 usage,

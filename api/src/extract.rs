@@ -185,6 +185,21 @@ impl PathParam for String {
     const WHAT: &'static str = "UTF-8 text";
 }
 
+/// An optional JSON body: empty (or only white space) is `None`; anything else must be a `T`
+/// (400 if it is not JSON, 422 if it is JSON that `T` refuses).
+pub fn optional_json<T: DeserializeOwned>(body: &[u8]) -> Result<Option<T>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(body).map(Some).map_err(|e| {
+        if e.is_data() {
+            ApiError::Unprocessable(e.to_string())
+        } else {
+            ApiError::BadRequest(e.to_string())
+        }
+    })
+}
+
 /// Path parameters read into `T`. A parameter that is not a `T` gets `T`'s answer
 /// ([`PathParam::refused`]): a 400 naming the parameter unless the type says otherwise.
 #[derive(Debug, Clone, Copy, Default)]

@@ -10,6 +10,7 @@ pub mod client_device;
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod federation;
 pub mod identity;
 pub mod projects;
 pub mod routes;

@@ -28,6 +28,8 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 use crate::access::Access;
+use crate::federation::providers::{self, ProviderConfig};
+use crate::federation::{Federation, FederationSettings};
 use crate::auth::captcha::Verifier;
 use crate::auth::keys::KeyRing;
 use crate::auth::password::{HashParams, Hasher};
@@ -69,6 +71,8 @@ pub struct Services {
     pub identity: Identity,
     /// Service accounts, API keys, plans and their limits.
     pub access: Access,
+    /// Federated sign-in (`AUTH_PROVIDERS`).
+    pub federation: Federation,
     /// The project templates.
     pub catalogue: Arc<Catalogue>,
     /// Wake-ups for the project event streams (one LISTEN connection per process).
@@ -130,10 +134,13 @@ impl Application {
             &config.plans.default_plan,
             RequestLimiter::new(pool.clone(), config.plans.rate_limit_requests),
         )?;
+        let federation = Federation::new(federation_settings(config)?, pool.clone())
+            .context("while setting up the identity providers (AUTH_PROVIDERS)")?;
         let state = AppState(Arc::new(Services {
             store,
             identity,
             access,
+            federation,
             catalogue,
             log_watch: log_watch.clone(),
             database_keys,
@@ -380,6 +387,49 @@ fn http_span(request: &Request) -> tracing::Span {
         span.record("correlation_id", tracing::field::display(correlation));
     }
     span
+}
+
+/// The providers of `AUTH_PROVIDERS` or `AUTH_PROVIDERS_FILE`, the origins a `return_to` may
+/// name, and the key that signs flows.
+fn federation_settings(config: &Config) -> anyhow::Result<FederationSettings> {
+    let f = &config.federation;
+    let providers: Vec<ProviderConfig> = match (&f.auth_providers, &f.auth_providers_file) {
+        (Some(_), Some(_)) => {
+            anyhow::bail!("set AUTH_PROVIDERS or AUTH_PROVIDERS_FILE, not both")
+        }
+        (Some(json), None) => providers::parse("AUTH_PROVIDERS", json.expose_secret())?,
+        (None, Some(path)) => {
+            let json = std::fs::read_to_string(path).with_context(|| {
+                format!("while reading AUTH_PROVIDERS_FILE {}", path.display())
+            })?;
+            providers::parse(&format!("AUTH_PROVIDERS_FILE {}", path.display()), &json)?
+        }
+        (None, None) => Vec::new(),
+    };
+    let base = &f.public_base_url;
+    if !matches!(base.scheme(), "http" | "https") || base.query().is_some() {
+        anyhow::bail!("PUBLIC_BASE_URL must be an http(s) URL without a query, not {base}");
+    }
+    let mut return_origins = vec![base.origin().ascii_serialization()];
+    return_origins.extend(
+        config
+            .cors_allowed_origins
+            .iter()
+            .map(|o| o.trim().trim_end_matches('/').to_owned())
+            .filter(|o| !o.is_empty()),
+    );
+    let flow_keys = config.common.key_ring(
+        "FEDERATION_STATE_KEYS",
+        f.federation_state_keys.as_ref(),
+        "federation-state",
+    )?;
+    Ok(FederationSettings {
+        providers,
+        public_base_url: base.clone(),
+        return_origins,
+        session_max_age: Duration::from_secs(f.provider_session_max_age),
+        flow_keys,
+    })
 }
 
 /// Builds the identity service: signing keys, the one-time token key, the hasher, and the first

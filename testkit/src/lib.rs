@@ -14,6 +14,8 @@
 //!   client of a running API.
 //! - [`proxy`], [`smtp`], [`webhook`]: the fault-injecting TCP proxy, the SMTP sink and the
 //!   provisioning webhook server.
+//! - [`oidc_provider`]: the OpenID Connect provider `oidc-provider` (Node.js), run for real;
+//!   [`fake_idp`]: an OpenID Connect issuer that misbehaves on request, and a GitHub OAuth server.
 //! - [`clock`]: waiting for a condition with a deadline, timing statistics, RFC 3339 instants.
 //! - [`metrics`]: exclusive use of the process's metrics registry.
 //! - [`process`]: binaries run as child processes (SIGTERM, their output).
@@ -25,10 +27,12 @@
 pub mod broker;
 pub mod clock;
 pub mod database;
+pub mod fake_idp;
 pub mod http;
 pub mod keys;
 pub mod log;
 pub mod metrics;
+pub mod oidc_provider;
 pub mod process;
 pub mod proxy;
 pub mod server;

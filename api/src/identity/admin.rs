@@ -9,6 +9,7 @@ use idp_events::{Append, ExpectedVersion, Metadata, StreamId};
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
+use super::register::NewAccount;
 use super::sessions::lock_sessions;
 use super::{Identity, IdentityError, LockOutcome, reset_failures, set_admin};
 use crate::auth::password;
@@ -217,7 +218,18 @@ impl Identity {
             let hash = self.hasher.hash(password).await?;
             let roles = vec![user::ROLE_USER.to_owned(), user::ROLE_ADMIN.to_owned()];
             match self
-                .create_account(Uuid::now_v7(), email, None, roles, true, &hash, &meta)
+                .create_account(
+                    NewAccount {
+                        id: Uuid::now_v7(),
+                        email,
+                        display_name: None,
+                        roles,
+                        verified: true,
+                        password_hash: Some(&hash),
+                        identity: None,
+                    },
+                    &meta,
+                )
                 .await
             {
                 Err(err) if err.is_conflict() => continue,

@@ -6,7 +6,7 @@
 //! ever written about them reads as `"[erased]"`), every session ends, and the rows of the
 //! person in the identity tables go: credentials, login state, pending registrations, the
 //! address reservation (the address can be registered again, as a new account), idempotency
-//! keys, API keys and the rate-limit buckets of their address. The read models (users directory, audit
+//! keys, API keys, linked identities and the rate-limit buckets of their address. The read models (users directory, audit
 //! view) follow from `PersonErased` in the worker, and the email worker drops what it had not
 //! sent yet. Projects the person owns stay, owned by the erased account, visible to
 //! administrators (their names and parameters are not personal data).
@@ -108,6 +108,9 @@ impl Identity {
             "delete from admin_accounts where user_id = $1",
             // Their API keys stop, and their names (which the log holds sealed) go.
             "delete from api_keys where owner_id = $1",
+            // Their linked identities stop signing in (the log's copy is sealed, now unreadable).
+            "delete from external_identities where user_id = $1",
+            "delete from federated_login_codes where user_id = $1",
             "delete from refresh_tokens t using sessions s
               where t.session_id = s.session_id and s.user_id = $1",
             "update sessions set device = null, network = null, agent_digest = null

@@ -12,6 +12,8 @@ use uuid::Uuid;
 
 use crate::auth::password::{HashError, PasswordError};
 use crate::auth::tokens::TokenError;
+use axum::http::StatusCode;
+
 use crate::error::ApiError;
 
 /// An identity use case that did not go through.
@@ -93,6 +95,26 @@ pub enum IdentityError {
         /// Seconds to wait.
         retry_after_secs: u64,
     },
+    /// A federated sign-in of an account whose address is not confirmed: the link emailed
+    /// confirms it. 403 `email-unverified`.
+    #[error("the account's email address is not confirmed yet: use the link we emailed")]
+    EmailUnverified,
+    /// A first federated sign-in without an address from the provider. 403
+    /// `provider-email-required`.
+    #[error("the provider gave no email address: allow idp to read it (scope email) and try again")]
+    ProviderEmailMissing,
+    /// A first federated sign-in whose address belongs to an account, from a provider not
+    /// trusted to link it (or that did not assert the address verified). 409 `link-required`.
+    #[error(
+        "an account has this email address: sign in with its password, then link {0} from the account (POST /v1/account/identities/{0}/link)"
+    )]
+    LinkRequired(String),
+    /// The provider's account is linked to another idp account. 409.
+    #[error("this account of {0} is linked to another idp account")]
+    IdentityTaken(String),
+    /// Linking or unlinking refused by the account's state. 409.
+    #[error(transparent)]
+    Linking(UserError),
     /// The event log failed an append, or refused an event as malformed.
     #[error(transparent)]
     Append(AppendError),
@@ -172,6 +194,8 @@ impl From<UserError> for IdentityError {
                 Self::LastAdmin(err)
             }
             UserError::ConsentTextChanged { .. } => Self::Outdated(err),
+            UserError::NoSuchIdentity => Self::NotFound,
+            UserError::ProviderLinked(_) | UserError::LastSignInMethod => Self::Linking(err),
             other => Self::Refused(other),
         }
     }
@@ -206,7 +230,14 @@ impl From<IdentityError> for ApiError {
             E::SecondFactorState(detail) => Self::Conflict(detail.to_owned()),
             E::NotFound => Self::NotFound,
             E::Erased => Self::Gone(err.to_string()),
+            E::EmailUnverified => Self::refused(StatusCode::FORBIDDEN, "email-unverified", &err),
+            E::ProviderEmailMissing => {
+                Self::refused(StatusCode::FORBIDDEN, "provider-email-required", &err)
+            }
+            E::LinkRequired(_) => Self::refused(StatusCode::CONFLICT, "link-required", &err),
             E::EmailTaken
+            | E::IdentityTaken(_)
+            | E::Linking(_)
             | E::AlreadyVerified
             | E::KeptChanging
             | E::LastAdmin(_)

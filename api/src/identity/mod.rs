@@ -14,6 +14,7 @@ mod email_requests;
 mod erasure;
 mod error;
 mod export;
+mod federated;
 mod passwords;
 mod register;
 mod second_factor;
@@ -38,6 +39,8 @@ pub use self::consents::{ConsentView, consent_views};
 pub use self::erasure::{Eraser, ErasureOutcome};
 pub use self::error::IdentityError;
 pub use self::export::PersonalExport;
+pub use self::federated::{Assertion, IdentityView, LOGIN_CODE_TTL_SECS};
+pub use self::sign_in::FederatedSession;
 pub use self::second_factor::{Enrolment, SecondFactorChallenge, SignIn};
 pub use self::sessions::{OtherSessionsRevoked, SessionView};
 use crate::auth::password::{self, ClientShares, Hasher};
@@ -138,6 +141,8 @@ pub struct Identity {
     address_digest_keys: Arc<SecretKeys>,
     email_index: BlindIndex,
     rate_index: BlindIndex,
+    /// Blind indexes of external identities (provider and subject).
+    identity_index: BlindIndex,
     limits: Limits,
     session_ttl: chrono::Duration,
     /// `SESSION_BINDING`.
@@ -181,6 +186,7 @@ impl Identity {
             email_keys: Arc::new(keys.email_tokens),
             address_digest_keys: Arc::new(keys.address_digest),
             email_index: BlindIndex::new(keys.email_index.clone(), "email"),
+            identity_index: BlindIndex::new(keys.email_index.clone(), "external-identity"),
             rate_index: BlindIndex::new(keys.email_index, "rate-limit-key"),
             limits: Limits {
                 login_per_ip: config.login_per_ip,

@@ -10,8 +10,27 @@ use sqlx::Connection;
 use uuid::Uuid;
 
 use super::{EMAIL_SCOPE, Identity, IdentityError, roles_grant_admin, set_admin};
+use super::federated::Assertion;
 use crate::auth::password;
 use crate::extract::ClientContext;
+
+/// An account to create ([`Identity::create_account`]).
+pub(super) struct NewAccount<'a> {
+    /// Its id.
+    pub id: Uuid,
+    /// Its address.
+    pub email: &'a Email,
+    /// A name to show.
+    pub display_name: Option<String>,
+    /// Its roles.
+    pub roles: Vec<String>,
+    /// Whether the address counts as confirmed already.
+    pub verified: bool,
+    /// The hash of its password (`None`: it signs in through a provider only).
+    pub password_hash: Option<&'a str>,
+    /// The provider identity it is made for, linked with it.
+    pub identity: Option<&'a Assertion>,
+}
 
 impl Identity {
     /// Registers an account. A taken address gets, instead, a pending registration of its own
@@ -46,12 +65,15 @@ impl Identity {
                 None => {
                     let id = Uuid::now_v7();
                     self.create_account(
-                        id,
-                        email,
-                        display_name.clone(),
-                        vec![user::ROLE_USER.into()],
-                        false,
-                        &hash,
+                        NewAccount {
+                            id,
+                            email,
+                            display_name: display_name.clone(),
+                            roles: vec![user::ROLE_USER.into()],
+                            verified: false,
+                            password_hash: Some(&hash),
+                            identity: None,
+                        },
                         &ctx.metadata(StreamId::user(id)),
                     )
                     .await
@@ -101,21 +123,28 @@ impl Identity {
         Ok(())
     }
 
-    /// Creates account `id` holding `email`, with its password hash, and lists it among the
-    /// administrators if `roles` make it one. [`IdentityError::EmailTaken`] if another account
-    /// holds the address.
-    #[allow(clippy::too_many_arguments)]
+    /// Creates `account`, with its password hash or its linked identity (or both), and lists it
+    /// among the administrators if its roles make it one. [`IdentityError::EmailTaken`] if
+    /// another account holds the address.
     pub(super) async fn create_account(
         &self,
-        id: Uuid,
-        email: &Email,
-        display_name: Option<String>,
-        roles: Vec<String>,
-        verified: bool,
-        password_hash: &str,
+        account: NewAccount<'_>,
         metadata: &Metadata,
     ) -> Result<(), IdentityError> {
-        let events = user::register(email.as_str(), display_name, roles, verified);
+        let NewAccount {
+            id,
+            email,
+            display_name,
+            roles,
+            verified,
+            password_hash,
+            identity,
+        } = account;
+        let mut events = user::register(email.as_str(), display_name, roles, verified);
+        let identity_id = Uuid::now_v7();
+        if let Some(assertion) = identity {
+            events.push(super::federated::linked_at_creation(identity_id, assertion));
+        }
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin().await?;
         let appended = self
@@ -136,11 +165,17 @@ impl Identity {
             }
             Err(other) => return Err(other.into()),
         }
-        sqlx::query("insert into credentials (user_id, password_hash) values ($1, $2)")
-            .bind(id)
-            .bind(password_hash)
-            .execute(&mut *tx)
-            .await?;
+        if let Some(hash) = password_hash {
+            sqlx::query("insert into credentials (user_id, password_hash) values ($1, $2)")
+                .bind(id)
+                .bind(hash)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(assertion) = identity {
+            self.insert_identity(&mut tx, identity_id, id, assertion)
+                .await?;
+        }
         if roles_grant_admin(&events) == Some(true) {
             set_admin(&mut tx, id, true).await?;
         }
@@ -178,10 +213,13 @@ impl Identity {
         // The account changed since it was read: the link may have been used meanwhile.
         .map_err(|e| if e.is_conflict() { invalid() } else { e })?;
         if let Some(registration) = registration {
+            // An account made by a federated sign-in has no password until then.
             let moved = sqlx::query(
-                "update credentials c set password_hash = p.password_hash, updated_at = now()
-                   from pending_registrations p
-                  where p.registration_id = $1 and c.user_id = p.user_id and p.user_id = $2",
+                "insert into credentials (user_id, password_hash)
+                 select user_id, password_hash from pending_registrations
+                  where registration_id = $1 and user_id = $2
+                 on conflict (user_id) do update
+                    set password_hash = excluded.password_hash, updated_at = now()",
             )
             .bind(registration)
             .bind(user_id)
@@ -191,6 +229,11 @@ impl Identity {
             if moved != 1 {
                 return Err(IdentityError::MissingPendingPassword(registration));
             }
+            // The identities linked before went with the events (see `user::verify_email`).
+            sqlx::query("delete from external_identities where user_id = $1")
+                .bind(user_id)
+                .execute(&mut *tx)
+                .await?;
         }
         sqlx::query("delete from pending_registrations where user_id = $1")
             .bind(user_id)

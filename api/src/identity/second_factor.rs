@@ -6,7 +6,7 @@
 //! person's data key, so erasing the person shreds it. Every refusal of the second step is
 //! the same [`IdentityError::SecondFactorRefused`], whatever its reason.
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use idp_events::identity::login::{self, FailureReason, SecondFactorMethod};
 use idp_events::identity::user::{self, User, UserEvent};
 use idp_events::privacy::DataKey;
@@ -15,6 +15,7 @@ use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
 use super::sessions::lock_sessions_shared;
+use super::sign_in::FederatedSession;
 use super::{Identity, IdentityError, TokenPair};
 use crate::auth::second_factor::{
     self as factor, CHALLENGE_TTL, TotpSecret, accept, new_recovery_codes, open_secret,
@@ -342,6 +343,7 @@ impl Identity {
         &self,
         account: &User,
         meta: Metadata,
+        federated: Option<&FederatedSession>,
     ) -> Result<SignIn, IdentityError> {
         let (challenge, digest) = tokens::new_opaque_token();
         let challenge_id = Uuid::now_v7();
@@ -353,13 +355,16 @@ impl Identity {
             "with expired as (
                  delete from mfa_challenges where user_id = $3 and expires_at < now() - interval '1 day'
              )
-             insert into mfa_challenges (challenge_digest, challenge_id, user_id, expires_at)
-             values ($1, $2, $3, $4)",
+             insert into mfa_challenges (challenge_digest, challenge_id, user_id, expires_at,
+                                         provider, session_expires_at)
+             values ($1, $2, $3, $4, $5, $6)",
         )
         .bind(&digest)
         .bind(challenge_id)
         .bind(account.id)
         .bind(expires_at)
+        .bind(federated.map(|f| f.provider.as_str()))
+        .bind(federated.map(|f| f.session_until))
         .execute(&mut *tx)
         .await?;
         self.store
@@ -415,18 +420,25 @@ impl Identity {
         let mut tx = conn.begin().await?;
         // Read without a lock: the sessions lock comes first in every transaction that takes
         // it; the challenge is spent at the end only if no one spent it meanwhile.
-        let found: Option<(Uuid, Uuid)> = sqlx::query_as(
-            "select challenge_id, user_id from mfa_challenges
+        type Found = (Uuid, Uuid, Option<String>, Option<DateTime<Utc>>);
+        let found: Option<Found> = sqlx::query_as(
+            "select challenge_id, user_id, provider, session_expires_at from mfa_challenges
               where challenge_digest = $1 and used_at is null and expires_at > now()",
         )
         .bind(&digest)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some((challenge_id, user_id)) = found else {
+        let Some((challenge_id, user_id, provider, session_until)) = found else {
             metrics::counter!("idp_auth_second_factor_total", "outcome" => "bad_challenge")
                 .increment(1);
             return Err(IdentityError::SecondFactorRefused);
         };
+        let federated = provider
+            .zip(session_until)
+            .map(|(provider, session_until)| FederatedSession {
+                provider,
+                session_until,
+            });
         lock_sessions_shared(&mut tx, user_id).await?;
         let mut account = self.load_user(user_id).await?;
         let now = Utc::now();
@@ -529,7 +541,7 @@ impl Identity {
         }
         // The challenge is spent and the session started in one transaction: one commit.
         let started = self
-            .start_session_in(&mut tx, &account, ctx, Some(method))
+            .start_session_in(&mut tx, &account, ctx, Some(method), federated.as_ref())
             .await?;
         tx.commit().await?;
         tracing::debug!(challenge.id = %challenge_id, "second factor accepted");

@@ -17,6 +17,15 @@ use crate::auth::tokens;
 use crate::client_device::ClientDevice;
 use crate::extract::ClientContext;
 
+/// What a federated sign-in brings to the session it starts.
+#[derive(Debug, Clone)]
+pub struct FederatedSession {
+    /// The provider's id.
+    pub provider: String,
+    /// When the session must go back to the provider (`PROVIDER_SESSION_MAX_AGE`).
+    pub session_until: chrono::DateTime<Utc>,
+}
+
 /// A session started in a transaction not yet committed: what its tokens are made of.
 pub(super) struct StartedSession {
     user_id: Uuid,
@@ -98,9 +107,9 @@ impl Identity {
         if account.second_factor {
             metrics::counter!("idp_auth_logins_total", "outcome" => "second_factor_required")
                 .increment(1);
-            return self.challenge(&account, meta).await;
+            return self.challenge(&account, meta, None).await;
         }
-        let pair = self.start_session(&account, ctx, None).await?;
+        let pair = self.start_session(&account, ctx, None, None).await?;
         metrics::counter!("idp_auth_logins_total", "outcome" => "success").increment(1);
         Ok(SignIn::Tokens(pair))
     }
@@ -142,7 +151,7 @@ impl Identity {
 
     /// Records a failed sign-in of `account` in its login stream and, when the failures call
     /// for it, locks the account in the same transaction.
-    async fn record_failure(
+    pub(super) async fn record_failure(
         &self,
         account: &User,
         reason: FailureReason,
@@ -246,12 +255,13 @@ impl Identity {
         account: &User,
         ctx: &ClientContext,
         second_factor: Option<SecondFactorMethod>,
+        federated: Option<&FederatedSession>,
     ) -> Result<TokenPair, IdentityError> {
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin().await?;
         lock_sessions_shared(&mut tx, account.id).await?;
         let started = self
-            .start_session_in(&mut tx, account, ctx, second_factor)
+            .start_session_in(&mut tx, account, ctx, second_factor, federated)
             .await?;
         tx.commit().await?;
         self.issue(started)
@@ -272,19 +282,25 @@ impl Identity {
     /// (taken first, `lock_sessions_shared`) and which the caller commits before it hands out
     /// the tokens ([`Identity::issue`]): the second step of a sign-in spends its challenge and
     /// starts the session in one transaction.
+    /// A federated sign-in (`federated`) starts a session that ends when the provider's
+    /// session bound does (`PROVIDER_SESSION_MAX_AGE`), if that comes first.
     pub(super) async fn start_session_in(
         &self,
         tx: &mut PgConnection,
         account: &User,
         ctx: &ClientContext,
         second_factor: Option<SecondFactorMethod>,
+        federated: Option<&FederatedSession>,
     ) -> Result<StartedSession, IdentityError> {
         let meta = ctx.metadata(StreamId::user(account.id));
         let device = ClientDevice::of(ctx);
         let session_id = Uuid::now_v7();
         let (refresh_token, refresh_hash) = tokens::new_opaque_token();
         let now = Utc::now();
-        let expires_at = now + self.session_ttl;
+        let expires_at = match federated {
+            Some(federated) => federated.session_until.min(now + self.session_ttl),
+            None => now + self.session_ttl,
+        };
         let seen_since = self.new_device_window.map(|window| now - window);
         let tx = &mut *tx;
         let version = self
@@ -338,10 +354,11 @@ impl Identity {
             .append_in(
                 tx,
                 Append::to(StreamId::session(session_id))
-                    .event(match second_factor {
-                        None => login::succeeded(session_id),
-                        Some(method) => login::succeeded_with(session_id, method),
-                    })
+                    .event(login::succeeded_via(
+                        session_id,
+                        second_factor,
+                        federated.map(|f| f.provider.as_str()),
+                    ))
                     .event(
                         SessionEvent::SessionStarted {
                             user_id: account.id,

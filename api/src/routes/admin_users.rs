@@ -26,7 +26,7 @@ use crate::auth::permissions::{
 };
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery, ClientContext};
-use crate::identity::LockOutcome;
+use crate::identity::{IdentityView, LockOutcome};
 use crate::startup::AppState;
 
 /// The routes of this module.
@@ -433,7 +433,9 @@ pub async fn list_users(
 #[schema(example = json!({"id": "0190f4c2-8a1e-7c3b-9d2a-5e6f7a8b9c0d", "email": "ada@example.com", "display_name": "Ada Lovelace", "roles": ["user"],
     "status": "active", "email_verified": true, "locked_until": null, "locked_by_admin": false, "lock_count": 0,
     "created_at": "2026-12-01T10:00:00Z", "password_changed_at": null, "active_sessions": 1, "version": 3,
-    "email_verified_at": "2026-12-01T10:05:00Z", "last_login_at": "2026-12-02T08:30:00Z", "failed_logins": 0}))]
+    "email_verified_at": "2026-12-01T10:05:00Z", "last_login_at": "2026-12-02T08:30:00Z", "failed_logins": 0,
+    "identities": [{"id": "0193a0c4-5b1e-7c3a-9f1d-2a4b6c8d0e21", "provider": "github", "email": "ada@example.com",
+                    "linked_at": "2026-12-01T10:00:00Z", "last_used_at": "2026-12-02T08:30:00Z"}]}))]
 pub struct UserDetail {
     /// Account id.
     pub id: Uuid,
@@ -467,6 +469,8 @@ pub struct UserDetail {
     pub last_login_at: Option<DateTime<Utc>>,
     /// From the directory: wrong passwords since the last sign-in, lock or unlock.
     pub failed_logins: Option<i32>,
+    /// Accounts of external identity providers linked to this one, oldest first.
+    pub identities: Vec<IdentityView>,
 }
 
 /// What the directory adds to an account's stream.
@@ -500,6 +504,7 @@ pub async fn get_user(
     .fetch_optional(state.store.pool())
     .await?;
     let active_sessions = state.identity.active_sessions(id).await?;
+    let identities = state.identity.identities_of(&account).await?;
     let now = Utc::now();
     let locked = account.is_locked(now);
     let status = if locked {
@@ -523,6 +528,7 @@ pub async fn get_user(
         email_verified_at: directory.as_ref().and_then(|d| d.email_verified_at),
         last_login_at: directory.as_ref().and_then(|d| d.last_login_at),
         failed_logins: directory.map(|d| d.failed_logins),
+        identities,
         email: account.email,
         display_name: account.display_name,
         roles: account.roles,

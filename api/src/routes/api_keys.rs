@@ -244,18 +244,9 @@ pub async fn rotate_key(
 /// The grace period a rotation's body asks for: an empty body asks for the default; anything
 /// else must be a [`RotateKeyRequest`].
 fn rotation_grace(body: &[u8]) -> Result<u64, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(DEFAULT_ROTATION_GRACE_SECS);
-    }
-    let request: RotateKeyRequest = serde_json::from_slice(body).map_err(|e| {
-        if e.is_data() {
-            ApiError::Unprocessable(e.to_string())
-        } else {
-            ApiError::BadRequest(e.to_string())
-        }
-    })?;
+    let request: Option<RotateKeyRequest> = crate::extract::optional_json(body)?;
     Ok(request
-        .grace_period_secs
+        .and_then(|r| r.grace_period_secs)
         .unwrap_or(DEFAULT_ROTATION_GRACE_SECS))
 }
 

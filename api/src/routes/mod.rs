@@ -9,6 +9,7 @@ pub mod admin_users;
 pub mod api_keys;
 pub mod auth;
 pub mod docs;
+pub mod federation;
 pub mod openapi;
 pub mod paging;
 pub mod plans;
@@ -34,6 +35,7 @@ pub fn router(state: AppState, health: Health) -> Router {
         .merge(auth::router())
         .merge(two_factor::router())
         .merge(account::router())
+        .merge(federation::router())
         .merge(sessions::router())
         .merge(admin_users::router())
         .merge(admin_audit::router())

@@ -54,12 +54,21 @@ pub fn second_factor_required(challenge_id: Uuid) -> NewEvent {
     )
 }
 
-/// A sign-in completed with the second factor `method`, starting `session_id`.
-pub fn succeeded_with(session_id: Uuid, method: SecondFactorMethod) -> NewEvent {
-    NewEvent::new(
-        "LoginSucceeded",
-        serde_json::json!({ "session_id": session_id, "second_factor": method }),
-    )
+/// A successful sign-in that started `session_id`: after a second factor (`second_factor`),
+/// through an external identity provider (`provider`), either or neither.
+pub fn succeeded_via(
+    session_id: Uuid,
+    second_factor: Option<SecondFactorMethod>,
+    provider: Option<&str>,
+) -> NewEvent {
+    let mut data = serde_json::json!({ "session_id": session_id });
+    if let Some(method) = second_factor {
+        data["second_factor"] = serde_json::json!(method);
+    }
+    if let Some(provider) = provider {
+        data["provider"] = serde_json::json!(provider);
+    }
+    NewEvent::new("LoginSucceeded", data)
 }
 
 /// A failed sign-in.

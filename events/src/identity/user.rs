@@ -177,6 +177,27 @@ pub enum UserEvent {
         /// The client's network (IPv4 /24 or IPv6 /48), or `unknown network`.
         network: Personal<String>,
     },
+    /// An account of an external identity provider (an OpenID Connect issuer or GitHub) was
+    /// linked: signing in there signs in here. The subject and address the provider gave are
+    /// personal data, sealed under the person's key.
+    ExternalIdentityLinked {
+        /// Names the link (`DELETE /v1/account/identities/{id}`).
+        identity_id: Uuid,
+        /// The provider's id in `AUTH_PROVIDERS`.
+        provider: String,
+        /// The provider's stable id of the person (`sub`, or GitHub's numeric user id).
+        subject: Personal<String>,
+        /// The address the provider gave, if any.
+        email: Option<Personal<String>>,
+    },
+    /// A linked external identity was unlinked (by the person, or because a pending
+    /// registration took the account over).
+    ExternalIdentityUnlinked {
+        /// The link.
+        identity_id: Uuid,
+        /// Its provider.
+        provider: String,
+    },
     /// The person was erased (by themselves or by an administrator): their data key was
     /// destroyed in the same transaction, so every personal field ever written about them reads
     /// as `"[erased]"`. Nothing happens to the account afterwards: it cannot sign in, and its
@@ -243,8 +264,25 @@ pub struct User {
     pub second_factor_lock_count: u32,
     /// The latest decision on each purpose ever consented to, by purpose.
     pub consents: BTreeMap<String, Consent>,
+    /// Linked accounts of external identity providers, oldest first.
+    pub identities: Vec<LinkedIdentity>,
     /// Stream version (0 = no such user).
     pub version: u64,
+}
+
+/// An account of an external identity provider linked to this one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LinkedIdentity {
+    /// The link's id.
+    pub id: Uuid,
+    /// The provider's id.
+    pub provider: String,
+    /// The provider's id of the person (`"[erased]"` once erased).
+    pub subject: String,
+    /// The address the provider gave (`"[erased]"` once erased).
+    pub email: Option<String>,
+    /// When it was linked.
+    pub linked_at: DateTime<Utc>,
 }
 
 /// A person's latest decision on one purpose.
@@ -376,8 +414,24 @@ impl User {
                 self.second_factor_locked_until = Some(*until);
                 self.second_factor_lock_count = *lock_count;
             }
+            UserEvent::ExternalIdentityLinked {
+                identity_id,
+                provider,
+                subject,
+                email,
+            } => self.identities.push(LinkedIdentity {
+                id: *identity_id,
+                provider: provider.clone(),
+                subject: text(subject),
+                email: email.as_ref().map(text),
+                linked_at: at,
+            }),
+            UserEvent::ExternalIdentityUnlinked { identity_id, .. } => {
+                self.identities.retain(|identity| identity.id != *identity_id);
+            }
             UserEvent::PersonErased { .. } => {
                 self.erased = true;
+                self.identities.clear();
                 self.second_factor = false;
                 self.email = ERASED.to_owned();
                 if self.display_name.is_some() {
@@ -477,6 +531,15 @@ pub enum UserError {
     /// Nothing to do.
     #[error("the account is not locked")]
     NotLocked,
+    /// The account has an identity of this provider linked already.
+    #[error("an account of {0} is linked already; unlink it first")]
+    ProviderLinked(String),
+    /// No linked identity has this id.
+    #[error("no such linked identity")]
+    NoSuchIdentity,
+    /// Unlinking would leave the account with no way to sign in.
+    #[error("this is the account's last way to sign in: set a password or link another provider first")]
+    LastSignInMethod,
     /// Consent was given to another version of the purpose's text than the one in force.
     #[error(
         "version {current:?} of the text of {purpose:?} is in force, not {given:?}: show it and ask again"
@@ -517,7 +580,7 @@ pub fn register(
 
 /// Confirms the address with the token of `verification_id`, and with it the registration
 /// that link was sent for: a pending one brings its password and name (the caller moves the
-/// password). Every waiting link works until it expires, each for its own registration only.
+/// password) and unlinks the external identities linked so far (the caller drops their rows). Every waiting link works until it expires, each for its own registration only.
 pub fn verify_email(
     user: &User,
     verification_id: Uuid,
@@ -544,11 +607,93 @@ pub fn verify_email(
             registration_id: registration,
             display_name: pending.display_name.clone(),
         });
+        // Whoever held the unverified account before proved nothing: the identities they
+        // linked do not come with it.
+        events.extend(
+            user.identities
+                .iter()
+                .map(|identity| UserEvent::ExternalIdentityUnlinked {
+                    identity_id: identity.id,
+                    provider: identity.provider.clone(),
+                }),
+        );
     }
     events.push(UserEvent::EmailVerified {
         verification_id: Some(verification_id),
     });
     Ok(events)
+}
+
+/// Links the account `subject` of `provider` (which gave `email`) to `user`, as link
+/// `identity_id`. One identity per provider per account; nothing is linked to an erased person.
+pub fn link_identity(
+    user: &User,
+    identity_id: Uuid,
+    provider: &str,
+    subject: &str,
+    email: Option<&str>,
+) -> Result<Vec<UserEvent>, UserError> {
+    if user.version == 0 || user.erased {
+        return Err(UserError::NotFound);
+    }
+    if user.identities.iter().any(|i| i.provider == provider) {
+        return Err(UserError::ProviderLinked(provider.to_owned()));
+    }
+    Ok(vec![UserEvent::ExternalIdentityLinked {
+        identity_id,
+        provider: provider.to_owned(),
+        subject: subject.to_owned().into(),
+        email: email.map(|e| e.to_owned().into()),
+    }])
+}
+
+/// A trusted provider asserts the address of the unverified account `user` for its account
+/// `subject`: the address is confirmed and the identity linked, and the identities linked so
+/// far go (whoever made the account proved nothing; the caller drops its password too).
+pub fn claim_by_provider(
+    user: &User,
+    identity_id: Uuid,
+    provider: &str,
+    subject: &str,
+    email: &str,
+) -> Vec<UserEvent> {
+    let mut events: Vec<UserEvent> = user
+        .identities
+        .iter()
+        .map(|identity| UserEvent::ExternalIdentityUnlinked {
+            identity_id: identity.id,
+            provider: identity.provider.clone(),
+        })
+        .collect();
+    events.push(UserEvent::EmailVerified {
+        verification_id: None,
+    });
+    events.push(UserEvent::ExternalIdentityLinked {
+        identity_id,
+        provider: provider.to_owned(),
+        subject: subject.to_owned().into(),
+        email: Some(email.to_owned().into()),
+    });
+    events
+}
+
+/// Unlinks identity `identity_id` from `user`, unless it is the account's last way to sign in
+/// (`has_password`: the account has a password).
+pub fn unlink_identity(
+    user: &User,
+    identity_id: Uuid,
+    has_password: bool,
+) -> Result<Vec<UserEvent>, UserError> {
+    let Some(identity) = user.identities.iter().find(|i| i.id == identity_id) else {
+        return Err(UserError::NoSuchIdentity);
+    };
+    if !has_password && user.identities.len() == 1 {
+        return Err(UserError::LastSignInMethod);
+    }
+    Ok(vec![UserEvent::ExternalIdentityUnlinked {
+        identity_id,
+        provider: identity.provider.clone(),
+    }])
 }
 
 /// Someone registers the address of `user` again. An unverified account gets a pending

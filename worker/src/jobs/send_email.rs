@@ -89,7 +89,9 @@ impl Template {
             | UserEvent::SecondFactorDisabled
             | UserEvent::RecoveryCodesGenerated { .. }
             | UserEvent::RecoveryCodeUsed { .. }
-            | UserEvent::SecondFactorLocked { .. } => None,
+            | UserEvent::SecondFactorLocked { .. }
+            | UserEvent::ExternalIdentityLinked { .. }
+            | UserEvent::ExternalIdentityUnlinked { .. } => None,
         }
     }
 }

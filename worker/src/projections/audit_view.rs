@@ -230,6 +230,12 @@ fn user_summary(event: &UserEvent) -> String {
                 time(until)
             )
         }
+        UserEvent::ExternalIdentityLinked { provider, .. } => {
+            format!("account of identity provider {provider} linked")
+        }
+        UserEvent::ExternalIdentityUnlinked { provider, .. } => {
+            format!("account of identity provider {provider} unlinked")
+        }
         UserEvent::NewDeviceSignedIn { session_id, .. } => {
             format!(
                 "sign-in from a device new to the account (session {session_id}); owner notified"

@@ -300,7 +300,9 @@ fn apply_user_event(e: &mut Entry, event: &UserEvent, at: DateTime<Utc>) {
         | UserEvent::RecoveryCodesGenerated { .. }
         | UserEvent::RecoveryCodeUsed { .. }
         | UserEvent::SecondFactorLocked { .. }
-        | UserEvent::NewDeviceSignedIn { .. } => {}
+        | UserEvent::NewDeviceSignedIn { .. }
+        | UserEvent::ExternalIdentityLinked { .. }
+        | UserEvent::ExternalIdentityUnlinked { .. } => {}
     }
 }
 
