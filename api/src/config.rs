@@ -127,7 +127,11 @@ pub struct FederationConfig {
 
     /// Key ring (`id:secret`, comma-separated) that signs the cookie of a federated sign-in in
     /// progress; unset: the development ring `SECRETS_DIR/federation-state.keys`.
-    #[arg(long, env = "FEDERATION_STATE_KEYS", value_name = "FEDERATION_STATE_KEYS")]
+    #[arg(
+        long,
+        env = "FEDERATION_STATE_KEYS",
+        value_name = "FEDERATION_STATE_KEYS"
+    )]
     pub federation_state_keys: Option<SecretString>,
 }
 

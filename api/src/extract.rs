@@ -185,19 +185,52 @@ impl PathParam for String {
     const WHAT: &'static str = "UTF-8 text";
 }
 
-/// An optional JSON body: empty (or only white space) is `None`; anything else must be a `T`
-/// (400 if it is not JSON, 422 if it is JSON that `T` refuses).
-pub fn optional_json<T: DeserializeOwned>(body: &[u8]) -> Result<Option<T>, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(None);
-    }
-    serde_json::from_slice(body).map(Some).map_err(|e| {
-        if e.is_data() {
-            ApiError::Unprocessable(e.to_string())
+/// An optional JSON body: none (or only whitespace) and `null` are the default, anything else
+/// must be JSON (by its `Content-Type`, else 415) of the right shape.
+pub fn optional_json<T: Default + DeserializeOwned>(
+    headers: &axum::http::HeaderMap,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<T, ApiError> {
+    let body = body.map_err(|rejection| {
+        if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge
         } else {
-            ApiError::BadRequest(e.to_string())
+            ApiError::BadRequest(rejection.body_text())
         }
-    })
+    })?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    let json = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| {
+            let mime = mime.trim();
+            mime.eq_ignore_ascii_case("application/json")
+                || (mime.starts_with("application/") && mime.ends_with("+json"))
+        });
+    if !json {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    optional_json_bytes(&body)
+}
+
+/// The JSON of an optional body, whatever its `Content-Type`: none (or only whitespace) and
+/// `null` are the default; else 400 if it is not JSON, 422 if `T` refuses it.
+pub fn optional_json_bytes<T: Default + DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice::<Option<T>>(body)
+        .map(Option::unwrap_or_default)
+        .map_err(|e| {
+            if e.is_data() {
+                ApiError::Unprocessable(e.to_string())
+            } else {
+                ApiError::BadRequest(e.to_string())
+            }
+        })
 }
 
 /// Path parameters read into `T`. A parameter that is not a `T` gets `T`'s answer

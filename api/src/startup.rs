@@ -28,13 +28,13 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 use crate::access::Access;
-use crate::federation::providers::{self, ProviderConfig};
-use crate::federation::{Federation, FederationSettings};
 use crate::auth::captcha::Verifier;
 use crate::auth::keys::KeyRing;
 use crate::auth::password::{HashParams, Hasher};
 use crate::auth::request_limits::{RateStatus, RequestLimiter};
 use crate::auth::tokens::{TokenConfig, Tokens};
+use crate::federation::providers::{self, ProviderConfig};
+use crate::federation::{Federation, FederationSettings};
 use crate::identity::{Captcha, IdentityKeys};
 use idp_events::identity::email::Email;
 use idp_events::keys::SecretKeys;
@@ -399,9 +399,8 @@ fn federation_settings(config: &Config) -> anyhow::Result<FederationSettings> {
         }
         (Some(json), None) => providers::parse("AUTH_PROVIDERS", json.expose_secret())?,
         (None, Some(path)) => {
-            let json = std::fs::read_to_string(path).with_context(|| {
-                format!("while reading AUTH_PROVIDERS_FILE {}", path.display())
-            })?;
+            let json = std::fs::read_to_string(path)
+                .with_context(|| format!("while reading AUTH_PROVIDERS_FILE {}", path.display()))?;
             providers::parse(&format!("AUTH_PROVIDERS_FILE {}", path.display()), &json)?
         }
         (None, None) => Vec::new(),

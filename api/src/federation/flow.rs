@@ -90,8 +90,7 @@ pub fn seal(keys: &SecretKeys, flow: &Flow) -> String {
 pub fn open(keys: &SecretKeys, value: &str, now: i64) -> Result<Flow, FlowError> {
     // From the right: a key id may hold dots, base64url never does.
     let mut parts = value.rsplitn(3, '.');
-    let (Some(given), Some(payload), Some(kid)) = (parts.next(), parts.next(), parts.next())
-    else {
+    let (Some(given), Some(payload), Some(kid)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(FlowError::Malformed);
     };
     let given = URL_SAFE_NO_PAD

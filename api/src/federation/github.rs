@@ -176,7 +176,10 @@ impl GithubProvider {
             subject: user.id.to_string(),
             email,
             email_verified,
-            name: user.name.filter(|n| !n.trim().is_empty()).or(Some(user.login)),
+            name: user
+                .name
+                .filter(|n| !n.trim().is_empty())
+                .or(Some(user.login)),
         })
     }
 
@@ -203,11 +206,16 @@ impl GithubProvider {
             })?;
         match response.status() {
             status if status.is_success() => response.json().await.map_err(|_| {
-                FederationError::ProviderUnavailable(format!("its answer to {path} could not be read"))
+                FederationError::ProviderUnavailable(format!(
+                    "its answer to {path} could not be read"
+                ))
             }),
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND => Err(
-                FederationError::ProviderRefused(format!("GET /{path} answered {}", response.status())),
-            ),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND => {
+                Err(FederationError::ProviderRefused(format!(
+                    "GET /{path} answered {}",
+                    response.status()
+                )))
+            }
             other => Err(FederationError::ProviderUnavailable(format!(
                 "its API answered {other}"
             ))),

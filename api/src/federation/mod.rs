@@ -289,12 +289,13 @@ impl Federation {
         let provider = self.provider(id)?;
         let invalid = |why: &str| FederationError::FlowInvalid(why.to_owned());
         let value = cookie.ok_or_else(|| invalid("no sign-in was started in this browser"))?;
-        let flow = flow::open(&self.0.flow_keys, value, Utc::now().timestamp()).map_err(
-            |err| match err {
-                FlowError::Expired => invalid("the sign-in took too long"),
-                other => invalid(&other.to_string()),
-            },
-        )?;
+        let flow =
+            flow::open(&self.0.flow_keys, value, Utc::now().timestamp()).map_err(
+                |err| match err {
+                    FlowError::Expired => invalid("the sign-in took too long"),
+                    other => invalid(&other.to_string()),
+                },
+            )?;
         if flow.provider != id {
             return Err(invalid("this sign-in was started with another provider"));
         }
@@ -304,6 +305,12 @@ impl Federation {
             .ok_or_else(|| invalid("the provider's answer has no state"))?;
         if !constant_time_eq(state.as_bytes(), flow.state.as_bytes()) {
             return Err(invalid("the state does not match this browser's sign-in"));
+        }
+        // A mix-up attack sends one provider's answer to another's callback.
+        if let Some(iss) = &params.iss
+            && iss.trim_end_matches('/') != provider.config.issuer.as_str().trim_end_matches('/')
+        {
+            return Err(invalid("the answer names another issuer"));
         }
         self.spend(&flow).await?;
         if let Some(error) = &params.error {
@@ -427,6 +434,8 @@ pub struct CallbackParams {
     pub error: Option<String>,
     /// Its description.
     pub error_description: Option<String>,
+    /// The issuer that answered (RFC 9207): when given, it must be the provider's.
+    pub iss: Option<String>,
 }
 
 /// 256 random bits, base64url.

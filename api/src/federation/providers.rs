@@ -152,7 +152,10 @@ fn check(entry: Entry) -> Result<ProviderConfig, String> {
         ProviderKind::Oidc => vec!["openid".into(), "email".into(), "profile".into()],
         ProviderKind::Github => vec!["read:user".into(), "user:email".into()],
     });
-    if scopes.iter().any(|s| s.is_empty() || s.contains(char::is_whitespace)) {
+    if scopes
+        .iter()
+        .any(|s| s.is_empty() || s.contains(char::is_whitespace))
+    {
         return Err(field("scopes", "a scope is empty or holds a space"));
     }
     if entry.kind == ProviderKind::Oidc && !scopes.iter().any(|s| s == "openid") {
@@ -163,7 +166,10 @@ fn check(entry: Entry) -> Result<ProviderConfig, String> {
         .iter()
         .map(|d| d.trim().trim_start_matches('@').to_ascii_lowercase())
         .collect();
-    if allowed_domains.iter().any(|d| d.is_empty() || d.contains('@')) {
+    if allowed_domains
+        .iter()
+        .any(|d| d.is_empty() || d.contains('@'))
+    {
         return Err(field("allowed_domains", "a domain is empty or malformed"));
     }
     Ok(ProviderConfig {

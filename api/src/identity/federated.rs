@@ -10,10 +10,10 @@
 //! signs in with their password and links from their account.
 
 use chrono::{DateTime, Utc};
+use idp_events::StreamId;
 use idp_events::identity::email::Email;
 use idp_events::identity::login::FailureReason;
 use idp_events::identity::user::{self, User, UserEvent};
-use idp_events::StreamId;
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
@@ -189,8 +189,13 @@ impl Identity {
                 email.as_str(),
             )
         };
-        self.append_user_in(&mut tx, &account, &events, ctx.metadata(StreamId::user(owner)))
-            .await?;
+        self.append_user_in(
+            &mut tx,
+            &account,
+            &events,
+            ctx.metadata(StreamId::user(owner)),
+        )
+        .await?;
         self.insert_identity(&mut tx, identity_id, owner, assertion)
             .await?;
         tx.commit().await?;
@@ -399,7 +404,10 @@ impl Identity {
               where provider = $1 and subject_index = any($2)",
         )
         .bind(provider)
-        .bind(self.identity_index.candidates(&identity_key(provider, subject)))
+        .bind(
+            self.identity_index
+                .candidates(&identity_key(provider, subject)),
+        )
         .fetch_optional(&self.pool)
         .await?)
     }

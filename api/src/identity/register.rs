@@ -9,8 +9,8 @@ use idp_events::{Append, AppendError, Metadata, StreamId};
 use sqlx::Connection;
 use uuid::Uuid;
 
-use super::{EMAIL_SCOPE, Identity, IdentityError, roles_grant_admin, set_admin};
 use super::federated::Assertion;
+use super::{EMAIL_SCOPE, Identity, IdentityError, roles_grant_admin, set_admin};
 use crate::auth::password;
 use crate::extract::ClientContext;
 

@@ -7,14 +7,13 @@
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use idp_events::identity::user;
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sqlx::{FromRow, Postgres, QueryBuilder};
 use utoipa::{IntoParams, ToSchema};
@@ -544,45 +543,6 @@ pub struct LockRequest {
     pub until: Option<DateTime<Utc>>,
 }
 
-/// An optional JSON body: none (or only whitespace) and `null` are the default, anything else
-/// must be JSON of the right shape.
-fn optional_json<T: Default + DeserializeOwned>(
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<T, ApiError> {
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge
-        } else {
-            ApiError::BadRequest(rejection.body_text())
-        }
-    })?;
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    let json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|mime| {
-            let mime = mime.trim();
-            mime.eq_ignore_ascii_case("application/json")
-                || (mime.starts_with("application/") && mime.ends_with("+json"))
-        });
-    if !json {
-        return Err(ApiError::UnsupportedMediaType);
-    }
-    serde_json::from_slice::<Option<T>>(&body)
-        .map(Option::unwrap_or_default)
-        .map_err(|e| {
-            if e.is_data() {
-                ApiError::Unprocessable(e.to_string())
-            } else {
-                ApiError::BadRequest(e.to_string())
-            }
-        })
-}
-
 /// Locks an account: no sign-in until the lock ends or an administrator unlocks it, and every
 /// session of the account ends at once. A password reset does not lift it.
 #[utoipa::path(post, path = "/v1/admin/users/{id}/lock", tag = "admin", security(("bearer" = [])),
@@ -606,7 +566,7 @@ pub async fn lock(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<LockOutcome>, ApiError> {
     let id = account_id(id)?;
-    let request: LockRequest = optional_json(&headers, body)?;
+    let request: LockRequest = crate::extract::optional_json(&headers, body)?;
     let outcome = state
         .identity
         .lock(&ctx, &admin.actor(), id, request.until)

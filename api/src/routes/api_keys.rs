@@ -244,9 +244,9 @@ pub async fn rotate_key(
 /// The grace period a rotation's body asks for: an empty body asks for the default; anything
 /// else must be a [`RotateKeyRequest`].
 fn rotation_grace(body: &[u8]) -> Result<u64, ApiError> {
-    let request: Option<RotateKeyRequest> = crate::extract::optional_json(body)?;
+    let request: RotateKeyRequest = crate::extract::optional_json_bytes(body)?;
     Ok(request
-        .and_then(|r| r.grace_period_secs)
+        .grace_period_secs
         .unwrap_or(DEFAULT_ROTATION_GRACE_SECS))
 }
 

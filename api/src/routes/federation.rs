@@ -198,8 +198,8 @@ async fn complete(
     }
 }
 
-/// The first `code`, `state`, `error` and `error_description` of a callback's query; other
-/// parameters (providers add `iss`, `scope`, `session_state`...) are ignored.
+/// The first `code`, `state`, `error`, `error_description` and `iss` of a callback's query;
+/// other parameters (providers add `scope`, `session_state`...) are ignored.
 fn callback_params(query: &str) -> CallbackParams {
     let mut params = CallbackParams::default();
     for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
@@ -208,6 +208,7 @@ fn callback_params(query: &str) -> CallbackParams {
             "state" => &mut params.state,
             "error" => &mut params.error,
             "error_description" => &mut params.error_description,
+            "iss" => &mut params.iss,
             _ => continue,
         };
         if slot.is_none() {
@@ -329,12 +330,17 @@ pub async fn link(
     State(state): State<AppState>,
     user: AuthUser,
     ApiPath(provider): ApiPath<ProviderId>,
-    body: axum::body::Bytes,
+    headers: HeaderMap,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let request: LinkRequest = crate::extract::optional_json(&body)?.unwrap_or_default();
+    let request: LinkRequest = crate::extract::optional_json(&headers, body)?;
     let (url, cookie) = state
         .federation
-        .start(&provider.0, request.return_to.as_deref(), Some(user.user_id))
+        .start(
+            &provider.0,
+            request.return_to.as_deref(),
+            Some(user.user_id),
+        )
         .await?;
     let mut response = Json(LinkStarted {
         authorization_url: url.into(),

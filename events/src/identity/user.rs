@@ -427,7 +427,8 @@ impl User {
                 linked_at: at,
             }),
             UserEvent::ExternalIdentityUnlinked { identity_id, .. } => {
-                self.identities.retain(|identity| identity.id != *identity_id);
+                self.identities
+                    .retain(|identity| identity.id != *identity_id);
             }
             UserEvent::PersonErased { .. } => {
                 self.erased = true;
@@ -538,7 +539,9 @@ pub enum UserError {
     #[error("no such linked identity")]
     NoSuchIdentity,
     /// Unlinking would leave the account with no way to sign in.
-    #[error("this is the account's last way to sign in: set a password or link another provider first")]
+    #[error(
+        "this is the account's last way to sign in: set a password or link another provider first"
+    )]
     LastSignInMethod,
     /// Consent was given to another version of the purpose's text than the one in force.
     #[error(
