@@ -54,6 +54,8 @@ impl std::fmt::Debug for Assertion {
 
 /// A linked identity as its owner and administrators see it.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"id": "0193a0c4-5b1e-7c3a-9f1d-2a4b6c8d0e21", "provider": "github", "email": "ada@example.com",
+                          "linked_at": "2026-12-01T10:00:00Z", "last_used_at": "2026-12-07T09:00:00Z"}))]
 pub struct IdentityView {
     /// The link's id (`DELETE /v1/account/identities/{id}`).
     pub id: Uuid,

@@ -120,7 +120,9 @@ pub async fn start(
 /// started to link an identity links it instead.
 #[utoipa::path(get, path = "/v1/auth/oidc/{provider}/callback", tag = "auth",
     params(("provider" = String, Path, description = "The provider"), CallbackParams),
-    responses((status = 200, description = "Signed in (tokens, or the second factor's challenge), or linked (the identity)", body = SignIn),
+    responses((status = 200, description = "Signed in (tokens, or the second factor's challenge), or linked (the identity)", body = SignIn,
+               example = json!({"access_token": "eyJ0eXAiOiJhdCtqd3QiLCJhbGciOiJFZERTQSJ9.eyJzdWIiOiIwMTkwZjRjMiJ9.c2lnbmF0dXJl",
+                                "refresh_token": "3q2Vb8yJkq0m1f0S6yWm2Q0Yb0u5Zl9cXw4tR7uI1oP", "token_type": "Bearer", "expires_in": 900})),
               (status = 303, description = "To return_to, with login_code (or linked=<provider>)"),
               (status = 400, description = "Not a flow of this browser and provider (federation-state-invalid)"),
               (status = 401, description = "The provider refused (provider-refused), its id_token was refused (id-token-invalid), or the account cannot sign in now (invalid-credentials)"),
@@ -251,7 +253,9 @@ pub struct ExchangeRequest {
 /// Finishes a federated sign-in that redirected to `return_to`: the `login_code` for the
 /// usual token pair (or, with a second factor on, its challenge).
 #[utoipa::path(post, path = "/v1/auth/oidc/exchange", tag = "auth", request_body = ExchangeRequest,
-    responses((status = 200, description = "Tokens, or the second factor's challenge (status mfa_required)", body = SignIn),
+    responses((status = 200, description = "Tokens, or the second factor's challenge (status mfa_required)", body = SignIn,
+               example = json!({"access_token": "eyJ0eXAiOiJhdCtqd3QiLCJhbGciOiJFZERTQSJ9.eyJzdWIiOiIwMTkwZjRjMiJ9.c2lnbmF0dXJl",
+                                "refresh_token": "3q2Vb8yJkq0m1f0S6yWm2Q0Yb0u5Zl9cXw4tR7uI1oP", "token_type": "Bearer", "expires_in": 900})),
               (status = 401, description = "The account cannot sign in now (invalid-credentials)"),
               (status = 422, description = "login_code: invalid, used or expired")))]
 #[tracing::instrument(name = "auth.federated.exchange", skip_all)]
@@ -300,6 +304,7 @@ pub async fn list_identities(
 /// Where to go once linked.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"return_to": "https://idp.example.com/account/identities"}))]
 pub struct LinkRequest {
     /// As for `GET /v1/auth/oidc/{provider}/start`: the callback redirects there with
     /// `linked=<provider>`; without, it answers the identity as JSON.
@@ -308,6 +313,7 @@ pub struct LinkRequest {
 
 /// Where the browser goes to link.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"authorization_url": "https://accounts.google.com/o/oauth2/v2/auth?response_type=code&client_id=...&state=...&code_challenge=...&code_challenge_method=S256&redirect_uri=...&scope=openid+email+profile&nonce=..."}))]
 pub struct LinkStarted {
     /// Send the browser here (the answer also set the flow's cookie for it).
     pub authorization_url: String,
@@ -318,7 +324,7 @@ pub struct LinkStarted {
 /// if that account of the provider is linked to someone else).
 #[utoipa::path(post, path = "/v1/account/identities/{provider}/link", tag = "account", security(("bearer" = [])),
     params(("provider" = String, Path, description = "A provider of GET /v1/auth/providers")),
-    request_body(content = Option<LinkRequest>, description = "Optional: where to return"),
+    request_body(content = Option<LinkRequest>, description = "Optional: where to return", example = json!({"return_to": "https://idp.example.com/account/identities"})),
     responses((status = 200, description = "Send the browser to authorization_url", body = LinkStarted),
               (status = 400, description = "return_to is not on an allowed origin (return-to-refused)"),
               (status = 401, description = "No valid token"),
