@@ -513,8 +513,8 @@ async fn a_return_to_gets_a_login_code_that_works_once(_: PgPoolOptions, conn: P
             Some(json!({ "login_code": code })),
         )
         .await;
-    assert_eq!(status, 422, "{again}");
-    assert_eq!(again["detail"], "login_code: invalid, used or expired");
+    assert_eq!(status, 401, "{again}");
+    assert_eq!(problem(&again), "login-code-refused");
 
     // No open redirect: another origin, a scheme that is not http(s), credentials.
     for refused in [

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use chrono::Utc;
+use idp_events::identity::display_name::DisplayName;
 use idp_events::identity::email::Email;
 use idp_events::keys::SecretKeys;
 use oauth2::PkceCodeChallenge;
@@ -347,6 +348,10 @@ impl Federation {
             }
         };
         let email = email.and_then(|e| Email::parse(&e).ok());
+        // A name idp would refuse at registration (too long, control characters) is dropped.
+        let name = name
+            .and_then(|n| DisplayName::parse(&n).ok().flatten())
+            .map(DisplayName::into_inner);
         let config = &provider.config;
         if !config.allowed_domains.is_empty() {
             let domain = email

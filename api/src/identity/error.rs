@@ -109,6 +109,9 @@ pub enum IdentityError {
         "an account has this email address: sign in with its password, then link {0} from the account (POST /v1/account/identities/{0}/link)"
     )]
     LinkRequired(String),
+    /// A `login_code` that is unknown, used or expired. 401 `login-code-refused`.
+    #[error("login_code: invalid, used or expired; sign in again")]
+    LoginCodeRefused,
     /// The provider's account is linked to another idp account. 409.
     #[error("this account of {0} is linked to another idp account")]
     IdentityTaken(String),
@@ -235,6 +238,9 @@ impl From<IdentityError> for ApiError {
                 Self::refused(StatusCode::FORBIDDEN, "provider-email-required", &err)
             }
             E::LinkRequired(_) => Self::refused(StatusCode::CONFLICT, "link-required", &err),
+            E::LoginCodeRefused => {
+                Self::refused(StatusCode::UNAUTHORIZED, "login-code-refused", &err)
+            }
             E::EmailTaken
             | E::IdentityTaken(_)
             | E::Linking(_)

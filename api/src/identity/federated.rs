@@ -266,10 +266,7 @@ impl Identity {
         .fetch_optional(&self.pool)
         .await?;
         let Some((user_id, provider, session_until)) = found else {
-            return Err(IdentityError::invalid(
-                "login_code",
-                "invalid, used or expired",
-            ));
+            return Err(IdentityError::LoginCodeRefused);
         };
         let account = self.load_user(user_id).await?;
         if account.erased || account.is_locked(Utc::now()) {

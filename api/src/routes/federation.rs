@@ -256,8 +256,7 @@ pub struct ExchangeRequest {
     responses((status = 200, description = "Tokens, or the second factor's challenge (status mfa_required)", body = SignIn,
                example = json!({"access_token": "eyJ0eXAiOiJhdCtqd3QiLCJhbGciOiJFZERTQSJ9.eyJzdWIiOiIwMTkwZjRjMiJ9.c2lnbmF0dXJl",
                                 "refresh_token": "3q2Vb8yJkq0m1f0S6yWm2Q0Yb0u5Zl9cXw4tR7uI1oP", "token_type": "Bearer", "expires_in": 900})),
-              (status = 401, description = "The account cannot sign in now (invalid-credentials)"),
-              (status = 422, description = "login_code: invalid, used or expired")))]
+              (status = 401, description = "The login_code is invalid, used or expired (login-code-refused), or the account cannot sign in now (invalid-credentials)")))]
 #[tracing::instrument(name = "auth.federated.exchange", skip_all)]
 pub async fn exchange(
     State(state): State<AppState>,
@@ -265,9 +264,7 @@ pub async fn exchange(
     ApiJson(body): ApiJson<ExchangeRequest>,
 ) -> Result<Json<SignIn>, ApiError> {
     if body.login_code.len() > 128 {
-        return Err(ApiError::Unprocessable(
-            "login_code: invalid, used or expired".into(),
-        ));
+        return Err(crate::identity::IdentityError::LoginCodeRefused.into());
     }
     Ok(Json(
         state

@@ -506,6 +506,22 @@ fn every_personal_field_of_the_user_events_is_listed() {
             },
             vec!["/device", "/email", "/network"],
         ),
+        (
+            UserEvent::ExternalIdentityLinked {
+                identity_id: id,
+                provider: "corp".into(),
+                subject: "248289761001".to_owned().into(),
+                email: Some("ada@example.com".to_owned().into()),
+            },
+            vec!["/email", "/subject"],
+        ),
+        (
+            UserEvent::ExternalIdentityUnlinked {
+                identity_id: id,
+                provider: "corp".into(),
+            },
+            vec![],
+        ),
     ];
     // Every kind of user event is in the list.
     let mut listed: Vec<String> = cases
@@ -644,4 +660,96 @@ fn five_wrong_codes_lock_the_second_factor_and_each_lock_lasts_twice_as_long() {
     let reset = given(&events);
     assert!(!reset.second_factor);
     assert!(!reset.is_second_factor_locked(now));
+}
+
+fn linked(identity: u128, provider: &str) -> UserEvent {
+    UserEvent::ExternalIdentityLinked {
+        identity_id: Uuid::from_u128(identity),
+        provider: provider.into(),
+        subject: "subject".to_owned().into(),
+        email: Some("ada@example.com".to_owned().into()),
+    }
+}
+
+#[test]
+fn one_identity_per_provider_is_linked_and_the_last_way_in_stays() {
+    let mut events = registered();
+    let user = given(&events);
+    let link = link_identity(&user, Uuid::from_u128(50), "corp", "s-1", None).unwrap();
+    assert_eq!(
+        link,
+        vec![UserEvent::ExternalIdentityLinked {
+            identity_id: Uuid::from_u128(50),
+            provider: "corp".into(),
+            subject: "s-1".to_owned().into(),
+            email: None,
+        }]
+    );
+    events.extend(link);
+    let user = given(&events);
+    assert_eq!(user.identities.len(), 1);
+    assert_eq!(user.identities[0].subject, "s-1");
+    assert_eq!(
+        link_identity(&user, Uuid::from_u128(51), "corp", "s-2", None),
+        Err(UserError::ProviderLinked("corp".into()))
+    );
+    // Without a password, the only identity cannot go; with one, it can.
+    assert_eq!(
+        unlink_identity(&user, Uuid::from_u128(50), false),
+        Err(UserError::LastSignInMethod)
+    );
+    assert_eq!(
+        unlink_identity(&user, Uuid::from_u128(99), true),
+        Err(UserError::NoSuchIdentity)
+    );
+    let unlinked = unlink_identity(&user, Uuid::from_u128(50), true).unwrap();
+    events.extend(unlinked);
+    assert!(given(&events).identities.is_empty());
+    // With two identities, one can go even without a password.
+    events.push(linked(60, "corp"));
+    events.push(linked(61, "github"));
+    assert!(unlink_identity(&given(&events), Uuid::from_u128(60), false).is_ok());
+    // Nothing is linked to an erased person, and erasure forgets the links.
+    events.push(UserEvent::PersonErased { reason: None });
+    let erased = given(&events);
+    assert!(erased.identities.is_empty());
+    assert_eq!(
+        link_identity(&erased, Uuid::from_u128(70), "okta", "s", None),
+        Err(UserError::NotFound)
+    );
+}
+
+#[test]
+fn a_confirmed_repeated_registration_and_a_trusted_provider_drop_earlier_links() {
+    let owner = Uuid::from_u128(200);
+    let mut events = registered(); // link 2
+    events.push(linked(40, "corp")); // 3: whoever made the account linked their identity
+    events.extend(register_again(&given(&events), owner, None)); // 4, link 5
+    let confirmed = verify_email(&given(&events), Uuid::from_u128(5), Utc::now()).unwrap();
+    assert!(confirmed.contains(&UserEvent::ExternalIdentityUnlinked {
+        identity_id: Uuid::from_u128(40),
+        provider: "corp".into(),
+    }));
+    let mut verified = events.clone();
+    verified.extend(confirmed);
+    assert!(given(&verified).identities.is_empty());
+
+    // A trusted provider's verified address claims the unverified account the same way.
+    let claimed = claim_by_provider(
+        &given(&events),
+        Uuid::from_u128(41),
+        "google",
+        "g-1",
+        "ada@example.com",
+    );
+    assert_eq!(claimed.len(), 3);
+    assert!(matches!(
+        claimed[0],
+        UserEvent::ExternalIdentityUnlinked { identity_id, .. } if identity_id == Uuid::from_u128(40)
+    ));
+    events.extend(claimed);
+    let user = given(&events);
+    assert!(user.email_verified);
+    assert_eq!(user.identities.len(), 1);
+    assert_eq!(user.identities[0].provider, "google");
 }
