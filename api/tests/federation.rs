@@ -303,6 +303,21 @@ async fn a_first_sign_in_makes_the_account_and_the_next_one_finds_it(
             .contains("last way to sign in"),
         "{refused}"
     );
+    // Disabled at the provider: the next sign-in is refused there, and so here.
+    provider.disable_account("alice").await;
+    let refused = browser.sign_in("corp", "alice").await;
+    assert_eq!(
+        (refused.status, problem(&refused.body)),
+        (401, "provider-refused"),
+        "{}",
+        refused.body
+    );
+    assert!(
+        refused.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("access_denied")
+    );
     // Nor can it sign in with a password it does not have.
     let (status, _) = app
         .call(
@@ -1050,4 +1065,93 @@ async fn misconfigured_providers_stop_the_api(_: PgPoolOptions, conn: PgConnectO
             .unwrap_or_default();
         assert!(err.contains(needle), "{err}");
     }
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn identities_are_their_owners_alone(_: PgPoolOptions, conn: PgConnectOptions) {
+    let issuer = MisbehavingIssuer::start("idp", "idp-secret").await;
+    idp_ops::test_logs::remember_secret("email", "person@example.test");
+    idp_ops::test_logs::remember_secret("email", "other@example.test");
+    let providers = json!([{"id": "fake", "kind": "oidc", "issuer": issuer.issuer(),
+                            "client_id": "idp", "client_secret": "idp-secret", "trust_email_verified": true}]);
+    let app = app_with(&conn, &providers, &[]).await;
+    let pool = pool(&conn).await;
+    let owner = access_token(&Browser::new(&app).sign_in("fake", "").await);
+    let (_, listed) = app
+        .call(Method::GET, "/v1/account/identities", Some(&owner), None)
+        .await;
+    let id = listed["identities"][0]["id"].as_str().unwrap().to_owned();
+    let other = app
+        .verified_user(&pool, "other@example.test", PASSWORD)
+        .await;
+    // Another person neither sees nor unlinks it.
+    let (_, theirs) = app
+        .call(Method::GET, "/v1/account/identities", Some(&other), None)
+        .await;
+    assert_eq!(theirs["identities"], json!([]));
+    let (status, _) = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/account/identities/{id}"),
+            Some(&other),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+    // The provider's account is the owner's: linking it to another account is refused.
+    let browser = Browser::new(&app);
+    let response = browser
+        .client
+        .post(app.url("/v1/account/identities/fake/link"))
+        .bearer_auth(&other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let started: Value = response.json().await.unwrap();
+    let landing = browser
+        .follow(
+            started["authorization_url"].as_str().unwrap().to_owned(),
+            "",
+        )
+        .await;
+    assert_eq!(landing.status, 409, "{}", landing.body);
+    // Without a token, and with an API key (a session's business), nothing.
+    for path in ["/v1/account/identities"] {
+        let (status, _) = app.call(Method::GET, path, None, None).await;
+        assert_eq!(status, 401);
+    }
+    let (status, key) = app
+        .call(
+            Method::POST,
+            "/v1/account/api-keys",
+            Some(&owner),
+            Some(json!({"name": "ci", "scopes": ["projects:read"]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{key}");
+    let key = key["key"].as_str().unwrap().to_owned();
+    idp_ops::test_logs::remember_secret("token", &key);
+    for (method, path) in [
+        (Method::GET, "/v1/account/identities".to_owned()),
+        (Method::POST, "/v1/account/identities/fake/link".to_owned()),
+        (Method::DELETE, format!("/v1/account/identities/{id}")),
+    ] {
+        let (status, body) = app.call(method, &path, Some(&key), None).await;
+        assert_eq!(
+            (status, problem(&body)),
+            (403, "session-required"),
+            "{path}"
+        );
+    }
+    // Garbage ids are no identity of the caller's.
+    let (status, _) = app
+        .call(
+            Method::DELETE,
+            "/v1/account/identities/not-an-id",
+            Some(&owner),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
 }
