@@ -393,16 +393,13 @@ impl IntoResponse for ApiError {
                     response.headers_mut().insert(header::RETRY_AFTER, value);
                 }
             }
-            Self::Unauthorized
-            | Self::InvalidCredentials
-            | Self::SecondFactorRefused
-            | Self::CaptchaRefused
-            | Self::MalformedApiKey(_) => {
-                response
-                    .headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            }
             _ => {}
+        }
+        // Every 401 names the scheme to authenticate with (RFC 9110, 15.5.2).
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }

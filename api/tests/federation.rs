@@ -132,6 +132,25 @@ impl Browser {
         }
     }
 
+    /// Links provider `id`'s account `login` to the holder of `token`: the API's answer to the
+    /// link's callback.
+    async fn link(&self, app: &TestApp, token: &str, id: &str, login: &str) -> Landing {
+        let response = self
+            .client
+            .post(app.url(&format!("/v1/account/identities/{id}/link")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let started: Value = response.json().await.unwrap();
+        self.follow(
+            started["authorization_url"].as_str().unwrap().to_owned(),
+            login,
+        )
+        .await
+    }
+
     /// A whole sign-in with provider `id` as `login`, from the start.
     async fn sign_in(&self, id: &str, login: &str) -> Landing {
         let (status, to) = self.start(&format!("/v1/auth/oidc/{id}/start")).await;
@@ -422,21 +441,7 @@ async fn an_unverified_address_does_not_link_until_the_person_links_it_signed_in
 
     // Signed in with the password, the person links it from the account.
     let browser = Browser::new(&app);
-    let response = browser
-        .client
-        .post(app.url("/v1/account/identities/corp/link"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let started: Value = response.json().await.unwrap();
-    let linked = browser
-        .follow(
-            started["authorization_url"].as_str().unwrap().to_owned(),
-            "carol",
-        )
-        .await;
+    let linked = browser.link(&app, &token, "corp", "carol").await;
     assert_eq!(linked.status, 200, "{}", linked.body);
     assert_eq!(linked.body["provider"], "corp");
     // Now the provider signs carol in.
@@ -530,6 +535,35 @@ async fn a_return_to_gets_a_login_code_that_works_once(_: PgPoolOptions, conn: P
         .await;
     assert_eq!(status, 401, "{again}");
     assert_eq!(problem(&again), "login-code-refused");
+
+    // A code lives 60 seconds: one a second past its end is refused.
+    let (_, to) = browser
+        .start("/v1/auth/oidc/corp/start?return_to=http%3A%2F%2F127.0.0.1%3A9%2F")
+        .await;
+    let landing = browser.follow(to, "erin").await;
+    let code = param(&landing.location.unwrap(), "login_code");
+    idp_ops::test_logs::remember_secret("token", &code);
+    let db = db(&conn);
+    let left: f64 = sqlx::query_scalar(
+        "select extract(epoch from expires_at - now())::float8 from federated_login_codes",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert!((55.0..=60.0).contains(&left), "{left}");
+    sqlx::query("update federated_login_codes set expires_at = now() - interval '1 second'")
+        .execute(&db)
+        .await
+        .unwrap();
+    let (status, expired) = app
+        .call(
+            Method::POST,
+            "/v1/auth/oidc/exchange",
+            None,
+            Some(json!({ "login_code": code })),
+        )
+        .await;
+    assert_eq!((status, problem(&expired)), (401, "login-code-refused"));
 
     // No open redirect: another origin, a scheme that is not http(s), credentials.
     for refused in [
@@ -1099,22 +1133,7 @@ async fn identities_are_their_owners_alone(_: PgPoolOptions, conn: PgConnectOpti
         .await;
     assert_eq!(status, 404);
     // The provider's account is the owner's: linking it to another account is refused.
-    let browser = Browser::new(&app);
-    let response = browser
-        .client
-        .post(app.url("/v1/account/identities/fake/link"))
-        .bearer_auth(&other)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let started: Value = response.json().await.unwrap();
-    let landing = browser
-        .follow(
-            started["authorization_url"].as_str().unwrap().to_owned(),
-            "",
-        )
-        .await;
+    let landing = Browser::new(&app).link(&app, &other, "fake", "").await;
     assert_eq!(landing.status, 409, "{}", landing.body);
     // Without a token, and with an API key (a session's business), nothing.
     for path in ["/v1/account/identities"] {
@@ -1154,4 +1173,60 @@ async fn identities_are_their_owners_alone(_: PgPoolOptions, conn: PgConnectOpti
         )
         .await;
     assert_eq!(status, 404);
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn providers_can_come_from_a_file(_: PgPoolOptions, conn: PgConnectOptions) {
+    let github = FakeGithub::start("gh-client", "gh-secret").await;
+    let file = idp_testkit::settings::temp_dir("providers").join("providers.json");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(
+        &file,
+        json!([{"id": "github", "kind": "github", "issuer": github.web_url(),
+                "api_url": github.api_url(), "client_id": "gh-client", "client_secret": "gh-secret"}])
+        .to_string(),
+    )
+    .unwrap();
+    let path = file.display().to_string();
+    let app = spawn_app(
+        &conn,
+        &[
+            "--auth-providers-file",
+            &path,
+            "--public-base-url",
+            PUBLIC_BASE,
+        ],
+    )
+    .await;
+    let (_, listed) = app
+        .call(Method::GET, "/v1/auth/providers", None, None)
+        .await;
+    assert_eq!(listed["providers"][0]["id"], "github");
+    assert_eq!(listed["providers"][0]["kind"], "github");
+    // Both at once is a mistake.
+    let config = <idp_api::config::Config as clap::Parser>::try_parse_from(
+        idp_testkit::settings::api_args(
+            &idp_testkit::database::database_url(&conn),
+            &idp_testkit::settings::temp_dir("keys"),
+        )
+        .into_iter()
+        .chain(
+            [
+                "--amqp-url",
+                &idp_testkit::broker::amqp_url(),
+                "--auth-providers-file",
+                &path,
+                "--auth-providers",
+                "[]",
+            ]
+            .map(str::to_owned),
+        ),
+    )
+    .unwrap();
+    let err = idp_api::startup::Application::build(&config)
+        .await
+        .err()
+        .map(|e| format!("{e:#}"))
+        .unwrap_or_default();
+    assert!(err.contains("not both"), "{err}");
 }

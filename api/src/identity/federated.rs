@@ -191,14 +191,7 @@ impl Identity {
                 email.as_str(),
             )
         };
-        self.append_user_in(
-            &mut tx,
-            &account,
-            &events,
-            ctx.metadata(StreamId::user(owner)),
-        )
-        .await?;
-        self.insert_identity(&mut tx, identity_id, owner, assertion)
+        self.record_link(&mut tx, ctx, &account, &events, identity_id, assertion)
             .await?;
         tx.commit().await?;
         metrics::counter!("idp_federated_accounts_total", "outcome" => "linked").increment(1);
@@ -309,14 +302,7 @@ impl Identity {
                 )?;
                 let mut conn = self.pool.acquire().await?;
                 let mut tx = conn.begin().await?;
-                self.append_user_in(
-                    &mut tx,
-                    &account,
-                    &events,
-                    ctx.metadata(StreamId::user(user_id)),
-                )
-                .await?;
-                self.insert_identity(&mut tx, identity_id, user_id, assertion)
+                self.record_link(&mut tx, ctx, &account, &events, identity_id, assertion)
                     .await?;
                 tx.commit().await?;
             }
@@ -409,6 +395,28 @@ impl Identity {
         )
         .fetch_optional(&self.pool)
         .await?)
+    }
+
+    /// Appends `events` (which link `identity_id`) to `account`'s stream and records the link,
+    /// in `conn`'s transaction.
+    async fn record_link(
+        &self,
+        conn: &mut PgConnection,
+        ctx: &ClientContext,
+        account: &User,
+        events: &[UserEvent],
+        identity_id: Uuid,
+        assertion: &Assertion,
+    ) -> Result<(), IdentityError> {
+        self.append_user_in(
+            &mut *conn,
+            account,
+            events,
+            ctx.metadata(StreamId::user(account.id)),
+        )
+        .await?;
+        self.insert_identity(conn, identity_id, account.id, assertion)
+            .await
     }
 
     /// Records the link `identity_id` of `assertion`'s identity to `user_id` in `conn`'s

@@ -54,8 +54,9 @@ pub fn router() -> Router<AppState> {
 #[schema(example = json!({"reason": "erasure request 2026-114"}))]
 pub struct EraseUserRequest {
     /// Why (recorded in `PersonErased`; name a request or a ticket, not the person): 1 to 500
-    /// characters, not only white space (which is trimmed).
-    #[schema(min_length = 1, max_length = 500, pattern = "\\S")]
+    /// characters, not only white space (which is trimmed; U+0085, NEL, is white space too,
+    /// though JSON Schema's `\s` leaves it out).
+    #[schema(min_length = 1, max_length = 500, pattern = "[^\\s\\u0085]")]
     pub reason: String,
 }
 
