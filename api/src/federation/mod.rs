@@ -209,6 +209,16 @@ impl Federation {
             .collect()
     }
 
+    /// `id` as a metrics label: a configured provider's id, else `unknown` (a path names it,
+    /// and labels must stay few).
+    pub fn label(&self, id: &str) -> String {
+        if self.0.providers.iter().any(|p| p.config.id == id) {
+            id.to_owned()
+        } else {
+            "unknown".to_owned()
+        }
+    }
+
     fn provider(&self, id: &str) -> Result<&Provider, FederationError> {
         let provider = self
             .0

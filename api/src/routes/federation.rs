@@ -150,7 +150,8 @@ pub async fn callback(
     let mut response = match outcome {
         Ok(response) => response,
         Err(err) => {
-            metrics::counter!("idp_federated_flows_total", "provider" => provider.0.clone(), "step" => "refused")
+            let label = state.federation.label(&provider.0);
+            metrics::counter!("idp_federated_flows_total", "provider" => label, "step" => "refused")
                 .increment(1);
             err.into_response()
         }
