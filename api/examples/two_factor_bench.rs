@@ -260,9 +260,12 @@ async fn main() -> anyhow::Result<()> {
         requests: AtomicU64::new(1),
     });
 
-    // Enough accounts that every TOTP sign-in of a round finds a free step (two per account
-    // at least), for the sign-in rate the password alone reaches.
-    let totp_accounts = usize::try_from(seconds * 80).unwrap_or(800).max(100);
+    // Enough accounts that every TOTP sign-in of every round finds a free step (each account
+    // has two at first, the current step and the next, and one more every 30 s), at up to 120
+    // sign-ins a second.
+    let totp_accounts = usize::try_from(seconds * 60 * rounds)
+        .unwrap_or(1_800)
+        .max(100);
     let verify_accounts = usize::try_from(verify_rate * verify_seconds / 2 + 10).unwrap_or(510);
     eprintln!(
         "setting up 50 accounts with the password alone, {totp_accounts} + {verify_accounts} with TOTP ..."
