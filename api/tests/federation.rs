@@ -1230,3 +1230,24 @@ async fn providers_can_come_from_a_file(_: PgPoolOptions, conn: PgConnectOptions
         .unwrap_or_default();
     assert!(err.contains("not both"), "{err}");
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn two_first_sign_ins_at_once_make_one_account(_: PgPoolOptions, conn: PgConnectOptions) {
+    let issuer = MisbehavingIssuer::start("idp", "idp-secret").await;
+    idp_ops::test_logs::remember_secret("email", "person@example.test");
+    let providers = json!([{"id": "fake", "kind": "oidc", "issuer": issuer.issuer(),
+                            "client_id": "idp", "client_secret": "idp-secret", "trust_email_verified": true}]);
+    let app = app_with(&conn, &providers, &[]).await;
+    let (first, second) = (Browser::new(&app), Browser::new(&app));
+    let (_, to) = first.start("/v1/auth/oidc/fake/start").await;
+    let one = provider_redirect(&first, &to).await;
+    let (_, to) = second.start("/v1/auth/oidc/fake/start").await;
+    let two = provider_redirect(&second, &to).await;
+    let (a, b) = tokio::join!(first.land(&one), second.land(&two));
+    let (a, b) = (
+        me(&app, &access_token(&a)).await,
+        me(&app, &access_token(&b)).await,
+    );
+    assert_eq!(a, b);
+    assert_eq!(events_of_type(&db(&conn), "UserRegistered").await, 1);
+}

@@ -95,7 +95,11 @@ impl Identity {
                 None => self.first_federated_sign_in(ctx, assertion).await,
             };
             match outcome {
-                Err(err) if err.is_conflict() => continue,
+                // Someone made the account or linked the identity meanwhile (the same person's
+                // other tab, say): look again.
+                Err(err) if err.is_conflict() || matches!(err, IdentityError::IdentityTaken(_)) => {
+                    continue;
+                }
                 other => {
                     found = Some(other?);
                     break;
