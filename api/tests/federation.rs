@@ -196,6 +196,23 @@ fn corp(provider: &OidcProvider, trusted: bool) -> Value {
            "trust_email_verified": trusted})
 }
 
+/// `oidc-provider` with account `login` (address `<login>@corp.example`, `verified` there),
+/// and the API with it as provider `corp` (`trusted` for linking) and `extra` flags.
+async fn corp_app(
+    conn: &PgConnectOptions,
+    login: &str,
+    verified: bool,
+    trusted: bool,
+    extra: &[&str],
+) -> (OidcProvider, TestApp) {
+    let provider = OidcProvider::start().await;
+    let email = format!("{login}@corp.example");
+    idp_ops::test_logs::remember_secret("email", &email);
+    provider.put_account(login, &email, verified).await;
+    let app = app_with(conn, &json!([corp(&provider, trusted)]), extra).await;
+    (provider, app)
+}
+
 fn db(conn: &PgConnectOptions) -> PgPool {
     PgPoolOptions::new()
         .max_connections(2)
@@ -232,11 +249,8 @@ async fn a_first_sign_in_makes_the_account_and_the_next_one_finds_it(
     _: PgPoolOptions,
     conn: PgConnectOptions,
 ) {
-    let provider = OidcProvider::start().await;
+    let (provider, app) = corp_app(&conn, "alice", true, true, &[]).await;
     let email = "alice@corp.example";
-    idp_ops::test_logs::remember_secret("email", email);
-    provider.put_account("alice", email, true).await;
-    let app = app_with(&conn, &json!([corp(&provider, true)]), &[]).await;
     let pool = db(&conn);
 
     let (status, listed) = app
@@ -354,11 +368,8 @@ async fn a_verified_address_of_a_trusted_provider_links_to_the_password_account(
     _: PgPoolOptions,
     conn: PgConnectOptions,
 ) {
-    let provider = OidcProvider::start().await;
+    let (_provider, app) = corp_app(&conn, "bob", true, true, &ADMIN_ARGS).await;
     let email = "bob@corp.example";
-    idp_ops::test_logs::remember_secret("email", email);
-    provider.put_account("bob", email, true).await;
-    let app = app_with(&conn, &json!([corp(&provider, true)]), &ADMIN_ARGS).await;
     let pool = pool(&conn).await;
     let password_token = app.verified_user(&pool, email, PASSWORD).await;
     let bob = me(&app, &password_token).await;
@@ -419,11 +430,8 @@ async fn an_unverified_address_does_not_link_until_the_person_links_it_signed_in
     _: PgPoolOptions,
     conn: PgConnectOptions,
 ) {
-    let provider = OidcProvider::start().await;
+    let (_provider, app) = corp_app(&conn, "carol", false, true, &[]).await;
     let email = "carol@corp.example";
-    idp_ops::test_logs::remember_secret("email", email);
-    provider.put_account("carol", email, false).await;
-    let app = app_with(&conn, &json!([corp(&provider, true)]), &[]).await;
     let pool = pool(&conn).await;
     let token = app.verified_user(&pool, email, PASSWORD).await;
     let carol = me(&app, &token).await;
@@ -460,11 +468,8 @@ async fn an_untrusted_provider_makes_accounts_that_confirm_their_address(
     _: PgPoolOptions,
     conn: PgConnectOptions,
 ) {
-    let provider = OidcProvider::start().await;
+    let (_provider, app) = corp_app(&conn, "dan", true, false, &[]).await;
     let email = "dan@corp.example";
-    idp_ops::test_logs::remember_secret("email", email);
-    provider.put_account("dan", email, true).await;
-    let app = app_with(&conn, &json!([corp(&provider, false)]), &[]).await;
     let pool = pool(&conn).await;
     // Not trusted for it: the provider's "verified" proves nothing here; idp asks.
     let first = Browser::new(&app).sign_in("corp", "dan").await;
@@ -488,12 +493,7 @@ async fn an_untrusted_provider_makes_accounts_that_confirm_their_address(
 
 #[sqlx::test(migrations = "../migrations")]
 async fn a_return_to_gets_a_login_code_that_works_once(_: PgPoolOptions, conn: PgConnectOptions) {
-    let provider = OidcProvider::start().await;
-    idp_ops::test_logs::remember_secret("email", "erin@corp.example");
-    provider
-        .put_account("erin", "erin@corp.example", true)
-        .await;
-    let app = app_with(&conn, &json!([corp(&provider, true)]), &[]).await;
+    let (_provider, app) = corp_app(&conn, "erin", true, true, &[]).await;
     let browser = Browser::new(&app);
 
     let (status, to) = browser
@@ -588,11 +588,8 @@ async fn a_return_to_gets_a_login_code_that_works_once(_: PgPoolOptions, conn: P
 
 #[sqlx::test(migrations = "../migrations")]
 async fn a_person_with_a_second_factor_still_needs_it(_: PgPoolOptions, conn: PgConnectOptions) {
-    let provider = OidcProvider::start().await;
+    let (_provider, app) = corp_app(&conn, "fay", true, true, &[]).await;
     let email = "fay@corp.example";
-    idp_ops::test_logs::remember_secret("email", email);
-    provider.put_account("fay", email, true).await;
-    let app = app_with(&conn, &json!([corp(&provider, true)]), &[]).await;
     let pool = pool(&conn).await;
     let token = app.verified_user(&pool, email, PASSWORD).await;
     let (status, enrolment) = app

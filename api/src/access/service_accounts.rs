@@ -52,6 +52,24 @@ pub struct AccountSpec {
     pub roles: Vec<String>,
 }
 
+/// A service account's roles as requested: ones idp knows, without repeats, `user` always
+/// among them (first).
+pub fn parse_roles(roles: &[String]) -> Result<Vec<String>, ApiError> {
+    let mut wanted = vec![ROLE_USER.to_owned()];
+    for role in roles {
+        if !ROLES.contains(&role.as_str()) {
+            return Err(ApiError::Unprocessable(format!(
+                "roles: {role:?} is not a role; roles: {}",
+                ROLES.join(", ")
+            )));
+        }
+        if !wanted.contains(role) {
+            wanted.push(role.clone());
+        }
+    }
+    Ok(wanted)
+}
+
 impl AccountSpec {
     /// Checks a request's name (1 to 63 of `a-z 0-9 -`, starting with a letter, not ending
     /// with `-`), description and roles (ones idp knows; `user` is always added).
@@ -80,22 +98,10 @@ impl AccountSpec {
                 "description: at most {MAX_DESCRIPTION_CHARS} characters, no control characters"
             )));
         }
-        let mut wanted = vec![ROLE_USER.to_owned()];
-        for role in roles {
-            if !ROLES.contains(&role.as_str()) {
-                return Err(ApiError::Unprocessable(format!(
-                    "roles: {role:?} is not a role; roles: {}",
-                    ROLES.join(", ")
-                )));
-            }
-            if !wanted.contains(role) {
-                wanted.push(role.clone());
-            }
-        }
         Ok(Self {
             name: name.to_owned(),
             description: description.map(str::to_owned),
-            roles: wanted,
+            roles: parse_roles(roles)?,
         })
     }
 }

@@ -192,9 +192,14 @@ fn is_access_token_typ(typ: &str) -> bool {
 /// A new opaque token (a refresh token, a sign-in challenge): 32 random bytes, base64url
 /// without padding (43 chars). Returns (token, sha256 hash bytes).
 pub fn new_opaque_token() -> (String, Vec<u8>) {
-    let token = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
+    let token = random_token();
     let hash = hash_opaque_token(&token);
     (token, hash)
+}
+
+/// 256 random bits, base64url (43 characters): an opaque token, a `state`, a `nonce`.
+pub fn random_token() -> String {
+    URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
 }
 
 /// SHA-256 of a presented opaque token, for lookup.

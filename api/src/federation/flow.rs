@@ -61,27 +61,30 @@ pub enum FlowError {
     #[error("the sign-in cookie was not made by idp")]
     BadSignature,
     /// Its flow took too long.
-    #[error("the sign-in took too long; start again")]
+    #[error("the sign-in took too long")]
     Expired,
 }
 
 /// Domain separation of the tag.
 const CONTEXT: &[u8] = b"idp federation flow v1\n";
 
-fn tag(secret: &[u8], kid: &str, payload: &str) -> Result<Vec<u8>, FlowError> {
+/// The MAC of a cookie signed with `secret` under key id `kid`, fed its `payload`.
+fn mac(secret: &[u8], kid: &str, payload: &str) -> Result<Hmac<Sha256>, FlowError> {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).map_err(|_| FlowError::BadSignature)?;
     mac.update(CONTEXT);
     mac.update(kid.as_bytes());
     mac.update(b".");
     mac.update(payload.as_bytes());
-    Ok(mac.finalize().into_bytes().to_vec())
+    Ok(mac)
 }
 
 /// The cookie value of `flow`, signed with the ring's current key.
 pub fn seal(keys: &SecretKeys, flow: &Flow) -> String {
     let key = keys.current();
     let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(flow).unwrap_or_default());
-    let tag = tag(key.secret(), key.id(), &payload).unwrap_or_default();
+    let tag = mac(key.secret(), key.id(), &payload)
+        .map(|mac| mac.finalize().into_bytes().to_vec())
+        .unwrap_or_default();
     format!("{}.{payload}.{}", key.id(), URL_SAFE_NO_PAD.encode(tag))
 }
 
@@ -97,13 +100,8 @@ pub fn open(keys: &SecretKeys, value: &str, now: i64) -> Result<Flow, FlowError>
         .decode(given)
         .map_err(|_| FlowError::Malformed)?;
     let key = keys.get(kid).ok_or(FlowError::BadSignature)?;
-    let mut mac =
-        Hmac::<Sha256>::new_from_slice(key.secret()).map_err(|_| FlowError::BadSignature)?;
-    mac.update(CONTEXT);
-    mac.update(kid.as_bytes());
-    mac.update(b".");
-    mac.update(payload.as_bytes());
-    mac.verify_slice(&given)
+    mac(key.secret(), kid, payload)?
+        .verify_slice(&given)
         .map_err(|_| FlowError::BadSignature)?;
     let json = URL_SAFE_NO_PAD
         .decode(payload)

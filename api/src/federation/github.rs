@@ -12,28 +12,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use url::Url;
 
-use super::FederationError;
 use super::providers::ProviderConfig;
-
-/// What GitHub said of the person.
-#[derive(Clone)]
-pub struct GithubUser {
-    /// The numeric user id, as text.
-    pub subject: String,
-    /// The primary address (verified if one is), or the public one.
-    pub email: Option<String>,
-    /// Whether `email` is verified at GitHub.
-    pub email_verified: bool,
-    /// The profile name, else the login.
-    pub name: Option<String>,
-}
-
-/// Personal data: `Debug` shows none of it.
-impl std::fmt::Debug for GithubUser {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GithubUser").finish_non_exhaustive()
-    }
-}
+use super::{FederationError, ProviderClaims};
 
 /// A GitHub server.
 #[derive(Debug)]
@@ -130,7 +110,7 @@ impl GithubProvider {
         http: &reqwest::Client,
         code: &str,
         verifier: &str,
-    ) -> Result<GithubUser, FederationError> {
+    ) -> Result<ProviderClaims, FederationError> {
         let token = self
             .client()
             .exchange_code(AuthorizationCode::new(code.to_owned()))
@@ -172,7 +152,7 @@ impl GithubProvider {
             Some(address) => (Some(address.email.clone()), address.verified),
             None => (user.email.clone(), false),
         };
-        Ok(GithubUser {
+        Ok(ProviderClaims {
             subject: user.id.to_string(),
             email,
             email_verified,

@@ -27,10 +27,11 @@ use sqlx::PgPool;
 use url::Url;
 use uuid::Uuid;
 
-use self::flow::{FLOW_TTL_SECS, Flow, FlowError};
+use self::flow::{FLOW_TTL_SECS, Flow};
 use self::github::GithubProvider;
 use self::oidc::OidcProvider;
 use self::providers::{ProviderConfig, ProviderKind};
+use crate::auth::tokens;
 use crate::error::ApiError;
 use crate::identity::{Assertion, FederatedSession};
 
@@ -81,6 +82,26 @@ impl From<FederationError> for ApiError {
             E::ProviderUnavailable(_) => (StatusCode::BAD_GATEWAY, "provider-unavailable"),
         };
         Self::refused(status, slug, &err)
+    }
+}
+
+/// What a provider said of the person who signed in there: from a validated `id_token`
+/// (OpenID Connect) or GitHub's user and email endpoints. Personal data: `Debug` shows none.
+#[derive(Clone)]
+pub struct ProviderClaims {
+    /// The provider's stable id of the person (`sub`; GitHub's numeric user id, as text).
+    pub subject: String,
+    /// The address it gave (GitHub: the primary one, verified if one is).
+    pub email: Option<String>,
+    /// Whether it says `email` is verified.
+    pub email_verified: bool,
+    /// A name to show (GitHub: the profile name, else the login).
+    pub name: Option<String>,
+}
+
+impl std::fmt::Debug for ProviderClaims {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderClaims").finish_non_exhaustive()
     }
 }
 
@@ -264,8 +285,8 @@ impl Federation {
         let provider = self.provider(id)?;
         let return_to = return_to.map(|r| self.check_return_to(r)).transpose()?;
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
-        let state = random_token();
-        let nonce = random_token();
+        let state = tokens::random_token();
+        let nonce = tokens::random_token();
         let url = match &provider.protocol {
             Protocol::Oidc(oidc) => {
                 oidc.authorize_url(&self.0.http, &state, &nonce, challenge)
@@ -300,13 +321,8 @@ impl Federation {
         let provider = self.provider(id)?;
         let invalid = |why: &str| FederationError::FlowInvalid(why.to_owned());
         let value = cookie.ok_or_else(|| invalid("no sign-in was started in this browser"))?;
-        let flow =
-            flow::open(&self.0.flow_keys, value, Utc::now().timestamp()).map_err(
-                |err| match err {
-                    FlowError::Expired => invalid("the sign-in took too long"),
-                    other => invalid(&other.to_string()),
-                },
-            )?;
+        let flow = flow::open(&self.0.flow_keys, value, Utc::now().timestamp())
+            .map_err(|err| invalid(&err.to_string()))?;
         if flow.provider != id {
             return Err(invalid("this sign-in was started with another provider"));
         }
@@ -337,29 +353,23 @@ impl Federation {
             .as_deref()
             .filter(|c| !c.is_empty())
             .ok_or_else(|| invalid("the provider's answer has no code"))?;
-        let (subject, email, verified, name) = match &provider.protocol {
+        let claims = match &provider.protocol {
             Protocol::Oidc(oidc) => {
                 let nonce = flow.nonce.as_deref().unwrap_or_default();
-                let claims = oidc
-                    .exchange(&self.0.http, code, &flow.pkce_verifier, nonce)
-                    .await?;
-                (
-                    claims.subject,
-                    claims.email,
-                    claims.email_verified,
-                    claims.name,
-                )
+                oidc.exchange(&self.0.http, code, &flow.pkce_verifier, nonce)
+                    .await?
             }
             Protocol::Github(github) => {
-                let user = github
+                github
                     .exchange(&self.0.http, code, &flow.pkce_verifier)
-                    .await?;
-                (user.subject, user.email, user.email_verified, user.name)
+                    .await?
             }
         };
-        let email = email.and_then(|e| Email::parse(&e).ok());
+        let verified = claims.email_verified;
+        let email = claims.email.and_then(|e| Email::parse(&e).ok());
         // A name idp would refuse at registration (too long, control characters) is dropped.
-        let name = name
+        let name = claims
+            .name
             .and_then(|n| DisplayName::parse(&n).ok().flatten())
             .map(DisplayName::into_inner);
         let config = &provider.config;
@@ -368,20 +378,17 @@ impl Federation {
                 .as_ref()
                 .and_then(|e| e.as_str().rsplit_once('@'))
                 .map(|(_, domain)| domain.to_owned());
-            match domain {
-                Some(domain) if verified && config.allowed_domains.contains(&domain) => {}
-                Some(_) if !verified => {
-                    return Err(FederationError::DomainRefused(format!(
-                        "{} signs in only verified addresses of its allowed domains",
-                        config.id
-                    )));
-                }
-                _ => {
-                    return Err(FederationError::DomainRefused(format!(
-                        "the address's domain is not one {} allows",
-                        config.id
-                    )));
-                }
+            if domain.is_some() && !verified {
+                return Err(FederationError::DomainRefused(format!(
+                    "{} signs in only verified addresses of its allowed domains",
+                    config.id
+                )));
+            }
+            if !domain.is_some_and(|d| config.allowed_domains.contains(&d)) {
+                return Err(FederationError::DomainRefused(format!(
+                    "the address's domain is not one {} allows",
+                    config.id
+                )));
             }
         }
         metrics::counter!("idp_federated_flows_total", "provider" => id.to_owned(), "step" => "callback")
@@ -389,7 +396,7 @@ impl Federation {
         Ok(Completed {
             assertion: Assertion {
                 provider: config.id.clone(),
-                subject,
+                subject: claims.subject,
                 email_trusted: verified && config.trust_email_verified,
                 email,
                 name,
@@ -438,7 +445,7 @@ impl Federation {
 }
 
 /// The query of a callback.
-#[derive(Debug, Default, Clone, serde::Deserialize, utoipa::IntoParams)]
+#[derive(Debug, Default, Clone, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct CallbackParams {
     /// The authorization code.
@@ -451,12 +458,6 @@ pub struct CallbackParams {
     pub error_description: Option<String>,
     /// The issuer that answered (RFC 9207): when given, it must be the provider's.
     pub iss: Option<String>,
-}
-
-/// 256 random bits, base64url.
-fn random_token() -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -7,8 +7,7 @@
 use std::time::{Duration, Instant};
 
 use openidconnect::core::{
-    CoreAuthenticationFlow, CoreClient, CoreErrorResponseType, CoreJwsSigningAlgorithm,
-    CoreProviderMetadata,
+    CoreAuthenticationFlow, CoreClient, CoreJwsSigningAlgorithm, CoreProviderMetadata,
 };
 use openidconnect::{
     AuthorizationCode, ClaimsVerificationError, ClientId, ClientSecret, CsrfToken, IssuerUrl,
@@ -19,31 +18,11 @@ use secrecy::ExposeSecret;
 use tokio::sync::RwLock;
 use url::Url;
 
-use super::FederationError;
 use super::providers::ProviderConfig;
+use super::{FederationError, ProviderClaims};
 
 /// How long a discovery document (and its keys) is used before it is fetched again.
 pub const DISCOVERY_TTL: Duration = Duration::from_secs(600);
-
-/// What an issuer said of the person, from a validated `id_token`.
-#[derive(Clone)]
-pub struct OidcClaims {
-    /// `sub`.
-    pub subject: String,
-    /// `email`.
-    pub email: Option<String>,
-    /// `email_verified`.
-    pub email_verified: bool,
-    /// `name`.
-    pub name: Option<String>,
-}
-
-/// Personal data: `Debug` shows none of it.
-impl std::fmt::Debug for OidcClaims {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OidcClaims").finish_non_exhaustive()
-    }
-}
 
 /// An OpenID Connect issuer.
 #[derive(Debug)]
@@ -155,7 +134,7 @@ impl OidcProvider {
         code: &str,
         verifier: &str,
         nonce: &str,
-    ) -> Result<OidcClaims, FederationError> {
+    ) -> Result<ProviderClaims, FederationError> {
         let metadata = self.metadata(http, false).await?;
         let client = self.client(metadata.clone());
         let response = client
@@ -166,11 +145,7 @@ impl OidcProvider {
             .await
             .map_err(|err| match err {
                 RequestTokenError::ServerResponse(answer) => {
-                    let code = match answer.error() {
-                        CoreErrorResponseType::Extension(other) => other.clone(),
-                        known => known.to_string(),
-                    };
-                    FederationError::ProviderRefused(code)
+                    FederationError::ProviderRefused(answer.error().to_string())
                 }
                 RequestTokenError::Parse(e, _) => FederationError::ProviderUnavailable(format!(
                     "its token answer could not be read ({})",
@@ -196,7 +171,7 @@ impl OidcProvider {
             let verifier = client.id_token_verifier().set_allowed_algs(algorithms);
             id_token
                 .claims(&verifier, &nonce)
-                .map(|claims| OidcClaims {
+                .map(|claims| ProviderClaims {
                     subject: claims.subject().as_str().to_owned(),
                     email: claims.email().map(|e| e.as_str().to_owned()),
                     email_verified: claims.email_verified().unwrap_or(false),

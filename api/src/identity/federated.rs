@@ -459,16 +459,3 @@ impl Identity {
 fn identity_key(provider: &str, subject: &str) -> String {
     format!("{provider}\n{subject}")
 }
-
-/// The event of link `identity_id`, made with its account (`register.rs`).
-pub(super) fn linked_at_creation(identity_id: Uuid, assertion: &Assertion) -> UserEvent {
-    UserEvent::ExternalIdentityLinked {
-        identity_id,
-        provider: assertion.provider.clone(),
-        subject: assertion.subject.clone().into(),
-        email: assertion
-            .email
-            .as_ref()
-            .map(|email| email.as_str().to_owned().into()),
-    }
-}

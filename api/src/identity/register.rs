@@ -143,7 +143,12 @@ impl Identity {
         let mut events = user::register(email.as_str(), display_name, roles, verified);
         let identity_id = Uuid::now_v7();
         if let Some(assertion) = identity {
-            events.push(super::federated::linked_at_creation(identity_id, assertion));
+            events.push(user::identity_linked(
+                identity_id,
+                &assertion.provider,
+                &assertion.subject,
+                assertion.email.as_ref().map(Email::as_str),
+            ));
         }
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin().await?;

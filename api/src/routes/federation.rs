@@ -108,7 +108,10 @@ pub async fn start(
         .federation
         .start(&provider.0, params.return_to.as_deref(), None)
         .await?;
-    Ok(redirect_setting(url.as_str(), &cookie))
+    Ok(setting_cookie(
+        Redirect::to(url.as_str()).into_response(),
+        &cookie,
+    ))
 }
 
 /// The end of a provider's sign-in. The browser's flow cookie must be this provider's, with
@@ -147,7 +150,7 @@ pub async fn callback(
         .find_map(flow::from_cookie_header);
     let clear = state.federation.clear_cookie();
     let outcome = complete(&state, &ctx, &provider.0, &params, cookie).await;
-    let mut response = match outcome {
+    let response = match outcome {
         Ok(response) => response,
         Err(err) => {
             let label = state.federation.label(&provider.0);
@@ -156,10 +159,7 @@ pub async fn callback(
             err.into_response()
         }
     };
-    if let Ok(value) = HeaderValue::from_str(&clear) {
-        response.headers_mut().append(header::SET_COOKIE, value);
-    }
-    Ok(response)
+    Ok(setting_cookie(response, &clear))
 }
 
 /// The callback's work, once its parameters are read.
@@ -232,9 +232,8 @@ fn with_param(to: &str, name: &str, value: &str) -> String {
     }
 }
 
-/// A 303 to `location` that sets `cookie`.
-fn redirect_setting(location: &str, cookie: &str) -> Response {
-    let mut response = Redirect::to(location).into_response();
+/// `response` with a `Set-Cookie` of `cookie` added.
+fn setting_cookie(mut response: Response, cookie: &str) -> Response {
     if let Ok(value) = HeaderValue::from_str(cookie) {
         response.headers_mut().append(header::SET_COOKIE, value);
     }
@@ -346,14 +345,10 @@ pub async fn link(
             Some(user.user_id),
         )
         .await?;
-    let mut response = Json(LinkStarted {
+    let started = Json(LinkStarted {
         authorization_url: url.into(),
-    })
-    .into_response();
-    if let Ok(value) = HeaderValue::from_str(&cookie) {
-        response.headers_mut().append(header::SET_COOKIE, value);
-    }
-    Ok(response)
+    });
+    Ok(setting_cookie(started.into_response(), &cookie))
 }
 
 /// Unlinks one of the caller's identities; refused (409) if the account would be left with no

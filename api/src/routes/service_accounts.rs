@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::api_keys::{ApiKeys, CreateKeyRequest, CreatedKey, make_key, rotate};
 use crate::access::api_keys::KeyOwner;
-use crate::access::service_accounts::{AccountSpec, ServiceAccountView, StateChange};
+use crate::access::service_accounts::{AccountSpec, ServiceAccountView, StateChange, parse_roles};
 use crate::auth::permissions::{ManageServiceAccounts, Permitted};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ClientContext};
@@ -158,8 +158,7 @@ pub async fn set_roles(
     ApiPath(id): ApiPath<Uuid>,
     ApiJson(body): ApiJson<SetRolesRequest>,
 ) -> Result<Json<ServiceAccountView>, ApiError> {
-    let account = state.access.service_account(id).await?;
-    let roles = AccountSpec::parse(&account.name, None, &body.roles)?.roles;
+    let roles = parse_roles(&body.roles)?;
     let view = state
         .access
         .set_service_account_roles(ctx.metadata(admin.actor()), id, &roles)

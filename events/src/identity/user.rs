@@ -642,12 +642,23 @@ pub fn link_identity(
     if user.identities.iter().any(|i| i.provider == provider) {
         return Err(UserError::ProviderLinked(provider.to_owned()));
     }
-    Ok(vec![UserEvent::ExternalIdentityLinked {
+    Ok(vec![identity_linked(identity_id, provider, subject, email)])
+}
+
+/// `ExternalIdentityLinked`: account `subject` of `provider` (which gave `email`) linked as
+/// `identity_id` (to an existing account, or to one made with it).
+pub fn identity_linked(
+    identity_id: Uuid,
+    provider: &str,
+    subject: &str,
+    email: Option<&str>,
+) -> UserEvent {
+    UserEvent::ExternalIdentityLinked {
         identity_id,
         provider: provider.to_owned(),
         subject: subject.to_owned().into(),
         email: email.map(|e| e.to_owned().into()),
-    }])
+    }
 }
 
 /// A trusted provider asserts the address of the unverified account `user` for its account
@@ -671,12 +682,7 @@ pub fn claim_by_provider(
     events.push(UserEvent::EmailVerified {
         verification_id: None,
     });
-    events.push(UserEvent::ExternalIdentityLinked {
-        identity_id,
-        provider: provider.to_owned(),
-        subject: subject.to_owned().into(),
-        email: Some(email.to_owned().into()),
-    });
+    events.push(identity_linked(identity_id, provider, subject, Some(email)));
     events
 }
 
